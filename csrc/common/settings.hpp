@@ -1,0 +1,19 @@
+// Run-time settings the C++ core reads itself. runtime/config.py holds the
+// table with defaults and descriptions; these read the same HAULER_* names,
+// and set_override() lets the Python layer change them at run time.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace hauler::settings {
+
+// HAULER_THREADS: threads for large copies; 0 or unset = core count.
+int threads();
+// HAULER_PACK_PARALLEL_MIN: windows below this many bytes run single-threaded.
+int64_t pack_parallel_min();
+
+// Run-time override of an integer setting by its HAULER_* name; a negative
+// value removes the override. Unknown names throw invalid_argument.
+void set_override(const std::string& name, int64_t value);
+
+}  // namespace hauler::settings

@@ -1,0 +1,295 @@
+#include "pack.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "../common/checked.hpp"
+#include "../common/settings.hpp"
+#include "../common/thread_pool.hpp"
+
+namespace hauler::dt {
+
+Plan make_plan(Layout l) {
+  Plan p;
+  p.layout = std::move(l);
+  p.prefix.resize(p.layout.runs.size() + 1, 0);
+  for (size_t i = 0; i < p.layout.runs.size(); ++i) p.prefix[i + 1] = p.prefix[i] + p.layout.runs[i].length;
+  p.run_bytes = p.prefix.back();
+  p.total = p.layout.total_bytes();
+  layout_span(p.layout, &p.span_lo, &p.span_hi);
+  return p;
+}
+
+void check_window(const Plan& p, int64_t pos, int64_t n) {
+  if (pos < 0 || pos > p.total)
+    fail(Status::out_of_range, "position " + std::to_string(pos) + " is outside the packed message of " +
+                                   std::to_string(p.total) + " bytes");
+  if (n < 0) fail(Status::invalid_argument, "byte count must be >= 0, got " + std::to_string(n));
+  if (n > p.total - pos)
+    fail(Status::out_of_range, std::to_string(n) + " bytes from position " + std::to_string(pos) +
+                                   " run past the end of the packed message of " + std::to_string(p.total) +
+                                   " bytes");
+}
+
+namespace {
+
+// Block copies. Small blocks copy as fixed-size memcpy (compiled to single
+// loads/stores; x86 handles unaligned scalar and vector accesses at full
+// speed, so alignment only matters to the GPU kernels). Large blocks use
+// libc memcpy, which already picks the widest vector path.
+template <int B>
+struct Fixed {
+  int64_t bytes() const { return B; }
+  void operator()(uint8_t* d, const uint8_t* s) const { std::memcpy(d, s, B); }
+};
+
+template <int W>
+struct Words {
+  int64_t n;  // words per block
+  int64_t bytes() const { return n * W; }
+  void operator()(uint8_t* d, const uint8_t* s) const {
+    for (int64_t i = 0; i < n; ++i) std::memcpy(d + i * W, s + i * W, W);
+  }
+};
+
+struct Big {
+  int64_t b;
+  int64_t bytes() const { return b; }
+  void operator()(uint8_t* d, const uint8_t* s) const { std::memcpy(d, s, static_cast<size_t>(b)); }
+};
+
+constexpr int64_t kBigBlock = 256;
+
+int word_for(int64_t b) {
+  for (int w : {16, 8, 4, 2})
+    if (b % w == 0) return w;
+  return 1;
+}
+
+template <bool kPack, class C>
+inline void move_block(const C& c, uint8_t* mem, uint8_t* stream) {
+  if constexpr (kPack) c(stream, mem);
+  else c(mem, stream);
+}
+
+// Full blocks [k0, k0 + nb) of a strided layout. `base` = origin + run offset;
+// `stream` points at the packed position of block k0.
+template <bool kPack, class C>
+void strided_blocks(const C& c, const Dim* dims, int nd, uint8_t* base, uint8_t* stream, int64_t k0,
+                    int64_t nb) {
+  const int64_t b = c.bytes();
+  if (nb <= 0) return;
+  if (nd == 1) {
+    const int64_t s0 = dims[0].stride;
+    uint8_t* m = base + k0 * s0;
+    for (int64_t i = 0; i < nb; ++i, m += s0, stream += b) move_block<kPack>(c, m, stream);
+    return;
+  }
+  if (nd == 2) {
+    const int64_t n1 = dims[1].count, s0 = dims[0].stride, s1 = dims[1].stride;
+    int64_t i0 = k0 / n1, i1 = k0 % n1;
+    while (nb > 0) {
+      int64_t run = std::min(nb, n1 - i1);
+      uint8_t* m = base + i0 * s0 + i1 * s1;
+      for (int64_t j = 0; j < run; ++j, m += s1, stream += b) move_block<kPack>(c, m, stream);
+      nb -= run;
+      i1 = 0;
+      ++i0;
+    }
+    return;
+  }
+  if (nd == 3) {
+    const int64_t n1 = dims[1].count, n2 = dims[2].count;
+    const int64_t s0 = dims[0].stride, s1 = dims[1].stride, s2 = dims[2].stride;
+    int64_t i2 = k0 % n2, q = k0 / n2, i1 = q % n1, i0 = q / n1;
+    while (nb > 0) {
+      int64_t run = std::min(nb, n2 - i2);
+      uint8_t* m = base + i0 * s0 + i1 * s1 + i2 * s2;
+      for (int64_t j = 0; j < run; ++j, m += s2, stream += b) move_block<kPack>(c, m, stream);
+      nb -= run;
+      i2 = 0;
+      if (++i1 == n1) { i1 = 0; ++i0; }
+    }
+    return;
+  }
+  // General N-D odometer, innermost dimension as the tight loop.
+  int64_t idx[kMaxDims];
+  int64_t q = k0;
+  for (int d = nd - 1; d >= 0; --d) {
+    idx[d] = q % dims[d].count;
+    q /= dims[d].count;
+  }
+  const int last = nd - 1;
+  const int64_t nl = dims[last].count, sl = dims[last].stride;
+  while (nb > 0) {
+    uint8_t* m = base;
+    for (int d = 0; d < nd; ++d) m += idx[d] * dims[d].stride;
+    int64_t run = std::min(nb, nl - idx[last]);
+    for (int64_t j = 0; j < run; ++j, m += sl, stream += b) move_block<kPack>(c, m, stream);
+    nb -= run;
+    idx[last] = 0;
+    for (int d = last - 1; d >= 0; --d) {
+      if (++idx[d] < dims[d].count) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+template <bool kPack>
+void strided_dispatch(const Plan& p, uint8_t* base, uint8_t* stream, int64_t k0, int64_t nb) {
+  const Layout& l = p.layout;
+  const int64_t b = l.runs[0].length;
+  const Dim* dims = l.dims.data();
+  const int nd = static_cast<int>(l.dims.size());
+  switch (b) {
+    case 1: return strided_blocks<kPack>(Fixed<1>{}, dims, nd, base, stream, k0, nb);
+    case 2: return strided_blocks<kPack>(Fixed<2>{}, dims, nd, base, stream, k0, nb);
+    case 4: return strided_blocks<kPack>(Fixed<4>{}, dims, nd, base, stream, k0, nb);
+    case 8: return strided_blocks<kPack>(Fixed<8>{}, dims, nd, base, stream, k0, nb);
+    case 16: return strided_blocks<kPack>(Fixed<16>{}, dims, nd, base, stream, k0, nb);
+    case 32: return strided_blocks<kPack>(Fixed<32>{}, dims, nd, base, stream, k0, nb);
+    case 64: return strided_blocks<kPack>(Fixed<64>{}, dims, nd, base, stream, k0, nb);
+    default: break;
+  }
+  if (b >= kBigBlock) return strided_blocks<kPack>(Big{b}, dims, nd, base, stream, k0, nb);
+  switch (word_for(b)) {
+    case 16: return strided_blocks<kPack>(Words<16>{b / 16}, dims, nd, base, stream, k0, nb);
+    case 8: return strided_blocks<kPack>(Words<8>{b / 8}, dims, nd, base, stream, k0, nb);
+    case 4: return strided_blocks<kPack>(Words<4>{b / 4}, dims, nd, base, stream, k0, nb);
+    case 2: return strided_blocks<kPack>(Words<2>{b / 2}, dims, nd, base, stream, k0, nb);
+    default: return strided_blocks<kPack>(Words<1>{b}, dims, nd, base, stream, k0, nb);
+  }
+}
+
+// Address of block k of a strided layout.
+uint8_t* block_addr(const Layout& l, uint8_t* base, int64_t k) {
+  for (int d = static_cast<int>(l.dims.size()) - 1; d >= 0; --d) {
+    base += (k % l.dims[d].count) * l.dims[d].stride;
+    k /= l.dims[d].count;
+  }
+  return base;
+}
+
+inline void move_bytes(bool pack, uint8_t* mem, uint8_t* stream, int64_t n) {
+  if (pack) std::memcpy(stream, mem, static_cast<size_t>(n));
+  else std::memcpy(mem, stream, static_cast<size_t>(n));
+}
+
+template <bool kPack>
+void strided_window(const Plan& p, uint8_t* origin, uint8_t* stream, int64_t pos, int64_t n) {
+  const Layout& l = p.layout;
+  const int64_t b = l.runs[0].length;
+  uint8_t* base = origin + l.runs[0].offset;
+  if (l.dims.empty()) return move_bytes(kPack, base + pos, stream, n);
+  int64_t k = pos / b, in = pos % b;
+  if (in != 0) {  // partial head block
+    int64_t m = std::min(n, b - in);
+    move_bytes(kPack, block_addr(l, base, k) + in, stream, m);
+    stream += m;
+    n -= m;
+    ++k;
+  }
+  int64_t full = n / b;
+  strided_dispatch<kPack>(p, base, stream, k, full);
+  stream += full * b;
+  n -= full * b;
+  if (n > 0) move_bytes(kPack, block_addr(l, base, k + full), stream, n);  // partial tail block
+}
+
+template <bool kPack>
+void runs_window(const Plan& p, uint8_t* origin, uint8_t* stream, int64_t pos, int64_t n) {
+  const Layout& l = p.layout;
+  const int nd = static_cast<int>(l.dims.size());
+  int64_t rep = pos / p.run_bytes, in = pos % p.run_bytes;
+  size_t r = static_cast<size_t>(std::upper_bound(p.prefix.begin(), p.prefix.end(), in) - p.prefix.begin() - 1);
+  int64_t in_run = in - p.prefix[r];
+  int64_t idx[kMaxDims];
+  int64_t q = rep;
+  for (int d = nd - 1; d >= 0; --d) {
+    idx[d] = q % l.dims[d].count;
+    q /= l.dims[d].count;
+  }
+  while (n > 0) {
+    uint8_t* base = origin;
+    for (int d = 0; d < nd; ++d) base += idx[d] * l.dims[d].stride;
+    for (; r < l.runs.size() && n > 0; ++r) {
+      int64_t m = std::min(n, l.runs[r].length - in_run);
+      move_bytes(kPack, base + l.runs[r].offset + in_run, stream, m);
+      stream += m;
+      n -= m;
+      in_run = 0;
+    }
+    r = 0;
+    for (int d = nd - 1; d >= 0; --d) {
+      if (++idx[d] < l.dims[d].count) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+template <bool kPack>
+void window(const Plan& p, uint8_t* origin, uint8_t* stream, int64_t pos, int64_t n) {
+  if (n <= 0) return;
+  if (p.layout.strided()) strided_window<kPack>(p, origin, stream, pos, n);
+  else runs_window<kPack>(p, origin, stream, pos, n);
+}
+
+// Splits the window into per-thread pieces on block (or run-pass) boundaries.
+template <bool kPack>
+void parallel_window(const Plan& p, uint8_t* origin, uint8_t* stream, int64_t pos, int64_t n, int threads) {
+  if (threads <= 0) threads = settings::threads();
+  if (threads <= 1 || n < settings::pack_parallel_min() || n < 2 * 4096) {
+    window<kPack>(p, origin, stream, pos, n);
+    return;
+  }
+  int64_t grain = p.layout.strided() ? p.layout.runs[0].length : p.run_bytes;
+  grain = std::max<int64_t>(grain, 64);
+  int64_t per = (n + threads - 1) / threads;
+  per = ((per + grain - 1) / grain) * grain;
+  int pieces = static_cast<int>((n + per - 1) / per);
+  parallel_for(pieces, [&](int i) {
+    int64_t a = static_cast<int64_t>(i) * per;
+    int64_t m = std::min(per, n - a);
+    window<kPack>(p, origin, stream + a, pos + a, m);
+  });
+}
+
+}  // namespace
+
+KernelChoice kernel_choice(const Plan& p) {
+  const Layout& l = p.layout;
+  if (!l.strided()) return {"runs", 0};
+  int64_t b = l.runs[0].length;
+  int word = b >= kBigBlock ? 0 : (b <= 64 && (b & (b - 1)) == 0 ? static_cast<int>(std::min<int64_t>(b, 16))
+                                                                  : word_for(b));
+  switch (l.dims.size()) {
+    case 0: return {"contiguous", 0};
+    case 1: return {"strided-1d", word};
+    case 2: return {"strided-2d", word};
+    case 3: return {"strided-3d", word};
+    default: return {"strided-nd", word};
+  }
+}
+
+void pack_window(const Plan& p, const uint8_t* origin, uint8_t* out, int64_t pos, int64_t n) {
+  window<true>(p, const_cast<uint8_t*>(origin), out, pos, n);
+}
+
+void unpack_window(const Plan& p, uint8_t* origin, const uint8_t* in, int64_t pos, int64_t n) {
+  window<false>(p, origin, const_cast<uint8_t*>(in), pos, n);
+}
+
+void pack(const Plan& p, const void* origin, void* out, int64_t pos, int64_t n, int threads) {
+  check_window(p, pos, n);
+  parallel_window<true>(p, const_cast<uint8_t*>(static_cast<const uint8_t*>(origin)), static_cast<uint8_t*>(out),
+                        pos, n, threads);
+}
+
+void unpack(const Plan& p, void* origin, const void* in, int64_t pos, int64_t n, int threads) {
+  check_window(p, pos, n);
+  parallel_window<false>(p, static_cast<uint8_t*>(origin), const_cast<uint8_t*>(static_cast<const uint8_t*>(in)),
+                         pos, n, threads);
+}
+
+}  // namespace hauler::dt
