@@ -1,0 +1,9 @@
+// The hauler._core extension: one file per capability registers its part.
+#include "bindings.hpp"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "hauler's C++ core (datatype engine, GPU loader); use the hauler package, not this module";
+  hauler::bind::register_errors(m);
+  hauler::bind::register_common(m);
+  hauler::bind::register_datatype(m);
+}
