@@ -4,6 +4,10 @@
 #include <cstring>
 #include <string>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "../common/checked.hpp"
 #include "../common/settings.hpp"
 #include "../common/thread_pool.hpp"
@@ -33,6 +37,67 @@ void check_window(const Plan& p, int64_t pos, int64_t n) {
 }
 
 namespace {
+
+#if defined(__x86_64__)
+// Packing tiny blocks (1, 2 or 4 bytes) at a small positive stride is
+// bound by one load and one store per block in scalar code. Instead, gather
+// 16 output bytes from up to four 16-byte loads with byte shuffles whose
+// masks depend on (block, stride) and are built once per call. Only used for
+// pack: unpacking the same way would have to write the gaps between blocks.
+struct Shuffler {
+  int loads = 0;       // 16-byte loads per 16 output bytes (0: not usable)
+  int per_chunk = 0;   // blocks per 16 output bytes
+  int64_t advance = 0; // source bytes per 16 output bytes
+  __m128i mask[4];
+};
+
+Shuffler make_shuffler(int64_t b, int64_t stride) {
+  Shuffler sh;
+  if (!(b == 1 || b == 2 || b == 4) || stride <= b || !__builtin_cpu_supports("ssse3")) return sh;
+  int per = static_cast<int>(16 / b);
+  int64_t span = (per - 1) * stride + b;
+  if (span > 64) return sh;
+  sh.per_chunk = per;
+  sh.advance = per * stride;
+  sh.loads = static_cast<int>((span + 15) / 16);
+  for (int k = 0; k < sh.loads; ++k) {
+    alignas(16) int8_t m[16];
+    for (int o = 0; o < 16; ++o) {
+      int64_t from = (o / b) * stride + o % b - 16 * k;
+      m[o] = from >= 0 && from < 16 ? static_cast<int8_t>(from) : static_cast<int8_t>(0x80);
+    }
+    sh.mask[k] = _mm_load_si128(reinterpret_cast<const __m128i*>(m));
+  }
+  return sh;
+}
+
+// Packs `n` blocks starting at `src`; returns how many it did (the rest,
+// near the end of the run, is left to the scalar loop so no load reads past
+// the last block).
+__attribute__((target("ssse3"))) int64_t shuffle_pack(const Shuffler& sh, const uint8_t* src, int64_t stride,
+                                                      int64_t b, uint8_t* out, int64_t n) {
+  const uint8_t* end = src + (n - 1) * stride + b;  // one past the last byte the run may read
+  const int64_t reach = 16 * sh.loads;
+  int64_t done = 0;
+  while (done + sh.per_chunk <= n && src + reach <= end) {
+    __m128i v = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)), sh.mask[0]);
+    for (int k = 1; k < sh.loads; ++k)
+      v = _mm_or_si128(v, _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16 * k)),
+                                           sh.mask[k]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), v);
+    src += sh.advance;
+    out += 16;
+    done += sh.per_chunk;
+  }
+  return done;
+}
+#else
+struct Shuffler {
+  int loads = 0;
+};
+Shuffler make_shuffler(int64_t, int64_t) { return {}; }
+int64_t shuffle_pack(const Shuffler&, const uint8_t*, int64_t, int64_t, uint8_t*, int64_t) { return 0; }
+#endif
 
 // Block copies. Small blocks copy as fixed-size memcpy (compiled to single
 // loads/stores; x86 handles unaligned scalar and vector accesses at full
@@ -73,17 +138,30 @@ inline void move_block(const C& c, uint8_t* mem, uint8_t* stream) {
   else c(mem, stream);
 }
 
+// `run` blocks `s` bytes apart from `m`, packed to / unpacked from `stream`.
+template <bool kPack, class C>
+inline void inner_run(const C& c, const Shuffler& sh, uint8_t* m, int64_t s, uint8_t*& stream, int64_t run) {
+  const int64_t b = c.bytes();
+  if constexpr (kPack) {
+    if (sh.loads > 0 && run >= 2 * sh.per_chunk) {
+      int64_t done = shuffle_pack(sh, m, s, b, stream, run);
+      m += done * s;
+      stream += done * b;
+      run -= done;
+    }
+  }
+  for (int64_t j = 0; j < run; ++j, m += s, stream += b) move_block<kPack>(c, m, stream);
+}
+
 // Full blocks [k0, k0 + nb) of a strided layout. `base` = origin + run offset;
 // `stream` points at the packed position of block k0.
 template <bool kPack, class C>
 void strided_blocks(const C& c, const Dim* dims, int nd, uint8_t* base, uint8_t* stream, int64_t k0,
                     int64_t nb) {
-  const int64_t b = c.bytes();
   if (nb <= 0) return;
+  const Shuffler sh = kPack && c.bytes() <= 4 ? make_shuffler(c.bytes(), dims[nd - 1].stride) : Shuffler{};
   if (nd == 1) {
-    const int64_t s0 = dims[0].stride;
-    uint8_t* m = base + k0 * s0;
-    for (int64_t i = 0; i < nb; ++i, m += s0, stream += b) move_block<kPack>(c, m, stream);
+    inner_run<kPack>(c, sh, base + k0 * dims[0].stride, dims[0].stride, stream, nb);
     return;
   }
   if (nd == 2) {
@@ -91,8 +169,7 @@ void strided_blocks(const C& c, const Dim* dims, int nd, uint8_t* base, uint8_t*
     int64_t i0 = k0 / n1, i1 = k0 % n1;
     while (nb > 0) {
       int64_t run = std::min(nb, n1 - i1);
-      uint8_t* m = base + i0 * s0 + i1 * s1;
-      for (int64_t j = 0; j < run; ++j, m += s1, stream += b) move_block<kPack>(c, m, stream);
+      inner_run<kPack>(c, sh, base + i0 * s0 + i1 * s1, s1, stream, run);
       nb -= run;
       i1 = 0;
       ++i0;
@@ -105,8 +182,7 @@ void strided_blocks(const C& c, const Dim* dims, int nd, uint8_t* base, uint8_t*
     int64_t i2 = k0 % n2, q = k0 / n2, i1 = q % n1, i0 = q / n1;
     while (nb > 0) {
       int64_t run = std::min(nb, n2 - i2);
-      uint8_t* m = base + i0 * s0 + i1 * s1 + i2 * s2;
-      for (int64_t j = 0; j < run; ++j, m += s2, stream += b) move_block<kPack>(c, m, stream);
+      inner_run<kPack>(c, sh, base + i0 * s0 + i1 * s1 + i2 * s2, s2, stream, run);
       nb -= run;
       i2 = 0;
       if (++i1 == n1) { i1 = 0; ++i0; }
@@ -126,7 +202,7 @@ void strided_blocks(const C& c, const Dim* dims, int nd, uint8_t* base, uint8_t*
     uint8_t* m = base;
     for (int d = 0; d < nd; ++d) m += idx[d] * dims[d].stride;
     int64_t run = std::min(nb, nl - idx[last]);
-    for (int64_t j = 0; j < run; ++j, m += sl, stream += b) move_block<kPack>(c, m, stream);
+    inner_run<kPack>(c, sh, m, sl, stream, run);
     nb -= run;
     idx[last] = 0;
     for (int d = last - 1; d >= 0; --d) {

@@ -182,6 +182,13 @@ int main() {
     if (t->b.size > (1 << 20)) continue;
     check_type(t, rnd(0, 3));
   }
+  // Tiny blocks at small strides take the shuffle path: long runs, every stride.
+  for (int64_t b : {1, 2, 4})
+    for (int64_t stride = 1; stride <= 72; ++stride) {
+      TypeRef blk = contiguous(b, named("byte"));
+      check_type(hvector(rnd(1, 300), 1, stride, blk), rnd(1, 2));
+      check_type(hvector(rnd(1, 5), 1, 4096 + stride, hvector(rnd(30, 90), 1, stride, blk)), 1);
+    }
   TypeRef d = named("double"), i32 = named("int");
   check_equivalent("vector == hvector", vector(10, 2, 5, d), hvector(10, 2, 40, d));
   check_equivalent("vector == hindexed regular", vector(4, 3, 7, i32),
