@@ -170,8 +170,9 @@ class Datatype:
 
         Writes packed bytes [position, position + nbytes) (default: to the end) into out[0:nbytes]
         and returns `out` (a new numpy uint8 array when out is None). Device arrays (CUDA array
-        interface or DLPack) go to the GPU kernels on `stream`; every check runs before any byte is
-        written."""
+        interface or DLPack) go to the GPU kernels: on `stream` (a cudaStream_t as an int) the call
+        returns once they are queued; without one it runs on the array's stream and waits for them.
+        Every check runs before any byte is written."""
         count = as_int("count", count)
         position, offset = as_int("position", position), as_int("offset", offset)
         nb = None if nbytes is None else as_int("nbytes", nbytes)
@@ -182,8 +183,9 @@ class Datatype:
                 raise InvalidArgument("pack on a device array needs both src and out on the device "
                                       "(out must be given)")
             check_writable_device(dout, "out")
+            st = as_int("stream", stream, minimum=0)
             _core.pack_device(self._t, count, dsrc.ptr, dsrc.nbytes, offset, dout.ptr, dout.nbytes, position,
-                              nb, as_int("stream", stream) or dsrc.stream)
+                              nb, st or dsrc.stream, st == 0)
             return out
         src_h = host_object(src, "src")
         if out is None:
@@ -206,8 +208,9 @@ class Datatype:
             if dpk is None or ddst is None:
                 raise InvalidArgument("unpack on a device array needs both packed and dst on the device")
             check_writable_device(ddst, "dst")
+            st = as_int("stream", stream, minimum=0)
             _core.unpack_device(self._t, count, dpk.ptr, dpk.nbytes, ddst.ptr, ddst.nbytes, offset, position, nb,
-                                as_int("stream", stream) or ddst.stream)
+                                st or ddst.stream, st == 0)
             return dst
         _core.unpack_host(self._t, count, host_object(packed, "packed"), host_object(dst, "dst"), offset,
                           position, nb, _threads(threads))

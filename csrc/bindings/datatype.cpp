@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "../common/checked.hpp"
+#include "../common/gpu.hpp"
 #include "../datatype/gpu_pack.hpp"
 #include "../datatype/layout.hpp"
 #include "../datatype/pack.hpp"
@@ -214,8 +215,10 @@ void register_datatype(py::module_& m) {
 
   // Device pack on raw pointers (from __cuda_array_interface__ or DLPack):
   // the same checks, then the GPU backend (or the host emulation in tests).
+  // Kernels run on `stream`; with sync the call waits for them.
   m.def("pack_device", [](PyType& t, int64_t count, uintptr_t src, int64_t src_len, int64_t offset,
-                          uintptr_t out, int64_t out_len, int64_t position, py::object nbytes, uintptr_t stream) {
+                          uintptr_t out, int64_t out_len, int64_t position, py::object nbytes, uintptr_t stream,
+                          bool sync) {
     auto p = t.plan(count);
     int64_t n = window_bytes(*p, position, nbytes);
     check_source(*p, src_len, offset, "src");
@@ -225,10 +228,12 @@ void register_datatype(py::module_& m) {
     check_disjoint(s, src_len, o, n);
     py::gil_scoped_release nogil;
     gpu_pack(*p, s + offset, o, position, n, reinterpret_cast<void*>(stream));
+    if (sync) gpu::synchronize(reinterpret_cast<void*>(stream));
     return n;
   });
   m.def("unpack_device", [](PyType& t, int64_t count, uintptr_t packed, int64_t packed_len, uintptr_t dst,
-                            int64_t dst_len, int64_t offset, int64_t position, py::object nbytes, uintptr_t stream) {
+                            int64_t dst_len, int64_t offset, int64_t position, py::object nbytes, uintptr_t stream,
+                            bool sync) {
     auto p = t.plan(count);
     int64_t n = window_bytes(*p, position, nbytes);
     check_source(*p, dst_len, offset, "dst");
@@ -238,6 +243,7 @@ void register_datatype(py::module_& m) {
     check_disjoint(i, n, d, dst_len);
     py::gil_scoped_release nogil;
     gpu_unpack(*p, d + offset, i, position, n, reinterpret_cast<void*>(stream));
+    if (sync) gpu::synchronize(reinterpret_cast<void*>(stream));
     return n;
   });
 }

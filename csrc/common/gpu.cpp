@@ -1,0 +1,227 @@
+#include "gpu.hpp"
+
+#include <dlfcn.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "status.hpp"
+
+namespace hauler::gpu {
+
+static_assert(HAULER_GPU_EINVAL == static_cast<int>(Status::invalid_argument), "ABI codes follow Status");
+static_assert(HAULER_GPU_ERANGE == static_cast<int>(Status::out_of_range), "ABI codes follow Status");
+static_assert(HAULER_GPU_ENODEV == static_cast<int>(Status::no_device), "ABI codes follow Status");
+static_assert(HAULER_GPU_EINTERNAL == static_cast<int>(Status::internal), "ABI codes follow Status");
+
+namespace {
+
+// The few driver API entry points the probe needs, declared here so that no
+// CUDA header is needed (CUresult is an int-sized enum, CUdevice an int).
+using CuInit = int (*)(unsigned int);
+using CuDeviceGetCount = int (*)(int*);
+using CuDriverGetVersion = int (*)(int*);
+using CuGetErrorName = int (*)(int, const char**);
+constexpr int kCudaErrorNoDevice = 100;  // CUDA_ERROR_NO_DEVICE
+
+struct Loaded {
+  bool ok = false;
+  std::string message;
+  std::string library;
+  Backend backend{};
+  HaulerDeviceInfo device{};
+};
+
+std::atomic<bool> g_emulation{false};
+
+const char kAnchor = 0;  // an address inside this module, for dladdr
+
+bool file_exists(const std::string& p, bool* is_dir) {
+  struct stat st;
+  if (stat(p.c_str(), &st) != 0) return false;
+  *is_dir = S_ISDIR(st.st_mode);
+  return true;
+}
+
+std::string driver_version_string(int v) {
+  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+}
+
+std::string driver_error(void* driver, int rc) {
+  std::string s = "driver error " + std::to_string(rc);
+  if (auto name_of = reinterpret_cast<CuGetErrorName>(dlsym(driver, "cuGetErrorName"))) {
+    const char* name = nullptr;
+    if (name_of(rc, &name) == 0 && name) s += std::string(" (") + name + ")";
+  }
+  return s;
+}
+
+template <class F>
+bool bind(void* lib, const char* sym, F* out, Loaded& l) {
+  *out = reinterpret_cast<F>(dlsym(lib, sym));
+  if (*out) return true;
+  l.message = "GPU library " + l.library + " lacks entry point " + sym + " (stale build? reinstall hauler)";
+  return false;
+}
+
+Loaded load() {
+  Loaded l;
+  // 1. The driver. RTLD_LOCAL: its symbols stay out of the global namespace.
+  void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!driver) {
+    const char* why = dlerror();
+    if (why && !std::strstr(why, "No such file"))
+      l.message = std::string("no driver (libcuda.so.1 could not be loaded: ") + why + ")";
+    else
+      l.message = "no driver (libcuda.so.1 not found)";
+    return l;
+  }
+  auto cu_init = reinterpret_cast<CuInit>(dlsym(driver, "cuInit"));
+  auto cu_count = reinterpret_cast<CuDeviceGetCount>(dlsym(driver, "cuDeviceGetCount"));
+  auto cu_version = reinterpret_cast<CuDriverGetVersion>(dlsym(driver, "cuDriverGetVersion"));
+  if (!cu_init || !cu_count || !cu_version) {
+    l.message = "no driver (libcuda.so.1 lacks cuInit, cuDeviceGetCount or cuDriverGetVersion)";
+    return l;
+  }
+  // 2. A device. A driver without a GPU fails cuInit with CUDA_ERROR_NO_DEVICE.
+  int rc = cu_init(0);
+  if (rc == kCudaErrorNoDevice) {
+    l.message = "no device (cuInit returned CUDA_ERROR_NO_DEVICE)";
+    return l;
+  }
+  if (rc != 0) {
+    l.message = driver_error(driver, rc) + " initializing CUDA";
+    return l;
+  }
+  int count = 0;
+  rc = cu_count(&count);
+  if (rc != 0) {
+    l.message = driver_error(driver, rc) + " counting CUDA devices";
+    return l;
+  }
+  if (count == 0) {
+    l.message = "no device (cuDeviceGetCount returned 0)";
+    return l;
+  }
+  int driver_version = 0;
+  cu_version(&driver_version);  // informational only
+  // The driver handle stays open for the life of the process, as the CUDA
+  // runtime inside the library will use the same driver.
+
+  // 3. The kernels.
+  l.library = library_path();
+  bool is_dir = false;
+  if (!file_exists(l.library, &is_dir) || is_dir) {
+    l.message = "GPU library not built (libhauler_cuda.so not found at " + l.library + ")";
+    return l;
+  }
+  void* lib = dlopen(l.library.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    const char* why = dlerror();
+    l.message = "GPU library " + l.library + " failed to load: " + (why ? why : "unknown dlopen error");
+    return l;
+  }
+  Backend b{};
+  b.name = "cuda";
+  if (!bind(lib, "hauler_cuda_abi", &b.abi, l) || !bind(lib, "hauler_cuda_init", &b.init, l) ||
+      !bind(lib, "hauler_cuda_pack", &b.pack, l) || !bind(lib, "hauler_cuda_synchronize", &b.synchronize, l))
+    return l;
+  if (b.abi() != HAULER_GPU_ABI) {
+    l.message = "GPU library " + l.library + " has ABI version " + std::to_string(b.abi()) + ", the core expects " +
+                std::to_string(HAULER_GPU_ABI) + " (stale build? reinstall hauler)";
+    return l;
+  }
+  char err[512] = "";
+  rc = b.init(&l.device, err, sizeof err);
+  if (rc == HAULER_GPU_ENODEV) {
+    l.message = std::string("no device (") + err + ")";
+    return l;
+  }
+  if (rc != 0) {
+    l.message = std::string("GPU library failed to initialize CUDA: ") + err;
+    return l;
+  }
+  if (l.device.driver_version == 0) l.device.driver_version = driver_version;
+  l.ok = true;
+  l.backend = b;
+  l.message = std::string("CUDA available: ") + l.device.name + ", driver " +
+              driver_version_string(l.device.driver_version) +
+              (l.device.device_count > 1 ? " (" + std::to_string(l.device.device_count) + " devices)" : "");
+  return l;
+}
+
+const Loaded& loaded() {
+  static const Loaded l = load();  // once, thread-safe (magic static)
+  return l;
+}
+
+}  // namespace
+
+Status status_of(int rc) {
+  switch (rc) {
+    case HAULER_GPU_EINVAL: return Status::invalid_argument;
+    case HAULER_GPU_ERANGE: return Status::out_of_range;
+    case HAULER_GPU_ENODEV: return Status::no_device;
+    default: return Status::internal;
+  }
+}
+
+std::string library_path() {
+  const char* env = std::getenv("HAULER_CUDA_LIB");
+  if (env && *env) {
+    std::string p = env;
+    bool is_dir = false;
+    if (file_exists(p, &is_dir) && is_dir) p += "/libhauler_cuda.so";
+    return p;
+  }
+  Dl_info info;
+  std::string dir = ".";
+  if (dladdr(&kAnchor, &info) && info.dli_fname && *info.dli_fname) {
+    std::string self = info.dli_fname;
+    size_t slash = self.rfind('/');
+    if (slash != std::string::npos) dir = self.substr(0, slash == 0 ? 1 : slash);
+  }
+  return dir + "/libhauler_cuda.so";
+}
+
+const Backend* backend() {
+  if (g_emulation.load(std::memory_order_acquire)) return &emulation_backend();
+  const Loaded& l = loaded();
+  return l.ok ? &l.backend : nullptr;
+}
+
+bool available() { return backend() != nullptr; }
+
+GpuStatus status() {
+  GpuStatus s;
+  if (g_emulation.load(std::memory_order_acquire)) {
+    s.available = true;
+    s.emulated = true;
+    s.message = "host emulation of the GPU kernels (testing only)";
+    return s;
+  }
+  const Loaded& l = loaded();
+  s.available = l.ok;
+  s.message = l.message;
+  s.library = l.library;
+  s.device = l.device;
+  return s;
+}
+
+std::string status_message() { return status().message; }
+
+void use_emulation(bool on) { g_emulation.store(on, std::memory_order_release); }
+
+bool emulation() { return g_emulation.load(std::memory_order_acquire); }
+
+void synchronize(void* stream) {
+  const Backend* b = backend();
+  if (!b) fail(Status::no_device, status_message() + ": device buffers need a GPU");
+  char err[512] = "";
+  int rc = b->synchronize(stream, err, sizeof err);
+  if (rc != 0) fail(status_of(rc), std::string(b->name) + " synchronize: " + err);
+}
+
+}  // namespace hauler::gpu

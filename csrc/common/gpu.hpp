@@ -1,0 +1,64 @@
+// The GPU backend loader (Yaksa/UCX pattern). The core never links CUDA: on
+// first use it dlopens the driver, asks it for a device, and only then dlopens
+// libhauler_cuda.so and fills a table of function pointers from it. "No
+// driver" and "no device" are states, not errors: status() says which, in
+// words, and callers that need a GPU turn it into a Status::no_device error.
+//
+// Tests swap in the host emulation of the kernels (use_emulation), the way
+// mpi4py tests device-array paths over host memory without a GPU.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "gpu_abi.h"
+#include "status.hpp"
+
+namespace hauler::gpu {
+
+// A backend: libhauler_cuda.so or the host emulation.
+struct Backend {
+  const char* name;  // "cuda" or "emulation"
+  hauler_gpu_abi_fn abi;
+  hauler_gpu_init_fn init;
+  hauler_gpu_pack_fn pack;
+  hauler_gpu_sync_fn synchronize;
+};
+
+struct GpuStatus {
+  bool available = false;
+  bool emulated = false;  // the host emulation stands in for the GPU
+  std::string message;    // "CUDA available: <device>, driver 12.4", "no driver (...)", ...
+  std::string library;    // path of libhauler_cuda.so looked for ("" if the driver check failed first)
+  HaulerDeviceInfo device{};  // filled when a real GPU is available
+};
+
+// The backend in use, or nullptr when no GPU (and no emulation). The first
+// call probes the driver and loads the library (once, thread-safe).
+const Backend* backend();
+bool available();
+GpuStatus status();
+std::string status_message();
+
+// Replaces the GPU library by the host emulation (on = true) or goes back to
+// whatever the loader found. Process-wide; meant for tests.
+void use_emulation(bool on);
+bool emulation();
+
+// Waits for the work queued on `stream` (a cudaStream_t, nullptr: the legacy
+// default stream). Throws hauler::Error(no_device) without a backend.
+void synchronize(void* stream = nullptr);
+
+// The Status a backend return code stands for (anything unknown: internal).
+Status status_of(int rc);
+
+// Where the loader looks for the GPU library: $HAULER_CUDA_LIB (a file, or a
+// directory holding libhauler_cuda.so), else the directory of the module that
+// contains the core (the Python extension _core, or a test executable).
+std::string library_path();
+
+// The emulation backend, defined beside the emulated kernels
+// (datatype/pack_emulate.cpp).
+const Backend& emulation_backend();
+
+}  // namespace hauler::gpu

@@ -1,0 +1,52 @@
+/* The C ABI between the host core and a GPU backend (libhauler_cuda.so, or
+ * the host emulation of it). Only C types cross it, because the two sides are
+ * built by different compilers and the library is loaded with dlopen.
+ * Bump HAULER_GPU_ABI whenever a struct or entry point below changes: the
+ * loader refuses a library built against another version instead of
+ * misreading its arguments. */
+#ifndef HAULER_GPU_ABI_H
+#define HAULER_GPU_ABI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HAULER_GPU_ABI 1
+
+/* Return codes: 0 or a hauler::Status value (status.hpp; gpu.cpp asserts they agree). */
+#define HAULER_GPU_OK 0
+#define HAULER_GPU_EINVAL 1
+#define HAULER_GPU_ERANGE 4
+#define HAULER_GPU_ENODEV 6
+#define HAULER_GPU_EINTERNAL 8
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct HaulerDevLayout; /* csrc/datatype/pack_index.cuh */
+
+typedef struct HaulerDeviceInfo {
+  int32_t device_count;
+  int32_t device;          /* the current device of the calling thread */
+  int32_t sm_count;        /* its multiprocessors: the launch shape depends on it */
+  int32_t runtime_version; /* e.g. 13000 */
+  int32_t driver_version;  /* e.g. 12040 */
+  char name[256];
+} HaulerDeviceInfo;
+
+/* Entry points. `err` receives a sentence (NUL-terminated, truncated to errlen)
+ * whenever the return code is not 0. */
+typedef int (*hauler_gpu_abi_fn)(void);
+typedef int (*hauler_gpu_init_fn)(HaulerDeviceInfo* info, char* err, size_t errlen);
+/* Moves the window [pos, pos + n) of the packed stream of `layout`:
+ * pack != 0: origin-relative memory -> buf[0, n); pack == 0: buf -> memory.
+ * Asynchronous on `stream` (a cudaStream_t; NULL is the legacy default stream). */
+typedef int (*hauler_gpu_pack_fn)(const struct HaulerDevLayout* layout, void* origin, void* buf, int64_t pos,
+                                  int64_t n, int pack, void* stream, char* err, size_t errlen);
+typedef int (*hauler_gpu_sync_fn)(void* stream, char* err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HAULER_GPU_ABI_H */
