@@ -1,0 +1,1 @@
+"""hauler.bench: the library behind the `hauler-bench` microbenchmark CLI."""

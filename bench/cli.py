@@ -1,0 +1,67 @@
+"""The ``hauler-bench`` command: a thin layer over the benchmark modules.
+
+    hauler-bench pack [--size 8M] [--threads N] [--repeat R] [--json | --csv] [--quick] ...
+
+Each subcommand is a module of ``hauler.bench`` with ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``main(args) -> int``; add a benchmark by adding
+its module to ``COMMANDS``. Modules load only when their subcommand runs, so
+``hauler-bench --help`` imports neither numpy nor mpi4py.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# subcommand -> (module, one-line help); later issues add mpi, io, gather, kv
+COMMANDS = {
+    "pack": ("hauler.bench.pack",
+             "datatype pack/unpack GB/s: vector and subarray types vs MPI_Pack (mpi4py) and memcpy"),
+}
+
+
+def _version() -> str:
+    try:
+        from hauler._version import __version__
+    except ImportError:
+        return "unknown"
+    return __version__
+
+
+def build_parser(argv: List[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hauler-bench",
+        description="hauler microbenchmarks: a '#' header (config, versions, machine), one row per "
+                    "case with units and a correctness column, ratios against peers measured in "
+                    "the same run; --json or --csv for machines.")
+    parser.add_argument("--version", action="version", version=f"hauler-bench {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="BENCHMARK")
+    # only the chosen subcommand's module is imported (its options need it)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(func=mod.main)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. piped into head
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

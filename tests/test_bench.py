@@ -1,0 +1,95 @@
+"""`hauler-bench pack` as a user runs it (a subprocess): structure and correctness, never speed."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hauler.bench import core
+
+ROW_KEYS = {"case", "kind", "base", "block", "stride", "packed_bytes", "extent", "hauler_pack_gbps",
+            "hauler_unpack_gbps", "mpi_pack_gbps", "mpi_unpack_gbps", "memcpy1_gbps", "memcpyN_gbps",
+            "memcpy_gbps", "pack_vs_mpi", "unpack_vs_mpi", "pack_vs_memcpy", "unpack_vs_memcpy",
+            "correct", "checks", "kernel", "threads", "timings"}
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+
+
+def bench(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "hauler.bench.cli"] + list(args), env=dict(os.environ),
+                       capture_output=True, text=True, timeout=180)
+    if check:
+        assert p.returncode == 0, f"hauler-bench {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+@pytest.fixture(scope="module")
+def quick_json():
+    return json.loads(bench("pack", "--quick", "--json").stdout)
+
+
+def test_quick_json_rows_correct(quick_json):
+    rows = quick_json["rows"]
+    assert quick_json["benchmark"] == "pack"
+    assert {r["kind"] for r in rows} == {"vector", "subarray"}
+    assert {r["base"] for r in rows} == {"byte", "double"}
+    assert 1 in {r["block"] for r in rows}
+    for r in rows:
+        assert ROW_KEYS <= set(r), f"missing keys {ROW_KEYS - set(r)} in {r['case']}"
+        assert r["correct"] is True, f"{r['case']}/{r['base']}/{r['block']}: {r['checks']}"
+        assert all(v is not False for v in r["checks"].values())
+        assert r["hauler_pack_gbps"] > 0 and r["hauler_unpack_gbps"] > 0 and r["memcpy_gbps"] > 0
+        if HAVE_MPI4PY:
+            assert r["checks"]["pack_vs_mpi"] is True and r["mpi_pack_gbps"] > 0
+    assert [t["key"] for t in quick_json["targets"]] == ["mpi_1B", "mpi_8_16B", "mpi_all", "memcpy_64B"]
+    assert all(t["status"] in ("PASS", "MISS", "N/A") for t in quick_json["targets"])
+    info = quick_json["info"]
+    assert info["machine"]["cores_usable"] >= 1 and info["hauler"]["version"]
+    if HAVE_MPI4PY:
+        assert info["mpi"]["available"] and info["mpi"]["library"]
+        assert not quick_json["warnings"]
+
+
+def test_table_output_header_rows_targets():
+    out = bench("pack", "--quick", "--cases", "vector", "--base", "double", "--threads", "1").stdout
+    lines = out.splitlines()
+    assert lines[0] == "# hauler-bench pack"
+    header = [l for l in lines if l.startswith("#")]
+    rows = [l for l in lines if not l.startswith("#")]
+    for word in ("hauler", "threads  1", "MPI", "machine", "GB/s", "correct"):
+        assert any(l.startswith("# " + word) for l in header), f"no '# {word}' header line in:\n{out}"
+    assert rows and all(l.split()[:2] == ["vector", "double"] and " ok" in l for l in rows), out
+    assert any(l.startswith("# targets") for l in header)
+
+
+def test_csv_and_no_mpi_banner():
+    out = bench("pack", "--quick", "--no-mpi", "--cases", "subarray", "--csv", "--size", "256K").stdout
+    assert "# WARNING: --no-mpi" in out
+    body = [l for l in out.splitlines() if not l.startswith("#")]
+    assert body[0].startswith("case,base,block,stride,hauler_pack_gbps")
+    assert len(body) > 1 and all(",ok-np," in l for l in body[1:])
+
+
+def test_no_subcommand_prints_help_and_exits_2():
+    p = bench(check=False)
+    assert p.returncode == 2 and "pack" in p.stderr
+
+
+def test_importing_the_bench_does_not_initialize_mpi():
+    code = ("import sys, hauler.bench, hauler.bench.cli, hauler.bench.core, hauler.bench.pack; "
+            "assert 'mpi4py.MPI' not in sys.modules, 'mpi4py.MPI imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_core_helpers():
+    assert core.parse_size("64M") == 64 << 20 and core.parse_size("8MiB") == 8 << 20
+    assert core.parse_size("4096") == 4096 and core.parse_size("1.5k") == 1536
+    with pytest.raises(ValueError):
+        core.parse_size("lots")
+    assert [core.format_size(n) for n in (1, 12, 1024, 65536, 64 << 20, 1536)] == ["1", "12", "1K", "64K",
+                                                                                   "64M", "1536"]
+    a, b = core.Timing([1.0, 2.0, 1.0]), core.Timing([3.0, 4.0, 2.0])
+    assert core.paired_ratio(a, b) == 2.0
+    t = core.time_interleaved({"x": lambda: None, "y": lambda: None}, repeat=3, warmup=0)
+    assert len(t["x"].times) == len(t["y"].times) == 3
