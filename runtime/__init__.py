@@ -7,21 +7,32 @@ a GPU is asked about.
 from ._version import __version__
 from .errors import (BufferTooSmall, HaulerError, HaulerIOError, InvalidArgument, NoDevice,
                      OutOfRange, Overflow, ReadOnlyBuffer)
-from . import _core
+try:
+    from . import _core
+except ImportError as _e:  # keep `hauler info` able to say what is wrong with the build
+    _core = None
+    _core_error = _e
 
 __all__ = ["__version__", "cuda_available", "cuda_status", "HaulerError", "InvalidArgument",
            "Overflow", "BufferTooSmall", "OutOfRange", "ReadOnlyBuffer", "NoDevice",
            "HaulerIOError", "datatype"]
 
 
+def _require_core():
+    if _core is None:
+        raise ImportError(f"hauler's C++ core (hauler._core) failed to import: {_core_error}; "
+                          "rebuild with `pip install -e .` (or bash scripts/setup.sh)") from _core_error
+    return _core
+
+
 def cuda_available() -> bool:
     """True when the GPU kernels can run: a driver, a device and libhauler_cuda.so."""
-    return bool(_core.cuda_available())
+    return bool(_require_core().cuda_available())
 
 
 def cuda_status() -> str:
     """Why the GPU path is or is not available, in words (no driver, no device, not built...)."""
-    return str(_core.cuda_status())
+    return str(_require_core().cuda_status())
 
 
 def __getattr__(name):

@@ -1,0 +1,208 @@
+"""The ``hauler`` command.
+
+    hauler info [--json]    version, build options, CUDA status, MPI found, cores, settings
+
+Imports stay lazy: the command works (and says what is wrong) even when the
+compiled core ``hauler._core`` cannot be imported, and it never imports
+``mpi4py.MPI`` (that would initialize MPI).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import sys
+from typing import Any, Dict, List, Optional
+
+from . import config, mpi_find
+from ._version import __version__
+
+CUDA_LIB = "libhauler_cuda.so"
+BUILD_INFO = "_build_info.json"
+
+
+def _core_dir() -> str:
+    """Directory of the _core extension (where the build put libhauler_cuda.so and
+    _build_info.json); the package directory if _core is not there."""
+    try:
+        spec = importlib.util.find_spec("hauler._core")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin:
+        return os.path.dirname(os.path.abspath(spec.origin))
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def _build_info(d: str) -> Dict[str, Any]:
+    path = os.path.join(d, BUILD_INFO)
+    try:
+        with open(path) as f:
+            return {"path": path, "info": json.load(f), "error": None}
+    except FileNotFoundError:
+        return {"path": path, "info": None,
+                "error": f"{path} not found (hauler was not built by its setup.py)"}
+    except (OSError, ValueError) as e:
+        return {"path": path, "info": None, "error": f"{path}: {e}"}
+
+
+def _core_status() -> Dict[str, Any]:
+    try:
+        mod = importlib.import_module("hauler._core")
+    except ImportError as e:
+        return {"importable": False, "path": None,
+                "error": f"hauler._core cannot be imported ({e}); rebuild with "
+                         f"'pip install -e .' or 'bash scripts/setup.sh'"}
+    return {"importable": True, "path": getattr(mod, "__file__", None), "error": None}
+
+
+def _cuda_status(core_ok: bool, d: str) -> Dict[str, Any]:
+    lib = os.environ.get("HAULER_CUDA_LIB") or os.path.join(d, CUDA_LIB)
+    out: Dict[str, Any] = {"available": False, "status": None, "library": lib,
+                           "library_exists": os.path.isfile(lib), "error": None}
+    if not core_ok:
+        out["error"] = "unknown: hauler._core cannot be imported"
+        return out
+    try:
+        hauler = importlib.import_module("hauler")
+        out["available"] = bool(hauler.cuda_available())
+        out["status"] = str(hauler.cuda_status())
+    except Exception as e:  # a diagnostic command reports, it does not crash
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def _mpi_status() -> Dict[str, Any]:
+    try:
+        cc = mpi_find.find_mpicc()
+    except mpi_find.MpiNotFound as e:
+        return {"found": False, "error": str(e), "install_hint": mpi_find.install_hint()}
+    if cc is None:
+        return {"found": False, "error": "no MPI C compiler (HAULER_MPICC, MPICC, mpicc on PATH)",
+                "install_hint": mpi_find.install_hint()}
+    return {"found": True, "error": None, **cc.as_dict()}
+
+
+def _settings() -> List[Dict[str, Any]]:
+    rows = []
+    for s in config.SETTINGS:
+        row: Dict[str, Any] = {"name": s.name, "when": s.when, "default": s.doc_default,
+                               "doc": s.doc, "source": None, "value": None, "error": None}
+        try:
+            v = config.get(s.name)
+            row["value"] = list(v) if isinstance(v, tuple) else v
+            row["source"] = config.source(s.name)
+        except config.ConfigError as e:
+            row["error"] = str(e)
+        rows.append(row)
+    return rows
+
+
+def collect_info() -> Dict[str, Any]:
+    d = _core_dir()
+    core = _core_status()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    return {
+        "version": __version__,
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "package_dir": os.path.dirname(os.path.abspath(__file__)),
+        "core": core,
+        "build": _build_info(d),
+        "cuda": _cuda_status(core["importable"], d),
+        "mpi": _mpi_status(),
+        "cores": {"os": os.cpu_count(), "usable": usable},
+        "settings": _settings(),
+    }
+
+
+def _print_info(info: Dict[str, Any]) -> None:
+    w = sys.stdout.write
+    w(f"hauler {info['version']}\n")
+    w(f"  python      {info['python']}\n")
+    w(f"  package     {info['package_dir']}\n")
+    core = info["core"]
+    w(f"  core        {'hauler._core ' + str(core['path']) if core['importable'] else 'NOT IMPORTABLE: ' + core['error']}\n")
+
+    b = info["build"]["info"]
+    if b is None:
+        w(f"  build       {info['build']['error']}\n")
+    else:
+        c = b.get("core", {})
+        w(f"  build       {b.get('built_at')}  {'editable' if b.get('editable') else 'installed'}\n")
+        w(f"  compiler    {c.get('compiler_version')}: {' '.join(c.get('flags', []))}\n")
+        cu = b.get("cuda", {})
+        if cu.get("built"):
+            w(f"  cuda build  built for sm {','.join(cu.get('arch', []))} "
+              f"with nvcc {cu.get('nvcc_version')} ({cu.get('nvcc')})\n")
+        else:
+            w(f"  cuda build  not built: {cu.get('reason')}\n")
+        m = b.get("mpi", {})
+        w(f"  mpi (build) {m.get('vendor') or 'none'} {m.get('path') or m.get('error') or ''}\n")
+
+    cu = info["cuda"]
+    if cu["error"]:
+        w(f"  cuda        status unknown: {cu['error']}\n")
+    else:
+        w(f"  cuda        {'available' if cu['available'] else 'not available'}: {cu['status']}\n")
+    w(f"  cuda lib    {cu['library']} ({'present' if cu['library_exists'] else 'absent'})\n")
+
+    m = info["mpi"]
+    if m["found"]:
+        w(f"  mpi         {m['vendor']}: {m['path']} (from {m['origin']})\n")
+        if m.get("version_line"):
+            w(f"              {m['version_line']}\n")
+    else:
+        w(f"  mpi         NOT FOUND: {m['error']}\n              install: {m['install_hint']}\n")
+    w(f"  cores       {info['cores']['usable']} usable of {info['cores']['os']}\n")
+    w("settings\n")
+    for s in info["settings"]:
+        if s["error"]:
+            w(f"  {s['name']:<26} INVALID: {s['error']}\n")
+        else:
+            v = s["value"]
+            v = ",".join(v) if isinstance(v, list) else ("unset" if v is None else v)
+            if isinstance(v, bool):
+                v = int(v)
+            w(f"  {s['name']:<26} {str(v):<12} [{s['when']}, {s['source']}]\n")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = collect_info()
+    if args.json:
+        json.dump(info, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        _print_info(info)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hauler", description="hauler: moves data for GPU programs (see README.md).")
+    parser.add_argument("--version", action="version", version=f"hauler {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("info", help="version, build options, CUDA status, MPI found, "
+                                    "core count and settings")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        rc = int(args.func(args))
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:  # `hauler info | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""`hauler info` as a user runs it: a subprocess, text and --json."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import hauler
+from hauler import config
+
+
+def hauler_cmd():
+    exe = shutil.which("hauler", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "hauler.cli"]
+
+
+def run(*args, env=None, check=True):
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run(hauler_cmd() + list(args), env=e, capture_output=True, text=True,
+                       timeout=120)
+    if check:
+        assert p.returncode == 0, f"hauler {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def test_console_script_is_installed():
+    assert shutil.which("hauler", path=os.path.dirname(sys.executable)), \
+        "the `hauler` console script is not installed next to this Python"
+
+
+def test_info_text():
+    out = run("info").stdout
+    assert out.startswith(f"hauler {hauler.__version__}\n")
+    for word in ("core", "build", "cuda", "mpi", "cores", "settings"):
+        assert f"\n  {word}" in out or f"\n{word}" in out, f"no {word!r} line in:\n{out}"
+    for s in config.SETTINGS:
+        assert s.name in out
+
+
+def test_info_json():
+    info = json.loads(run("info", "--json").stdout)
+    assert info["version"] == hauler.__version__
+    assert info["core"]["importable"] is True
+    assert info["cores"]["usable"] >= 1 and info["cores"]["os"] >= info["cores"]["usable"]
+    assert [s["name"] for s in info["settings"]] == [s.name for s in config.SETTINGS]
+    assert all(s["error"] is None for s in info["settings"])
+
+    b = info["build"]["info"]
+    assert b is not None, info["build"]["error"]
+    assert b["schema"] == 1 and b["version"] == hauler.__version__
+    assert "-std=c++17" in b["core"]["flags"] and "-fvisibility=hidden" in b["core"]["flags"]
+    assert isinstance(b["cuda"]["built"], bool) and b["cuda"]["reason"]
+    assert info["cuda"]["library_exists"] == b["cuda"]["built"]
+
+    cu = info["cuda"]
+    assert cu["error"] is None, cu["error"]
+    assert cu["available"] is hauler.cuda_available()
+    assert cu["status"] == hauler.cuda_status()
+
+    m = info["mpi"]
+    assert isinstance(m["found"], bool)
+    if m["found"]:
+        assert os.path.isfile(m["path"]) and m["vendor"] in ("Open MPI", "MPICH", "MVAPICH",
+                                                            "Intel MPI", "unknown")
+    else:
+        assert "apt-get install" in m["install_hint"]
+
+
+def test_info_reports_bad_settings_and_mpi_without_failing():
+    p = run("info", "--json", env={"HAULER_THREADS": "many", "HAULER_MPICC": "/nonexistent/mpicc"})
+    info = json.loads(p.stdout)
+    threads = next(s for s in info["settings"] if s["name"] == "HAULER_THREADS")
+    assert threads["error"].startswith("HAULER_THREADS='many': expected")
+    assert info["mpi"]["found"] is False
+    assert "HAULER_MPICC='/nonexistent/mpicc'" in info["mpi"]["error"]
+    assert "INVALID: HAULER_THREADS='many'" in run("info", env={"HAULER_THREADS": "many"}).stdout
+
+
+def test_no_subcommand_prints_usage():
+    p = run(check=False)
+    assert p.returncode == 2 and "info" in p.stderr
+
+
+def test_info_does_not_initialize_mpi():
+    code = ("import sys, hauler.cli; hauler.cli.collect_info(); "
+            "assert 'mpi4py.MPI' not in sys.modules, 'hauler info imported mpi4py.MPI'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
