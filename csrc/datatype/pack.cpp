@@ -49,7 +49,54 @@ struct Shuffler {
   int per_chunk = 0;   // blocks per 16 output bytes
   int64_t advance = 0; // source bytes per 16 output bytes
   __m128i mask[4];
+  // Unpack: AVX-512 expand-load + masked store over 64-byte windows of the
+  // destination. A masked store writes only the mask's bytes, so the gaps
+  // between blocks are never touched (not even rewritten with their own value).
+  bool expand = false;
+  uint64_t window_mask[64];  // by phase: window start offset modulo the stride
+  int window_bytes[64];      // popcount of each mask
 };
+
+// Unpack of blocks of 1..7 bytes at a stride of at most 64 bytes.
+Shuffler make_expander(int64_t b, int64_t stride) {
+  Shuffler sh;
+  if (b >= 8 || stride <= b || stride > 64 || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512vbmi2"))
+    return sh;
+  sh.expand = true;
+  for (int64_t p = 0; p < stride; ++p) {
+    uint64_t m = 0;
+    for (int o = 0; o < 64; ++o)
+      if ((p + o) % stride < b) m |= uint64_t(1) << o;
+    sh.window_mask[p] = m;
+    sh.window_bytes[p] = __builtin_popcountll(m);
+  }
+  return sh;
+}
+
+// Unpacks `n` blocks to `dst`, 64 destination bytes per step while a whole
+// window lies inside the run; finishes the block the last window cut and
+// returns how many blocks are done (the caller copies the rest).
+__attribute__((target("avx512f,avx512bw,avx512vbmi2"))) int64_t expand_unpack(const Shuffler& sh, uint8_t* dst,
+                                                                              int64_t stride, int64_t b,
+                                                                              const uint8_t* in, int64_t n) {
+  const int64_t end = (n - 1) * stride + b;  // bytes of the run, from dst
+  int64_t at = 0, used = 0, phase = 0;
+  while (at + 64 <= end) {
+    __mmask64 m = sh.window_mask[phase];
+    __m512i v = _mm512_maskz_expandloadu_epi8(m, in + used);
+    _mm512_mask_storeu_epi8(dst + at, m, v);
+    used += sh.window_bytes[phase];
+    at += 64;
+    phase = (phase + 64) % stride;
+  }
+  int64_t k = used / b, r = used % b;
+  if (r != 0) {
+    std::memcpy(dst + k * stride + r, in + used, static_cast<size_t>(b - r));
+    ++k;
+  }
+  return k;
+}
 
 Shuffler make_shuffler(int64_t b, int64_t stride) {
   Shuffler sh;
@@ -94,9 +141,13 @@ __attribute__((target("ssse3"))) int64_t shuffle_pack(const Shuffler& sh, const 
 #else
 struct Shuffler {
   int loads = 0;
+  int per_chunk = 0;
+  bool expand = false;
 };
 Shuffler make_shuffler(int64_t, int64_t) { return {}; }
+Shuffler make_expander(int64_t, int64_t) { return {}; }
 int64_t shuffle_pack(const Shuffler&, const uint8_t*, int64_t, int64_t, uint8_t*, int64_t) { return 0; }
+int64_t expand_unpack(const Shuffler&, uint8_t*, int64_t, int64_t, const uint8_t*, int64_t) { return 0; }
 #endif
 
 // Block copies. Small blocks copy as fixed-size memcpy (compiled to single
@@ -149,6 +200,13 @@ inline void inner_run(const C& c, const Shuffler& sh, uint8_t* m, int64_t s, uin
       stream += done * b;
       run -= done;
     }
+  } else {
+    if (sh.expand && run * s >= 128) {
+      int64_t done = expand_unpack(sh, m, s, b, stream, run);
+      m += done * s;
+      stream += done * b;
+      run -= done;
+    }
   }
   for (int64_t j = 0; j < run; ++j, m += s, stream += b) move_block<kPack>(c, m, stream);
 }
@@ -159,7 +217,10 @@ template <bool kPack, class C>
 void strided_blocks(const C& c, const Dim* dims, int nd, uint8_t* base, uint8_t* stream, int64_t k0,
                     int64_t nb) {
   if (nb <= 0) return;
-  const Shuffler sh = kPack && c.bytes() <= 4 ? make_shuffler(c.bytes(), dims[nd - 1].stride) : Shuffler{};
+  const int64_t inner_stride = dims[nd - 1].stride;
+  const Shuffler sh = c.bytes() >= 8 ? Shuffler{}
+                      : kPack        ? make_shuffler(c.bytes(), inner_stride)
+                                     : make_expander(c.bytes(), inner_stride);
   if (nd == 1) {
     inner_run<kPack>(c, sh, base + k0 * dims[0].stride, dims[0].stride, stream, nb);
     return;

@@ -153,6 +153,9 @@ static bool check_type(const TypeRef& t, int64_t count) {
     at += r.length;
   }
   CHECK(dst == want, "unpack differs\n%s", describe_tree(t).c_str());
+  std::vector<uint8_t> whole(src.size(), 0xC3);
+  unpack(p, whole.data() + guard - lo, expect.data(), 0, total, static_cast<int>(rnd(1, 3)));
+  CHECK(whole == want, "whole unpack differs\n%s", describe_tree(t).c_str());
   ++g_pass;
   return true;
 }
@@ -182,8 +185,9 @@ int main() {
     if (t->b.size > (1 << 20)) continue;
     check_type(t, rnd(0, 3));
   }
-  // Tiny blocks at small strides take the shuffle path: long runs, every stride.
-  for (int64_t b : {1, 2, 4})
+  // Tiny blocks at small strides take the shuffle (pack) and expand (unpack)
+  // paths: long runs, every stride.
+  for (int64_t b : {1, 2, 3, 4, 5, 7})
     for (int64_t stride = 1; stride <= 72; ++stride) {
       TypeRef blk = contiguous(b, named("byte"));
       check_type(hvector(rnd(1, 300), 1, stride, blk), rnd(1, 2));
