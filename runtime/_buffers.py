@@ -108,10 +108,32 @@ def device_buffer(obj: Any) -> Optional[DeviceBuffer]:
     return None
 
 
-def host_object(obj: Any, what: str) -> Any:
-    """Something the core's buffer protocol handling accepts (torch CPU tensors via .numpy())."""
+def torch_as_numpy(t: Any, writable: bool, what: str) -> Any:
+    """A numpy view of a CPU tensor's memory (no copy). Dtypes numpy lacks (bfloat16, ...) are
+    viewed as integers of the same size: packing moves bytes, not values."""
+    if t.is_cuda:
+        raise InvalidArgument(f"{what} is a CUDA tensor; pass it as a device array")
+    t = t.detach()
+    if t.is_conj() or t.is_neg():
+        if writable:
+            raise InvalidArgument(f"{what} is a lazily conjugated/negated tensor view; writing into it "
+                                  "would write a copy (call .resolve_conj()/.resolve_neg() first)")
+        t = t.resolve_conj().resolve_neg()
+    try:
+        return t.numpy()
+    except TypeError:
+        import torch
+        ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+        size = t.element_size()
+        if size not in ints:
+            raise InvalidArgument(f"{what} has dtype {t.dtype}, which has no numpy view") from None
+        return t.view(ints[size]).numpy()
+
+
+def host_object(obj: Any, what: str, writable: bool = False) -> Any:
+    """Something the core's buffer protocol handling accepts (torch CPU tensors via numpy views)."""
     if is_torch_tensor(obj):
-        return obj.detach().numpy()
+        return torch_as_numpy(obj, writable, what)
     if obj is None:
         raise InvalidArgument(f"{what} is None")
     return obj

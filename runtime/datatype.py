@@ -24,7 +24,8 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core
-from ._buffers import as_int, as_ints, check_writable_device, device_buffer, host_object, is_torch_tensor
+from ._buffers import (as_int, as_ints, check_writable_device, device_buffer, host_object, is_torch_tensor,
+                       torch_as_numpy)
 from .errors import InvalidArgument
 
 __all__ = ["Datatype", "NAMED_TYPES", "DEFAULT_DARG"]  # the named-type constants are appended below
@@ -191,7 +192,7 @@ class Datatype:
         if out is None:
             n = self._t.pack_size(count) - position if nb is None else nb
             out = np.empty(max(n, 0), dtype=np.uint8)
-        out_h = host_object(out, "out")
+        out_h = host_object(out, "out", writable=True)
         _core.pack_host(self._t, count, src_h, offset, out_h, position, nb, _threads(threads))
         return out
 
@@ -212,8 +213,8 @@ class Datatype:
             _core.unpack_device(self._t, count, dpk.ptr, dpk.nbytes, ddst.ptr, ddst.nbytes, offset, position, nb,
                                 st or ddst.stream, st == 0)
             return dst
-        _core.unpack_host(self._t, count, host_object(packed, "packed"), host_object(dst, "dst"), offset,
-                          position, nb, _threads(threads))
+        _core.unpack_host(self._t, count, host_object(packed, "packed"), host_object(dst, "dst", writable=True),
+                          offset, position, nb, _threads(threads))
         return dst
 
 
@@ -265,7 +266,7 @@ def _from_array(array: Any) -> Tuple[Datatype, Any, int]:
         ptr, readonly = cai["data"]
     else:
         if is_torch_tensor(array):
-            array = array.detach().numpy()
+            array = torch_as_numpy(array, True, "array")  # its buffer may be unpacked into
         array = np.asarray(array) if not isinstance(array, np.ndarray) else array
         shape, strides, dtype = array.shape, array.strides, array.dtype
         ptr, readonly = array.__array_interface__["data"]

@@ -43,8 +43,8 @@ Bounds compute_bounds(const std::vector<Member>& members, int64_t rep_count, int
   int64_t size = 0;
   for (const Member& m : members) {
     const Bounds& c = m.type->b;
+    if (m.blocklen == 0 || rep_count == 0) continue;  // absent members neither bound nor pad
     out.align = std::max(out.align, c.align);
-    if (m.blocklen == 0 || rep_count == 0) continue;
     int64_t blo, bhi, rlo, rhi;
     span(m.blocklen, c.extent(), &blo, &bhi);
     span(rep_count, rep_stride, &rlo, &rhi);
@@ -390,7 +390,7 @@ TypeRef darray(int64_t size, int64_t rank, const std::vector<int64_t>& gsizes,
     }
     if (dist == Distrib::block) {
       int64_t b = darg == kDefaultDarg ? (g + p - 1) / p : darg;
-      require(b >= 1, "darray: block size must be >= 1" + d);
+      require(b >= 1, "darray: block size must be >= 1, got " + std::to_string(b) + d);
       require(mul64(b, p, "darray block") >= g,
               "darray: block size " + std::to_string(b) + " times psize " + std::to_string(p) +
                   " does not cover gsize " + std::to_string(g) + d);
@@ -400,7 +400,7 @@ TypeRef darray(int64_t size, int64_t rank, const std::vector<int64_t>& gsizes,
       disp = add64(disp, mul64(start, stride, "darray displacement"), "darray displacement");
     } else {
       int64_t b = darg == kDefaultDarg ? 1 : darg;
-      require(b >= 1, "darray: cyclic block size must be >= 1" + d);
+      require(b >= 1, "darray: cyclic block size must be >= 1, got " + std::to_string(b) + d);
       int64_t period = mul64(mul64(p, b, "darray cycle"), stride, "darray cycle");
       int64_t first = mul64(c, b, "darray start");
       int64_t full = 0, rest = 0;  // full blocks of b, then a final partial block

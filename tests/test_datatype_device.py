@@ -1,0 +1,272 @@
+"""The device-array path of pack/unpack without a GPU, the mpi4py way: a FakeCudaArray exposes
+`__cuda_array_interface__` over host memory. With no GPU the call must fail with NoDevice and
+say why; with the GPU library replaced by the host emulation of the kernels (the same index
+code the GPU runs), device pack/unpack must give the host engine's bytes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hauler
+from hauler import _core
+from hauler.datatype import DOUBLE, INT, SHORT, Datatype
+from support import examples
+from support.buffers import POISONS, first_diff, poisoned, random_bytes
+from support.mpi_types import build_hauler, type_specs
+
+SEEDS = st.integers(0, 2**32 - 1)
+FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+class FakeCudaArray:
+    """A host numpy array presented as device memory through the CUDA array interface v3."""
+
+    def __init__(self, host: np.ndarray, readonly: bool = False, strides=None):
+        self.host = host
+        self.__cuda_array_interface__ = {
+            "version": 3,
+            "shape": host.shape,
+            "typestr": host.dtype.str,
+            "data": (host.__array_interface__["data"][0], readonly),
+            "strides": strides,
+            "stream": None,
+        }
+
+
+class FakeDLPackArray:
+    """A host numpy array that says it lives on CUDA device 0 through DLPack."""
+
+    def __init__(self, host: np.ndarray):
+        self.host = host
+
+    def __dlpack_device__(self):
+        return (2, 0)  # kDLCUDA
+
+    def __dlpack__(self, stream=None):
+        return self.host.__dlpack__()
+
+
+@pytest.fixture
+def no_gpu_emulation():
+    before = _core._gpu_emulation()
+    _core._use_gpu_emulation(False)
+    try:
+        yield
+    finally:
+        _core._use_gpu_emulation(before)
+
+
+def _geometry(t: Datatype, count: int, margin: int = 8):
+    lo = min(0, t.true_lb + min(0, (count - 1) * t.extent)) if count and t.size else 0
+    hi = max(t.true_lb + t.true_extent + max(0, (count - 1) * t.extent), 1) if count and t.size else 1
+    origin = margin - lo
+    return origin, origin + hi + margin
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) no GPU, no emulation
+# ---------------------------------------------------------------------------------------------
+def test_no_gpu_reports_why(no_gpu):
+    assert hauler.cuda_available() is False
+    status = hauler.cuda_status()
+    assert status and any(w in status for w in ("no driver", "no device", "not built", "failed")), status
+    assert "CUDA_ERROR" not in status or "no device" in status
+
+
+def test_device_arrays_without_a_gpu_raise_no_device(no_gpu):
+    t = Datatype.vector(4, 2, 3, INT)
+    src = FakeCudaArray(random_bytes(1, 64))
+    out_host = poisoned(t.size)
+    with pytest.raises(hauler.NoDevice) as e:
+        t.pack(src, out=FakeCudaArray(out_host))
+    assert type(e.value) is hauler.NoDevice
+    assert hauler.cuda_status() in str(e.value), str(e.value)
+    assert (out_host == POISONS[0]).all()
+    dst_host = poisoned(64)
+    with pytest.raises(hauler.NoDevice) as e:
+        t.unpack(FakeCudaArray(random_bytes(2, t.size)), FakeCudaArray(dst_host))
+    assert hauler.cuda_status() in str(e.value)
+    assert (dst_host == POISONS[0]).all()
+    # DLPack device arrays take the same path
+    with pytest.raises(hauler.NoDevice):
+        t.pack(FakeDLPackArray(random_bytes(1, 64)), out=FakeDLPackArray(out_host))
+    assert (out_host == POISONS[0]).all()
+
+
+def test_argument_errors_come_before_the_device_check(no_gpu):
+    """A malformed call says what is wrong with it even on a machine without a GPU."""
+    t = Datatype.vector(4, 2, 3, INT)
+    out_host = poisoned(t.size - 1)
+    with pytest.raises(hauler.BufferTooSmall):
+        t.pack(FakeCudaArray(random_bytes(1, 64)), out=FakeCudaArray(out_host))
+    with pytest.raises(hauler.ReadOnlyBuffer):
+        t.pack(FakeCudaArray(random_bytes(1, 64)), out=FakeCudaArray(poisoned(t.size), readonly=True))
+    assert (out_host == POISONS[0]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) host emulation of the GPU kernels against the host engine
+# ---------------------------------------------------------------------------------------------
+def test_emulation_is_reported(gpu_emulation):
+    assert hauler.cuda_available() is True
+    assert "emulation" in hauler.cuda_status()
+
+
+@settings(parent=FIXTURE_OK, max_examples=examples(800))
+@given(spec=type_specs(), count=st.integers(0, 3), seed=SEEDS, data=st.data())
+def test_emulated_device_pack_unpack_match_the_host_engine(gpu_emulation, spec, count, seed, data):
+    t = build_hauler(spec)
+    origin, length = _geometry(t, count, data.draw(st.integers(0, 24), label="margin"))
+    src_host = random_bytes(seed, length)
+    want = t.pack(src_host, count, offset=origin)  # the host engine
+    n = len(want)
+    # whole message, two poisons, into a larger buffer
+    for fill in POISONS:
+        big = poisoned(n + 16, fill)
+        res_arr = FakeCudaArray(big[:n])
+        res = t.pack(FakeCudaArray(src_host), count, out=res_arr, offset=origin)
+        assert res is res_arr
+        assert np.array_equal(big[:n], want), f"{spec!r} x{count}: {first_diff(big[:n], want)}"
+        assert (big[n:] == fill).all()
+    # chunks
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, n), max_size=5), label="cuts")) | {0, n})
+    pieces = []
+    for p, q in zip(cuts, cuts[1:]):
+        big = poisoned(q - p + 8)
+        t.pack(FakeCudaArray(src_host), count, out=FakeCudaArray(big), position=p, nbytes=q - p, offset=origin)
+        assert (big[q - p:] == POISONS[0]).all()
+        pieces.append(big[:q - p].copy())
+    if pieces:
+        assert np.array_equal(np.concatenate(pieces), want)
+    # unpack, whole and chunked, against the host unpack (same poisoned destination)
+    host_dst = poisoned(length)
+    t.unpack(want, host_dst, count, offset=origin)
+    dev_dst = poisoned(length)
+    t.unpack(FakeCudaArray(want.copy()), FakeCudaArray(dev_dst), count, offset=origin)
+    assert np.array_equal(dev_dst, host_dst), first_diff(dev_dst, host_dst)
+    chunked = poisoned(length)
+    for p, q in zip(cuts, cuts[1:]):
+        t.unpack(FakeCudaArray(want[p:q].copy()), FakeCudaArray(chunked), count, position=p, nbytes=q - p,
+                 offset=origin)
+    assert np.array_equal(chunked, host_dst), first_diff(chunked, host_dst)
+
+
+@settings(parent=FIXTURE_OK, max_examples=examples(200))
+@given(n=st.integers(1, 300), bl=st.integers(1, 9), gap=st.integers(0, 9), shift=st.integers(0, 15),
+       old=st.sampled_from([DOUBLE, INT, SHORT, Datatype.named("byte")]), seed=SEEDS)
+def test_emulated_device_pack_large_and_misaligned(gpu_emulation, n, bl, gap, shift, old, seed):
+    """Word-size choice depends on block length, stride and buffer alignment: shift the buffers."""
+    t = Datatype.vector(n, bl, bl + gap, old)
+    src = random_bytes(seed, t.extent + shift + 16)
+    want = t.pack(src[shift:])
+    out = poisoned(t.size + shift + 8)
+    t.pack(FakeCudaArray(src[shift:]), out=FakeCudaArray(out[shift:shift + t.size]))
+    assert np.array_equal(out[shift:shift + t.size], want)
+    assert (out[:shift] == POISONS[0]).all() and (out[shift + t.size:] == POISONS[0]).all()
+
+
+def test_emulated_from_array_device_view(gpu_emulation):
+    """from_array of a strided device view (strides in the interface) gives a type over the
+    view's device span; packing it on the device gives the view's elements in C order."""
+    a = np.arange(120, dtype=np.float64).reshape(6, 20)
+    v = a[1:5, ::-3]
+    dev = FakeCudaArray(v, strides=v.strides)
+    dev.__cuda_array_interface__["data"] = (v.__array_interface__["data"][0], False)
+    t, buf, off = Datatype.from_array(dev)
+    assert hasattr(buf, "__cuda_array_interface__")
+    out = poisoned(t.size)
+    t.pack(buf, out=FakeCudaArray(out), offset=off)
+    assert np.array_equal(out.view(np.float64), np.ascontiguousarray(v).ravel())
+
+
+def test_emulated_dlpack_arrays(gpu_emulation):
+    t = Datatype.vector(4, 2, 3, INT)
+    src = random_bytes(4, 64)
+    out = poisoned(t.size)
+    t.pack(FakeDLPackArray(src), out=FakeDLPackArray(out))
+    assert np.array_equal(out, t.pack(src))
+
+
+def test_emulated_read_only_device_output(gpu_emulation):
+    t = Datatype.vector(4, 2, 3, INT)
+    out = poisoned(t.size)
+    with pytest.raises(hauler.ReadOnlyBuffer) as e:
+        t.pack(FakeCudaArray(random_bytes(1, 64)), out=FakeCudaArray(out, readonly=True))
+    assert type(e.value) is hauler.ReadOnlyBuffer and "out" in str(e.value)
+    assert (out == POISONS[0]).all()
+    dst = poisoned(64)
+    with pytest.raises(hauler.ReadOnlyBuffer) as e:
+        t.unpack(FakeCudaArray(random_bytes(2, t.size)), FakeCudaArray(dst, readonly=True))
+    assert "dst" in str(e.value)
+    assert (dst == POISONS[0]).all()
+
+
+def test_emulated_mixing_host_and_device_buffers(gpu_emulation):
+    t = Datatype.vector(4, 2, 3, INT)
+    out = poisoned(t.size)
+    for kw in (dict(src=FakeCudaArray(random_bytes(1, 64)), out=out),
+               dict(src=random_bytes(1, 64), out=FakeCudaArray(out)),
+               dict(src=FakeCudaArray(random_bytes(1, 64)), out=None)):
+        with pytest.raises(hauler.InvalidArgument) as e:
+            t.pack(kw["src"], out=kw["out"])
+        assert type(e.value) is hauler.InvalidArgument and "device" in str(e.value)
+        assert (out == POISONS[0]).all()
+    dst = poisoned(64)
+    for packed, d in ((FakeCudaArray(random_bytes(2, t.size)), dst), (random_bytes(2, t.size), FakeCudaArray(dst))):
+        with pytest.raises(hauler.InvalidArgument):
+            t.unpack(packed, d)
+        assert (dst == POISONS[0]).all()
+
+
+def test_emulated_device_errors_write_nothing(gpu_emulation):
+    t = Datatype.vector(4, 3, 5, SHORT)  # 24 packed bytes over 36
+    src = FakeCudaArray(random_bytes(1, 36))
+    for kw, cls in ((dict(position=25), hauler.OutOfRange), (dict(position=10, nbytes=15), hauler.OutOfRange),
+                    (dict(offset=-1), hauler.BufferTooSmall), (dict(count=2), hauler.BufferTooSmall),
+                    (dict(count=-1), hauler.InvalidArgument)):
+        out = poisoned(40)
+        with pytest.raises(cls) as e:
+            t.pack(src, out=FakeCudaArray(out), **kw)
+        assert type(e.value) is cls, kw
+        assert (out == POISONS[0]).all(), kw
+    out = poisoned(23)
+    with pytest.raises(hauler.BufferTooSmall):
+        t.pack(src, out=FakeCudaArray(out))
+    assert (out == POISONS[0]).all()
+    # overlapping device buffers
+    buf = random_bytes(3, 64)
+    before = buf.copy()
+    with pytest.raises(hauler.InvalidArgument, match="overlap"):
+        t.unpack(FakeCudaArray(buf[30:54]), FakeCudaArray(buf))
+    assert np.array_equal(buf, before)
+    # a non-contiguous device array (strides in the interface)
+    a = poisoned(80)
+    with pytest.raises(hauler.InvalidArgument, match="contiguous"):
+        t.pack(src, out=FakeCudaArray(a[:40], strides=(2,)))
+    assert (a == POISONS[0]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# A real GPU, where there is one
+# ---------------------------------------------------------------------------------------------
+def test_real_gpu_matches_host(no_gpu_emulation):
+    torch = pytest.importorskip("torch")
+    if not (hauler.cuda_available() and torch.cuda.is_available()):
+        pytest.skip("no GPU here: " + hauler.cuda_status())
+    for t in (Datatype.vector(1000, 3, 7, DOUBLE), Datatype.indexed([1, 3, 2], [9, 0, 5], INT),
+              Datatype.subarray([30, 40, 5], [10, 20, 5], [3, 4, 0], SHORT)):
+        src = random_bytes(1, t.extent)
+        want = t.pack(src)
+        d_src = torch.from_numpy(src).cuda()
+        d_out = torch.full((t.size,), 0xA5, dtype=torch.uint8, device="cuda")
+        t.pack(d_src, out=d_out)
+        torch.cuda.synchronize()
+        assert np.array_equal(d_out.cpu().numpy(), want)
+        d_dst = torch.full((t.extent,), 0xA5, dtype=torch.uint8, device="cuda")
+        t.unpack(torch.from_numpy(want).cuda(), d_dst)
+        host = poisoned(t.extent)
+        t.unpack(want, host)
+        torch.cuda.synchronize()
+        assert np.array_equal(d_dst.cpu().numpy(), host)
