@@ -52,6 +52,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "Threads for host pack/unpack; 0 = the number of cores."),
     Setting("HAULER_PACK_PARALLEL_MIN", 1048576, "bytes", RUN,
             "Messages smaller than this many bytes are packed by one thread."),
+    Setting("HAULER_PACK_STREAM_MIN", 16777216, "bytes", RUN,
+            "Packs of at least this many bytes write with non-temporal (cache-bypassing) stores."),
     Setting("HAULER_CUDA_LIB", None, "path", RUN,
             "Path of libhauler_cuda.so; unset = next to the hauler._core extension."),
     Setting("HAULER_MPICC", None, "path", RUN,

@@ -20,6 +20,7 @@ struct IntSetting {
 
 IntSetting g_threads{"HAULER_THREADS", 0, 0};
 IntSetting g_parallel_min{"HAULER_PACK_PARALLEL_MIN", int64_t(1) << 20, 0};
+IntSetting g_stream_min{"HAULER_PACK_STREAM_MIN", int64_t(16) << 20, 0};
 
 int64_t read(IntSetting& s) {
   int64_t o = s.override_value.load(std::memory_order_relaxed);
@@ -45,8 +46,12 @@ int threads() {
 
 int64_t pack_parallel_min() { return read(g_parallel_min); }
 
+int64_t pack_stream_min() { return read(g_stream_min); }
+
 void set_override(const std::string& name, int64_t value) {
-  IntSetting* s = name == g_threads.name ? &g_threads : name == g_parallel_min.name ? &g_parallel_min : nullptr;
+  IntSetting* s = nullptr;
+  for (IntSetting* x : {&g_threads, &g_parallel_min, &g_stream_min})
+    if (name == x->name) s = x;
   if (s == nullptr) fail(Status::invalid_argument, "unknown run-time setting '" + name + "'");
   s->override_value.store(value < 0 ? -1 : value, std::memory_order_relaxed);
 }

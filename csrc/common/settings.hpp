@@ -11,6 +11,9 @@ namespace hauler::settings {
 int threads();
 // HAULER_PACK_PARALLEL_MIN: windows below this many bytes run single-threaded.
 int64_t pack_parallel_min();
+// HAULER_PACK_STREAM_MIN: pack windows of at least this many bytes write
+// their output with non-temporal (cache-bypassing) stores.
+int64_t pack_stream_min();
 
 // Run-time override of an integer setting by its HAULER_* name; a negative
 // value removes the override. Unknown names throw invalid_argument.

@@ -181,6 +181,8 @@ static bool check_error(const char* what, Status want, const std::function<void(
 int main() {
   settings::set_override("HAULER_PACK_PARALLEL_MIN", 0);  // exercise the thread split on small types
   for (int i = 0; i < 3000; ++i) {
+    // Half the types pack with streaming stores (normally only for windows >= 16 MiB).
+    settings::set_override("HAULER_PACK_STREAM_MIN", i % 2 ? 0 : -1);
     TypeRef t = random_type(4);
     if (t->b.size > (1 << 20)) continue;
     check_type(t, rnd(0, 3));
@@ -189,10 +191,16 @@ int main() {
   // paths: long runs, every stride.
   for (int64_t b : {1, 2, 3, 4, 5, 7})
     for (int64_t stride = 1; stride <= 72; ++stride) {
+      settings::set_override("HAULER_PACK_STREAM_MIN", stride % 2 ? 0 : -1);
       TypeRef blk = contiguous(b, named("byte"));
       check_type(hvector(rnd(1, 300), 1, stride, blk), rnd(1, 2));
       check_type(hvector(rnd(1, 5), 1, 4096 + stride, hvector(rnd(30, 90), 1, stride, blk)), 1);
     }
+  // Streaming stores on every block size that has them, aligned and not.
+  settings::set_override("HAULER_PACK_STREAM_MIN", 0);
+  for (int64_t b : {8, 16, 32, 48, 64, 96, 128, 144, 4096})
+    for (int rep = 0; rep < 4; ++rep) check_type(hvector(rnd(1, 200), 1, b + rnd(0, 3) * 8, contiguous(b, named("byte"))), 1);
+  settings::set_override("HAULER_PACK_STREAM_MIN", -1);
   TypeRef d = named("double"), i32 = named("int");
   check_equivalent("vector == hvector", vector(10, 2, 5, d), hvector(10, 2, 40, d));
   check_equivalent("vector == hindexed regular", vector(4, 3, 7, i32),
