@@ -11,8 +11,8 @@ namespace hauler::settings {
 int threads();
 // HAULER_PACK_PARALLEL_MIN: windows below this many bytes run single-threaded.
 int64_t pack_parallel_min();
-// HAULER_PACK_STREAM_MIN: pack windows of at least this many bytes write
-// their output with non-temporal (cache-bypassing) stores.
+// HAULER_PACK_STREAM_MIN: pack/unpack windows of at least this many bytes
+// may write with non-temporal (cache-bypassing) stores.
 int64_t pack_stream_min();
 
 // Run-time override of an integer setting by its HAULER_* name; a negative

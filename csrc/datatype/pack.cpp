@@ -198,16 +198,19 @@ struct Stream16s {
   int64_t b;  // a multiple of 16
   int64_t bytes() const { return b; }
   void operator()(uint8_t* d, const uint8_t* s) const {
+    // Up to 128 B of loads are issued before their stores: a store to an
+    // address whose low 12 bits match a pending load stalls it (4 KiB
+    // aliasing), which block-by-block strided copies otherwise hit regularly.
     int64_t i = 0;
+    for (; i + 128 <= b; i += 128) {
+      __m128i x[8];
+      for (int k = 0; k < 8; ++k) x[k] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16 * k));
+      for (int k = 0; k < 8; ++k) _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16 * k), x[k]);
+    }
     for (; i + 64 <= b; i += 64) {
-      __m128i x0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
-      __m128i x1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16));
-      __m128i x2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 32));
-      __m128i x3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 48));
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), x0);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16), x1);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 32), x2);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 48), x3);
+      __m128i x[4];
+      for (int k = 0; k < 4; ++k) x[k] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16 * k));
+      for (int k = 0; k < 4; ++k) _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16 * k), x[k]);
     }
     for (; i < b; i += 16)
       _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
@@ -337,6 +340,16 @@ void strided_dispatch(const Plan& p, uint8_t* base, uint8_t* stream, int64_t k0,
   const Dim* dims = l.dims.data();
   const int nd = static_cast<int>(l.dims.size());
 #if defined(__x86_64__)
+  // Unpack streams only whole, aligned cache lines: a partial line written
+  // with non-temporal stores costs more than the read-for-ownership it saves.
+  if (!kPack && nt && b % 64 == 0 && b <= 256 && reinterpret_cast<uintptr_t>(base) % 64 == 0) {
+    bool lines = true;
+    for (int d = 0; d < nd; ++d) lines = lines && dims[d].stride % 64 == 0;
+    if (lines && stream_pays(b, dims[nd - 1].stride)) {
+      if (b == 64) return strided_blocks<kPack>(StreamFixed<64>{}, dims, nd, base, stream, k0, nb, nt);
+      return strided_blocks<kPack>(Stream16s{b}, dims, nd, base, stream, k0, nb, nt);
+    }
+  }
   if (kPack && nt && b >= 8 && stream_pays(b, dims[nd - 1].stride)) {
     const auto at = reinterpret_cast<uintptr_t>(stream);
     if (b == 8 && at % 8 == 0) return strided_blocks<kPack>(Stream8{}, dims, nd, base, stream, k0, nb, nt);
@@ -450,7 +463,7 @@ void window(const Plan& p, uint8_t* origin, uint8_t* stream, int64_t pos, int64_
 template <bool kPack>
 void parallel_window(const Plan& p, uint8_t* origin, uint8_t* stream, int64_t pos, int64_t n, int threads) {
   if (threads <= 0) threads = settings::threads();
-  const bool nt = kPack && n >= settings::pack_stream_min();
+  const bool nt = n >= settings::pack_stream_min();
   if (threads <= 1 || n < settings::pack_parallel_min() || n < 2 * 4096) {
     window<kPack>(p, origin, stream, pos, n, nt);
     return;

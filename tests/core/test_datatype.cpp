@@ -160,6 +160,26 @@ static bool check_type(const TypeRef& t, int64_t count) {
   return true;
 }
 
+// Whole aligned cache lines: the only case where unpack uses streaming stores.
+static bool check_aligned_lines(int64_t b, int64_t stride, int64_t count) {
+  Plan p = make_plan(canonical(hvector(count, 1, stride, contiguous(b, named("byte")))));
+  const size_t span = static_cast<size_t>((count - 1) * stride + b);
+  std::vector<uint8_t> mem(span + 128), packed(static_cast<size_t>(p.total) + 64), got(span + 128, 0x3C);
+  for (auto& x : mem) x = static_cast<uint8_t>(rng());
+  auto align64 = [](uint8_t* q) { return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(q) + 63) & ~uintptr_t(63)); };
+  uint8_t *src = align64(mem.data()), *out = align64(packed.data()), *dst = align64(got.data());
+  pack(p, src, out, 0, p.total, 2);
+  unpack(p, dst, out, 0, p.total, 2);
+  for (int64_t k = 0; k < count; ++k) {
+    CHECK(std::memcmp(out + k * b, src + k * stride, static_cast<size_t>(b)) == 0, "aligned pack block %lld", (long long)k);
+    CHECK(std::memcmp(dst + k * stride, src + k * stride, static_cast<size_t>(b)) == 0, "aligned unpack block %lld",
+          (long long)k);
+    for (int64_t g = b; g < stride && k + 1 < count; ++g) CHECK(dst[k * stride + g] == 0x3C, "unpack wrote a gap");
+  }
+  ++g_pass;
+  return true;
+}
+
 static bool check_equivalent(const char* what, const TypeRef& a, const TypeRef& b) {
   Layout la = canonical(a), lb = canonical(b);
   CHECK(la == lb, "%s: %s vs %s", what, describe_layout(la).c_str(), describe_layout(lb).c_str());
@@ -200,6 +220,8 @@ int main() {
   settings::set_override("HAULER_PACK_STREAM_MIN", 0);
   for (int64_t b : {8, 16, 32, 48, 64, 96, 128, 144, 4096})
     for (int rep = 0; rep < 4; ++rep) check_type(hvector(rnd(1, 200), 1, b + rnd(0, 3) * 8, contiguous(b, named("byte"))), 1);
+  for (int64_t b : {64, 128, 192, 256, 320})
+    for (int64_t stride : {b, b + 64, 2 * b, 4 * b}) check_aligned_lines(b, stride, rnd(1, 300));
   settings::set_override("HAULER_PACK_STREAM_MIN", -1);
   TypeRef d = named("double"), i32 = named("int");
   check_equivalent("vector == hvector", vector(10, 2, 5, d), hvector(10, 2, 40, d));
