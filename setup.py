@@ -92,6 +92,26 @@ def headers():
     return [h for ext in ("h", "hpp", "cuh", "inl") for h in _glob(f"csrc/**/*.{ext}")]
 
 
+def find_liburing():
+    """(True, how) when liburing's header and library are present (csrc/io's io_uring backend is
+    then built with -DHAULER_HAVE_LIBURING and linked with -luring), else (False, why)."""
+    import ctypes.util
+    inc = [d for d in ("/usr/include", "/usr/local/include") if os.path.exists(os.path.join(d, "liburing.h"))]
+    lib = ctypes.util.find_library("uring")
+    if inc and lib:
+        return True, f"liburing.h in {inc[0]}, {lib}"
+    return False, "liburing not found (liburing.h: %s, library: %s): io_uring backend not built" % (
+        "yes" if inc else "no", lib or "no")
+
+
+HAVE_LIBURING, LIBURING_WHY = find_liburing()
+if HAVE_LIBURING:
+    CXX_FLAGS = CXX_FLAGS + ["-DHAULER_HAVE_LIBURING"]
+    LINK_FLAGS = LINK_FLAGS + ["-luring"]
+else:
+    print("hauler: " + LIBURING_WHY + "; the thread-pool I/O backend will run")
+
+
 def find_nvcc():
     """(path, None) or (None, reason): HAULER_NVCC > $CUDA_HOME/bin/nvcc > PATH > /usr/local/cuda."""
     explicit = config.get("HAULER_NVCC")
@@ -221,6 +241,7 @@ class BuildExt(build_ext):
                 "sources": list(ext.sources),
             },
             "cuda": cuda,
+            "liburing": {"found": HAVE_LIBURING, "detail": LIBURING_WHY},
             "mpi": mpi,
             "settings": {s.name: os.environ.get(s.name) for s in config.SETTINGS
                          if s.when == config.BUILD},

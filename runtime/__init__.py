@@ -15,7 +15,7 @@ except ImportError as _e:  # keep `hauler info` able to say what is wrong with t
 
 __all__ = ["__version__", "cuda_available", "cuda_status", "HaulerError", "InvalidArgument",
            "Overflow", "BufferTooSmall", "OutOfRange", "ReadOnlyBuffer", "NoDevice",
-           "HaulerIOError", "datatype"]
+           "HaulerIOError", "datatype", "io", "offload"]
 
 
 def _require_core():
@@ -40,4 +40,7 @@ def __getattr__(name):
     if name == "datatype":
         from . import datatype
         return datatype
+    if name in ("io", "offload"):
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'hauler' has no attribute {name!r}")

@@ -44,6 +44,11 @@ if [ "$SANITIZE" = 1 ]; then
   OUT=build/core-tests-asan
 fi
 LDLIBS="-ldl"
+# csrc/io's io_uring backend, as setup.py builds it, when liburing is installed
+if [ -f /usr/include/liburing.h ] || [ -f /usr/local/include/liburing.h ]; then
+  CXXFLAGS="$CXXFLAGS -DHAULER_HAVE_LIBURING"
+  LDLIBS="$LDLIBS -luring"
+fi
 mkdir -p "$OUT"
 
 # Objects depend on the flags: rewrite the flags file only when they change.

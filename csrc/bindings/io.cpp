@@ -1,0 +1,153 @@
+// Bindings of csrc/io: the file handle, futures, backend/cuFile status.
+// Thin: hold the Python buffer, release the GIL, call the core.
+#include "../io/io.hpp"
+#include "bindings.hpp"
+
+#include <memory>
+
+namespace hauler::bind {
+
+namespace {
+
+// A queued request: keeps the caller's buffer alive (and exported) until the
+// request finished; destroying it waits for that, with the GIL released.
+class PyFuture {
+ public:
+  PyFuture(std::shared_ptr<io::Future> f, std::unique_ptr<HeldBuffer> buf, int64_t nbytes)
+      : f_(std::move(f)), buf_(std::move(buf)), nbytes_(nbytes) {}
+  ~PyFuture() {
+    if (f_ && !f_->done()) {
+      py::gil_scoped_release nogil;
+      f_->wait(-1);
+    }
+    buf_.reset();  // PyBuffer_Release with the GIL held
+  }
+  bool wait(double timeout) {
+    py::gil_scoped_release nogil;
+    return f_->wait(timeout);
+  }
+  bool done() const { return f_->done(); }
+  bool cancel() { return f_->cancel(); }
+  bool cancelled() const { return f_->cancelled(); }
+  bool running() const { return f_->state() == io::Future::running; }
+  int64_t get() {
+    int64_t n;
+    {
+      py::gil_scoped_release nogil;
+      n = f_->get();
+    }
+    return n;
+  }
+  void release_buffer() {
+    if (f_->done()) buf_.reset();
+  }
+  int64_t nbytes() const { return nbytes_; }
+
+ private:
+  std::shared_ptr<io::Future> f_;
+  std::unique_ptr<HeldBuffer> buf_;
+  int64_t nbytes_;
+};
+
+int64_t resolve_size(const HeldBuffer& b, py::object size, const char* what) {
+  if (size.is_none()) return b.size();
+  int64_t n = size.cast<int64_t>();
+  if (n < 0) fail(Status::invalid_argument, "size must be >= 0, got " + std::to_string(n));
+  if (n > b.size())
+    fail(Status::buffer_too_small, std::string(what) + " holds " + std::to_string(b.size()) +
+                                       " bytes, fewer than the " + std::to_string(n) + " requested");
+  return n;
+}
+
+}  // namespace
+
+void register_io(py::module_& m) {
+  py::class_<PyFuture>(m, "IOFuture")
+      .def("wait", &PyFuture::wait, py::arg("timeout") = -1.0,
+           "Waits up to timeout seconds (negative: forever); True when done")
+      .def("done", &PyFuture::done)
+      .def("cancel", &PyFuture::cancel, "Cancels the request if it has not started; True if it never runs")
+      .def("cancelled", &PyFuture::cancelled)
+      .def("running", &PyFuture::running)
+      .def("get", &PyFuture::get, "Waits, then the byte count or the request's error")
+      .def("release_buffer", &PyFuture::release_buffer)
+      .def_property_readonly("nbytes", &PyFuture::nbytes);
+
+  py::class_<io::File>(m, "IOFile")
+      .def(py::init([](const std::string& path, const std::string& mode, int direct) {
+             py::gil_scoped_release nogil;
+             return std::make_unique<io::File>(path, mode, direct);
+           }),
+           py::arg("path"), py::arg("mode") = "r", py::arg("direct") = -1)
+      .def_property_readonly("direct", &io::File::direct)
+      .def_property_readonly("direct_reason", &io::File::direct_reason)
+      .def_property_readonly("path", &io::File::path)
+      .def_property_readonly("mode", &io::File::mode)
+      .def_property_readonly("closed", [](const io::File& f) { return !f.is_open(); })
+      .def("fileno", &io::File::fd)
+      .def("size", &io::File::size)
+      .def("close",
+           [](io::File& f) {
+             py::gil_scoped_release nogil;
+             f.close();
+           })
+      .def("sync",
+           [](const io::File& f, bool data_only) {
+             py::gil_scoped_release nogil;
+             f.sync(data_only);
+           },
+           py::arg("data_only") = false)
+      .def("truncate", [](const io::File& f, int64_t size) { f.truncate(size); })
+      .def("read_into",
+           [](const io::File& f, py::object buf, py::object size, int64_t offset) {
+             HeldBuffer b(buf, true, "buf");
+             int64_t n = resolve_size(b, size, "buf");
+             py::gil_scoped_release nogil;
+             return f.read(b.data(), n, offset);
+           },
+           py::arg("buf"), py::arg("size") = py::none(), py::arg("offset") = 0)
+      .def("write",
+           [](const io::File& f, py::object buf, py::object size, int64_t offset) {
+             HeldBuffer b(buf, false, "buf");
+             int64_t n = resolve_size(b, size, "buf");
+             py::gil_scoped_release nogil;
+             return f.write(b.data(), n, offset);
+           },
+           py::arg("buf"), py::arg("size") = py::none(), py::arg("offset") = 0)
+      .def("pread",
+           [](const io::File& f, py::object buf, py::object size, int64_t offset) {
+             auto b = std::make_unique<HeldBuffer>(buf, true, "buf");
+             int64_t n = resolve_size(*b, size, "buf");
+             uint8_t* p = b->data();
+             auto fut = io::submit(f.state(), io::Op::read, p, n, offset);
+             return std::make_unique<PyFuture>(std::move(fut), std::move(b), n);
+           },
+           py::arg("buf"), py::arg("size") = py::none(), py::arg("offset") = 0)
+      .def("pwrite",
+           [](const io::File& f, py::object buf, py::object size, int64_t offset) {
+             auto b = std::make_unique<HeldBuffer>(buf, false, "buf");
+             int64_t n = resolve_size(*b, size, "buf");
+             uint8_t* p = b->data();
+             auto fut = io::submit(f.state(), io::Op::write, p, n, offset);
+             return std::make_unique<PyFuture>(std::move(fut), std::move(b), n);
+           },
+           py::arg("buf"), py::arg("size") = py::none(), py::arg("offset") = 0)
+      .def("read_device",
+           [](const io::File& f, uint64_t ptr, int64_t size, int64_t offset) {
+             py::gil_scoped_release nogil;
+             return io::device_read(f.state(), ptr, size, offset);
+           })
+      .def("write_device", [](const io::File& f, uint64_t ptr, int64_t size, int64_t offset) {
+        py::gil_scoped_release nogil;
+        return io::device_write(f.state(), ptr, size, offset);
+      });
+
+  m.def("io_backend", [] { return std::string(io::backend().name); }, "The I/O backend in use");
+  m.def("io_backend_description", &io::backend_description);
+  m.def("io_backend_is_fallback", &io::backend_is_fallback);
+  m.def("io_cufile_status", &io::cufile_status);
+  m.def("io_bounce_pool_cached", &io::bounce_pool_cached);
+  m.def("io_alignment", [] { return io::kAlign; });
+}
+
+}  // namespace hauler::bind

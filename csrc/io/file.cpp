@@ -1,0 +1,499 @@
+// The file handle, request execution (split into tasks, aligned or through
+// bounce buffers, read-modify-write of partial edge blocks) and futures.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <thread>
+#include <vector>
+
+#include "../common/checked.hpp"
+#include "io.hpp"
+
+namespace hauler::io {
+
+struct FileState {
+  std::string path;
+  std::string mode;
+  int fd = -1;
+  bool direct = false;
+  bool readable = false;
+  bool writable = false;
+  std::string direct_reason;
+  std::mutex m;
+  std::condition_variable cv;
+  int inflight = 0;
+  bool closed = false;
+
+  ~FileState() {
+    if (fd >= 0) ::close(fd);
+  }
+  void close() {
+    std::unique_lock<std::mutex> l(m);
+    closed = true;
+    cv.wait(l, [this] { return inflight == 0; });
+    if (fd >= 0) {
+      ::close(fd);
+      fd = -1;
+    }
+  }
+};
+
+namespace {
+
+std::string errno_text(int e) {
+  const char* name = nullptr;
+  switch (e) {
+    case EIO: name = "EIO"; break;
+    case ENOSPC: name = "ENOSPC"; break;
+    case EFBIG: name = "EFBIG"; break;
+    case EBADF: name = "EBADF"; break;
+    case EINVAL: name = "EINVAL"; break;
+    case EDQUOT: name = "EDQUOT"; break;
+    case EROFS: name = "EROFS"; break;
+    case EACCES: name = "EACCES"; break;
+    case ENOENT: name = "ENOENT"; break;
+    case EEXIST: name = "EEXIST"; break;
+    case EISDIR: name = "EISDIR"; break;
+    default: break;
+  }
+  std::string s = std::strerror(e);
+  if (name) s += std::string(" (") + name + ")";
+  return s;
+}
+
+// Marks a request in flight on the handle; refuses a closed one.
+class Use {
+ public:
+  explicit Use(FileState& st) : st_(st) {
+    std::lock_guard<std::mutex> g(st_.m);
+    if (st_.closed || st_.fd < 0)
+      fail(Status::io_error, "file '" + st_.path + "' is closed: " + errno_text(EBADF));
+    ++st_.inflight;
+  }
+  ~Use() {
+    std::lock_guard<std::mutex> g(st_.m);
+    if (--st_.inflight == 0) st_.cv.notify_all();
+  }
+
+ private:
+  FileState& st_;
+};
+
+int64_t fsize(const FileState& st) {
+  struct stat sb;
+  if (::fstat(st.fd, &sb) != 0) fail(Status::io_error, "fstat of '" + st.path + "' failed: " + errno_text(errno));
+  return static_cast<int64_t>(sb.st_size);
+}
+
+// pread of up to len bytes (fewer at end of file); the rest is zero-filled.
+void pread_fill(const FileState& st, uint8_t* p, int64_t len, int64_t off) {
+  int64_t got = 0;
+  while (got < len) {
+    ssize_t r = ::pread(st.fd, p + got, static_cast<size_t>(len - got), off + got);
+    if (r < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      fail(Status::io_error, "read-modify-write: reading the edge block at offset " + std::to_string(off) +
+                                 " of '" + st.path + "' failed: " + errno_text(errno));
+    }
+    if (r == 0) break;
+    got += r;
+  }
+  if (got < len) std::memset(p + got, 0, static_cast<size_t>(len - got));
+}
+
+inline int64_t down(int64_t x) { return x / kAlign * kAlign; }
+inline int64_t up(int64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+struct Slot {
+  Task t;
+  BounceBuffer bb;
+  int64_t s = 0, e = 0, a0 = 0;
+  bool bounced = false;
+};
+
+class RequestBatch : public Batch {
+ public:
+  RequestBatch(FileState& st, Op op, uint8_t* buf, int64_t len, int64_t off, int64_t ts)
+      : st_(st), op_(op), buf_(buf), len_(len), off_(off), end_(off + len), ts_(ts) {
+    if (st_.direct) {
+      first_ = off_ / ts_;
+      n_ = static_cast<size_t>((end_ - 1) / ts_ - first_ + 1);
+    } else {
+      first_ = 0;
+      n_ = static_cast<size_t>((len_ + ts_ - 1) / ts_);
+    }
+    slots_.resize(n_);
+  }
+  size_t size() const { return n_; }
+
+  Task* prepare(size_t i) override {
+    if (failed_.load(std::memory_order_acquire)) return nullptr;
+    Slot& sl = slots_[i];
+    if (st_.direct) {
+      sl.s = std::max(off_, (first_ + static_cast<int64_t>(i)) * ts_);
+      sl.e = std::min(end_, (first_ + static_cast<int64_t>(i) + 1) * ts_);
+    } else {
+      sl.s = off_ + static_cast<int64_t>(i) * ts_;
+      sl.e = std::min(end_, sl.s + ts_);
+    }
+    uint8_t* user = buf_ + (sl.s - off_);
+    Task& t = sl.t;
+    t.op = op_;
+    t.fd = st_.fd;
+    if (!st_.direct || (sl.s % kAlign == 0 && sl.e % kAlign == 0 &&
+                        reinterpret_cast<uintptr_t>(user) % static_cast<uintptr_t>(kAlign) == 0)) {
+      t.buf = user;
+      t.off = sl.s;
+      t.len = sl.e - sl.s;
+      return &t;
+    }
+    sl.bounced = true;
+    sl.a0 = down(sl.s);
+    int64_t a1 = up(sl.e);
+    try {
+      sl.bb = BounceBuffer(a1 - sl.a0);
+      if (op_ == Op::write) {
+        // read-modify-write of the partial head and tail blocks
+        bool head = sl.s != sl.a0, tail = sl.e != a1;
+        if (head) pread_fill(st_, sl.bb.data(), kAlign, sl.a0);
+        if (tail && !(head && a1 - kAlign == sl.a0))
+          pread_fill(st_, sl.bb.data() + (a1 - kAlign - sl.a0), kAlign, a1 - kAlign);
+        std::memcpy(sl.bb.data() + (sl.s - sl.a0), user, static_cast<size_t>(sl.e - sl.s));
+        std::lock_guard<std::mutex> g(m_);
+        max_bounced_end_ = std::max(max_bounced_end_, a1);
+      }
+    } catch (...) {
+      record(sl.s, Status::io_error, std::current_exception());
+      sl.bb = BounceBuffer();
+      return nullptr;
+    }
+    t.buf = sl.bb.data();
+    t.off = sl.a0;
+    t.len = a1 - sl.a0;
+    return &t;
+  }
+
+  void complete(size_t i) override {
+    Slot& sl = slots_[i];
+    Task& t = sl.t;
+    const char* verb = op_ == Op::read ? "read" : "write";
+    if (t.err) {
+      std::string msg = std::string(verb) + " of " + std::to_string(t.len) + " bytes at offset " +
+                        std::to_string(t.off) + " of '" + st_.path + "' failed: " + errno_text(t.err) +
+                        " (request: " + std::to_string(len_) + " bytes at offset " + std::to_string(off_) +
+                        "; " + std::to_string(t.done) + " bytes of this piece done)";
+      if (t.err == EINVAL && st_.direct) msg += "; the handle uses O_DIRECT";
+      record(sl.s, Status::io_error, std::make_exception_ptr(Error(Status::io_error, msg)));
+    } else if (op_ == Op::read) {
+      int64_t need = sl.bounced ? sl.e - sl.a0 : t.len;
+      if (t.done < need) {
+        int64_t at = (sl.bounced ? sl.a0 : sl.s) + t.done;
+        std::string msg = "short read: '" + st_.path + "' ended at offset " + std::to_string(at) +
+                          " while reading " + std::to_string(len_) + " bytes at offset " + std::to_string(off_) +
+                          " (the file shrank underneath?); no partial result is returned";
+        record(sl.s, Status::out_of_range, std::make_exception_ptr(Error(Status::out_of_range, msg)));
+      } else if (sl.bounced) {
+        std::memcpy(buf_ + (sl.s - off_), sl.bb.data() + (sl.s - sl.a0), static_cast<size_t>(sl.e - sl.s));
+      }
+    }
+    if (sl.bounced) sl.bb = BounceBuffer();  // back to the pool
+  }
+
+  void rethrow() {
+    std::lock_guard<std::mutex> g(m_);
+    if (err_) std::rethrow_exception(err_);
+  }
+  int64_t max_bounced_end() const { return max_bounced_end_; }
+
+ private:
+  void record(int64_t at, Status, std::exception_ptr e) {
+    std::lock_guard<std::mutex> g(m_);
+    if (!err_ || at < err_at_) {
+      err_ = e;
+      err_at_ = at;
+    }
+    failed_.store(true, std::memory_order_release);
+  }
+
+  FileState& st_;
+  Op op_;
+  uint8_t* buf_;
+  int64_t len_, off_, end_, ts_;
+  int64_t first_ = 0;
+  size_t n_ = 0;
+  std::vector<Slot> slots_;
+  std::mutex m_;
+  std::exception_ptr err_;
+  int64_t err_at_ = 0;
+  std::atomic<bool> failed_{false};
+  int64_t max_bounced_end_ = 0;
+};
+
+}  // namespace
+
+int64_t execute(const std::shared_ptr<FileState>& stp, Op op, uint8_t* buf, int64_t len, int64_t off) {
+  if (!stp) fail(Status::io_error, "file is closed: " + errno_text(EBADF));
+  FileState& st = *stp;
+  if (len < 0) fail(Status::invalid_argument, "size must be >= 0, got " + std::to_string(len));
+  if (off < 0) fail(Status::invalid_argument, "offset must be >= 0, got " + std::to_string(off));
+  int64_t end = add64(off, len, "offset + size");
+  Use use(st);
+  if (op == Op::read && !st.readable)
+    fail(Status::invalid_argument, "'" + st.path + "' was opened with mode '" + st.mode + "': not readable");
+  if (op == Op::write && !st.writable)
+    fail(Status::invalid_argument, "'" + st.path + "' was opened with mode '" + st.mode + "': not writable");
+  if (len == 0) return 0;
+  if (buf == nullptr) fail(Status::invalid_argument, "null buffer");
+  int64_t size_before = fsize(st);
+  if (op == Op::read && end > size_before)
+    fail(Status::out_of_range, "read of " + std::to_string(len) + " bytes at offset " + std::to_string(off) +
+                                   " of '" + st.path + "' goes past the end of the file (" +
+                                   std::to_string(size_before) + " bytes)");
+  int64_t ts = task_size();
+  if (!st.direct) ts = std::max<int64_t>(ts, 1);
+  RequestBatch batch(st, op, buf, len, off, ts);
+  const BackendOps& be = backend();
+  std::exception_ptr run_err;
+  try {
+    be.run(batch, batch.size(), queue_depth());
+  } catch (...) {
+    run_err = std::current_exception();
+  }
+  if (op == Op::write && st.direct) {
+    // bounce writes cover whole blocks: cut what went past the intended end
+    int64_t want = std::max(size_before, end);
+    if (batch.max_bounced_end() > want && fsize(st) > want) {
+      if (::ftruncate(st.fd, want) != 0 && !run_err)
+        fail(Status::io_error, "ftruncate of '" + st.path + "' to " + std::to_string(want) +
+                                   " bytes after an unaligned O_DIRECT write failed: " + errno_text(errno));
+    }
+  }
+  batch.rethrow();
+  if (run_err) std::rethrow_exception(run_err);
+  return len;
+}
+
+int state_fd(const std::shared_ptr<FileState>& st) { return st ? st->fd : -1; }
+
+// ---- File ---------------------------------------------------------------------------------------
+
+File::File(const std::string& path, const std::string& mode, int direct) {
+  auto st = std::make_shared<FileState>();
+  st->path = path;
+  st->mode = mode;
+  int flags = O_CLOEXEC;
+  if (mode == "r" || mode == "rb") {
+    flags |= O_RDONLY;
+    st->readable = true;
+  } else if (mode == "r+" || mode == "rb+" || mode == "r+b") {
+    flags |= O_RDWR;
+    st->readable = st->writable = true;
+  } else if (mode == "w" || mode == "wb" || mode == "w+" || mode == "wb+" || mode == "w+b") {
+    flags |= O_RDWR | O_CREAT | O_TRUNC;  // O_RDWR: read-modify-write of edge blocks
+    st->writable = true;
+    st->readable = mode.find('+') != std::string::npos;
+  } else if (mode == "x" || mode == "xb" || mode == "x+" || mode == "xb+" || mode == "x+b") {
+    flags |= O_RDWR | O_CREAT | O_EXCL;
+    st->writable = true;
+    st->readable = mode.find('+') != std::string::npos;
+  } else {
+    fail(Status::invalid_argument, "mode '" + mode + "': expected r, r+, w, w+, x or x+");
+  }
+  bool want = direct < 0 ? direct_mode() != 0 : direct != 0;
+  int fd = -1;
+  if (want) {
+    fd = ::open(path.c_str(), flags | O_DIRECT, 0666);
+    if (fd >= 0) {
+      st->direct = true;
+    } else if (errno == EINVAL) {
+      if (direct == 1)
+        fail(Status::io_error, "open of '" + path + "' with O_DIRECT failed: " + errno_text(EINVAL) +
+                                   " (the file system refuses O_DIRECT; pass direct=None for buffered I/O)");
+      st->direct_reason = "the file system refuses O_DIRECT (open gave EINVAL): buffered I/O";
+      fd = ::open(path.c_str(), flags & ~O_EXCL, 0666);
+    }
+  } else {
+    st->direct_reason = direct == 0 ? "direct=False: buffered I/O" : "HAULER_IO_DIRECT=0: buffered I/O";
+    fd = ::open(path.c_str(), flags, 0666);
+  }
+  if (fd < 0) fail(Status::io_error, "open of '" + path + "' (mode '" + mode + "') failed: " + errno_text(errno));
+  st->fd = fd;
+  st_ = std::move(st);
+}
+
+File::~File() {
+  if (st_) st_->close();
+}
+
+File& File::operator=(File&& o) noexcept {
+  if (this != &o) {
+    if (st_) st_->close();
+    st_ = std::move(o.st_);
+  }
+  return *this;
+}
+
+bool File::is_open() const {
+  if (!st_) return false;
+  std::lock_guard<std::mutex> g(st_->m);
+  return !st_->closed;
+}
+bool File::direct() const { return st_ && st_->direct; }
+std::string File::direct_reason() const { return st_ ? st_->direct_reason : "closed"; }
+const std::string& File::path() const {
+  static const std::string none;
+  return st_ ? st_->path : none;
+}
+std::string File::mode() const { return st_ ? st_->mode : ""; }
+int File::fd() const { return st_ ? st_->fd : -1; }
+void File::close() {
+  if (st_) st_->close();
+}
+int64_t File::size() const {
+  if (!st_) fail(Status::io_error, "file is closed: " + errno_text(EBADF));
+  Use u(*st_);
+  return fsize(*st_);
+}
+int64_t File::read(void* buf, int64_t len, int64_t off) const {
+  return execute(st_, Op::read, static_cast<uint8_t*>(buf), len, off);
+}
+int64_t File::write(const void* buf, int64_t len, int64_t off) const {
+  return execute(st_, Op::write, static_cast<uint8_t*>(const_cast<void*>(buf)), len, off);
+}
+void File::sync(bool data_only) const {
+  if (!st_) fail(Status::io_error, "file is closed: " + errno_text(EBADF));
+  Use u(*st_);
+  if ((data_only ? ::fdatasync(st_->fd) : ::fsync(st_->fd)) != 0)
+    fail(Status::io_error, "fsync of '" + st_->path + "' failed: " + errno_text(errno));
+}
+void File::truncate(int64_t size) const {
+  if (!st_) fail(Status::io_error, "file is closed: " + errno_text(EBADF));
+  if (size < 0) fail(Status::invalid_argument, "size must be >= 0");
+  Use u(*st_);
+  if (!st_->writable) fail(Status::invalid_argument, "'" + st_->path + "' is not writable");
+  if (::ftruncate(st_->fd, size) != 0)
+    fail(Status::io_error, "ftruncate of '" + st_->path + "' failed: " + errno_text(errno));
+}
+
+// ---- futures and the request threads -------------------------------------------------------------
+
+namespace {
+class RequestPool {
+ public:
+  void post(std::function<void()> fn) {
+    std::lock_guard<std::mutex> g(m_);
+    while (static_cast<int>(threads_.size()) < request_threads()) threads_.emplace_back([this] { loop(); });
+    q_.push_back(std::move(fn));
+    cv_.notify_one();
+  }
+
+ private:
+  void loop() {
+    while (true) {
+      std::function<void()> fn;
+      {
+        std::unique_lock<std::mutex> l(m_);
+        cv_.wait(l, [this] { return !q_.empty(); });
+        fn = std::move(q_.front());
+        q_.pop_front();
+      }
+      fn();
+    }
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> q_;
+  std::vector<std::thread> threads_;
+};
+RequestPool& request_pool() {
+  static RequestPool* p = new RequestPool;
+  return *p;
+}
+}  // namespace
+
+void Future::finish(int64_t bytes, std::exception_ptr err, State s) {
+  std::function<void()> cb;
+  {
+    std::lock_guard<std::mutex> g(m_);
+    bytes_ = bytes;
+    err_ = err;
+    state_ = s;
+    cb = std::move(on_done_);
+    on_done_ = nullptr;
+  }
+  cv_.notify_all();
+  if (cb) cb();
+}
+
+bool Future::wait(double timeout_s) const {
+  std::unique_lock<std::mutex> l(m_);
+  auto ready = [this] { return state_ == finished || state_ == was_cancelled; };
+  if (timeout_s < 0) {
+    cv_.wait(l, ready);
+    return true;
+  }
+  return cv_.wait_for(l, std::chrono::duration<double>(timeout_s), ready);
+}
+bool Future::done() const {
+  std::lock_guard<std::mutex> g(m_);
+  return state_ == finished || state_ == was_cancelled;
+}
+bool Future::cancelled() const {
+  std::lock_guard<std::mutex> g(m_);
+  return state_ == was_cancelled;
+}
+Future::State Future::state() const {
+  std::lock_guard<std::mutex> g(m_);
+  return state_;
+}
+bool Future::cancel() {
+  std::function<void()> cb;
+  {
+    std::lock_guard<std::mutex> g(m_);
+    if (state_ == was_cancelled) return true;
+    if (state_ != queued) return false;
+    state_ = was_cancelled;
+    cb = std::move(on_done_);
+    on_done_ = nullptr;
+  }
+  cv_.notify_all();
+  if (cb) cb();
+  return true;
+}
+int64_t Future::get() const {
+  wait(-1);
+  std::lock_guard<std::mutex> g(m_);
+  if (state_ == was_cancelled) fail(Status::invalid_argument, "the request was cancelled");
+  if (err_) std::rethrow_exception(err_);
+  return bytes_;
+}
+
+void run_future(const std::shared_ptr<Future>& f, const std::shared_ptr<FileState>& st, Op op, uint8_t* buf,
+                int64_t len, int64_t off) {
+  {
+    std::lock_guard<std::mutex> g(f->m_);
+    if (f->state_ != Future::queued) return;  // cancelled
+    f->state_ = Future::running;
+  }
+  try {
+    int64_t n = execute(st, op, buf, len, off);
+    f->finish(n, nullptr, Future::finished);
+  } catch (...) {
+    f->finish(0, std::current_exception(), Future::finished);
+  }
+}
+
+std::shared_ptr<Future> submit(const std::shared_ptr<FileState>& st, Op op, uint8_t* buf, int64_t len,
+                               int64_t off, std::function<void()> on_done) {
+  auto f = std::make_shared<Future>();
+  f->on_done_ = std::move(on_done);
+  request_pool().post([f, st, op, buf, len, off] { run_future(f, st, op, buf, len, off); });
+  return f;
+}
+
+}  // namespace hauler::io

@@ -1,0 +1,189 @@
+"""Activation offload to NVMe (after SSDTrain): ``hauler.offload``.
+
+    from hauler.offload import offload
+    with offload("/nvme/acts") as off:       # or offload(store=TensorStore(...))
+        loss = model(x).sum()
+    loss.backward()
+
+Inside the context, every tensor autograd saves for backward goes through
+``torch.autograd.graph.saved_tensors_hooks``: parameters (and views of them) and tensors under
+``min_bytes`` stay in memory; the others are written to a :class:`hauler.io.TensorStore`
+asynchronously, and the in-memory copy is dropped once its write is durable. A tensor saved by
+several operations is stored once. During backward the saved tensors are read back in the
+reverse order of saving, ``prefetch`` ahead of the one autograd asks for. A tensor whose write
+has not finished yet is handed back from memory instead of being read. Entries are deleted when
+autograd frees the saved tensors (after backward).
+
+``off.stats`` counts what happened: saved, skipped (parameters / small), shared, bytes written,
+read back, hits in memory, and the time unpack waited for reads.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import threading
+import time
+import weakref
+from typing import Any, Dict, List, Optional
+
+__all__ = ["offload", "Offload"]
+
+_ids = itertools.count()
+
+
+class _Handle:
+    __slots__ = ("key", "tensor", "put", "get", "index", "owner", "ident", "__weakref__")
+
+    def __init__(self, key: str, tensor: Any, index: int, owner: "Offload"):
+        self.key = key
+        self.tensor = tensor      # in memory until the write is durable
+        self.put = None
+        self.get = None           # a prefetch in flight
+        self.index = index
+        self.owner = owner
+
+
+class Offload:
+    """The context manager returned by :func:`offload`."""
+
+    def __init__(self, directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
+                 prefetch: int = 2, threads: int = 4):
+        import torch  # noqa: F401 - fail early without torch
+        from .tensorstore import TensorStore
+        self._tmp = None
+        if store is None:
+            if directory is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="hauler-offload-")
+                directory = self._tmp.name
+            store = TensorStore(directory, threads=threads, sync=False)
+        self.store = store
+        self.min_bytes = int(min_bytes)
+        self.prefetch = max(0, int(prefetch))
+        self._lock = threading.Lock()
+        self._handles: List["weakref.ref"] = []  # pack order
+        self._shared: Dict[Any, "weakref.ref"] = {}
+        self._hooks = None
+        self._run = next(_ids)
+        self.stats = {"saved": 0, "skipped_param": 0, "skipped_small": 0, "shared": 0,
+                      "bytes_written": 0, "bytes_read": 0, "in_memory_hits": 0, "wait_s": 0.0}
+
+    # -- hooks
+    def _pack(self, t: Any) -> Any:
+        import torch
+        if isinstance(t, torch.nn.Parameter) or (t._base is not None and isinstance(t._base, torch.nn.Parameter)):
+            self.stats["skipped_param"] += 1
+            return t
+        if t.device.type != "cpu" or t.layout != torch.strided or t.is_sparse:
+            self.stats["skipped_small"] += 1
+            return t
+        nbytes = t.numel() * t.element_size()
+        if nbytes < self.min_bytes:
+            self.stats["skipped_small"] += 1
+            return t
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+                 t.dtype, t._version)
+        with self._lock:
+            ref = self._shared.get(ident)
+            h = ref() if ref is not None else None
+            if h is not None:
+                self.stats["shared"] += 1
+                return h
+            key = f"act-{self._run}-{len(self._handles)}"
+            h = _Handle(key, t.detach(), len(self._handles), self)
+            h.ident = ident
+            self._handles.append(weakref.ref(h))
+            self._shared[ident] = weakref.ref(h)
+            weakref.finalize(h, _discard, self.store, key)
+        self.stats["saved"] += 1
+        self.stats["bytes_written"] += nbytes
+        h.put = self.store.put(key, h.tensor)
+        with self._lock:
+            href = self._shared[ident]
+
+        def written(fut, href=href):
+            hh = href()
+            if hh is not None and fut.exception() is None:
+                # durable on disk: drop the memory; its address may be reused from now on, so
+                # the handle no longer stands for "the tensor at this address"
+                with self._lock:
+                    if self._shared.get(hh.ident) is href:
+                        del self._shared[hh.ident]
+                    hh.tensor = None
+        h.put.add_done_callback(written)
+        return h
+
+    def _unpack(self, h: Any) -> Any:
+        if not isinstance(h, _Handle):
+            return h
+        t = h.tensor
+        if t is not None:
+            self.stats["in_memory_hits"] += 1
+            self._prefetch_before(h.index)
+            return t
+        fut = h.get
+        h.get = None
+        t0 = time.perf_counter()
+        if fut is None:
+            fut = self.store.get(h.key)
+        self._prefetch_before(h.index)
+        t = fut.result()
+        self.stats["wait_s"] += time.perf_counter() - t0
+        self.stats["bytes_read"] += t.numel() * t.element_size()
+        return t
+
+    def _prefetch_before(self, index: int) -> None:
+        """Starts reads of the `prefetch` handles saved just before `index` (backward goes in reverse)."""
+        if not self.prefetch:
+            return
+        with self._lock:
+            todo = []
+            i = index - 1
+            while i >= 0 and len(todo) < self.prefetch:
+                h = self._handles[i]()
+                if h is not None and h.tensor is None and h.get is None:
+                    todo.append(h)
+                i -= 1
+        for h in todo:
+            h.get = self.store.get(h.key)
+
+    # -- context
+    def __enter__(self) -> "Offload":
+        import torch
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+        self._hooks = None
+
+    def wait_writes(self) -> None:
+        """Waits until every pending write is durable (or failed; failures keep the tensor in memory)."""
+        with self._lock:
+            hs = [r() for r in self._handles]
+        for h in hs:
+            if h is not None and h.put is not None:
+                try:
+                    h.put.result()
+                except Exception:  # noqa: BLE001 - the tensor stays in memory and is used from there
+                    pass
+
+    def close(self) -> None:
+        self.store.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _discard(store: Any, key: str) -> None:
+    try:
+        store.discard(key)
+    except Exception:  # noqa: BLE001 - at interpreter exit
+        pass
+
+
+def offload(directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
+            prefetch: int = 2, threads: int = 4) -> Offload:
+    """A context offloading saved activations to ``directory`` (default: a temporary directory)
+    or to ``store`` (a TensorStore); see the module doc."""
+    return Offload(directory, store, min_bytes, prefetch, threads)

@@ -1,0 +1,377 @@
+"""``hauler.io.TensorStore``: tensors and numpy arrays on disk by key, asynchronously.
+
+    store = TensorStore("/nvme/acts", capacity=8 << 30)
+    fut = store.put("layer3", tensor)        # a concurrent.futures.Future (None when durable)
+    arr = store.get("layer3").result()       # a new tensor/array; dtype, shape, checksum verified
+
+Each entry is one file: a 4 KiB header (magic, JSON: key, kind, dtype, shape, nbytes, crc32) and
+the data from offset 4096, written with hauler.io (O_DIRECT where allowed). Replacing an entry is
+atomic: the new value goes to a temporary file that is fsynced and renamed over the old one (and
+the directory fsynced), so a failed or interrupted put leaves the previous value readable.
+A corrupted entry raises :class:`CorruptEntry` on get; a missing one KeyError.
+
+With ``capacity`` (bytes of data and headers), a put that would exceed it first evicts unpinned
+entries, least recently used first; if that cannot make room the put raises
+:class:`CapacityExceeded` and stores nothing. ``pin(key)`` protects an entry from eviction.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from . import _buffers
+from .errors import HaulerIOError, InvalidArgument
+
+__all__ = ["TensorStore", "CorruptEntry", "CapacityExceeded"]
+
+MAGIC = b"HAULERTS"
+VERSION = 1
+HEADER = 4096
+SUFFIX = ".hts"
+
+
+class CorruptEntry(HaulerIOError):
+    """A stored entry whose header, size or checksum does not match its data."""
+
+
+class CapacityExceeded(HaulerIOError):
+    """A put that does not fit in the store's capacity even after evicting unpinned entries."""
+
+
+@dataclass
+class _Entry:
+    key: str
+    file_bytes: int
+    pinned: bool = False
+    last_use: float = 0.0
+
+
+def _aligned_empty(nbytes: int, align: int = 4096) -> np.ndarray:
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start:start + nbytes]
+
+
+def _crc(arr: np.ndarray) -> int:
+    return zlib.crc32(memoryview(arr).cast("B")) & 0xFFFFFFFF
+
+
+def _header(meta: Dict[str, Any]) -> np.ndarray:
+    body = json.dumps(meta, sort_keys=True).encode()
+    if len(body) + 16 > HEADER:
+        raise InvalidArgument(f"entry metadata too long ({len(body)} bytes); use a shorter key or fewer dims")
+    h = np.zeros(HEADER, dtype=np.uint8)
+    raw = MAGIC + VERSION.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
+    h[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return h
+
+
+def _parse_header(h: bytes, path: str) -> Dict[str, Any]:
+    if len(h) < 16 or h[:8] != MAGIC:
+        raise CorruptEntry(f"{path}: not a hauler TensorStore entry (bad magic)")
+    ver = int.from_bytes(h[8:12], "little")
+    n = int.from_bytes(h[12:16], "little")
+    if ver != VERSION or n > HEADER - 16:
+        raise CorruptEntry(f"{path}: bad header (version {ver}, length {n})")
+    try:
+        meta = json.loads(bytes(h[16:16 + n]).decode())
+        for k in ("key", "kind", "dtype", "shape", "nbytes", "crc32"):
+            meta[k]
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        raise CorruptEntry(f"{path}: header does not parse ({e})") from None
+    return meta
+
+
+class TensorStore:
+    """Tensors and numpy arrays on disk by key (see the module doc).
+
+    ``directory`` is created if needed; entries already there are found again. ``capacity``:
+    bytes (None: unlimited). ``threads``: puts/gets run at once. ``direct``: as for
+    :class:`hauler.io.File` (None: O_DIRECT where the file system allows it)."""
+
+    def __init__(self, directory: Any, capacity: Optional[int] = None, threads: int = 4,
+                 direct: Optional[bool] = None, sync: bool = True):
+        self.directory = os.fspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self.capacity = None if capacity is None else _buffers.as_int("capacity", capacity, 0)
+        self._direct = direct
+        self._sync = bool(sync)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(threads)),
+                                                           thread_name_prefix="hauler-ts")
+        self._lock = threading.Lock()
+        self._key_locks: Dict[str, threading.Lock] = {}
+        self._entries: Dict[str, _Entry] = {}
+        self._reserved = 0  # bytes of puts in progress
+        self._scan()
+
+    # -- bookkeeping
+    def _path(self, key: str) -> str:
+        return os.path.join(self.directory, hashlib.sha1(key.encode()).hexdigest() + SUFFIX)
+
+    def _scan(self) -> None:
+        for name in os.listdir(self.directory):
+            p = os.path.join(self.directory, name)
+            if ".tmp." in name and name.endswith(SUFFIX):
+                try:
+                    os.unlink(p)  # an interrupted put: the previous value (if any) is intact
+                except OSError:
+                    pass
+                continue
+            if not name.endswith(SUFFIX):
+                continue
+            try:
+                with open(p, "rb") as f:
+                    meta = _parse_header(f.read(HEADER), p)
+                size = os.path.getsize(p)
+            except (OSError, CorruptEntry):
+                continue  # reported when read by key
+            self._entries[meta["key"]] = _Entry(meta["key"], size, False, time.monotonic())
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            lk = self._key_locks.get(key)
+            if lk is None:
+                lk = self._key_locks[key] = threading.Lock()
+            return lk
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes the stored entries take (headers included)."""
+        with self._lock:
+            return sum(e.file_bytes for e in self._entries.values())
+
+    def keys(self) -> List[str]:
+        with self._lock:
+            return list(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def pin(self, key: str, pinned: bool = True) -> None:
+        with self._lock:
+            if key not in self._entries:
+                raise KeyError(key)
+            self._entries[key].pinned = bool(pinned)
+
+    def unpin(self, key: str) -> None:
+        self.pin(key, False)
+
+    def _reserve(self, key: str, nbytes: int, pin: bool) -> List[str]:
+        """Makes room for nbytes (evicting LRU unpinned entries); returns the keys evicted."""
+        if self.capacity is None:
+            return []
+        with self._lock:
+            old = self._entries.get(key)
+            used = sum(e.file_bytes for e in self._entries.values()) + self._reserved
+            need = used - (old.file_bytes if old else 0) + nbytes - self.capacity
+            victims = []
+            if need > 0:
+                cands = sorted((e for e in self._entries.values() if not e.pinned and e.key != key),
+                               key=lambda e: e.last_use)
+                freed = 0
+                for e in cands:
+                    if freed >= need:
+                        break
+                    victims.append(e)
+                    freed += e.file_bytes
+                if freed < need:
+                    raise CapacityExceeded(
+                        f"put of {key!r} ({nbytes} bytes) does not fit: capacity {self.capacity}, "
+                        f"{used} used, {sum(e.file_bytes for e in self._entries.values() if e.pinned)} "
+                        f"pinned; nothing was stored")
+                for e in victims:
+                    del self._entries[e.key]
+            self._reserved += nbytes
+        for e in victims:
+            try:
+                os.unlink(self._path(e.key))
+            except FileNotFoundError:
+                pass
+        return [e.key for e in victims]
+
+    # -- put
+    def put(self, key: str, value: Any, pin: bool = False) -> "concurrent.futures.Future":
+        """Stores ``value`` (numpy array or torch CPU tensor) under ``key``, asynchronously. The
+        value must not be modified until the future is done; the future gives None or raises."""
+        if not isinstance(key, str) or not key:
+            raise InvalidArgument(f"key must be a non-empty string, got {key!r}")
+        arr, meta = self._describe(key, value)
+        return self._pool.submit(self._put, key, arr, meta, bool(pin), value)
+
+    def _describe(self, key: str, value: Any):
+        if _buffers.is_torch_tensor(value):
+            if value.is_cuda:
+                raise InvalidArgument("TensorStore.put takes CPU tensors; move it with .cpu() first")
+            t = value.detach()
+            if not t.is_contiguous():
+                t = t.contiguous()
+            arr = _buffers.torch_as_numpy(t, False, "value")
+            kind, dtype, shape = "torch", str(t.dtype).replace("torch.", ""), list(t.shape)
+        else:
+            a = np.asarray(value)
+            if a.dtype.hasobject:
+                raise InvalidArgument("object arrays cannot be stored")
+            arr = np.ascontiguousarray(a)
+            kind, dtype, shape = "numpy", arr.dtype.str, list(arr.shape)
+        flat = arr.reshape(-1).view(np.uint8) if arr.size else np.zeros(0, np.uint8)
+        meta = {"key": key, "kind": kind, "dtype": dtype, "shape": shape, "nbytes": int(flat.nbytes)}
+        return flat, meta
+
+    def _put(self, key: str, flat: np.ndarray, meta: Dict[str, Any], pin: bool, keep: Any) -> None:
+        from .io import File
+        meta = dict(meta, crc32=_crc(flat))
+        file_bytes = HEADER + flat.nbytes
+        with self._key_lock(key):
+            self._reserve(key, file_bytes, pin)
+            final = self._path(key)
+            tmp = f"{final[:-len(SUFFIX)]}.tmp.{uuid.uuid4().hex[:8]}{SUFFIX}"
+            ok = False
+            try:
+                with File(tmp, "x", direct=self._direct) as f:
+                    f.write(_header(meta), offset=0)
+                    if flat.nbytes:
+                        f.write(flat, offset=HEADER)
+                    if self._sync:
+                        f.sync()
+                os.replace(tmp, final)
+                ok = True
+                if self._sync:
+                    dfd = os.open(self.directory, os.O_RDONLY)
+                    try:
+                        os.fsync(dfd)
+                    finally:
+                        os.close(dfd)
+            finally:
+                if not ok:
+                    try:
+                        os.unlink(tmp)
+                    except OSError:
+                        pass
+                with self._lock:
+                    self._reserved -= file_bytes
+                    if ok:
+                        old = self._entries.get(key)
+                        self._entries[key] = _Entry(key, file_bytes, pin or bool(old and old.pinned),
+                                                    time.monotonic())
+        del keep
+
+    # -- get
+    def get(self, key: str, out: Any = None) -> "concurrent.futures.Future":
+        """Reads ``key`` back, asynchronously: the future gives a new numpy array or torch tensor
+        (as stored), or ``out`` filled (same dtype size and byte count). Raises KeyError for a
+        missing key, CorruptEntry when the header, size or checksum does not match."""
+        return self._pool.submit(self._get, key, out)
+
+    def get_now(self, key: str, out: Any = None) -> Any:
+        return self._get(key, out)
+
+    def _get(self, key: str, out: Any = None) -> Any:
+        from .io import File
+        path = self._path(key)
+        with self._lock:
+            e = self._entries.get(key)
+            if e is not None:
+                e.last_use = time.monotonic()
+        try:
+            f = File(path, "r", direct=self._direct)
+        except HaulerIOError as err:
+            if not os.path.exists(path):
+                raise KeyError(key) from None
+            raise err
+        with f:
+            size = f.size()
+            if size < HEADER:
+                raise CorruptEntry(f"{path}: {size} bytes, shorter than the {HEADER}-byte header (key {key!r})")
+            h = _aligned_empty(HEADER)
+            f.read_into(h, offset=0)
+            meta = _parse_header(h.tobytes(), path)
+            if meta["key"] != key:
+                raise CorruptEntry(f"{path}: holds key {meta['key']!r}, not {key!r}")
+            nbytes = int(meta["nbytes"])
+            if size != HEADER + nbytes:
+                raise CorruptEntry(f"{path}: {size} bytes on disk, the header says {HEADER + nbytes} "
+                                   f"(key {key!r}; truncated or appended to)")
+            result, flat = self._allocate(meta, out, path)
+            if nbytes:
+                f.read_into(flat, offset=HEADER)
+        crc = _crc(flat)
+        if crc != int(meta["crc32"]):
+            raise CorruptEntry(f"{path}: checksum mismatch for key {key!r} (crc32 {crc:#010x} on disk, "
+                               f"{int(meta['crc32']):#010x} when written)")
+        return result
+
+    def _allocate(self, meta: Dict[str, Any], out: Any, path: str):
+        nbytes = int(meta["nbytes"])
+        shape = tuple(int(s) for s in meta["shape"])
+        if meta["kind"] == "torch":
+            import torch
+            dtype = getattr(torch, meta["dtype"], None)
+            if not isinstance(dtype, torch.dtype):
+                raise CorruptEntry(f"{path}: unknown torch dtype {meta['dtype']!r}")
+            if out is not None:
+                if not (_buffers.is_torch_tensor(out) and out.dtype == dtype and tuple(out.shape) == shape
+                        and out.is_contiguous()):
+                    raise InvalidArgument(f"out must be a contiguous {dtype} tensor of shape {shape}")
+                flat = _buffers.torch_as_numpy(out, True, "out").reshape(-1).view(np.uint8)
+                return out, flat
+            flat = _aligned_empty(nbytes)
+            t = torch.from_numpy(flat)
+            t = t.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
+            return t, flat
+        try:
+            dtype = np.dtype(meta["dtype"])
+        except TypeError:
+            raise CorruptEntry(f"{path}: unknown numpy dtype {meta['dtype']!r}") from None
+        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != nbytes:
+            raise CorruptEntry(f"{path}: shape {shape} x {dtype} does not make {nbytes} bytes")
+        if out is not None:
+            o = np.asarray(out)
+            if o.dtype != dtype or o.shape != shape or not o.flags.c_contiguous or not o.flags.writeable:
+                raise InvalidArgument(f"out must be a writable C-contiguous {dtype} array of shape {shape}")
+            return o, o.reshape(-1).view(np.uint8)
+        flat = _aligned_empty(nbytes)
+        return flat.view(dtype).reshape(shape), flat
+
+    # -- delete / close
+    def delete(self, key: str) -> None:
+        """Removes ``key`` (KeyError if absent)."""
+        with self._key_lock(key):
+            with self._lock:
+                if key not in self._entries:
+                    raise KeyError(key)
+                del self._entries[key]
+            try:
+                os.unlink(self._path(key))
+            except FileNotFoundError:
+                pass
+
+    def discard(self, key: str) -> None:
+        try:
+            self.delete(key)
+        except KeyError:
+            pass
+
+    def close(self) -> None:
+        """Waits for pending puts/gets and stops the worker threads."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "TensorStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
