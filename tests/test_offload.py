@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -103,9 +104,12 @@ def test_peak_rss_lower_with_offload(tmp_path):
     """Peak resident memory of forward+backward (12 x 16 MiB-wide layers, ~400 MiB of
     activations), measured in fresh processes; reported, and offload must not use more."""
     res = {}
+    # glibc's dynamic mmap threshold would keep freed 16 MiB tensors in the heap (resident) in
+    # both runs alike; a fixed threshold makes freed tensors leave RSS, so RSS follows live memory
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
     for mode in ("plain", "offload"):
         r = subprocess.run([sys.executable, "-c", RSS_SCRIPT, mode, str(tmp_path / "acts")],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, env=env)
         assert r.returncode == 0, r.stderr
         res[mode] = json.loads(r.stdout)
     plain = res["plain"]["peak_kib"] - res["plain"]["base_kib"]

@@ -258,9 +258,16 @@ int64_t execute(const std::shared_ptr<FileState>& stp, Op op, uint8_t* buf, int6
   if (!st.direct) ts = std::max<int64_t>(ts, 1);
   RequestBatch batch(st, op, buf, len, off, ts);
   const BackendOps& be = backend();
+  int qd = queue_depth();
+  if (st.direct && (reinterpret_cast<uintptr_t>(buf) - static_cast<uintptr_t>(off)) % kAlign != 0) {
+    // memory misaligned relative to the file: every task bounces; bound the bounce memory of
+    // the requests that may run at once by HAULER_IO_BOUNCE_POOL
+    int64_t per = (ts + kAlign) * request_threads();
+    qd = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(qd, bounce_pool_bytes() / per)));
+  }
   std::exception_ptr run_err;
   try {
-    be.run(batch, batch.size(), queue_depth());
+    be.run(batch, batch.size(), qd);
   } catch (...) {
     run_err = std::current_exception();
   }

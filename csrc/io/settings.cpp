@@ -30,7 +30,7 @@ int64_t task_size() {
   int64_t t = read_int("HAULER_IO_TASK_SIZE", int64_t(1) << 20, 1, int64_t(1) << 40);
   return (t + kAlign - 1) / kAlign * kAlign;  // whole aligned blocks
 }
-int64_t bounce_pool_bytes() { return read_int("HAULER_IO_BOUNCE_POOL", int64_t(64) << 20, 0, int64_t(1) << 50); }
+int64_t bounce_pool_bytes() { return read_int("HAULER_IO_BOUNCE_POOL", int64_t(32) << 20, 0, int64_t(1) << 50); }
 int io_threads() { return static_cast<int>(read_int("HAULER_IO_THREADS", 16, 1, 1024)); }
 int request_threads() { return static_cast<int>(read_int("HAULER_IO_REQUESTS", 4, 1, 256)); }
 int direct_mode() {
