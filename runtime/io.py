@@ -222,6 +222,24 @@ class File:
             return self._device(dev, size, offset, False)
         return int(self._f.write(host, size, offset))
 
+    def read_many(self, buf: Any, offsets: Any, size: int) -> int:
+        """Reads ``len(offsets)`` pieces of ``size`` bytes, piece i from file offset
+        ``offsets[i]`` into bytes [i*size, (i+1)*size) of ``buf``, as one request (all pieces
+        share the queue depth); blocking. Every byte or an exception."""
+        host, dev = self._prepare(buf, True)
+        if dev is not None:
+            raise InvalidArgument("read_many takes host buffers")
+        return int(self._f.read_many(host, [int(o) for o in offsets], _check_int("size", size)))
+
+    def write_many(self, buf: Any, offsets: Any, size: int) -> int:
+        """Writes bytes [i*size, (i+1)*size) of ``buf`` at file offset ``offsets[i]`` for every i,
+        as one request; blocking. Pieces must not overlap (nor share a 4 KiB block of an
+        O_DIRECT file when unaligned)."""
+        host, dev = self._prepare(buf, False)
+        if dev is not None:
+            raise InvalidArgument("write_many takes host buffers")
+        return int(self._f.write_many(host, [int(o) for o in offsets], _check_int("size", size)))
+
     # -- asynchronous
     def pread(self, buf: Any, size: Optional[int] = None, offset: int = 0) -> Future:
         """Starts reading ``size`` bytes at ``offset`` into ``buf``; returns a :class:`Future`."""

@@ -266,3 +266,48 @@ def test_import_is_lazy():
     code = "import sys, hauler; assert 'hauler.io' not in sys.modules; hauler.io; print('ok')"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
     assert hauler.io is io
+
+
+@settings(max_examples=40)
+@given(size=st.integers(1, 20_000), count=st.integers(1, 30), seed=st.integers(0, 1 << 30),
+       direct=st.sampled_from([None, False]), backend_name=st.sampled_from(BACKENDS))
+def test_read_many_write_many_match_numpy(tmp_path_factory, size, count, seed, direct, backend_name):
+    if backend_name == "io_uring" and io.backend_is_fallback():
+        backend_name = "threads"
+    config.set("HAULER_IO_BACKEND", backend_name)
+    try:
+        rng = np.random.default_rng(seed)
+        p = tmp_path_factory.mktemp("m") / "f"
+        disk = rand(400_000, seed)
+        p.write_bytes(disk.tobytes())
+        # non-overlapping pieces, each in its own 4 KiB-block range (write_many's rule)
+        slots = rng.choice((400_000 - size) // (size + 8192), size=count, replace=False)
+        offs = [int(s) * (size + 8192) + int(rng.integers(0, 4096)) for s in slots]
+        out = np.full(count * size + 7, 0xCD, np.uint8)
+        with io.File(p, "r+", direct=direct) as f:
+            assert f.read_many(out[:count * size], offs, size) == count * size
+            for i, o in enumerate(offs):
+                assert np.array_equal(out[i * size:(i + 1) * size], disk[o:o + size])
+            src = rand(count * size, seed + 1)
+            assert f.write_many(src, offs, size) == count * size
+        expect = disk.copy()
+        for i, o in enumerate(offs):
+            expect[o:o + size] = src[i * size:(i + 1) * size]
+        assert disk_bytes(p) == expect.tobytes()
+    finally:
+        config.set("HAULER_IO_BACKEND", None)
+
+
+def test_many_bad_input(tmp_path):
+    p = tmp_path / "m"
+    p.write_bytes(b"\0" * 65536)
+    with io.File(p, "r+") as f:
+        with pytest.raises(BufferTooSmall, match="3 pieces of 100 bytes"):
+            f.read_many(bytearray(200), [0, 1000, 2000], 100)
+        with pytest.raises(OutOfRange, match="past the end"):
+            f.read_many(bytearray(300), [0, 1000, 65500], 100)
+        if f.direct:
+            with pytest.raises(InvalidArgument, match="share a 4 KiB block"):
+                f.write_many(bytearray(200), [0, 100], 100)
+        with pytest.raises(InvalidArgument, match="overlap"):
+            f.write_many(bytearray(200), [0, 50], 100)

@@ -1,5 +1,6 @@
 // Bindings of csrc/io: the file handle, futures, backend/cuFile status.
 // Thin: hold the Python buffer, release the GIL, call the core.
+#include "../common/checked.hpp"
 #include "../io/io.hpp"
 #include "bindings.hpp"
 
@@ -57,6 +58,22 @@ int64_t resolve_size(const HeldBuffer& b, py::object size, const char* what) {
     fail(Status::buffer_too_small, std::string(what) + " holds " + std::to_string(b.size()) +
                                        " bytes, fewer than the " + std::to_string(n) + " requested");
   return n;
+}
+
+int64_t many(const io::File& f, py::object buf, const std::vector<int64_t>& offsets, int64_t size, io::Op op) {
+  HeldBuffer b(buf, op == io::Op::read, "buf");
+  if (size < 0) fail(Status::invalid_argument, "size must be >= 0, got " + std::to_string(size));
+  int64_t need = mul64(static_cast<int64_t>(offsets.size()), size, "pieces * size");
+  if (need > b.size())
+    fail(Status::buffer_too_small, "buf holds " + std::to_string(b.size()) + " bytes, fewer than the " +
+                                       std::to_string(offsets.size()) + " pieces of " + std::to_string(size) +
+                                       " bytes need (" + std::to_string(need) + ")");
+  std::vector<io::Segment> segs;
+  segs.reserve(offsets.size());
+  for (size_t i = 0; i < offsets.size(); ++i)
+    segs.push_back({b.data() + static_cast<int64_t>(i) * size, offsets[i], size});
+  py::gil_scoped_release nogil;
+  return io::execute_segments(f.state(), op, segs);
 }
 
 }  // namespace
@@ -132,6 +149,16 @@ void register_io(py::module_& m) {
              return std::make_unique<PyFuture>(std::move(fut), std::move(b), n);
            },
            py::arg("buf"), py::arg("size") = py::none(), py::arg("offset") = 0)
+      .def("read_many",
+           [](const io::File& f, py::object buf, std::vector<int64_t> offsets, int64_t size) {
+             return many(f, buf, offsets, size, io::Op::read);
+           },
+           py::arg("buf"), py::arg("offsets"), py::arg("size"))
+      .def("write_many",
+           [](const io::File& f, py::object buf, std::vector<int64_t> offsets, int64_t size) {
+             return many(f, buf, offsets, size, io::Op::write);
+           },
+           py::arg("buf"), py::arg("offsets"), py::arg("size"))
       .def("read_device",
            [](const io::File& f, uint64_t ptr, int64_t size, int64_t offset) {
              py::gil_scoped_release nogil;

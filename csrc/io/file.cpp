@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -116,17 +117,28 @@ struct Slot {
   bool bounced = false;
 };
 
+struct Chunk {
+  uint8_t* user;
+  int64_t s, e;  // file range
+};
+
 class RequestBatch : public Batch {
  public:
-  RequestBatch(FileState& st, Op op, uint8_t* buf, int64_t len, int64_t off, int64_t ts)
-      : st_(st), op_(op), buf_(buf), len_(len), off_(off), end_(off + len), ts_(ts) {
-    if (st_.direct) {
-      first_ = off_ / ts_;
-      n_ = static_cast<size_t>((end_ - 1) / ts_ - first_ + 1);
-    } else {
-      first_ = 0;
-      n_ = static_cast<size_t>((len_ + ts_ - 1) / ts_);
+  // segments: (user memory, file offset, length); each is cut at multiples of ts in the file
+  // (direct: so partial blocks only occur at a segment's two ends) or every ts bytes (buffered).
+  RequestBatch(FileState& st, Op op, const std::vector<Segment>& segs, int64_t ts, std::string what)
+      : st_(st), op_(op), ts_(ts), what_(std::move(what)) {
+    for (const Segment& g : segs) {
+      if (g.len == 0) continue;
+      int64_t end = g.off + g.len;
+      int64_t s = g.off;
+      while (s < end) {
+        int64_t e = st_.direct ? std::min(end, (s / ts_ + 1) * ts_) : std::min(end, s + ts_);
+        chunks_.push_back({g.buf + (s - g.off), s, e});
+        s = e;
+      }
     }
+    n_ = chunks_.size();
     slots_.resize(n_);
   }
   size_t size() const { return n_; }
@@ -134,14 +146,9 @@ class RequestBatch : public Batch {
   Task* prepare(size_t i) override {
     if (failed_.load(std::memory_order_acquire)) return nullptr;
     Slot& sl = slots_[i];
-    if (st_.direct) {
-      sl.s = std::max(off_, (first_ + static_cast<int64_t>(i)) * ts_);
-      sl.e = std::min(end_, (first_ + static_cast<int64_t>(i) + 1) * ts_);
-    } else {
-      sl.s = off_ + static_cast<int64_t>(i) * ts_;
-      sl.e = std::min(end_, sl.s + ts_);
-    }
-    uint8_t* user = buf_ + (sl.s - off_);
+    sl.s = chunks_[i].s;
+    sl.e = chunks_[i].e;
+    uint8_t* user = chunks_[i].user;
     Task& t = sl.t;
     t.op = op_;
     t.fd = st_.fd;
@@ -185,8 +192,7 @@ class RequestBatch : public Batch {
     if (t.err) {
       std::string msg = std::string(verb) + " of " + std::to_string(t.len) + " bytes at offset " +
                         std::to_string(t.off) + " of '" + st_.path + "' failed: " + errno_text(t.err) +
-                        " (request: " + std::to_string(len_) + " bytes at offset " + std::to_string(off_) +
-                        "; " + std::to_string(t.done) + " bytes of this piece done)";
+                        " (request: " + what_ + "; " + std::to_string(t.done) + " bytes of this piece done)";
       if (t.err == EINVAL && st_.direct) msg += "; the handle uses O_DIRECT";
       record(sl.s, Status::io_error, std::make_exception_ptr(Error(Status::io_error, msg)));
     } else if (op_ == Op::read) {
@@ -194,11 +200,10 @@ class RequestBatch : public Batch {
       if (t.done < need) {
         int64_t at = (sl.bounced ? sl.a0 : sl.s) + t.done;
         std::string msg = "short read: '" + st_.path + "' ended at offset " + std::to_string(at) +
-                          " while reading " + std::to_string(len_) + " bytes at offset " + std::to_string(off_) +
-                          " (the file shrank underneath?); no partial result is returned";
+                          " while reading " + what_ + " (the file shrank underneath?); no partial result is returned";
         record(sl.s, Status::out_of_range, std::make_exception_ptr(Error(Status::out_of_range, msg)));
       } else if (sl.bounced) {
-        std::memcpy(buf_ + (sl.s - off_), sl.bb.data() + (sl.s - sl.a0), static_cast<size_t>(sl.e - sl.s));
+        std::memcpy(chunks_[i].user, sl.bb.data() + (sl.s - sl.a0), static_cast<size_t>(sl.e - sl.s));
       }
     }
     if (sl.bounced) sl.bb = BounceBuffer();  // back to the pool
@@ -222,9 +227,9 @@ class RequestBatch : public Batch {
 
   FileState& st_;
   Op op_;
-  uint8_t* buf_;
-  int64_t len_, off_, end_, ts_;
-  int64_t first_ = 0;
+  int64_t ts_;
+  std::string what_;
+  std::vector<Chunk> chunks_;
   size_t n_ = 0;
   std::vector<Slot> slots_;
   std::mutex m_;
@@ -237,31 +242,64 @@ class RequestBatch : public Batch {
 }  // namespace
 
 int64_t execute(const std::shared_ptr<FileState>& stp, Op op, uint8_t* buf, int64_t len, int64_t off) {
-  if (!stp) fail(Status::io_error, "file is closed: " + errno_text(EBADF));
-  FileState& st = *stp;
   if (len < 0) fail(Status::invalid_argument, "size must be >= 0, got " + std::to_string(len));
   if (off < 0) fail(Status::invalid_argument, "offset must be >= 0, got " + std::to_string(off));
-  int64_t end = add64(off, len, "offset + size");
+  add64(off, len, "offset + size");
+  if (len > 0 && buf == nullptr) fail(Status::invalid_argument, "null buffer");
+  return execute_segments(stp, op, {Segment{buf, off, len}});
+}
+
+int64_t execute_segments(const std::shared_ptr<FileState>& stp, Op op, const std::vector<Segment>& segs) {
+  if (!stp) fail(Status::io_error, "file is closed: " + errno_text(EBADF));
+  FileState& st = *stp;
+  int64_t total = 0, lo = INT64_MAX, hi = 0;
+  bool misaligned = false;
+  for (const Segment& g : segs) {
+    if (g.len < 0) fail(Status::invalid_argument, "size must be >= 0, got " + std::to_string(g.len));
+    if (g.off < 0) fail(Status::invalid_argument, "offset must be >= 0, got " + std::to_string(g.off));
+    int64_t end = add64(g.off, g.len, "offset + size");
+    total = add64(total, g.len, "total size");
+    if (g.len == 0) continue;
+    lo = std::min(lo, g.off);
+    hi = std::max(hi, end);
+    if ((reinterpret_cast<uintptr_t>(g.buf) - static_cast<uintptr_t>(g.off)) % kAlign != 0) misaligned = true;
+  }
+  std::string what = segs.size() == 1
+                         ? std::to_string(total) + " bytes at offset " + std::to_string(segs[0].off)
+                         : std::to_string(segs.size()) + " pieces, " + std::to_string(total) + " bytes in [" +
+                               std::to_string(total ? lo : 0) + ", " + std::to_string(hi) + ")";
   Use use(st);
   if (op == Op::read && !st.readable)
     fail(Status::invalid_argument, "'" + st.path + "' was opened with mode '" + st.mode + "': not readable");
   if (op == Op::write && !st.writable)
     fail(Status::invalid_argument, "'" + st.path + "' was opened with mode '" + st.mode + "': not writable");
-  if (len == 0) return 0;
-  if (buf == nullptr) fail(Status::invalid_argument, "null buffer");
+  if (total == 0) return 0;
   int64_t size_before = fsize(st);
-  if (op == Op::read && end > size_before)
-    fail(Status::out_of_range, "read of " + std::to_string(len) + " bytes at offset " + std::to_string(off) +
-                                   " of '" + st.path + "' goes past the end of the file (" +
+  if (op == Op::read && hi > size_before)
+    fail(Status::out_of_range, "read of " + what + " of '" + st.path + "' goes past the end of the file (" +
                                    std::to_string(size_before) + " bytes)");
-  int64_t ts = task_size();
-  if (!st.direct) ts = std::max<int64_t>(ts, 1);
-  RequestBatch batch(st, op, buf, len, off, ts);
+  if (op == Op::write && st.direct && segs.size() > 1) {
+    // read-modify-write of a block by two pieces at once would lose one of them
+    std::vector<std::pair<int64_t, int64_t>> r;
+    r.reserve(segs.size());
+    for (const Segment& g : segs)
+      if (g.len) r.emplace_back(g.off, g.off + g.len);
+    std::sort(r.begin(), r.end());
+    for (size_t i = 1; i < r.size(); ++i)
+      if (r[i].first < r[i - 1].second ||
+          (down(r[i].first) < up(r[i - 1].second) && (r[i].first % kAlign || r[i - 1].second % kAlign)))
+        fail(Status::invalid_argument, "write pieces [" + std::to_string(r[i - 1].first) + ", " +
+                                           std::to_string(r[i - 1].second) + ") and [" + std::to_string(r[i].first) +
+                                           ", " + std::to_string(r[i].second) +
+                                           ") overlap or share a 4 KiB block of an O_DIRECT file");
+  }
+  int64_t ts = std::max<int64_t>(task_size(), 1);
+  RequestBatch batch(st, op, segs, ts, what);
   const BackendOps& be = backend();
   int qd = queue_depth();
-  if (st.direct && (reinterpret_cast<uintptr_t>(buf) - static_cast<uintptr_t>(off)) % kAlign != 0) {
-    // memory misaligned relative to the file: every task bounces; bound the bounce memory of
-    // the requests that may run at once by HAULER_IO_BOUNCE_POOL
+  if (st.direct && misaligned) {
+    // memory misaligned relative to the file: tasks bounce; bound the bounce memory of the
+    // requests that may run at once by HAULER_IO_BOUNCE_POOL
     int64_t per = (ts + kAlign) * request_threads();
     qd = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(qd, bounce_pool_bytes() / per)));
   }
@@ -273,7 +311,7 @@ int64_t execute(const std::shared_ptr<FileState>& stp, Op op, uint8_t* buf, int6
   }
   if (op == Op::write && st.direct) {
     // bounce writes cover whole blocks: cut what went past the intended end
-    int64_t want = std::max(size_before, end);
+    int64_t want = std::max(size_before, hi);
     if (batch.max_bounced_end() > want && fsize(st) > want) {
       if (::ftruncate(st.fd, want) != 0 && !run_err)
         fail(Status::io_error, "ftruncate of '" + st.path + "' to " + std::to_string(want) +
@@ -282,7 +320,7 @@ int64_t execute(const std::shared_ptr<FileState>& stp, Op op, uint8_t* buf, int6
   }
   batch.rethrow();
   if (run_err) std::rethrow_exception(run_err);
-  return len;
+  return total;
 }
 
 int state_fd(const std::shared_ptr<FileState>& st) { return st ? st->fd : -1; }

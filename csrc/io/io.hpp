@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "../common/status.hpp"
 
@@ -139,6 +140,16 @@ int state_fd(const std::shared_ptr<FileState>& st);
 
 // Runs one request on the calling thread (what futures run on a request thread).
 int64_t execute(const std::shared_ptr<FileState>& st, Op op, uint8_t* buf, int64_t len, int64_t off);
+
+// One piece of a scattered request: len bytes of memory at buf <-> the file at off.
+struct Segment {
+  uint8_t* buf;
+  int64_t off;
+  int64_t len;
+};
+// Runs many pieces as one request (all their tasks share the queue depth); overlapping write
+// pieces land in an unspecified order. Returns the bytes moved; every byte or an exception.
+int64_t execute_segments(const std::shared_ptr<FileState>& st, Op op, const std::vector<Segment>& segs);
 
 // A request's future.
 class Future {
