@@ -14,10 +14,12 @@ import importlib
 import sys
 from typing import List, Optional
 
-# subcommand -> (module, one-line help); later issues add mpi, io, gather, kv
+# subcommand -> (module, one-line help); later issues add mpi, gather, kv
 COMMANDS = {
     "pack": ("hauler.bench.pack",
              "datatype pack/unpack GB/s: vector and subarray types vs MPI_Pack (mpi4py) and memcpy"),
+    "io": ("hauler.bench.io",
+           "file I/O GB/s: hauler.io (io_uring, O_DIRECT) vs fio, numpy, torch and Python; activation offload"),
 }
 
 
