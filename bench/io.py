@@ -280,6 +280,8 @@ def run(opts: Options, out: Optional[core.Output] = None) -> Report:
     backend = io.backend_description()
     if io.backend_is_fallback():
         warnings.append(f"FALLBACK I/O BACKEND: {backend}. These are NOT io_uring numbers.")
+    elif io.backend() != "io_uring":
+        warnings.append(f"I/O backend {backend}: these are NOT io_uring numbers.")
     probe = os.path.join(directory, "probe")
     with io.File(probe, "w") as f:
         direct = f.direct

@@ -27,7 +27,8 @@ struct FileState {
   std::string direct_reason;
   std::mutex m;
   std::condition_variable cv;
-  int inflight = 0;
+  int inflight = 0;  // requests executing
+  int queued = 0;    // futures submitted and not yet finished (close waits for them)
   bool closed = false;
 
   ~FileState() {
@@ -35,6 +36,7 @@ struct FileState {
   }
   void close() {
     std::unique_lock<std::mutex> l(m);
+    cv.wait(l, [this] { return queued == 0; });  // submitted futures run first
     closed = true;
     cv.wait(l, [this] { return inflight == 0; });
     if (fd >= 0) {
@@ -520,6 +522,13 @@ int64_t Future::get() const {
 
 void run_future(const std::shared_ptr<Future>& f, const std::shared_ptr<FileState>& st, Op op, uint8_t* buf,
                 int64_t len, int64_t off) {
+  struct Done {  // the file's count of submitted futures, however this ends
+    FileState& st;
+    ~Done() {
+      std::lock_guard<std::mutex> g(st.m);
+      if (--st.queued == 0) st.cv.notify_all();
+    }
+  } done{*st};
   {
     std::lock_guard<std::mutex> g(f->m_);
     if (f->state_ != Future::queued) return;  // cancelled
@@ -535,8 +544,13 @@ void run_future(const std::shared_ptr<Future>& f, const std::shared_ptr<FileStat
 
 std::shared_ptr<Future> submit(const std::shared_ptr<FileState>& st, Op op, uint8_t* buf, int64_t len,
                                int64_t off, std::function<void()> on_done) {
+  if (!st) fail(Status::io_error, "file is closed: " + errno_text(EBADF));
   auto f = std::make_shared<Future>();
   f->on_done_ = std::move(on_done);
+  {
+    std::lock_guard<std::mutex> g(st->m);
+    ++st->queued;
+  }
   request_pool().post([f, st, op, buf, len, off] { run_future(f, st, op, buf, len, off); });
   return f;
 }

@@ -121,7 +121,7 @@ class File {
   std::string mode() const;
   int64_t size() const;              // fstat
   int fd() const;
-  void close();                      // waits for requests in flight; idempotent
+  void close();                      // waits for submitted futures and requests in flight; idempotent
 
   // Blocking calls: every byte or an exception.
   int64_t read(void* buf, int64_t len, int64_t off) const;

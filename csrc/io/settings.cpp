@@ -27,7 +27,7 @@ int64_t read_int(const char* name, int64_t fallback, int64_t min, int64_t max) {
 
 int queue_depth() { return static_cast<int>(read_int("HAULER_IO_QUEUE_DEPTH", 32, 1, 4096)); }
 int64_t task_size() {
-  int64_t t = read_int("HAULER_IO_TASK_SIZE", int64_t(1) << 20, 1, int64_t(1) << 40);
+  int64_t t = read_int("HAULER_IO_TASK_SIZE", int64_t(1) << 20, 1, int64_t(1) << 30);  // io_uring: < 4 GiB
   return (t + kAlign - 1) / kAlign * kAlign;  // whole aligned blocks
 }
 int64_t bounce_pool_bytes() { return read_int("HAULER_IO_BOUNCE_POOL", int64_t(32) << 20, 0, int64_t(1) << 50); }

@@ -1,0 +1,57 @@
+"""`hauler-bench io --quick` as a user runs it (a subprocess): structure and correctness, never speed."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def bench(*args):
+    p = subprocess.run([sys.executable, "-m", "hauler.bench.cli", "io"] + list(args), env=dict(os.environ),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f"hauler-bench io {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    return p.stdout
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    return json.loads(bench("--quick", "--json", "--dir", str(d), "--parts", "sweep,file",
+                            "--sizes", "4K,1M", "--qd", "1,8", "--file-size", "8M", "--budget", "2M",
+                            "--repeat", "1"))
+
+
+def test_rows_correct_and_complete(quick):
+    rows = quick["rows"]
+    assert quick["benchmark"] == "io"
+    sweep = [r for r in rows if r["part"] == "sweep"]
+    assert {(r["pattern"], r["bs"], r["qd"]) for r in sweep} == {
+        (p, b, q) for p in ("read", "write", "randread", "randwrite") for b in (4096, 1 << 20) for q in (1, 8)}
+    files = [r for r in rows if r["part"] == "file"]
+    peers = {(r["pattern"], r["peer"]) for r in files}
+    assert ("read", "numpy.fromfile") in peers and ("write", "numpy.tofile") in peers
+    assert ("read", "python read") in peers
+    for r in rows:
+        assert r["correct"] is True, r
+        assert r["hauler_gbps"] > 0
+    keys = {t["key"] for t in quick["targets"]}
+    assert keys == {"fio_1M_qd32", "cold_1G", "offload_hidden"}
+
+
+def test_table_has_header_and_targets(tmp_path):
+    out = bench("--quick", "--dir", str(tmp_path), "--parts", "file", "--file-size", "4M", "--repeat", "1",
+                "--no-fio")
+    assert out.startswith("# hauler-bench io")
+    assert "# backend" in out and "# targets" in out
+    assert "fio is not installed" not in out
+
+
+def test_fallback_backend_prints_a_banner(tmp_path):
+    env = dict(os.environ, HAULER_IO_BACKEND="threads")
+    p = subprocess.run([sys.executable, "-m", "hauler.bench.cli", "io", "--quick", "--dir", str(tmp_path),
+                        "--parts", "file", "--file-size", "4M", "--repeat", "1", "--no-fio"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "threads (forced by HAULER_IO_BACKEND=threads)" in p.stdout
+    assert "# WARNING: I/O backend threads" in p.stdout
