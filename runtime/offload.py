@@ -10,7 +10,9 @@ Inside the context, every tensor autograd saves for backward goes through
 ``min_bytes`` stay in memory; the others are written to a :class:`hauler.io.TensorStore`
 asynchronously, and the in-memory copy is dropped once its write is durable. A tensor saved by
 several operations is stored once. During backward the saved tensors are read back in the
-reverse order of saving, ``prefetch`` ahead of the one autograd asks for. A tensor whose write
+reverse order of saving, ``prefetch`` ahead of the one autograd asks for. The store made for a
+directory skips fsync and checksums (scratch data: ``verify=True`` turns crc32 checks on; pass
+your own ``store`` for other choices). A tensor whose write
 has not finished yet is handed back from memory instead of being read. Entries are deleted when
 autograd frees the saved tensors (after backward).
 
@@ -48,7 +50,7 @@ class Offload:
     """The context manager returned by :func:`offload`."""
 
     def __init__(self, directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
-                 prefetch: int = 2, threads: int = 4):
+                 prefetch: int = 2, threads: int = 4, verify: bool = False):
         import torch  # noqa: F401 - fail early without torch
         from .tensorstore import TensorStore
         self._tmp = None
@@ -56,7 +58,7 @@ class Offload:
             if directory is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="hauler-offload-")
                 directory = self._tmp.name
-            store = TensorStore(directory, threads=threads, sync=False)
+            store = TensorStore(directory, threads=threads, sync=False, checksum=verify)
         self.store = store
         self.min_bytes = int(min_bytes)
         self.prefetch = max(0, int(prefetch))
@@ -183,7 +185,7 @@ def _discard(store: Any, key: str) -> None:
 
 
 def offload(directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
-            prefetch: int = 2, threads: int = 4) -> Offload:
+            prefetch: int = 2, threads: int = 4, verify: bool = False) -> Offload:
     """A context offloading saved activations to ``directory`` (default: a temporary directory)
     or to ``store`` (a TensorStore); see the module doc."""
-    return Offload(directory, store, min_bytes, prefetch, threads)
+    return Offload(directory, store, min_bytes, prefetch, threads, verify)

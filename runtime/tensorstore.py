@@ -97,15 +97,19 @@ class TensorStore:
 
     ``directory`` is created if needed; entries already there are found again. ``capacity``:
     bytes (None: unlimited). ``threads``: puts/gets run at once. ``direct``: as for
-    :class:`hauler.io.File` (None: O_DIRECT where the file system allows it)."""
+    :class:`hauler.io.File` (None: O_DIRECT where the file system allows it). ``sync``: fsync
+    each entry and the directory (durability; off for scratch data). ``checksum``: store a crc32
+    and verify it on read (on by default; hauler.offload turns it off for its scratch entries,
+    sizes and headers are still checked)."""
 
     def __init__(self, directory: Any, capacity: Optional[int] = None, threads: int = 4,
-                 direct: Optional[bool] = None, sync: bool = True):
+                 direct: Optional[bool] = None, sync: bool = True, checksum: bool = True):
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         self.capacity = None if capacity is None else _buffers.as_int("capacity", capacity, 0)
         self._direct = direct
         self._sync = bool(sync)
+        self._checksum = bool(checksum)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(threads)),
                                                            thread_name_prefix="hauler-ts")
         self._lock = threading.Lock()
@@ -234,7 +238,7 @@ class TensorStore:
 
     def _put(self, key: str, flat: np.ndarray, meta: Dict[str, Any], pin: bool, keep: Any) -> None:
         from .io import File
-        meta = dict(meta, crc32=_crc(flat))
+        meta = dict(meta, crc32=_crc(flat) if self._checksum else None)
         file_bytes = HEADER + flat.nbytes
         with self._key_lock(key):
             self._reserve(key, file_bytes, pin)
@@ -309,6 +313,8 @@ class TensorStore:
             result, flat = self._allocate(meta, out, path)
             if nbytes:
                 f.read_into(flat, offset=HEADER)
+        if meta["crc32"] is None:  # stored by a store with checksum=False
+            return result
         crc = _crc(flat)
         if crc != int(meta["crc32"]):
             raise CorruptEntry(f"{path}: checksum mismatch for key {key!r} (crc32 {crc:#010x} on disk, "

@@ -81,12 +81,16 @@ def test_shared_tensor_stored_once_and_small_skipped(tmp_path):
 
 RSS_SCRIPT = textwrap.dedent("""
     import json, resource, sys, torch
+    def hwm():  # VmHWM: peak RSS of this process image (ru_maxrss is inherited across exec)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
     from hauler.offload import offload
     torch.manual_seed(0)
     layers = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.GELU())
                                    for _ in range(12)])
     x = torch.randn(4096, 1024)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = hwm()
     if sys.argv[1] == "offload":
         off = offload(sys.argv[2], min_bytes=1 << 20)
         with off:
@@ -95,7 +99,7 @@ RSS_SCRIPT = textwrap.dedent("""
     else:
         loss = layers(x).sum()
     loss.backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = hwm()
     print(json.dumps({"peak_kib": peak, "base_kib": base}))
 """)
 

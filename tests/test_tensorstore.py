@@ -155,3 +155,14 @@ def test_capacity_and_eviction(tmp_path):
         assert np.array_equal(s.get("a").result(), np.full(10_000, ord("a"), np.int64))
     finally:
         s.close()
+
+
+def test_without_checksum(tmp_path):
+    with TensorStore(tmp_path / "nc", checksum=False, sync=False) as s:
+        a = np.arange(5000, dtype=np.float32)
+        s.put("a", a).result()
+        assert np.array_equal(s.get("a").result(), a)
+        with open(s._path("a"), "r+b") as f:   # size damage is still caught without a checksum
+            f.truncate(4096 + 100)
+        with pytest.raises(CorruptEntry, match="truncated"):
+            s.get("a").result()
