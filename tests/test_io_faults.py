@@ -166,3 +166,37 @@ def test_close_waits_for_requests_in_flight(tmp_path):
     assert sum(x.result() for x in futs) == data.nbytes
     with open(p, "rb") as g:
         assert g.read() == data.tobytes()
+
+
+def test_eio_from_a_device_mapper_error_target(tmp_path):
+    """EIO for real: a device-mapper device whose second half is the 'error' target."""
+    if os.geteuid() != 0 or not shutil.which("dmsetup") or not shutil.which("losetup"):
+        pytest.skip("needs root, dmsetup and losetup")
+    r = subprocess.run(["dmsetup", "version"], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("device-mapper unavailable in this kernel: " + (r.stderr.strip().splitlines() or ["?"])[-1])
+    img = tmp_path / "dev.img"
+    with open(img, "wb") as f:
+        f.write(b"\x5a" * (1 << 20))
+    loop = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True, text=True)
+    if loop.returncode != 0:
+        pytest.skip("losetup refused: " + loop.stderr.strip())
+    dev = loop.stdout.strip()
+    name = f"hauler-eio-{os.getpid()}"
+    try:
+        table = f"0 1024 linear {dev} 0\n1024 1024 error\n"
+        r = subprocess.run(["dmsetup", "create", name], input=table, capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip("dmsetup create refused: " + r.stderr.strip())
+        try:
+            with io.File(f"/dev/mapper/{name}", "r") as f:
+                good = np.empty(512 * 1024, np.uint8)
+                f.read_into(good)                       # the linear half reads fine
+                assert (good == 0x5A).all()
+                bad = np.empty(1 << 20, np.uint8)
+                with pytest.raises(HaulerIOError, match="EIO"):
+                    f.pread(bad).result()
+        finally:
+            subprocess.run(["dmsetup", "remove", name], capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)

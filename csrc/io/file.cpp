@@ -1,6 +1,8 @@
 // The file handle, request execution (split into tasks, aligned or through
 // bounce buffers, read-modify-write of partial edge blocks) and futures.
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -90,6 +92,12 @@ class Use {
 int64_t fsize(const FileState& st) {
   struct stat sb;
   if (::fstat(st.fd, &sb) != 0) fail(Status::io_error, "fstat of '" + st.path + "' failed: " + errno_text(errno));
+  if (S_ISBLK(sb.st_mode)) {  // a block device: its size, not st_size (0)
+    uint64_t n = 0;
+    if (::ioctl(st.fd, BLKGETSIZE64, &n) != 0)
+      fail(Status::io_error, "BLKGETSIZE64 of '" + st.path + "' failed: " + errno_text(errno));
+    return static_cast<int64_t>(n);
+  }
   return static_cast<int64_t>(sb.st_size);
 }
 
