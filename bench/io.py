@@ -6,8 +6,8 @@ file fsynced before):
 * sweep    -- sequential and random reads and writes, request sizes 4 KiB..64 MiB and queue depths
               1..64: hauler (HAULER_IO_TASK_SIZE = the request size, HAULER_IO_QUEUE_DEPTH = the
               depth; random pieces through File.read_many/write_many) against fio with the same
-              parameters (--direct=1, --ioengine=io_uring (libaio/psync when the backend differs)):
-              the physical limit. Rounds alternate hauler and fio.
+              parameters (--direct=1, --ioengine=io_uring --fixedbufs; psync jobs when hauler's
+              backend is the thread pool): the physical limit. Rounds alternate hauler and fio.
 * file     -- a whole cold file (1 GiB by default) read and written by hauler (defaults), fio
               (1 MiB, depth 32), numpy.fromfile/tofile, torch.load/save and plain Python
               (f.read / f.write), each write followed by fsync.
@@ -159,6 +159,9 @@ def run_fio(path: str, rw: str, bs: int, qd: int, size: int, amount: int, direct
            f"--iodepth={qd}", f"--ioengine={engine}", f"--direct={1 if direct else 0}",
            f"--size={size}", f"--io_size={amount}", "--norandommap", "--randrepeat=0",
            "--invalidate=1", "--output-format=json", "--thread"]
+    if engine == "io_uring":
+        cmd.append("--fixedbufs")  # registered buffers: fio's fastest io_uring setting (per-I/O page pinning
+        #                            costs fio ~2.5x on some VMs)
     if engine == "psync":
         cmd.remove(f"--iodepth={qd}")
         cmd += [f"--numjobs={qd}", "--group_reporting", f"--io_size={max(bs, amount // qd)}"]
@@ -236,7 +239,7 @@ def _header(opts: Options, hinfo: Dict[str, Any], mach: Dict[str, Any], backend:
                     f"{mach['host']}, {mach['os']}; {mach['date']}"),
         ("sweep", f"file {format_size(opts.file_size)}; at most {format_size(opts.budget)} per measurement; "
                   f"sizes {','.join(format_size(s) for s in opts.sizes)}; qd {','.join(map(str, opts.qds))}; "
-                  f"{opts.repeat} rounds alternating hauler and fio (same bs, depth, direct=1)"),
+                  f"{opts.repeat} rounds alternating hauler and fio (same bs, depth, direct=1; fio io_uring with --fixedbufs)"),
         ("file", f"whole {format_size(opts.file_size)} file, cold (O_DIRECT, or fsync + fadvise DONTNEED "
                  f"before each buffered reader); writers fsync; {opts.repeat} rounds"),
         ("GB/s", "decimal, median round; x = median of within-round ratios hauler/peer"),
