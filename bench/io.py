@@ -618,7 +618,7 @@ def _offload(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Output) 
     width, depth, batch, steps = (512, 4, 1024, 2) if opts.quick else (1024, 12, 2048, 3)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
     runs: Dict[str, List[Dict[str, Any]]] = {"plain": [], "offload": []}
-    for r in range(opts.repeat):  # fresh processes, alternating, so a noisy phase hits both
+    for r in range(min(opts.repeat, 2)):  # fresh processes, alternating, so a noisy phase hits both
         for mode in (("plain", "offload") if r % 2 == 0 else ("offload", "plain")):
             p = subprocess.run([sys.executable, "-c", OFFLOAD_SCRIPT, mode, os.path.join(ctx["dir"], "acts"),
                                 str(width), str(depth), str(batch), str(steps)],

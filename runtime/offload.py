@@ -35,7 +35,7 @@ _ids = itertools.count()
 
 
 class _Handle:
-    __slots__ = ("key", "tensor", "put", "get", "index", "owner", "ident", "__weakref__")
+    __slots__ = ("key", "tensor", "put", "get", "index", "owner", "ident", "source", "version", "__weakref__")
 
     def __init__(self, key: str, tensor: Any, index: int, owner: "Offload"):
         self.key = key
@@ -94,6 +94,8 @@ class Offload:
             key = f"act-{self._run}-{len(self._handles)}"
             h = _Handle(key, t.detach(), len(self._handles), self)
             h.ident = ident
+            h.source = weakref.ref(t)   # to notice in-place changes after saving, as autograd does
+            h.version = t._version
             self._handles.append(weakref.ref(h))
             self._shared[ident] = weakref.ref(h)
             weakref.finalize(h, _discard, self.store, key)
@@ -118,6 +120,12 @@ class Offload:
     def _unpack(self, h: Any) -> Any:
         if not isinstance(h, _Handle):
             return h
+        src = h.source()
+        if src is not None and src._version != h.version:
+            raise RuntimeError(
+                f"hauler.offload: a tensor saved for backward (shape {tuple(src.shape)}) was modified by an "
+                f"in-place operation after it was saved (version {h.version} -> {src._version}); "
+                f"the stored copy may hold either value")
         t = h.tensor
         if t is not None:
             self.stats["in_memory_hits"] += 1

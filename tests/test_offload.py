@@ -120,3 +120,16 @@ def test_peak_rss_lower_with_offload(tmp_path):
     off = res["offload"]["peak_kib"] - res["offload"]["base_kib"]
     print(f"\npeak RSS above baseline: plain {plain / 1024:.0f} MiB, offload {off / 1024:.0f} MiB")
     assert off < plain
+
+
+def test_inplace_change_after_save_is_an_error(tmp_path):
+    a = torch.randn(512, 512, requires_grad=True)
+    with offload(tmp_path / "ip", min_bytes=1024) as off:
+        h = a * 2
+        y = (h.sin()).sum()     # sin saves h
+    off.wait_writes()
+    with torch.no_grad():
+        h.add_(1)               # in-place after saving: plain autograd refuses too
+    with pytest.raises(RuntimeError, match="in-place"):
+        y.backward()
+    off.close()
