@@ -151,7 +151,8 @@ INTERPOSE_LIB = "libhauler_interpose.so"
 INTERPOSE_DIR = "interpose"          # under the package: hauler/interpose/<flavour>/<lib>
 INTERPOSE_CORE_DIRS = ("common", "datatype")
 INTERPOSE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-Icsrc"]
-INTERPOSE_LINK = ["-shared", "-lstdc++", "-ldl", "-pthread"]
+INTERPOSE_LINK = ["-shared", "-lstdc++", "-ldl", "-pthread",
+                  "-Wl,--version-script=" + os.path.join(ROOT, "interpose", "exports.map")]
 DEBIAN_MPICC = {"openmpi": ("mpicc.openmpi", mpi_find.OPEN_MPI), "mpich": ("mpicc.mpich", mpi_find.MPICH)}
 
 
@@ -304,6 +305,7 @@ class BuildExt(build_ext):
         self._extra_pairs = pairs
         if inplace:
             for reg, inp in pairs:
+                os.makedirs(os.path.dirname(inp), exist_ok=True)
                 self.copy_file(reg, inp, level=self.verbose)
             stale = os.path.join(src_dir, CUDA_LIB)
             if not cuda["built"] and os.path.exists(stale):

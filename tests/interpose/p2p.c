@@ -32,10 +32,14 @@ static void put(const char *what, const void *p, size_t n) {
 /* MPICH 4.0.2's MPI_Get_elements dies (integer division by zero, also without the
  * interposer) on some random nested types, so for those it is asked only under Open MPI;
  * the dedicated status sections below ask it under both. */
+/* MPICH 4.0.2 truncates some Bsend messages of nested hindexed types (also without the
+ * interposer: the receiver of the exact count gets MPI_ERR_TRUNCATE); Bsend runs under Open MPI. */
 #if defined(OPEN_MPI)
 #define RANDOM_ELEMENTS 1
+#define BSEND_OK 1
 #else
 #define RANDOM_ELEMENTS 0
+#define BSEND_OK 0
 #endif
 
 static void put_status_(const char *what, MPI_Status *st, MPI_Datatype t, int elements) {
@@ -149,7 +153,7 @@ static void section_random(int ntypes) {
       Buf b = make_buf(t, count, 1);
       if (mode == 0) MPI_Send(b.origin, count, t, 1, k, MPI_COMM_WORLD);
       else if (mode == 1) MPI_Ssend(b.origin, count, t, 1, k, MPI_COMM_WORLD);
-      else if (mode == 2) {
+      else if (mode == 2 && BSEND_OK) {
         int need;
         MPI_Pack_size(count, t, MPI_COMM_WORLD, &need);
         need += MPI_BSEND_OVERHEAD + 64;
@@ -158,6 +162,8 @@ static void section_random(int ntypes) {
         MPI_Bsend(b.origin, count, t, 1, k, MPI_COMM_WORLD);
         MPI_Buffer_detach(&att, &need);
         free(att);
+      } else if (mode == 2) {
+        MPI_Send(b.origin, count, t, 1, k, MPI_COMM_WORLD);
       } else {
         MPI_Recv(NULL, 0, MPI_BYTE, 1, 999, MPI_COMM_WORLD, MPI_STATUS_IGNORE); /* receiver posted */
         MPI_Rsend(b.origin, count, t, 1, k, MPI_COMM_WORLD);
