@@ -55,8 +55,8 @@ struct Config {
   std::string model;     // HAULER_INTERPOSE_MODEL
   // The model: pack a non-contiguous message when its mean contiguous block is at most
   // max_block bytes and the message has at least min_bytes bytes.
-  int64_t max_block = 16384;
-  int64_t min_bytes = 0;
+  int64_t max_block = 2048;
+  int64_t min_bytes = 256;
 };
 Config g;
 int g_rank = -1;
