@@ -636,8 +636,9 @@ int test(MPI_Request* req, int* flag, MPI_Status* status) {
 
 bool any_ours(int n, const MPI_Request* reqs) {
   if (g_nreqs.load(std::memory_order_relaxed) == 0) return false;
+  std::lock_guard<std::mutex> lk(g_req_mu);
   for (int i = 0; i < n; ++i)
-    if (ours(reqs[i])) return true;
+    if (reqs[i] != MPI_REQUEST_NULL && g_reqs.count(reqs[i])) return true;
   return false;
 }
 
@@ -784,13 +785,215 @@ int unpack(const void* in, int insize, int* position, void* out, int outcount, M
 }
 
 // ---------------------------------------------------------------- collectives
-// Alltoallv/w and their neighbour forms go to the library with the application's types
-// (counted in the report as coll_passthrough): their per-peer pieces live at int
-// displacements of one buffer, so packing them would need a second byte collective layout;
-// the library's own path is correct for every case, MPI_IN_PLACE included.
-void coll_passthrough() {
+// Alltoallv/w and their neighbour forms: every peer piece whose type hauler packs travels as
+// bytes in a staging buffer, described to the library by a one-block hindexed MPI_BYTE type
+// whose 64-bit displacement reaches the staging buffer from the application's base address;
+// the other pieces keep their own (count, type, displacement). The call becomes one
+// Alltoallw / Neighbor_alltoallw. Each side chooses per piece; the byte counts agree with the
+// type signatures, which is all homogeneous Open MPI and MPICH runs need. MPI_IN_PLACE,
+// intercommunicators, Cartesian neighbourhoods (MPI_PROC_NULL neighbours) and displacements that
+// do not fit the call go to the library unchanged.
+struct Piece {
+  int count;
+  MPI_Datatype type;
+  MPI_Aint disp;  // bytes from the base buffer
+};
+
+struct CollSide {
+  std::vector<std::shared_ptr<const dt::Plan>> plans;
+  std::vector<TypeInfoRef> keep;
+  std::vector<int64_t> off;
+  int64_t total = 0;
+  void* stage = nullptr;
+  bool any = false;
+};
+
+void coll_choose(const std::vector<Piece>& ps, CollSide& side) {
+  side.plans.resize(ps.size());
+  side.keep.resize(ps.size());
+  side.off.assign(ps.size(), 0);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    side.plans[i] = choose(ps[i].count, ps[i].type, &side.keep[i]);
+    if (side.plans[i] && side.plans[i]->total <= INT32_MAX) {
+      side.off[i] = side.total;
+      side.total += (side.plans[i]->total + 63) / 64 * 64;
+      side.any = true;
+    } else {
+      side.plans[i] = nullptr;
+    }
+  }
+}
+
+// Types for a w-form call: packed pieces become a byte block in the staging buffer.
+bool coll_types(const std::vector<Piece>& ps, CollSide& side, const void* base, std::vector<int>& counts,
+                std::vector<MPI_Aint>& disps, std::vector<MPI_Datatype>& types, std::vector<MPI_Datatype>& made) {
+  size_t n = ps.size();
+  counts.resize(n);
+  disps.resize(n);
+  types.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (!side.plans[i]) {
+      counts[i] = ps[i].count;
+      disps[i] = ps[i].disp;
+      types[i] = ps[i].type;
+      continue;
+    }
+    MPI_Aint d = static_cast<MPI_Aint>(reinterpret_cast<intptr_t>(static_cast<uint8_t*>(side.stage) + side.off[i]) -
+                                       reinterpret_cast<intptr_t>(base));
+    MPI_Datatype t;
+    if (PMPI_Type_create_hindexed_block(1, static_cast<int>(side.plans[i]->total), &d, MPI_BYTE, &t) != MPI_SUCCESS)
+      return false;
+    PMPI_Type_commit(&t);
+    made.push_back(t);
+    counts[i] = 1;
+    disps[i] = 0;
+    types[i] = t;
+  }
+  return true;
+}
+
+template <typename Fwd>
+int coll_exchange(bool neighbor, MPI_Comm comm, const void* sbuf, const std::vector<Piece>& sp, void* rbuf,
+                  const std::vector<Piece>& rp, Fwd forward) {
+  CollSide s, r;
+  coll_choose(sp, s);
+  coll_choose(rp, r);
+  if (!s.any && !r.any) {
+    st.coll_passthrough++;
+    return forward();
+  }
+  if (!neighbor) {  // Alltoallw takes int displacements
+    for (size_t i = 0; i < sp.size(); ++i)
+      if (!s.plans[i] && (sp[i].disp > INT32_MAX || sp[i].disp < INT32_MIN)) { st.coll_passthrough++; return forward(); }
+    for (size_t i = 0; i < rp.size(); ++i)
+      if (!r.plans[i] && (rp[i].disp > INT32_MAX || rp[i].disp < INT32_MIN)) { st.coll_passthrough++; return forward(); }
+  }
+  s.stage = s.total ? buf_get(s.total) : nullptr;
+  r.stage = r.total ? buf_get(r.total) : nullptr;
+  if ((s.total && !s.stage) || (r.total && !r.stage)) {
+    buf_put(s.stage, s.total);
+    buf_put(r.stage, r.total);
+    st.coll_passthrough++;
+    return forward();
+  }
+  {
+    Timer tm;
+    for (size_t i = 0; i < sp.size(); ++i)
+      if (s.plans[i]) {
+        dt::pack(*s.plans[i], static_cast<const uint8_t*>(sbuf) + sp[i].disp, static_cast<uint8_t*>(s.stage) + s.off[i],
+                 0, s.plans[i]->total);
+        st.bytes_packed += s.plans[i]->total;
+      }
+  }
+  std::vector<int> sc, rc;
+  std::vector<MPI_Aint> sd, rd;
+  std::vector<MPI_Datatype> stp, rtp, made;
+  int rc_ = MPI_ERR_INTERN;
+  if (coll_types(sp, s, sbuf, sc, sd, stp, made) && coll_types(rp, r, rbuf, rc, rd, rtp, made)) {
+    if (neighbor) {
+      rc_ = PMPI_Neighbor_alltoallw(sbuf, sc.data(), sd.data(), stp.data(), rbuf, rc.data(), rd.data(), rtp.data(), comm);
+    } else {
+      std::vector<int> sdi(sd.begin(), sd.end()), rdi(rd.begin(), rd.end());
+      rc_ = PMPI_Alltoallw(sbuf, sc.data(), sdi.data(), stp.data(), rbuf, rc.data(), rdi.data(), rtp.data(), comm);
+    }
+    if (rc_ == MPI_SUCCESS) {
+      Timer tm;
+      for (size_t i = 0; i < rp.size(); ++i)
+        if (r.plans[i]) {
+          dt::unpack(*r.plans[i], static_cast<uint8_t*>(rbuf) + rp[i].disp, static_cast<uint8_t*>(r.stage) + r.off[i], 0,
+                     r.plans[i]->total);
+          st.bytes_unpacked += r.plans[i]->total;
+        }
+    }
+    st.coll_packed++;
+  } else {
+    rc_ = forward();
+    st.coll_passthrough++;
+  }
+  for (MPI_Datatype& t : made) PMPI_Type_free(&t);
+  buf_put(s.stage, s.total);
+  buf_put(r.stage, r.total);
+  return rc_;
+}
+
+bool plain_intracomm(MPI_Comm comm) {
+  int inter = 0;
+  if (PMPI_Comm_test_inter(comm, &inter) != MPI_SUCCESS) return false;
+  return !inter;
+}
+
+// In- and out-degree of a graph or distributed-graph communicator; false otherwise.
+bool neighbours(MPI_Comm comm, int* indeg, int* outdeg) {
+  int topo = MPI_UNDEFINED;
+  if (PMPI_Topo_test(comm, &topo) != MPI_SUCCESS) return false;
+  if (topo == MPI_DIST_GRAPH) {
+    int w = 0;
+    return PMPI_Dist_graph_neighbors_count(comm, indeg, outdeg, &w) == MPI_SUCCESS;
+  }
+  if (topo == MPI_GRAPH) {
+    int rank = 0, n = 0;
+    PMPI_Comm_rank(comm, &rank);
+    if (PMPI_Graph_neighbors_count(comm, rank, &n) != MPI_SUCCESS) return false;
+    *indeg = *outdeg = n;
+    return true;
+  }
+  return false;  // Cartesian: MPI_PROC_NULL neighbours; left to the library
+}
+
+MPI_Aint extent_of(MPI_Datatype t) {
+  MPI_Aint lb = 0, ext = 0;
+  PMPI_Type_get_extent(t, &lb, &ext);
+  return ext;
+}
+
+int alltoallv(const void* sbuf, const int* scounts, const int* sdispls, MPI_Datatype stype, void* rbuf,
+              const int* rcounts, const int* rdispls, MPI_Datatype rtype, MPI_Comm comm, bool neighbor) {
   st.calls++;
-  st.coll_passthrough++;
+  auto fwd = [&]() {
+    return neighbor ? PMPI_Neighbor_alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm)
+                    : PMPI_Alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
+  };
+  int ns = 0, nr = 0;
+  bool ok = g.coll && sbuf != MPI_IN_PLACE && plain_intracomm(comm);
+  if (ok && neighbor) ok = neighbours(comm, &nr, &ns);
+  if (ok && !neighbor) {
+    ok = PMPI_Comm_size(comm, &ns) == MPI_SUCCESS;
+    nr = ns;
+  }
+  if (!ok) {
+    st.coll_passthrough++;
+    return fwd();
+  }
+  MPI_Aint se = extent_of(stype), re = extent_of(rtype);
+  std::vector<Piece> sp(ns), rp(nr);
+  for (int i = 0; i < ns; ++i) sp[i] = Piece{scounts[i], stype, static_cast<MPI_Aint>(sdispls[i]) * se};
+  for (int i = 0; i < nr; ++i) rp[i] = Piece{rcounts[i], rtype, static_cast<MPI_Aint>(rdispls[i]) * re};
+  return coll_exchange(neighbor, comm, sbuf, sp, rbuf, rp, fwd);
+}
+
+int alltoallw(const void* sbuf, const int* scounts, const MPI_Aint* sdA, const int* sdI, const MPI_Datatype* stypes,
+              void* rbuf, const int* rcounts, const MPI_Aint* rdA, const int* rdI, const MPI_Datatype* rtypes,
+              MPI_Comm comm, bool neighbor) {
+  st.calls++;
+  auto fwd = [&]() {
+    return neighbor ? PMPI_Neighbor_alltoallw(sbuf, scounts, sdA, stypes, rbuf, rcounts, rdA, rtypes, comm)
+                    : PMPI_Alltoallw(sbuf, scounts, sdI, stypes, rbuf, rcounts, rdI, rtypes, comm);
+  };
+  int ns = 0, nr = 0;
+  bool ok = g.coll && sbuf != MPI_IN_PLACE && plain_intracomm(comm);
+  if (ok && neighbor) ok = neighbours(comm, &nr, &ns);
+  if (ok && !neighbor) {
+    ok = PMPI_Comm_size(comm, &ns) == MPI_SUCCESS;
+    nr = ns;
+  }
+  if (!ok) {
+    st.coll_passthrough++;
+    return fwd();
+  }
+  std::vector<Piece> sp(ns), rp(nr);
+  for (int i = 0; i < ns; ++i) sp[i] = Piece{scounts[i], stypes[i], neighbor ? sdA[i] : static_cast<MPI_Aint>(sdI[i])};
+  for (int i = 0; i < nr; ++i) rp[i] = Piece{rcounts[i], rtypes[i], neighbor ? rdA[i] : static_cast<MPI_Aint>(rdI[i])};
+  return coll_exchange(neighbor, comm, sbuf, sp, rbuf, rp, fwd);
 }
 
 }  // namespace shim
@@ -990,27 +1193,27 @@ HAULER_EXPORT int MPI_Cancel(MPI_Request* req) {
 HAULER_EXPORT int MPI_Alltoallv(const void* sbuf, const int* scounts, const int* sdispls, MPI_Datatype stype,
                                 void* rbuf, const int* rcounts, const int* rdispls, MPI_Datatype rtype,
                                 MPI_Comm comm) {
-  if (g.on) coll_passthrough();
-  return PMPI_Alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
+  if (!g.on) return PMPI_Alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
+  return shim::alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm, false);
 }
 
 HAULER_EXPORT int MPI_Alltoallw(const void* sbuf, const int* scounts, const int* sdispls,
                                 const MPI_Datatype* stypes, void* rbuf, const int* rcounts, const int* rdispls,
                                 const MPI_Datatype* rtypes, MPI_Comm comm) {
-  if (g.on) coll_passthrough();
-  return PMPI_Alltoallw(sbuf, scounts, sdispls, stypes, rbuf, rcounts, rdispls, rtypes, comm);
+  if (!g.on) return PMPI_Alltoallw(sbuf, scounts, sdispls, stypes, rbuf, rcounts, rdispls, rtypes, comm);
+  return shim::alltoallw(sbuf, scounts, nullptr, sdispls, stypes, rbuf, rcounts, nullptr, rdispls, rtypes, comm, false);
 }
 
 HAULER_EXPORT int MPI_Neighbor_alltoallv(const void* sbuf, const int* scounts, const int* sdispls,
                                          MPI_Datatype stype, void* rbuf, const int* rcounts, const int* rdispls,
                                          MPI_Datatype rtype, MPI_Comm comm) {
-  if (g.on) coll_passthrough();
-  return PMPI_Neighbor_alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
+  if (!g.on) return PMPI_Neighbor_alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
+  return shim::alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm, true);
 }
 
 HAULER_EXPORT int MPI_Neighbor_alltoallw(const void* sbuf, const int* scounts, const MPI_Aint* sdispls,
                                          const MPI_Datatype* stypes, void* rbuf, const int* rcounts,
                                          const MPI_Aint* rdispls, const MPI_Datatype* rtypes, MPI_Comm comm) {
-  if (g.on) coll_passthrough();
-  return PMPI_Neighbor_alltoallw(sbuf, scounts, sdispls, stypes, rbuf, rcounts, rdispls, rtypes, comm);
+  if (!g.on) return PMPI_Neighbor_alltoallw(sbuf, scounts, sdispls, stypes, rbuf, rcounts, rdispls, rtypes, comm);
+  return shim::alltoallw(sbuf, scounts, sdispls, nullptr, stypes, rbuf, rcounts, rdispls, nullptr, rtypes, comm, true);
 }

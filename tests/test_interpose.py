@@ -109,11 +109,17 @@ def _compare(a, b, np_):
         assert x == y, f"rank {r}: output with the interposer differs from the library alone"
 
 
-def _run_pair(flav, np_, prog_argv, tmp_path, extra=None):
+def _run_pair(flav, np_, prog_argv, tmp_path, extra=None, pack_all=True):
+    """The program alone and under `hauler run`; pack_all: a model file that packs every
+    non-contiguous message (the built-in model passes small messages through)."""
     lib, shim = str(tmp_path / "lib"), str(tmp_path / "shim")
     rep = str(tmp_path / "report.%r")
     _launch(flav, np_, [prog_argv[0], lib] + prog_argv[1:], shim=False)
     env = {"HAULER_INTERPOSE_REPORT": rep}
+    if pack_all:
+        model = tmp_path / "model.txt"
+        model.write_text("# pack everything non-contiguous\nmax_block 1000000000\nmin_bytes 0\n")
+        env["HAULER_INTERPOSE_MODEL"] = str(model)
     env.update(extra or {})
     _launch(flav, np_, [prog_argv[0], shim] + prog_argv[1:], shim=True, env_extra=env)
     _compare(lib, shim, np_)
@@ -129,7 +135,15 @@ def test_p2p_pack_collectives_identical(flav, np_, built, tmp_path):
     print(f"seed={seed} report={t}")
     assert t["packed_msgs"] > 50 and t["unpacked_msgs"] > 50, t   # packing really happened
     assert t["mpi_pack"] >= 2 and t["bytes_packed"] > 0, t
-    assert t["coll_passthrough"] == 4 * np_, t
+    assert t["coll_packed"] == 4 * np_ and t["coll_passthrough"] == 0, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_builtin_model_identical(flav, built, tmp_path):
+    """The default model (small messages and large blocks pass through) gives the same bytes."""
+    rep = _run_pair(flav, 2, [built(flav, "p2p"), str(random.randrange(1, 10**9))], tmp_path, pack_all=False)
+    t = _report(rep, 2)
+    assert t["passthrough"] > 0 and t["packed_msgs"] > 0, t
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])

@@ -420,7 +420,7 @@ static void section_collectives(void) {
   MPI_Type_commit(&v);
   MPI_Aint lb, ext;
   MPI_Type_get_extent(v, &lb, &ext);
-  int per = 2; /* elements per peer */
+  int per = 16; /* elements per peer: 512 B of data */
   size_t n = (size_t)size * per * ext / sizeof(int) + 8;
   int *sb = malloc(n * sizeof(int)), *rb = malloc(n * sizeof(int));
   for (size_t i = 0; i < n; ++i) { sb[i] = (int)(rank * 100000 + i); rb[i] = -1; }
