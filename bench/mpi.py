@@ -258,7 +258,8 @@ def _flavours(wanted: Optional[Sequence[str]]) -> Tuple[List[Tuple[str, str, str
     return out, warn
 
 
-def _launch(flav: str, mpiexec: str, lib: Optional[str], argv: List[str]) -> Dict[Tuple, Tuple]:
+def _launch(flav: str, mpiexec: str, lib: Optional[str], argv: List[str],
+            env_extra: Optional[Dict[str, str]] = None) -> Dict[Tuple, Tuple]:
     from hauler import interpose, mpi_find
 
     vendor = {"openmpi": mpi_find.OPEN_MPI, "mpich": mpi_find.MPICH}[flav]
@@ -272,6 +273,9 @@ def _launch(flav: str, mpiexec: str, lib: Optional[str], argv: List[str]) -> Dic
     if os.geteuid() == 0:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    for k, v in (env_extra or {}).items():  # handed to the ranks the way each launcher wants
+        env[k] = v
+        opts += ["-x", k] if flav == "openmpi" else ["-genv", k, v]
     cmd = interpose.launch_argv(mpiexec, opts, argv, env) if lib else [mpiexec] + opts + argv
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800)
     text = p.stdout.decode("utf-8", "replace")

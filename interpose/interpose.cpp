@@ -59,6 +59,13 @@ struct Config {
   int64_t min_bytes = 256;
 };
 Config g;
+#if defined(OPEN_MPI)
+constexpr const char* kFlavour = "openmpi";
+#elif defined(MPICH_VERSION)
+constexpr const char* kFlavour = "mpich";
+#else
+constexpr const char* kFlavour = "mpi";
+#endif
 int g_rank = -1;
 
 bool env_bool(const char* name, bool dflt) {
@@ -98,8 +105,15 @@ void load_model(const std::string& path) {
   while (std::fgets(line, sizeof line, f)) {
     if (line[0] == '#') continue;
     if (std::sscanf(line, "%127s %lld", key, &val) != 2) continue;
-    if (std::strcmp(key, "max_block") == 0) g.max_block = val;
-    else if (std::strcmp(key, "min_bytes") == 0) g.min_bytes = val;
+    // "key value" for every flavour, "<flavour>.key value" for this one (hauler-bench calibrate)
+    const char* k = key;
+    const char* dot = std::strchr(key, '.');
+    if (dot) {
+      if (std::strncmp(key, kFlavour, static_cast<size_t>(dot - key)) != 0 || kFlavour[dot - key] != '\0') continue;
+      k = dot + 1;
+    }
+    if (std::strcmp(k, "max_block") == 0) g.max_block = val;
+    else if (std::strcmp(k, "min_bytes") == 0) g.min_bytes = val;
   }
   std::fclose(f);
   logf(kInfo, "model %s: max_block=%lld min_bytes=%lld", path.c_str(), (long long)g.max_block,

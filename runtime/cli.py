@@ -147,6 +147,12 @@ def _print_info(info: Dict[str, Any]) -> None:
             w(f"  cuda build  not built: {cu.get('reason')}\n")
         m = b.get("mpi", {})
         w(f"  mpi (build) {m.get('vendor') or 'none'} {m.get('path') or m.get('error') or ''}\n")
+        ip = b.get("interpose") or {}
+        if ip.get("built"):
+            libs = ip.get("libraries", {})
+            w(f"  interposer  built for {', '.join(sorted(libs))} (hauler interpose --list)\n")
+        else:
+            w(f"  interposer  not built: {ip.get('reason') or 'unknown (older build)'}\n")
 
     cu = info["cuda"]
     if cu["error"]:

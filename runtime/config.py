@@ -67,7 +67,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("HAULER_INTERPOSE_P2P", True, "bool", RUN,
             "Interposer: non-contiguous point-to-point messages are packed by hauler and sent as bytes."),
     Setting("HAULER_INTERPOSE_COLL", True, "bool", RUN,
-            "Interposer: collectives switch (Alltoallv/w and neighbour forms; these pass through today)."),
+            "Interposer: Alltoallv/w and neighbour forms pack non-contiguous per-peer pieces."),
     Setting("HAULER_INTERPOSE_LOG", "warning", "level", RUN,
             "Interposer log level on stderr: debug, info, warning, error or critical."),
     Setting("HAULER_INTERPOSE_REPORT", None, "str", RUN,

@@ -203,3 +203,47 @@ def test_cli_path_and_injection(flav):
     else:
         assert words[1:4] == ["-genv", "LD_PRELOAD", path], words
     assert words[-4:] == ["-n", "2", "prog", "arg"] or words[-2:] == ["prog", "arg"]
+
+
+def _bench(*args):
+    env = dict(os.environ)
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return subprocess.run([sys.executable, "-m", "hauler.bench.cli"] + list(args), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+
+
+def test_bench_mpi_quick_rows_correct():
+    """`hauler-bench mpi` runs both sides for every MPI here; structure and correctness, never speed."""
+    import json
+    _tools("openmpi" if shutil.which("mpiexec.openmpi") else "mpich")
+    p = _bench("mpi", "--quick", "--budget", "0.005", "--rounds", "1", "--json")
+    assert p.returncode == 0, p.stdout[-3000:]
+    rep = json.loads(p.stdout)
+    assert rep["rows"] and all(r["correct"] for r in rep["rows"])
+    assert {r["case"] for r in rep["rows"]} == {"vector", "contig", "halo"}
+    assert {t["key"] for t in rep["targets"]} == {"byte-vector-10x", "byte-vector-contig", "halo-2x", "no-slowdown"}
+
+
+def test_calibrate_writes_a_model_the_shim_reads(built, tmp_path):
+    flav = "openmpi" if shutil.which("mpiexec.openmpi") else "mpich"
+    _tools(flav)
+    model = tmp_path / "model.txt"
+    p = _bench("calibrate", "--quick", "--budget", "0.005", "--rounds", "1", "--mpi", flav, "--out", str(model))
+    assert p.returncode == 0, p.stdout[-3000:]
+    text = model.read_text()
+    assert re.search(rf"^{flav}\.max_block \d+$", text, re.M) and re.search(rf"^{flav}\.min_bytes \d+$", text, re.M)
+    # a model for another flavour only must not change this one's choices: pack nothing here
+    model.write_text("max_block 0\nmin_bytes 0\nother.max_block 1000000\n")
+    rep = _run_pair(flav, 2, [built(flav, "halo"), "5", "1"], tmp_path, pack_all=False,
+                    extra={"HAULER_INTERPOSE_MODEL": str(model)})
+    t = _report(rep, 2)
+    assert t["packed_msgs"] == 0 and t["passthrough"] > 0, t
+
+
+def test_choose_model():
+    from hauler.bench.calibrate import choose_model
+    rows = [{"block": b, "bytes": m, "speedup": s} for b, m, s in [
+        (1, 1024, 3.0), (1, 1 << 20, 20.0), (8, 256, 0.5), (8, 1024, 1.5), (8, 1 << 20, 5.0),
+        (4096, 1 << 20, 1.2), (16384, 1 << 20, 0.9)]]
+    assert choose_model(rows) == {"max_block": 4096, "min_bytes": 1024}
