@@ -404,6 +404,7 @@ struct Pending {
   void* origin = nullptr;
   std::shared_ptr<const dt::Plan> plan;
   TypeInfoRef type;  // keeps the type alive even if the application frees it
+  bool unpacked = false;  // already unpacked (MPI_Request_get_status saw it complete)
 };
 
 std::mutex g_req_mu;
@@ -436,7 +437,7 @@ bool ours(MPI_Request r) {
 
 // Unpacks what arrived (the byte count in the status) into the application's buffer.
 void finish(Pending& p, MPI_Status* status) {
-  if (p.recv) {
+  if (p.recv && !p.unpacked) {
     int cancelled = 0;
     PMPI_Test_cancelled(status, &cancelled);
     int got = 0;
@@ -748,6 +749,33 @@ int testsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* 
   if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testsome(n, reqs, outcount, indices, statuses);
   return some(n, reqs, outcount, indices, statuses,
               [&](MPI_Status* s) { return PMPI_Testsome(n, reqs, outcount, indices, s); });
+}
+
+// MPI_Request_get_status completes nothing, but once it says "done" the application may read
+// its buffer: unpack then (once), and keep the record for the call that frees the request.
+int request_get_status(MPI_Request req, int* flag, MPI_Status* status) {
+  if (!ours(req)) return PMPI_Request_get_status(req, flag, status);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Request_get_status(req, flag, s);
+  if (rc == MPI_SUCCESS && *flag) {
+    std::lock_guard<std::mutex> lk(g_req_mu);
+    auto it = g_reqs.find(req);
+    if (it != g_reqs.end() && it->second.recv && !it->second.unpacked) {
+      Pending& p = it->second;
+      int cancelled = 0, got = 0;
+      PMPI_Test_cancelled(s, &cancelled);
+      if (!cancelled && PMPI_Get_count(s, MPI_BYTE, &got) == MPI_SUCCESS && got != MPI_UNDEFINED && got > 0) {
+        int64_t n = std::min<int64_t>(got, p.plan->total);
+        Timer tm;
+        dt::unpack(*p.plan, p.origin, p.buf, 0, n);
+        st.bytes_unpacked += n;
+        st.unpacked_msgs++;
+      }
+      p.unpacked = true;
+    }
+  }
+  return rc;
 }
 
 int request_free(MPI_Request* req) {
@@ -1196,6 +1224,11 @@ HAULER_EXPORT int MPI_Testsome(int n, MPI_Request* reqs, int* outcount, int* ind
 HAULER_EXPORT int MPI_Request_free(MPI_Request* req) {
   if (!g.on) return PMPI_Request_free(req);
   return shim::request_free(req);
+}
+
+HAULER_EXPORT int MPI_Request_get_status(MPI_Request req, int* flag, MPI_Status* status) {
+  if (!g.on) return PMPI_Request_get_status(req, flag, status);
+  return shim::request_get_status(req, flag, status);
 }
 
 HAULER_EXPORT int MPI_Cancel(MPI_Request* req) {

@@ -371,6 +371,30 @@ static void section_counts_truncation_zero_bottom(void) {
     fprintf(out, "cancelled=%d null=%d\n", can, r == MPI_REQUEST_NULL);
     put("after-cancel", rb, sizeof rb);
   }
+  /* MPI_Request_get_status: once it says done, the buffer is readable (then Wait frees it) */
+  if (rank == 0) {
+    MPI_Send(cb, 1, w, 1, 20, c);
+  } else if (rank == 1) {
+    char rb[400];
+    memset(rb, 0x22, sizeof rb);
+    MPI_Request r;
+    int flag = 0;
+    MPI_Irecv(rb, 1, w, 0, 20, c, &r);
+    while (!flag) MPI_Request_get_status(r, &flag, &st);
+    put("get_status", rb, sizeof rb);
+    put_status("get_status-status", &st, w);
+    MPI_Wait(&r, &st);
+    put("get_status-after-wait", rb, sizeof rb);
+  }
+  /* invalid arguments: the library's error classes, through the communicator's handler */
+  if (rank == 0) {
+    int cls[3], rc;
+    rc = MPI_Send(cb, 1, w, size + 5, 21, c); MPI_Error_class(rc, &cls[0]);
+    rc = MPI_Send(cb, 1, w, 1, -7, c); MPI_Error_class(rc, &cls[1]);
+    rc = MPI_Send(cb, -1, w, 1, 21, c); MPI_Error_class(rc, &cls[2]);
+    fprintf(out, "errors rank=%d tag=%d count=%d\n", cls[0] == MPI_ERR_RANK, cls[1] == MPI_ERR_TAG,
+            cls[2] == MPI_ERR_COUNT);
+  }
   MPI_Type_free(&w);
   MPI_Type_free(&v);
   MPI_Comm_free(&c);
