@@ -16,6 +16,8 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <dlfcn.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdarg>
@@ -334,6 +336,36 @@ TypeInfoRef lookup(MPI_Datatype t) {
   return it == g_types.end() ? nullptr : it->second;
 }
 
+// ---------------------------------------------------------------- device buffers
+// A device pointer must never reach the host pack kernels. Device memory can only exist once the
+// process has loaded the CUDA driver, so the shim asks the driver about a buffer only when
+// libcuda is already loaded (dlopen RTLD_NOLOAD: the shim never loads or initializes CUDA
+// itself); device and managed buffers go to the (CUDA-aware) library unchanged.
+using CuPointerGetAttribute = int (*)(void*, int, unsigned long long);
+std::atomic<CuPointerGetAttribute> g_cu_attr{nullptr};
+std::atomic<int64_t> g_cu_probe{0};
+std::atomic<int64_t> g_device_passthrough{0};
+
+bool device_buffer(const void* p) {
+  CuPointerGetAttribute f = g_cu_attr.load(std::memory_order_acquire);
+  if (f == nullptr) {
+    // probed on every packing decision until found: a program may load CUDA after MPI_Init,
+    // and a device buffer can exist from that moment on (~1 us, packing paths only)
+    g_cu_probe.fetch_add(1, std::memory_order_relaxed);
+    void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (h == nullptr) return false;
+    f = reinterpret_cast<CuPointerGetAttribute>(dlsym(h, "cuPointerGetAttribute"));
+    if (f == nullptr) return false;
+    g_cu_attr.store(f, std::memory_order_release);
+    logf(kInfo, "CUDA driver loaded by the program: device buffers are detected and passed through");
+  }
+  unsigned int mem_type = 0, managed = 0;
+  const int kMemoryType = 2, kIsManaged = 8, kDevice = 2, kUnified = 4;
+  if (f(&mem_type, kMemoryType, reinterpret_cast<unsigned long long>(p)) != 0) return false;  // host memory
+  f(&managed, kIsManaged, reinterpret_cast<unsigned long long>(p));
+  return mem_type == kDevice || mem_type == kUnified || managed != 0;
+}
+
 // Decide whether a (buffer, count, type) message is packed by hauler. Returns the plan if so.
 std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep) {
   if (count <= 0) return nullptr;
@@ -353,6 +385,17 @@ std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* k
   }
   *keep = info;
   return info->plan(count);
+}
+
+// choose() for a buffer: device buffers (see above) are never packed on the host.
+std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datatype t, TypeInfoRef* keep) {
+  auto plan = choose(count, t, keep);
+  if (plan && buf != nullptr && device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo)) {
+    g_device_passthrough++;
+    keep->reset();
+    return nullptr;
+  }
+  return plan;
 }
 
 // ---------------------------------------------------------------- staging buffers
@@ -491,7 +534,7 @@ using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
 int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
   st.calls++;
   TypeInfoRef info;
-  auto plan = choose(count, t, &info);
+  auto plan = choose_buf(buf, count, t, &info);
   if (!plan || dest == MPI_PROC_NULL) return fn(buf, count, t, dest, tag, comm);
   size_t n = static_cast<size_t>(plan->total);
   void* stage = buf_get(n);
@@ -512,7 +555,7 @@ bool fits_int(const dt::Plan& p) { return p.total <= INT32_MAX; }
 int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
   st.calls++;
   TypeInfoRef info;
-  auto plan = choose(count, t, &info);
+  auto plan = choose_buf(buf, count, t, &info);
   if (!plan || source == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   Pending p;
   p.recv = true;
@@ -532,7 +575,7 @@ int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm com
 int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
   st.calls++;
   TypeInfoRef info;
-  auto plan = choose(count, t, &info);
+  auto plan = choose_buf(buf, count, t, &info);
   if (!plan || dest == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
   Pending p;
   p.bytes = static_cast<size_t>(plan->total);
@@ -556,7 +599,7 @@ int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Com
 int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
   st.calls++;
   TypeInfoRef info;
-  auto plan = choose(count, t, &info);
+  auto plan = choose_buf(buf, count, t, &info);
   if (!plan || source == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
   Pending p;
   p.recv = true;
@@ -579,8 +622,8 @@ int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int sta
              MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status) {
   st.calls++;
   TypeInfoRef si, ri;
-  auto sp = choose(scount, stype, &si);
-  auto rp = choose(rcount, rtype, &ri);
+  auto sp = choose_buf(sbuf, scount, stype, &si);
+  auto rp = choose_buf(rbuf, rcount, rtype, &ri);
   if ((!sp && !rp) || (sp && !fits_int(*sp)) || (rp && !fits_int(*rp)))
     return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
   void* sstage = nullptr;
@@ -796,7 +839,7 @@ int pack(const void* in, int incount, MPI_Datatype t, void* out, int outsize, in
   st.calls++;
   TypeInfoRef info;
   if (incount <= 0 || position == nullptr || out == nullptr) return PMPI_Pack(in, incount, t, out, outsize, position, comm);
-  auto plan = choose(incount, t, &info);
+  auto plan = choose_buf(in, incount, t, &info);
   if (!plan || *position < 0 || int64_t(*position) + plan->total > int64_t(outsize))
     return PMPI_Pack(in, incount, t, out, outsize, position, comm);
   {
@@ -813,7 +856,7 @@ int unpack(const void* in, int insize, int* position, void* out, int outcount, M
   st.calls++;
   TypeInfoRef info;
   if (outcount <= 0 || position == nullptr || in == nullptr) return PMPI_Unpack(in, insize, position, out, outcount, t, comm);
-  auto plan = choose(outcount, t, &info);
+  auto plan = choose_buf(out, outcount, t, &info);
   if (!plan || *position < 0 || int64_t(*position) + plan->total > int64_t(insize))
     return PMPI_Unpack(in, insize, position, out, outcount, t, comm);
   {
@@ -850,12 +893,12 @@ struct CollSide {
   bool any = false;
 };
 
-void coll_choose(const std::vector<Piece>& ps, CollSide& side) {
+void coll_choose(const void* base, const std::vector<Piece>& ps, CollSide& side) {
   side.plans.resize(ps.size());
   side.keep.resize(ps.size());
   side.off.assign(ps.size(), 0);
   for (size_t i = 0; i < ps.size(); ++i) {
-    side.plans[i] = choose(ps[i].count, ps[i].type, &side.keep[i]);
+    side.plans[i] = choose_buf(static_cast<const uint8_t*>(base) + ps[i].disp, ps[i].count, ps[i].type, &side.keep[i]);
     if (side.plans[i] && side.plans[i]->total <= INT32_MAX) {
       side.off[i] = side.total;
       side.total += (side.plans[i]->total + 63) / 64 * 64;
@@ -898,8 +941,8 @@ template <typename Fwd>
 int coll_exchange(bool neighbor, MPI_Comm comm, const void* sbuf, const std::vector<Piece>& sp, void* rbuf,
                   const std::vector<Piece>& rp, Fwd forward) {
   CollSide s, r;
-  coll_choose(sp, s);
-  coll_choose(rp, r);
+  coll_choose(sbuf, sp, s);
+  coll_choose(rbuf, rp, r);
   if (!s.any && !r.any) {
     st.coll_passthrough++;
     return forward();
@@ -1083,13 +1126,15 @@ static void write_report() {
   std::fprintf(f,
                "hauler-interpose rank %d: calls=%lld packed_msgs=%lld unpacked_msgs=%lld bytes_packed=%lld "
                "bytes_unpacked=%lld pack_ms=%.3f passthrough=%lld contiguous=%lld mpi_pack=%lld "
-               "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld\n",
+               "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
+               "cuda_driver=%d\n",
                g_rank, (long long)st.calls.load(), (long long)st.packed_msgs.load(),
                (long long)st.unpacked_msgs.load(), (long long)st.bytes_packed.load(),
                (long long)st.bytes_unpacked.load(), st.pack_ns.load() / 1e6, (long long)st.passthrough.load(),
                (long long)st.contiguous.load(), (long long)st.mpi_pack_calls.load(),
                (long long)st.coll_packed.load(), (long long)st.coll_passthrough.load(),
-               (long long)st.types_decoded.load(), (long long)st.types_refused.load());
+               (long long)st.types_decoded.load(), (long long)st.types_refused.load(),
+               (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0);
   if (close) std::fclose(f);
 }
 

@@ -68,6 +68,7 @@ def _launch(flav, np_, program, shim, env_extra=None):
     for k in [k for k in env if k.startswith("HAULER_INTERPOSE")]:
         env.pop(k)
     env.update(env_extra or {})
+    env_extra = {k: v for k, v in (env_extra or {}).items() if k != "LD_PRELOAD"}  # hauler run adds it
     if shim:
         argv = [sys.executable, "-m", "hauler.cli", "run", "--launcher", mpiexec] + opts + ["--"] + program
         if flav == "openmpi":  # Open MPI forwards only what -x names
@@ -136,6 +137,8 @@ def test_p2p_pack_collectives_identical(flav, np_, built, tmp_path):
     assert t["packed_msgs"] > 50 and t["unpacked_msgs"] > 50, t   # packing really happened
     assert t["mpi_pack"] >= 2 and t["bytes_packed"] > 0, t
     assert t["coll_packed"] == 4 * np_ and t["coll_passthrough"] == 0, t
+    # a program that never loads CUDA: the shim never loaded or asked the driver either
+    assert t["cuda_driver"] == 0 and t["device_passthrough"] == 0, t
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
@@ -247,3 +250,16 @@ def test_choose_model():
         (1, 1024, 3.0), (1, 1 << 20, 20.0), (8, 256, 0.5), (8, 1024, 1.5), (8, 1 << 20, 5.0),
         (4096, 1 << 20, 1.2), (16384, 1 << 20, 0.9)]]
     assert choose_model(rows) == {"max_block": 4096, "min_bytes": 1024}
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_device_buffers_go_to_the_library(flav, built, tmp_path):
+    """With a CUDA driver loaded in the program (here a stand-in libcuda.so.1 that calls every
+    buffer device memory), no buffer is packed on the host: all goes to the library unchanged."""
+    cc, _ = _tools(flav)
+    fake = tmp_path / "libcuda.so.1"
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(fake),
+                    str(HERE / "fakecuda.c")], check=True, timeout=60)
+    rep = _run_pair(flav, 2, [built(flav, "halo"), "6", "1"], tmp_path, extra={"LD_PRELOAD": str(fake)})
+    t = _report(rep, 2)
+    assert t["cuda_driver"] == 2 and t["device_passthrough"] == 2 * 52 and t["packed_msgs"] == 0, t
