@@ -535,7 +535,7 @@ int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest,
   st.calls++;
   TypeInfoRef info;
   auto plan = choose_buf(buf, count, t, &info);
-  if (!plan || dest == MPI_PROC_NULL) return fn(buf, count, t, dest, tag, comm);
+  if (!plan || dest == MPI_PROC_NULL || plan->total > INT32_MAX) return fn(buf, count, t, dest, tag, comm);
   size_t n = static_cast<size_t>(plan->total);
   void* stage = buf_get(n);
   if (!stage) return fn(buf, count, t, dest, tag, comm);
