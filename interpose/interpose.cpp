@@ -17,6 +17,7 @@
 #include <mpi.h>
 
 #include <dlfcn.h>
+#include <link.h>
 
 #include <atomic>
 #include <chrono>
@@ -345,20 +346,52 @@ using CuPointerGetAttribute = int (*)(void*, int, unsigned long long);
 std::atomic<CuPointerGetAttribute> g_cu_attr{nullptr};
 std::atomic<int64_t> g_cu_probe{0};
 std::atomic<int64_t> g_device_passthrough{0};
+std::atomic<unsigned long long> g_seen_adds{~0ull};
+
+struct LoadScan {
+  unsigned long long adds = 0;
+  bool first_only = true;
+  bool found = false;
+};
+
+int load_scan(struct dl_phdr_info* info, size_t, void* data) {
+  auto* s = static_cast<LoadScan*>(data);
+  s->adds = info->dlpi_adds;
+  if (s->first_only) return 1;
+  if (info->dlpi_name && std::strstr(info->dlpi_name, "libcuda.so")) {
+    s->found = true;
+    return 1;
+  }
+  return 0;
+}
+
+// The driver's cuPointerGetAttribute once the program has loaded libcuda, else nullptr. Cheap
+// when nothing was loaded since the last look (dl_iterate_phdr's load counter; no file access:
+// dlopen(RTLD_NOLOAD) of a library that is not loaded searches the disk, ~20 us).
+CuPointerGetAttribute cuda_driver() {
+  CuPointerGetAttribute f = g_cu_attr.load(std::memory_order_acquire);
+  if (f != nullptr) return f;
+  LoadScan first;
+  dl_iterate_phdr(load_scan, &first);
+  if (first.adds == g_seen_adds.load(std::memory_order_relaxed)) return nullptr;
+  g_seen_adds.store(first.adds, std::memory_order_relaxed);
+  g_cu_probe.fetch_add(1, std::memory_order_relaxed);
+  LoadScan all;
+  all.first_only = false;
+  dl_iterate_phdr(load_scan, &all);
+  if (!all.found) return nullptr;
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+  if (h == nullptr) return nullptr;
+  f = reinterpret_cast<CuPointerGetAttribute>(dlsym(h, "cuPointerGetAttribute"));
+  if (f == nullptr) return nullptr;
+  g_cu_attr.store(f, std::memory_order_release);
+  logf(kInfo, "CUDA driver loaded by the program: device buffers are detected and passed through");
+  return f;
+}
 
 bool device_buffer(const void* p) {
-  CuPointerGetAttribute f = g_cu_attr.load(std::memory_order_acquire);
-  if (f == nullptr) {
-    // probed on every packing decision until found: a program may load CUDA after MPI_Init,
-    // and a device buffer can exist from that moment on (~1 us, packing paths only)
-    g_cu_probe.fetch_add(1, std::memory_order_relaxed);
-    void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-    if (h == nullptr) return false;
-    f = reinterpret_cast<CuPointerGetAttribute>(dlsym(h, "cuPointerGetAttribute"));
-    if (f == nullptr) return false;
-    g_cu_attr.store(f, std::memory_order_release);
-    logf(kInfo, "CUDA driver loaded by the program: device buffers are detected and passed through");
-  }
+  CuPointerGetAttribute f = cuda_driver();
+  if (f == nullptr) return false;
   unsigned int mem_type = 0, managed = 0;
   const int kMemoryType = 2, kIsManaged = 8, kDevice = 2, kUnified = 4;
   if (f(&mem_type, kMemoryType, reinterpret_cast<unsigned long long>(p)) != 0) return false;  // host memory
