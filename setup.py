@@ -184,6 +184,8 @@ def interpose_core_sources():
 def build_interpose(build_temp, out_root):
     """Build one shim per flavour under out_root/<flavour>/; returns the "interpose" build info."""
     info = {"built": False, "reason": "", "libraries": {}, "log": None}
+    if os.path.isdir(out_root):
+        shutil.rmtree(out_root)  # never ship a shim from an older build
     try:
         flavours = interpose_flavours()
     except mpi_find.MpiNotFound as e:
