@@ -26,7 +26,7 @@ IntSetting g_stream_min{"HAULER_PACK_STREAM_MIN", int64_t(16) << 20, 0};
 IntSetting g_gather_threads{"HAULER_GATHER_THREADS", 0, 0};
 IntSetting g_gather_parallel_min{"HAULER_GATHER_PARALLEL_MIN", int64_t(256) << 10, 0};
 IntSetting g_gather_stream_min{"HAULER_GATHER_STREAM_MIN", int64_t(64) << 20, 0};
-IntSetting g_gather_prefetch{"HAULER_GATHER_PREFETCH", 8, 0};
+IntSetting g_gather_prefetch{"HAULER_GATHER_PREFETCH", 4096, 0};
 IntSetting g_gather_gpu_blocks{"HAULER_GATHER_GPU_BLOCKS", 0, 0};
 
 int64_t read(IntSetting& s) {
@@ -63,7 +63,7 @@ int gather_threads() {
 
 int64_t gather_parallel_min() { return read(g_gather_parallel_min); }
 int64_t gather_stream_min() { return read(g_gather_stream_min); }
-int64_t gather_prefetch() { return std::min<int64_t>(read(g_gather_prefetch), 64); }
+int64_t gather_prefetch() { return read(g_gather_prefetch); }
 int64_t gather_gpu_blocks() { return read(g_gather_gpu_blocks); }
 
 void set_override(const std::string& name, int64_t value) {

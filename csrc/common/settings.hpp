@@ -22,7 +22,8 @@ int64_t gather_parallel_min();
 // HAULER_GATHER_STREAM_MIN: gathers writing at least this many bytes use
 // non-temporal stores (rows of a multiple of 16 bytes, 16-byte aligned output).
 int64_t gather_stream_min();
-// HAULER_GATHER_PREFETCH: rows ahead the host gather prefetches (0 = none).
+// HAULER_GATHER_PREFETCH: bytes of rows the host gather prefetches ahead
+// (turned into 2..64 rows; 0 = none).
 int64_t gather_prefetch();
 // HAULER_GATHER_GPU_BLOCKS: cap on thread blocks of the GPU gather kernel
 // (0 = 2 per multiprocessor); a small cap leaves the GPU to training kernels.

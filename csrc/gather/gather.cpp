@@ -148,6 +148,8 @@ struct StreamRow {
 };
 #endif
 
+constexpr int kMaxPrefetchLines = 8;
+
 // Gathers positions [lo, hi) of the index into `out` (row lo first),
 // prefetching the rows `pf` positions ahead (their first `lines` cache lines;
 // the hardware streamer follows on within longer rows).
@@ -155,7 +157,7 @@ template <class C, class I>
 void gather_range(const C& c, const Table& t, const I* idx, int64_t lo, int64_t hi, uint8_t* out, int pf) {
   const uint8_t* base = t.data;
   const int64_t stride = t.row_stride, r = c.bytes();
-  const int lines = static_cast<int>(std::min<int64_t>((r + 63) / 64 + 1, 8));
+  const int lines = static_cast<int>(std::min<int64_t>((r + 63) / 64 + 1, kMaxPrefetchLines));
   int64_t i = lo;
   if (pf > 0) {
     const int64_t stop = hi - pf;
@@ -187,7 +189,6 @@ void gather_dispatch(const Table& t, const I* idx, int64_t lo, int64_t hi, uint8
     case 64: return gather_range(FixedRow<64>{}, t, idx, lo, hi, out, pf);
     case 128: return gather_range(FixedRow<128>{}, t, idx, lo, hi, out, pf);
     case 256: return gather_range(FixedRow<256>{}, t, idx, lo, hi, out, pf);
-    case 512: return gather_range(FixedRow<512>{}, t, idx, lo, hi, out, pf);
     default: return gather_range(AnyRow{r}, t, idx, lo, hi, out, pf);
   }
 }
@@ -217,7 +218,7 @@ bool use_stream(const Options& o, int64_t bytes) {
 const char* copy_kind(int64_t r, bool stream) {
   if (stream && r % 16 == 0) return "stream16";
   switch (r) {
-    case 4: case 8: case 12: case 16: case 32: case 64: case 128: case 256: case 512: return "fixed";
+    case 4: case 8: case 12: case 16: case 32: case 64: case 128: case 256: return "fixed";
     default: return "memcpy";
   }
 }
@@ -231,7 +232,9 @@ void gather(const Table& t, const Index& idx, uint8_t* out, const Options& o) {
   const int64_t bytes = mul64(idx.n, t.row_bytes, "gathered bytes");
   const Split sp = split(idx.n, t.row_bytes, o.threads);
   const bool nt = use_stream(o, bytes);
-  const int pf = static_cast<int>(o.prefetch >= 0 ? std::min(o.prefetch, 64) : settings::gather_prefetch());
+  // Prefetch distance: HAULER_GATHER_PREFETCH bytes of rows ahead, as rows (2..64).
+  const int64_t ahead = o.prefetch >= 0 ? o.prefetch : settings::gather_prefetch();
+  const int pf = ahead == 0 ? 0 : static_cast<int>(std::clamp<int64_t>(ahead / t.row_bytes, 2, 64));
   if (info.consecutive && t.row_stride == t.row_bytes) {
     // A slice of the table: one contiguous copy, split over the pool.
     const uint8_t* src = t.data + idx.at(0) * t.row_bytes;

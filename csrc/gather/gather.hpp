@@ -47,7 +47,7 @@ struct IndexInfo {
 struct Options {
   int threads = 0;      // <= 0: HAULER_GATHER_THREADS (else HAULER_THREADS, else cores)
   int stream = -1;      // non-temporal stores: 1 on, 0 off, -1 by HAULER_GATHER_STREAM_MIN
-  int prefetch = -1;    // rows ahead; -1: HAULER_GATHER_PREFETCH
+  int prefetch = -1;    // bytes of rows ahead (2..64 rows; 0 none); -1: HAULER_GATHER_PREFETCH
 };
 
 enum class Reduce { assign, add };
