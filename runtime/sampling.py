@@ -29,30 +29,29 @@ def sample_neighbors(rowptr: np.ndarray, col: np.ndarray, seeds: np.ndarray, fan
                      rng: np.random.Generator) -> Tuple[np.ndarray, List[Tuple[np.ndarray, np.ndarray]]]:
     """Up to fanouts[h] uniformly drawn (with replacement) neighbours per frontier node per hop.
 
-    Returns n_id (unique nodes, seeds first in their order) and, per hop, the edges as local
-    (src, dst) positions into n_id (messages flow src -> dst, dst in the previous frontier)."""
+    Returns n_id (unique nodes: the seeds first, in their order, then each hop's new nodes) and,
+    per hop, the edges as local (src, dst) positions into n_id (messages flow src -> dst, dst in
+    that hop's frontier). Vectorized: a few numpy sorts per hop."""
     seeds = np.asarray(seeds, dtype=np.int64)
-    n_id = list(dict.fromkeys(seeds.tolist()))
-    local = {v: i for i, v in enumerate(n_id)}
-    frontier = np.asarray(n_id, dtype=np.int64)
-    edges: List[Tuple[np.ndarray, np.ndarray]] = []
+    _, first = np.unique(seeds, return_index=True)
+    frontier = seeds[np.sort(first)]
+    nodes = [frontier]
+    seen = frontier
+    raw: List[Tuple[np.ndarray, np.ndarray]] = []
     for k in fanouts:
         deg = rowptr[frontier + 1] - rowptr[frontier]
         has = deg > 0
         f, d = frontier[has], deg[has]
         picks = (rng.random((f.size, k)) * d[:, None]).astype(np.int64) + rowptr[f][:, None]
         nbrs = col[picks].ravel()
-        dst = np.repeat(f, k)
-        new = []
-        src_l = np.empty(nbrs.size, dtype=np.int64)
-        for j, v in enumerate(nbrs.tolist()):
-            i = local.get(v)
-            if i is None:
-                i = local[v] = len(n_id)
-                n_id.append(v)
-                new.append(v)
-            src_l[j] = i
-        dst_l = np.fromiter((local[v] for v in dst.tolist()), dtype=np.int64, count=dst.size)
-        edges.append((src_l, dst_l))
-        frontier = np.asarray(new, dtype=np.int64)
-    return np.asarray(n_id, dtype=np.int64), edges
+        raw.append((nbrs, np.repeat(f, k)))
+        new = nbrs[~np.isin(nbrs, seen)]
+        _, fi = np.unique(new, return_index=True)
+        frontier = new[np.sort(fi)]
+        nodes.append(frontier)
+        seen = np.concatenate([seen, frontier])
+    n_id = np.concatenate(nodes)
+    order = np.argsort(n_id, kind="stable")
+    ids = n_id[order]
+    edges = [(order[np.searchsorted(ids, s)], order[np.searchsorted(ids, d)]) for s, d in raw]
+    return n_id, edges

@@ -99,3 +99,14 @@ def test_collate_reuses_a_ring_of_buffers_in_the_main_process():
 def test_collate_rejects_unknown_table():
     with pytest.raises(KeyError):
         GatherCollate(FeatureStore(), ["x"])
+
+
+def test_neighbour_sampler_edges_are_graph_edges():
+    from hauler.sampling import random_graph, sample_neighbors
+    rowptr, col = random_graph(500, avg_degree=6, seed=3)
+    seeds = np.array([7, 3, 7, 100])
+    n_id, hops = sample_neighbors(rowptr, col, seeds, (4, 3), np.random.default_rng(0))
+    assert n_id[:3].tolist() == [7, 3, 100] and len(set(n_id.tolist())) == n_id.size
+    for src, dst in hops:
+        for s, d in zip(n_id[src].tolist(), n_id[dst].tolist()):
+            assert s in col[rowptr[d]:rowptr[d + 1]]
