@@ -292,7 +292,14 @@ void add_row(uint8_t* d, const uint8_t* s, int64_t count) {
   typedef T __attribute__((aligned(1), may_alias)) UT;
   UT* dp = reinterpret_cast<UT*>(d);
   const UT* sp = reinterpret_cast<const UT*>(s);
-  for (int64_t e = 0; e < count; ++e) dp[e] = static_cast<T>(dp[e] + sp[e]);
+  if constexpr (std::is_integral_v<T>) {
+    // Integers wrap (as numpy's do): add as unsigned, where overflow is defined.
+    using U = std::make_unsigned_t<T>;
+    for (int64_t e = 0; e < count; ++e)
+      dp[e] = static_cast<T>(static_cast<U>(static_cast<U>(dp[e]) + static_cast<U>(sp[e])));
+  } else {
+    for (int64_t e = 0; e < count; ++e) dp[e] = dp[e] + sp[e];
+  }
 }
 
 using AddFn = void (*)(uint8_t*, const uint8_t*, int64_t);
