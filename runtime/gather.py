@@ -140,6 +140,18 @@ class _Table:
             return t
         return a
 
+    # The row movers FeatureStore calls. A table backend that does not sit in addressable memory
+    # (NVMe through the I/O engine, later) subclasses _Table and replaces these two: read the
+    # blocks holding the rows into a staging table, then gather from it.
+    def gather_into(self, idx: np.ndarray, out: np.ndarray, threads: int, stream: int) -> None:
+        _core().gather_host(*_rows_args(self), _addr(idx), idx.size, idx.itemsize, _addr(out), out.nbytes,
+                            threads, stream, -1)
+
+    def scatter_from(self, idx: np.ndarray, src: np.ndarray, reduce: str, threads: int) -> None:
+        elem = f"{src.dtype.kind}{src.dtype.itemsize}"
+        _core().scatter_host(*_rows_args(self), _addr(idx), idx.size, idx.itemsize, _addr(src), src.nbytes, reduce,
+                             elem, threads)
+
     def __getstate__(self):
         state = {"name": self.name, "kind": self.kind, "torch_dtype": _dtype_name(self.torch_dtype),
                  "path": self.path}
@@ -408,9 +420,7 @@ class FeatureStore:
         else:
             arr = np.empty(shape, dtype=t.arr.dtype)
             result = None
-        st = -1 if stream is None else int(bool(stream))
-        _core().gather_host(*_rows_args(t), _addr(idx), n, idx.itemsize, _addr(arr), arr.nbytes,
-                            _threads(threads), st, -1)
+        t.gather_into(idx, arr, _threads(threads), -1 if stream is None else int(bool(stream)))
         if result is not None:
             return result
         if idx_torch or t.torch_dtype is not None:
@@ -443,11 +453,9 @@ class FeatureStore:
             s = np.ascontiguousarray(s)
         if s.dtype != t.arr.dtype:
             raise InvalidArgument(f"src has dtype {s.dtype}, table {name!r} has {t.arr.dtype}")
-        elem = f"{s.dtype.kind}{s.dtype.itemsize}"
         if reduce == "add" and t.torch_dtype is not None and t.torch_dtype != _torch_dtype_of(s.dtype):
             raise InvalidArgument(f"reduce='add' does not support {t.torch_dtype} tables")
-        _core().scatter_host(*_rows_args(t), _addr(idx), idx.size, idx.itemsize, _addr(s), s.nbytes, reduce, elem,
-                             _threads(threads))
+        t.scatter_from(idx, s, reduce, _threads(threads))
 
     # GPU
     def pin(self) -> "FeatureStore":
