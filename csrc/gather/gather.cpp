@@ -1,6 +1,7 @@
 #include "gather.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -208,6 +209,26 @@ Split split(int64_t n, int64_t row_bytes, int threads) {
   return {static_cast<int>((n + per - 1) / per), per};
 }
 
+// Runs fn(lo, hi) over [0, n) in chunks of at least 256 KiB of rows, which
+// the split's threads take from a shared counter: a thread slowed down (a
+// busy core, a page fault) takes fewer chunks instead of holding up the call.
+template <class F>
+void for_chunks(const Split& sp, int64_t n, int64_t row_bytes, const F& fn) {
+  if (sp.pieces <= 1) {
+    if (n > 0) fn(int64_t(0), n);
+    return;
+  }
+  const int64_t min_rows = std::max<int64_t>(1, (int64_t(256) << 10) / row_bytes);
+  const int64_t chunk = std::max(min_rows, (n + 8 * sp.pieces - 1) / (8 * sp.pieces));
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  parallel_for(sp.pieces, [&](int) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < nchunks;
+         c = next.fetch_add(1, std::memory_order_relaxed))
+      fn(c * chunk, std::min(n, (c + 1) * chunk));
+  });
+}
+
 bool use_stream(const Options& o, int64_t bytes) {
   if (o.stream >= 0) return o.stream != 0;
   return bytes >= settings::gather_stream_min();
@@ -238,14 +259,12 @@ void gather(const Table& t, const Index& idx, uint8_t* out, const Options& o) {
   if (info.consecutive && t.row_stride == t.row_bytes) {
     // A slice of the table: one contiguous copy, split over the pool.
     const uint8_t* src = t.data + idx.at(0) * t.row_bytes;
-    parallel_for(sp.pieces, [&](int k) {
-      const int64_t lo = k * sp.per, hi = std::min(idx.n, lo + sp.per);
+    for_chunks(sp, idx.n, t.row_bytes, [&](int64_t lo, int64_t hi) {
       std::memcpy(out + lo * t.row_bytes, src + lo * t.row_bytes, static_cast<size_t>((hi - lo) * t.row_bytes));
     });
     return;
   }
-  parallel_for(sp.pieces, [&](int k) {
-    const int64_t lo = k * sp.per, hi = std::min(idx.n, lo + sp.per);
+  for_chunks(sp, idx.n, t.row_bytes, [&](int64_t lo, int64_t hi) {
     uint8_t* o_at = out + lo * t.row_bytes;
     if (idx.width == 4) gather_dispatch(t, static_cast<const int32_t*>(idx.data), lo, hi, o_at, pf, nt);
     else gather_dispatch(t, static_cast<const int64_t*>(idx.data), lo, hi, o_at, pf, nt);
@@ -340,8 +359,7 @@ void scatter(const Table& t, const Index& idx, const uint8_t* src, Reduce red, E
   const Split sp = split(idx.n, r, o.threads);
   if (red == Reduce::assign) {
     // Only the last writer of each row writes: deterministic under any split.
-    parallel_for(sp.pieces, [&](int k) {
-      const int64_t lo = k * sp.per, hi = std::min(idx.n, lo + sp.per);
+    for_chunks(sp, idx.n, r, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i)
         if (!dup || win[static_cast<size_t>(i)])
           std::memcpy(t.data + idx.at(i) * stride, src + i * r, static_cast<size_t>(r));
@@ -350,8 +368,7 @@ void scatter(const Table& t, const Index& idx, const uint8_t* src, Reduce red, E
   }
   const int64_t count = r / esize;
   if (!dup) {
-    parallel_for(sp.pieces, [&](int k) {
-      const int64_t lo = k * sp.per, hi = std::min(idx.n, lo + sp.per);
+    for_chunks(sp, idx.n, r, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) add(t.data + idx.at(i) * stride, src + i * r, count);
     });
     return;
