@@ -573,14 +573,15 @@ class GatherCollate:
 
     Each batch becomes ``{"index": ids, <table>: rows, ...}``: the rows of every named table,
     gathered straight into an output buffer. In the main process (num_workers=0) the buffers are
-    reused: a ring of `depth` buffers per table (pinned when a GPU exists and `pin_memory`), so a
+    reused: a ring of `depth` buffers per table (pinned when a GPU exists, unless
+    ``pin_memory=False``), so a
     batch's tensors stay valid until `depth` more batches were collated. In a worker process each
     batch is gathered into a fresh tensor in shared memory, which the DataLoader then hands to the
     main process without copying it again.
     """
 
     def __init__(self, store: FeatureStore, names: Union[str, Sequence[str]], *, depth: int = 2,
-                 pin_memory: bool = False):
+                 pin_memory: Optional[bool] = None):
         self.store = store
         self.names = [names] if isinstance(names, str) else list(names)
         for n in self.names:
@@ -598,7 +599,7 @@ class GatherCollate:
         buf = ring[k]
         if buf is None or buf.shape[0] < n:
             from . import cuda_available
-            pin = self.pin_memory and cuda_available() and torch.cuda.is_available()
+            pin = self.pin_memory is not False and cuda_available() and torch.cuda.is_available()
             buf = torch.empty((n,) + t.row_shape, dtype=dtype, pin_memory=pin)
             ring[k] = buf
         return buf[:n]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import hauler
 import hauler.gather as hg
 from hauler.gather import FeatureStore, GatherCollate
 
@@ -89,6 +90,7 @@ def test_collate_reuses_a_ring_of_buffers_in_the_main_process():
     b1 = c(list(range(10, 20)))
     ptr0 = b0["x"].data_ptr()
     assert torch.equal(b0["x"], x[:10]) and torch.equal(b1["x"], x[10:20])
+    assert not b0["x"].is_pinned() or hauler.cuda_available(), "pinned only where a GPU exists"
     b2 = c(list(range(30, 35)))  # smaller batch: a view of the first buffer again
     assert b2["x"].data_ptr() == ptr0 and torch.equal(b2["x"], x[30:35])
     loader = DataLoader(Ids(100), batch_size=16, num_workers=0, collate_fn=GatherCollate(FeatureStore({"x": x}), "x"))
