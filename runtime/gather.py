@@ -116,6 +116,7 @@ class _Table:
         self.keep = keep  # the object that owns the memory (a torch tensor), kept alive
         self.row_bytes, self.row_stride = row_bytes, stride
         self.device_ptr: Optional[int] = None
+        self.warned_fallback = False
         self._finalizer = weakref.finalize(self, _unlink, path) if owner and path else None
 
     @property
@@ -511,6 +512,12 @@ class FeatureStore:
             _core().gather_device(t.device_ptr, t.rows, t.row_bytes, t.row_stride, _addr(idx), idx.size,
                                   idx.itemsize, out.data_ptr(), out.numel() * out.element_size(), stream, False, -1)
             return out
+        if not t.warned_fallback:  # a fallback number must never pass for the zero-copy path
+            import warnings
+            warnings.warn(f"hauler.gather: table {t.name!r} is not pinned, so gather(device=...) gathers on the "
+                          "host and copies to the GPU; call FeatureStore.pin() for the zero-copy kernel",
+                          RuntimeWarning, stacklevel=3)
+            t.warned_fallback = True
         host = torch.empty(shape, dtype=dtype, pin_memory=True)
         self.gather(t.name, idx, out=host)
         return host.to(dev, non_blocking=True)
