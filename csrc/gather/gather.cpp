@@ -37,51 +37,83 @@ template <class I>
   fail(Status::internal, "index check found a bad index it cannot locate");
 }
 
-// One branch-free pass (vectorized by the compiler): any index whose
-// unsigned value is >= rows is negative or too large. Positions are found
-// only on failure, by a second pass.
+// One branch-free pass (vectorized by the compiler) over [lo, hi): any index
+// whose unsigned value is >= rows is negative or too large. Positions are
+// found only on failure, by a second pass. Order facts include the pair
+// (lo - 1, lo), so ranges combine.
+struct Scan {
+  bool bad = false, sorted = true, consecutive = true;
+};
+
 template <class I>
-void check_typed(const I* p, int64_t n, int64_t rows, IndexInfo* info) {
+Scan scan_range(const I* p, int64_t lo, int64_t hi, int64_t rows, bool order) {
   using U = std::make_unsigned_t<I>;
   const uint64_t limit = static_cast<uint64_t>(rows);
-  bool bad = false, sorted = true, consecutive = true;
+  Scan r;
   constexpr int64_t kChunk = 4096;
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int64_t e = std::min(n, c + kChunk);
+  for (int64_t c = lo; c < hi; c += kChunk) {
+    const int64_t e = std::min(hi, c + kChunk);
     uint64_t any = 0;
     if (limit > static_cast<uint64_t>(std::numeric_limits<U>::max())) {
       for (int64_t i = c; i < e; ++i) any |= static_cast<uint64_t>(p[i] < 0);
     } else {
       for (int64_t i = c; i < e; ++i) any |= static_cast<uint64_t>(static_cast<U>(p[i]) >= limit);
     }
-    if (any) { bad = true; break; }
-    if (info && (sorted || consecutive)) {
+    if (any) {
+      r.bad = true;
+      return r;
+    }
+    if (order && (r.sorted || r.consecutive)) {
       int descents = 0, gaps = 0;
       for (int64_t i = std::max<int64_t>(c, 1); i < e; ++i) {
         descents += p[i] < p[i - 1];
         gaps += static_cast<int64_t>(p[i]) != static_cast<int64_t>(p[i - 1]) + 1;
       }
-      sorted = sorted && descents == 0;
-      consecutive = consecutive && gaps == 0;
+      r.sorted = r.sorted && descents == 0;
+      r.consecutive = r.consecutive && gaps == 0;
     }
   }
-  if (bad) bad_index(p, n, rows);
+  return r;
+}
+
+// Index arrays of at least this many entries are checked by several threads.
+constexpr int64_t kParallelCheck = int64_t(1) << 16;
+
+template <class I>
+void check_typed(const I* p, int64_t n, int64_t rows, IndexInfo* info, int threads) {
+  Scan all;
+  if (threads > 1 && n >= kParallelCheck) {
+    std::vector<Scan> parts(static_cast<size_t>(threads));
+    const int64_t per = (n + threads - 1) / threads;
+    parallel_for(threads, [&](int k) {
+      const int64_t lo = std::min(n, k * per), hi = std::min(n, lo + per);
+      parts[static_cast<size_t>(k)] = scan_range(p, lo, hi, rows, info != nullptr);
+    });
+    for (const Scan& s : parts) {
+      all.bad = all.bad || s.bad;
+      all.sorted = all.sorted && s.sorted;
+      all.consecutive = all.consecutive && s.consecutive;
+    }
+  } else {
+    all = scan_range(p, 0, n, rows, info != nullptr);
+  }
+  if (all.bad) bad_index(p, n, rows);
   if (info) {
-    info->sorted = sorted;
-    info->consecutive = consecutive && n > 0;
+    info->sorted = all.sorted;
+    info->consecutive = all.consecutive && n > 0;
   }
 }
 
 }  // namespace
 
-void check_index(const Index& idx, int64_t rows, IndexInfo* info) {
+void check_index(const Index& idx, int64_t rows, IndexInfo* info, int threads) {
   if (idx.n < 0) fail(Status::invalid_argument, "index count must be >= 0, got " + std::to_string(idx.n));
   if (idx.width != 4 && idx.width != 8)
     fail(Status::invalid_argument, "index elements must be 4 (int32) or 8 (int64) bytes, got " +
                                        std::to_string(idx.width));
   if (idx.n > 0 && idx.data == nullptr) fail(Status::invalid_argument, "index pointer is null");
-  if (idx.width == 4) check_typed(static_cast<const int32_t*>(idx.data), idx.n, rows, info);
-  else check_typed(static_cast<const int64_t*>(idx.data), idx.n, rows, info);
+  if (idx.width == 4) check_typed(static_cast<const int32_t*>(idx.data), idx.n, rows, info, threads);
+  else check_typed(static_cast<const int64_t*>(idx.data), idx.n, rows, info, threads);
 }
 
 void check_table(const Table& t) {
@@ -246,12 +278,13 @@ const char* copy_kind(int64_t r, bool stream) {
 
 void gather(const Table& t, const Index& idx, uint8_t* out, const Options& o) {
   check_table(t);
-  IndexInfo info;
-  check_index(idx, t.rows, &info);
-  if (idx.n == 0) return;
-  if (out == nullptr) fail(Status::invalid_argument, "output pointer is null");
+  if (idx.n < 0) fail(Status::invalid_argument, "index count must be >= 0, got " + std::to_string(idx.n));
   const int64_t bytes = mul64(idx.n, t.row_bytes, "gathered bytes");
   const Split sp = split(idx.n, t.row_bytes, o.threads);
+  IndexInfo info;
+  check_index(idx, t.rows, &info, sp.pieces);  // every index, before any byte is written
+  if (idx.n == 0) return;
+  if (out == nullptr) fail(Status::invalid_argument, "output pointer is null");
   const bool nt = use_stream(o, bytes);
   // Prefetch distance: HAULER_GATHER_PREFETCH bytes of rows ahead, as rows (2..64).
   const int64_t ahead = o.prefetch >= 0 ? o.prefetch : settings::gather_prefetch();

@@ -57,7 +57,8 @@ Elem elem_of(const std::string& numpy_char_code);  // "f4", "f8", "i4", ... ; th
 
 // Throws out_of_range ("index[pos] = value is out of range for a table of
 // rows rows" / "... is negative") at the first bad position; else fills info.
-void check_index(const Index& idx, int64_t rows, IndexInfo* info = nullptr);
+// Long index arrays are checked by `threads` threads (the pool).
+void check_index(const Index& idx, int64_t rows, IndexInfo* info = nullptr, int threads = 1);
 // Width must be 4 or 8 and the table well formed; throws invalid_argument.
 void check_table(const Table& t);
 

@@ -256,6 +256,40 @@ void validation_tests() {
       CHECK(tb == before, "scatter with a bad index leaves the table as it was");
     }
   }
+  // Long indices are checked by several threads: the first bad position is still the one named,
+  // and order facts (a slice: one memcpy) hold across the ranges.
+  {
+    const int64_t n = 200000, rows = 300000;
+    std::vector<uint8_t> big(static_cast<size_t>(rows * 4));
+    for (size_t k = 0; k < big.size(); ++k) big[k] = static_cast<uint8_t>(k * 7);
+    Table bt{big.data(), rows, 4, 4};
+    for (int64_t at : {int64_t(150001), int64_t(99999), int64_t(100000), int64_t(0)}) {
+      std::vector<int64_t> v(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) v[i] = 50000 + i;
+      IndexInfo info;
+      check_index(Index{v.data(), n, 8}, rows, &info, 2);
+      CHECK(info.sorted && info.consecutive, "a long slice is seen as consecutive by two threads");
+      std::swap(v[100000], v[100001]);
+      check_index(Index{v.data(), n, 8}, rows, &info, 2);
+      CHECK(!info.sorted && !info.consecutive, "a swap at the range boundary breaks the order");
+      std::swap(v[100000], v[100001]);
+      v[at] = rows + at;
+      v[at + 7] = -1;
+      std::string msg;
+      try {
+        check_index(Index{v.data(), n, 8}, rows, nullptr, 2);
+      } catch (const Error& e) {
+        msg = e.what();
+      }
+      CHECK(msg.find("index[" + std::to_string(at) + "] = " + std::to_string(rows + at)) == 0,
+            "first bad of a long index: '" + msg + "'");
+    }
+    std::vector<int64_t> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[i] = 1000 + i;
+    std::vector<uint8_t> out(static_cast<size_t>(n * 4));
+    gather::gather(bt, Index{v.data(), n, 8}, out.data(), Options{2, -1, -1});
+    CHECK(std::memcmp(out.data(), big.data() + 4000, out.size()) == 0, "long slice gathered by memcpy");
+  }
   bool threw = false;
   try {
     gather::gather(t, Index{nullptr, 1, 2}, tb.data());
