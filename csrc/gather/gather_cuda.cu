@@ -122,7 +122,21 @@ __attribute__((visibility("default"))) int hauler_cuda_host_register(void* p, si
   }
   unsigned int flags = cudaHostRegisterMapped | cudaHostRegisterPortable;
   if (readonly) flags |= cudaHostRegisterReadOnly;
-  HAULER_GCUDA_TRY(cudaHostRegister(p, n, flags), "cudaHostRegister");
+  cudaError_t r = cudaHostRegister(p, n, flags);
+  if (r == cudaErrorHostMemoryAlreadyRegistered) {
+    // Small tables can share a page with another registered table: fine when
+    // the registration in place covers this whole range.
+    cudaGetLastError();
+    cudaPointerAttributes first, last;
+    if (cudaPointerGetAttributes(&first, p) == cudaSuccess &&
+        cudaPointerGetAttributes(&last, static_cast<const uint8_t*>(p) + (n - 1)) == cudaSuccess &&
+        first.type == cudaMemoryTypeHost && last.type == cudaMemoryTypeHost) {
+      r = cudaSuccess;
+    } else {
+      cudaGetLastError();
+    }
+  }
+  if (r != cudaSuccess) return fail(err, errlen, HAULER_GPU_EINTERNAL, "cudaHostRegister", r);
   void* d = nullptr;
   cudaError_t e = cudaHostGetDevicePointer(&d, p, 0);
   if (e != cudaSuccess) {
@@ -134,7 +148,12 @@ __attribute__((visibility("default"))) int hauler_cuda_host_register(void* p, si
 }
 
 __attribute__((visibility("default"))) int hauler_cuda_host_unregister(void* p, char* err, size_t errlen) {
-  HAULER_GCUDA_TRY(cudaHostUnregister(p), "cudaHostUnregister");
+  cudaError_t e = cudaHostUnregister(p);
+  if (e == cudaErrorHostMemoryNotRegistered) {  // covered by another table's registration
+    cudaGetLastError();
+    return HAULER_GPU_OK;
+  }
+  if (e != cudaSuccess) return fail(err, errlen, HAULER_GPU_EINTERNAL, "cudaHostUnregister", e);
   return HAULER_GPU_OK;
 }
 
