@@ -338,10 +338,15 @@ class FeatureStore:
             raise InvalidArgument(f"table name must be a non-empty string, got {name!r}")
         t = _table_from(name, data, shared, writable)
         old = self._tables.get(name)
-        if self._pinned:
-            self._pin_one(t)
         if old is not None:
-            self._unpin_one(old)
+            self._unpin_one(old)  # first: the new table may be the same memory
+        if self._pinned:
+            try:
+                self._pin_one(t)
+            except BaseException:
+                if old is not None:
+                    self._pin_one(old)
+                raise
         self._tables[name] = t
 
     def remove(self, name: str) -> bool:
