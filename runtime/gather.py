@@ -401,25 +401,29 @@ class FeatureStore:
 
     # gather / scatter
     def gather(self, name: str, index: Any, out: Any = None, device: Any = None, *,
-               threads: Optional[int] = None, stream: Optional[bool] = None) -> Any:
+               threads: Optional[int] = None, stream: Optional[bool] = None,
+               gpu_blocks: Optional[int] = None) -> Any:
         """Rows `index` of table `name` (shape index.shape + row_shape).
 
         `out`: a numpy array / CPU tensor of exactly that shape and dtype (C-contiguous, writable)
         or a device array (``__cuda_array_interface__``) to gather into. `device`: None or "cpu"
         for host memory, a CUDA device to gather into a new tensor there (zero-copy from a
         pin()ned table, else a host gather and a copy). `stream`: True/False forces non-temporal
-        stores on/off (default: by HAULER_GATHER_STREAM_MIN)."""
+        stores on/off (default: by HAULER_GATHER_STREAM_MIN). `gpu_blocks`: cap on the GPU kernel's
+        thread blocks for this call (default HAULER_GATHER_GPU_BLOCKS), to leave the GPU to
+        training kernels running beside it."""
         t = self._get(name)
         idx, idx_torch = _index_array(index)
         shape = tuple(idx.shape) + t.row_shape
         n = idx.size
+        blocks = -1 if gpu_blocks is None else _buffers.as_int("gpu_blocks", gpu_blocks, minimum=0)
         dev_out = _buffers.device_buffer(out) if out is not None else None
         if dev_out is not None:
             _buffers.check_writable_device(dev_out, "out")
-            self._gather_device(t, idx, dev_out.ptr, dev_out.nbytes, dev_out.stream)
+            self._gather_device(t, idx, dev_out.ptr, dev_out.nbytes, dev_out.stream, blocks)
             return out
         if device is not None and str(device) != "cpu":
-            return self._gather_to_device(t, idx, shape, device)
+            return self._gather_to_device(t, idx, shape, device, blocks)
         if out is not None:
             arr = _out_array(t, out, shape)
             result = out
@@ -494,7 +498,8 @@ class FeatureStore:
             _core().host_unregister(_addr(t.arr))
             del ptr
 
-    def _gather_device(self, t: _Table, idx: np.ndarray, out_ptr: int, out_len: int, stream: int) -> None:
+    def _gather_device(self, t: _Table, idx: np.ndarray, out_ptr: int, out_len: int, stream: int,
+                       blocks: int = -1) -> None:
         if t.device_ptr is None and t.rows > 0:
             from . import cuda_available, cuda_status
             if not cuda_available():
@@ -502,9 +507,10 @@ class FeatureStore:
             raise InvalidArgument(f"table {t.name!r} is not pinned: call FeatureStore.pin() first so GPU threads "
                                   "can read it in place")
         _core().gather_device(t.device_ptr or 0, t.rows, t.row_bytes, t.row_stride, _addr(idx), idx.size,
-                              idx.itemsize, out_ptr, out_len, stream or 0, False, -1)
+                              idx.itemsize, out_ptr, out_len, stream or 0, False, blocks)
 
-    def _gather_to_device(self, t: _Table, idx: np.ndarray, shape: Tuple[int, ...], device: Any) -> Any:
+    def _gather_to_device(self, t: _Table, idx: np.ndarray, shape: Tuple[int, ...], device: Any,
+                          blocks: int = -1) -> Any:
         from . import cuda_available, cuda_status
         torch = _torch()
         if not cuda_available() or torch is None or not torch.cuda.is_available():
@@ -515,7 +521,8 @@ class FeatureStore:
             out = torch.empty(shape, dtype=dtype, device=dev)
             stream = torch.cuda.current_stream(dev).cuda_stream
             _core().gather_device(t.device_ptr, t.rows, t.row_bytes, t.row_stride, _addr(idx), idx.size,
-                                  idx.itemsize, out.data_ptr(), out.numel() * out.element_size(), stream, False, -1)
+                                  idx.itemsize, out.data_ptr(), out.numel() * out.element_size(), stream, False,
+                                  blocks)
             return out
         if not t.warned_fallback:  # a fallback number must never pass for the zero-copy path
             import warnings

@@ -40,7 +40,7 @@ def test_emulated_gpu_gather_equals_numpy(gpu_emulation, rows, row_shape, dtype,
     oraw = np.full(expect.nbytes + ooff * itemsize + 64, 0xA5, np.uint8)
     out = oraw[ooff * itemsize:ooff * itemsize + expect.nbytes].view(dtype).reshape(expect.shape)
     dev = FakeCudaArray(out)
-    assert fs.gather("t", idx, out=dev) is dev
+    assert fs.gather("t", idx, out=dev, gpu_blocks=int(rng.integers(0, 3))) is dev
     assert out.tobytes() == expect.tobytes()
     assert (oraw[:ooff * itemsize] == 0xA5).all() and (oraw[ooff * itemsize + expect.nbytes:] == 0xA5).all()
     word, group = _core.gpu_gather_choice(table.__array_interface__["data"][0], table[0].nbytes,
