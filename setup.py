@@ -145,13 +145,13 @@ def _banner(lines):
 # ==== The LD_PRELOAD MPI interposer (interpose/) ========================================
 # One libhauler_interpose.so per MPI flavour found: HAULER_MPICC > MPICC > mpicc on PATH, except
 # that when both Debian flavours are installed (mpicc.openmpi and mpicc.mpich) and no variable
-# names a compiler, both are built. The host core (csrc/common, csrc/datatype) is compiled once
+# names a compiler, both are built. The host core (csrc/ minus bindings) is compiled once
 # with -fvisibility=hidden and linked into each library; only MPI_* symbols are exported.
 INTERPOSE_LIB = "libhauler_interpose.so"
 INTERPOSE_DIR = "interpose"          # under the package: hauler/interpose/<flavour>/<lib>
-INTERPOSE_CORE_DIRS = ("common", "datatype")
+INTERPOSE_CORE_DIRS = tuple(d for d in CORE_DIRS if d != "bindings")  # the whole host core
 INTERPOSE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-Icsrc"]
-INTERPOSE_LINK = ["-shared", "-lstdc++", "-ldl", "-pthread",
+INTERPOSE_LINK = ["-shared", "-lstdc++", "-ldl", "-pthread", "-Wl,-z,defs",
                   "-Wl,--version-script=" + os.path.join(ROOT, "interpose", "exports.map")]
 DEBIAN_MPICC = {"openmpi": ("mpicc.openmpi", mpi_find.OPEN_MPI), "mpich": ("mpicc.mpich", mpi_find.MPICH)}
 
@@ -480,7 +480,8 @@ setup(
     cmdclass={"build_ext": BuildExt},
     install_requires=["numpy"],
     extras_require={
-        "test": ["pytest", "hypothesis", "numpy", "mpi4py>=3.1"],
+        # torch_geometric: pure Python; 2.8.1 installs beside torch 2.13.0 without touching it
+        "test": ["pytest", "hypothesis", "numpy", "mpi4py>=3.1", "torch_geometric>=2.5,<2.9"],
         "torch": ["torch>=2.1,<2.14"],
     },
     entry_points={

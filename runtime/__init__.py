@@ -15,7 +15,7 @@ except ImportError as _e:  # keep `hauler info` able to say what is wrong with t
 
 __all__ = ["__version__", "cuda_available", "cuda_status", "HaulerError", "InvalidArgument",
            "Overflow", "BufferTooSmall", "OutOfRange", "ReadOnlyBuffer", "NoDevice",
-           "HaulerIOError", "datatype"]
+           "HaulerIOError", "datatype", "gather"]
 
 
 def _require_core():
@@ -40,4 +40,7 @@ def __getattr__(name):
     if name == "datatype":
         from . import datatype
         return datatype
+    if name == "gather":
+        from . import gather
+        return gather
     raise AttributeError(f"module 'hauler' has no attribute {name!r}")

@@ -8,7 +8,7 @@ cd "$ROOT"
 OUT="${TMPDIR:-/tmp}/hauler-interpose-sanitize"
 rm -rf "$OUT" && mkdir -p "$OUT/core"
 SAN=(-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -fPIC -fvisibility=hidden)
-for f in csrc/common/*.cpp csrc/datatype/*.cpp; do
+for f in $(find csrc -name '*.cpp' -not -path 'csrc/bindings/*' | sort); do
   c++ -std=c++17 "${SAN[@]}" -Icsrc -c "$f" -o "$OUT/core/$(basename "$f" .cpp).o" &
 done
 wait

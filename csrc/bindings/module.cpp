@@ -2,8 +2,9 @@
 #include "bindings.hpp"
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "hauler's C++ core (datatype engine, GPU loader); use the hauler package, not this module";
+  m.doc() = "hauler's C++ core (datatype engine, row gather, GPU loader); use the hauler package, not this module";
   hauler::bind::register_errors(m);
   hauler::bind::register_common(m);
   hauler::bind::register_datatype(m);
+  hauler::bind::register_gather(m);
 }
