@@ -6,6 +6,8 @@ Builds
   * ``libhauler_cuda.so``  every csrc/**/*.cu compiled by nvcc (cudart linked statically, so it
                            needs only the driver's libcuda.so at run time), placed next to
                            ``_core`` in the built package -- also for ``pip install -e .``;
+  * ``interpose/<flavour>/libhauler_interpose.so``  the LD_PRELOAD MPI shim, one per MPI
+                           flavour found (build_interpose below), next to ``_core`` too;
   * ``_build_info.json``   the build options (read by ``hauler info``), next to ``_core`` too.
 
 Build-time settings (see runtime/config.py, the one table): HAULER_NO_CUDA, HAULER_FORCE_CUDA,
@@ -160,6 +162,121 @@ def _banner(lines):
     sys.stderr.flush()
 
 
+# ==== The LD_PRELOAD MPI interposer (interpose/) ========================================
+# One libhauler_interpose.so per MPI flavour found: HAULER_MPICC > MPICC > mpicc on PATH, except
+# that when both Debian flavours are installed (mpicc.openmpi and mpicc.mpich) and no variable
+# names a compiler, both are built. The host core (csrc/ minus bindings) is compiled once
+# with -fvisibility=hidden and linked into each library; only MPI_* symbols are exported.
+INTERPOSE_LIB = "libhauler_interpose.so"
+INTERPOSE_DIR = "interpose"          # under the package: hauler/interpose/<flavour>/<lib>
+INTERPOSE_CORE_DIRS = tuple(d for d in CORE_DIRS if d != "bindings")  # the whole host core
+INTERPOSE_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-Icsrc"]
+INTERPOSE_LINK = ["-shared", "-lstdc++", "-ldl", "-pthread", "-Wl,-z,defs",
+                  "-Wl,--version-script=" + os.path.join(ROOT, "interpose", "exports.map")]
+DEBIAN_MPICC = {"openmpi": ("mpicc.openmpi", mpi_find.OPEN_MPI), "mpich": ("mpicc.mpich", mpi_find.MPICH)}
+
+
+def _flavour_name(vendor):
+    return {mpi_find.OPEN_MPI: "openmpi", mpi_find.MPICH: "mpich"}.get(
+        vendor, re.sub(r"[^a-z0-9]+", "", (vendor or "unknown").lower()) or "unknown")
+
+
+def interpose_flavours():
+    """[(flavour, MpiCompiler)] to build the shim for; [] when no MPI is installed."""
+    named = any(os.environ.get(v, "").strip() for v in ("HAULER_MPICC", "MPICC"))
+    if not named and all(shutil.which(cc) for cc, _ in DEBIAN_MPICC.values()):
+        out = []
+        for flav, (cc, vendor) in DEBIAN_MPICC.items():
+            path = os.path.abspath(shutil.which(cc))
+            rc_show = _first_line([path, "-show"]) or ""
+            out.append((flav, mpi_find.MpiCompiler(path=path, vendor=vendor,
+                                                   version_line=_first_line([path, "--version"]) or "",
+                                                   origin="PATH", show=rc_show)))
+        return out
+    cc = mpi_find.find_mpicc()
+    return [] if cc is None else [(_flavour_name(cc.vendor), cc)]
+
+
+def interpose_core_sources():
+    return [s for d in INTERPOSE_CORE_DIRS for s in _glob(f"csrc/{d}/**/*.cpp")]
+
+
+def build_interpose(build_temp, out_root):
+    """Build one shim per flavour under out_root/<flavour>/; returns the "interpose" build info."""
+    info = {"built": False, "reason": "", "libraries": {}, "log": None}
+    if os.path.isdir(out_root):
+        shutil.rmtree(out_root)  # never ship a shim from an older build
+    try:
+        flavours = interpose_flavours()
+    except mpi_find.MpiNotFound as e:
+        flavours, info["reason"] = [], str(e)
+    if not flavours:
+        info["reason"] = info["reason"] or "no MPI C compiler (HAULER_MPICC, MPICC, mpicc on PATH)"
+        _banner(["hauler: the MPI interposer (libhauler_interpose.so) was NOT built:", info["reason"],
+                 "Install an MPI to get it: " + mpi_find.install_hint(),
+                 "(or the MPICH packages: " + " ".join(mpi_find.APT_PACKAGES[mpi_find.MPICH]) + ")",
+                 "Everything else is installed."])
+        return info
+    cxx = shutil.which("c++") or shutil.which("g++") or "c++"
+    obj_dir = os.path.join(build_temp, "interpose")
+    newest_dep = max([os.path.getmtime(p) for p in headers() + [__file__]] or [0])
+
+    def compile_one(compiler, src, obj, extra=()):
+        if os.path.exists(obj) and os.path.getmtime(obj) >= max(os.path.getmtime(src), newest_dep):
+            return 0, ""
+        os.makedirs(os.path.dirname(obj), exist_ok=True)
+        cmd = [compiler, *extra] + INTERPOSE_FLAGS + ["-c", src, "-o", obj]
+        print("hauler: " + " ".join(cmd), flush=True)
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if p.returncode != 0 and os.path.exists(obj):
+            os.remove(obj)
+        return p.returncode, f"$ {' '.join(cmd)}\n" + p.stdout.decode("utf-8", "replace")
+
+    jobs = []
+    core_objs = []
+    for src in interpose_core_sources():
+        obj = os.path.join(obj_dir, "core", os.path.splitext(src)[0] + ".o")
+        core_objs.append(obj)
+        jobs.append((cxx, src, obj, ()))
+    shim_srcs = _glob("interpose/*.cpp")
+    shim_objs = {}
+    for flav, cc in flavours:
+        shim_objs[flav] = []
+        for src in shim_srcs:
+            obj = os.path.join(obj_dir, flav, os.path.splitext(src)[0] + ".o")
+            shim_objs[flav].append(obj)
+            jobs.append((cc.path, src, obj, cc.args))
+    n = config.get("HAULER_BUILD_JOBS") or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
+        results = list(pool.map(lambda j: compile_one(*j), jobs))
+    logs = [log for rc, log in results if rc != 0]
+    if logs:
+        info["reason"], info["log"] = "compiling the interposer failed", "\n".join(logs)[-8000:]
+        _banner(["hauler: the MPI interposer was NOT built: compile errors"] + info["log"].splitlines()[-30:])
+        return info
+    for flav, cc in flavours:
+        out = os.path.join(out_root, flav, INTERPOSE_LIB)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        cmd = [cc.path, *cc.args, "-o", out] + shim_objs[flav] + core_objs + INTERPOSE_LINK
+        print("hauler: " + " ".join(cmd), flush=True)
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if p.returncode != 0:
+            log = f"$ {' '.join(cmd)}\n" + p.stdout.decode("utf-8", "replace")[-8000:]
+            _banner([f"hauler: linking the {flav} interposer failed"] + log.splitlines()[-30:])
+            info["log"] = (info["log"] or "") + log
+            continue
+        try:
+            mpiexec = mpi_find.find_mpiexec(cc)
+        except mpi_find.MpiNotFound:
+            mpiexec = None
+        info["libraries"][flav] = {"library": f"{INTERPOSE_DIR}/{flav}/{INTERPOSE_LIB}",
+                                   "mpicc": cc.path, "vendor": cc.vendor,
+                                   "version_line": cc.version_line, "mpiexec": mpiexec}
+    info["built"] = bool(info["libraries"])
+    info["reason"] = "built" if info["built"] else "linking failed"
+    return info
+
+
 class BuildExt(build_ext):
     """build_ext that also builds libhauler_cuda.so and writes _build_info.json next to _core."""
 
@@ -194,7 +311,9 @@ class BuildExt(build_ext):
         os.makedirs(reg_dir, exist_ok=True)
 
         cuda = self._build_cuda(os.path.join(reg_dir, CUDA_LIB))
+        interpose = build_interpose(self.build_temp, os.path.join(reg_dir, INTERPOSE_DIR))
         info = self._build_info(cuda)
+        info["interpose"] = interpose
         info_path = os.path.join(reg_dir, BUILD_INFO)
         with open(info_path, "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)
@@ -203,13 +322,21 @@ class BuildExt(build_ext):
         pairs = [(info_path, os.path.join(src_dir, BUILD_INFO))]
         if cuda["built"]:
             pairs.append((os.path.join(reg_dir, CUDA_LIB), os.path.join(src_dir, CUDA_LIB)))
+        for lib in interpose["libraries"].values():
+            pairs.append((os.path.join(reg_dir, lib["library"]), os.path.join(src_dir, lib["library"])))
         self._extra_pairs = pairs
         if inplace:
             for reg, inp in pairs:
+                os.makedirs(os.path.dirname(inp), exist_ok=True)
                 self.copy_file(reg, inp, level=self.verbose)
             stale = os.path.join(src_dir, CUDA_LIB)
             if not cuda["built"] and os.path.exists(stale):
                 os.remove(stale)  # never leave a library from an older build next to _core
+            for flav in os.listdir(os.path.join(src_dir, INTERPOSE_DIR)) \
+                    if os.path.isdir(os.path.join(src_dir, INTERPOSE_DIR)) else []:
+                lib = os.path.join(src_dir, INTERPOSE_DIR, flav, INTERPOSE_LIB)
+                if flav not in interpose["libraries"] and os.path.exists(lib):
+                    os.remove(lib)  # nor a shim of an MPI flavour that is gone
 
     def _build_info(self, cuda):
         ext = self.extensions[0]
@@ -374,7 +501,8 @@ setup(
     cmdclass={"build_ext": BuildExt},
     install_requires=["numpy"],
     extras_require={
-        "test": ["pytest", "hypothesis", "numpy", "mpi4py>=3.1"],
+        # torch_geometric: pure Python; 2.8.1 installs beside torch 2.13.0 without touching it
+        "test": ["pytest", "hypothesis", "numpy", "mpi4py>=3.1", "torch_geometric>=2.5,<2.9"],
         "torch": ["torch>=2.1,<2.14"],
     },
     entry_points={

@@ -18,6 +18,12 @@ from typing import List, Optional
 COMMANDS = {
     "pack": ("hauler.bench.pack",
              "datatype pack/unpack GB/s: vector and subarray types vs MPI_Pack (mpi4py) and memcpy"),
+    "gather": ("hauler.bench.gather",
+               "row gather GB/s: hauler vs numpy.take, torch.index_select, torch indexing and memcpy; DataLoader epoch"),
+    "calibrate": ("hauler.bench.calibrate",
+                  "measure when the MPI interposer's packing pays; write its model file (HAULER_INTERPOSE_MODEL)"),
+    "mpi": ("hauler.bench.mpi",
+            "MPI ping-pong (vector types) and 3D halo exchange: the library alone vs with hauler's interposer"),
     "io": ("hauler.bench.io",
            "file I/O GB/s: hauler.io (io_uring, O_DIRECT) vs fio, numpy, torch and Python; activation offload"),
 }

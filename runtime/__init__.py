@@ -15,7 +15,7 @@ except ImportError as _e:  # keep `hauler info` able to say what is wrong with t
 
 __all__ = ["__version__", "cuda_available", "cuda_status", "HaulerError", "InvalidArgument",
            "Overflow", "BufferTooSmall", "OutOfRange", "ReadOnlyBuffer", "NoDevice",
-           "HaulerIOError", "datatype", "io", "offload"]
+           "HaulerIOError", "datatype", "gather", "io", "offload"]
 
 
 def _require_core():
@@ -40,6 +40,9 @@ def __getattr__(name):
     if name == "datatype":
         from . import datatype
         return datatype
+    if name == "gather":
+        from . import gather
+        return gather
     if name in ("io", "offload"):
         import importlib
         return importlib.import_module(f"{__name__}.{name}")

@@ -1,6 +1,10 @@
 """The ``hauler`` command.
 
     hauler info [--json]    version, build options, CUDA status, MPI found, cores, settings
+    hauler run [--launcher MPIEXEC] [launcher options] -- program args...
+                            run an MPI job with the interposer preloaded (LD_PRELOAD)
+    hauler interpose --path [--mpi openmpi|mpich]
+                            print the interposer library path (for batch scripts, srun)
 
 Imports stay lazy: the command works (and says what is wrong) even when the
 compiled core ``hauler._core`` cannot be imported, and it never imports
@@ -143,6 +147,12 @@ def _print_info(info: Dict[str, Any]) -> None:
             w(f"  cuda build  not built: {cu.get('reason')}\n")
         m = b.get("mpi", {})
         w(f"  mpi (build) {m.get('vendor') or 'none'} {m.get('path') or m.get('error') or ''}\n")
+        ip = b.get("interpose") or {}
+        if ip.get("built"):
+            libs = ip.get("libraries", {})
+            w(f"  interposer  built for {', '.join(sorted(libs))} (hauler interpose --list)\n")
+        else:
+            w(f"  interposer  not built: {ip.get('reason') or 'unknown (older build)'}\n")
 
     cu = info["cuda"]
     if cu["error"]:
@@ -181,7 +191,64 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_interpose(args: argparse.Namespace) -> int:
+    from . import interpose
+    try:
+        if args.list:
+            for flav, path in sorted(interpose.libraries().items()):
+                print(f"{flav} {path}")
+            return 0
+        print(interpose.library_path(args.mpi))
+    except interpose.InterposeNotBuilt as e:
+        sys.stderr.write(f"hauler interpose: {e}\n")
+        return 1
+    return 0
+
+
+def cmd_run(argv: List[str]) -> int:
+    """hauler run [--launcher L] [--dry-run] [launcher options] -- program args..."""
+    from . import interpose
+    if "--" not in argv:
+        sys.stderr.write("usage: hauler run [--launcher MPIEXEC] [--dry-run] [launcher options] "
+                         "-- program args...\n")
+        return 2
+    cut = argv.index("--")
+    opts, program = argv[:cut], argv[cut + 1:]
+    if not program:
+        sys.stderr.write("hauler run: no program after '--'\n")
+        return 2
+    launcher, dry = None, False
+    rest: List[str] = []
+    i = 0
+    while i < len(opts):
+        if opts[i] == "--launcher" and i + 1 < len(opts):
+            launcher, i = opts[i + 1], i + 2
+            continue
+        if opts[i].startswith("--launcher="):
+            launcher = opts[i].split("=", 1)[1]
+        elif opts[i] == "--dry-run":
+            dry = True
+        else:
+            rest.append(opts[i])
+        i += 1
+    try:
+        launcher = launcher or interpose.default_launcher()
+        cmd = interpose.launch_argv(launcher, rest, program)
+    except (interpose.InterposeNotBuilt, mpi_find.MpiNotFound) as e:
+        sys.stderr.write(f"hauler run: {e}\n")
+        return 1
+    if dry:
+        print(" ".join(cmd))
+        return 0
+    sys.stdout.flush()
+    os.execvp(cmd[0], cmd)
+    return 127  # not reached
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # launcher options are free-form: not for argparse
+        return cmd_run(argv[1:])
     parser = argparse.ArgumentParser(
         prog="hauler", description="hauler: moves data for GPU programs (see README.md).")
     parser.add_argument("--version", action="version", version=f"hauler {__version__}")
@@ -190,6 +257,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     "core count and settings")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("run", help="run an MPI job with the interposer preloaded: "
+                                   "hauler run [--launcher MPIEXEC] [launcher options] -- prog args")
+    p = sub.add_parser("interpose", help="the LD_PRELOAD interposer library")
+    p.add_argument("--path", action="store_true", help="print the library path (the default)")
+    p.add_argument("--list", action="store_true", help="every flavour built, with its path")
+    p.add_argument("--mpi", choices=["openmpi", "mpich"], default=None,
+                   help="MPI flavour (default: that of the MPI found, HAULER_MPICC > MPICC > PATH)")
+    p.set_defaults(func=cmd_interpose)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -138,10 +138,10 @@ fi
 stamp() {
   {
     "$VPY" -V 2>&1
-    env | grep -E '^(HAULER_(NO_CUDA|FORCE_CUDA|CUDA_ARCH|NVCC|BUILD_JOBS)|CUDA_HOME)=' | sort || true
-    command -v nvcc || true
-    find setup.py pyproject.toml runtime/_version.py runtime/config.py runtime/mpi_find.py csrc -type f \
-      \( -name '*.py' -o -name '*.toml' -o -name '*.c' -o -name '*.cpp' -o -name '*.h' \
+    env | grep -E '^(HAULER_(NO_CUDA|FORCE_CUDA|CUDA_ARCH|NVCC|BUILD_JOBS|MPICC)|CUDA_HOME|MPICC)=' | sort || true
+    command -v nvcc mpicc mpicc.openmpi mpicc.mpich || true
+    find setup.py pyproject.toml runtime/_version.py runtime/config.py runtime/mpi_find.py csrc interpose -type f \
+      \( -name '*.py' -o -name '*.toml' -o -name '*.c' -o -name '*.cpp' -o -name '*.h' -o -name '*.map' \
          -o -name '*.hpp' -o -name '*.inl' -o -name '*.cu' -o -name '*.cuh' \) -print0 \
       | sort -z | xargs -0 sha256sum
     find runtime bench -name __init__.py | sort

@@ -93,3 +93,28 @@ def test_core_helpers():
     assert core.paired_ratio(a, b) == 2.0
     t = core.time_interleaved({"x": lambda: None, "y": lambda: None}, repeat=3, warmup=0)
     assert len(t["x"].times) == len(t["y"].times) == 3
+
+
+def test_gather_quick_json_rows_correct_and_targets():
+    out = json.loads(bench("gather", "--quick", "--json", "--loader-batches", "2").stdout)
+    assert out["benchmark"] == "gather"
+    rows = out["rows"]
+    assert {r["row_bytes"] for r in rows} == {64, 256, 1024} and {r["order"] for r in rows} == {"random", "sorted"}
+    for r in rows:
+        assert r["correct"] is True
+        for k in ("hauler_gbps", "numpy_gbps", "index_select_gbps", "fancy_gbps", "memcpy_gbps", "vs_numpy",
+                  "vs_index_select", "vs_memcpy"):
+            assert r[k] > 0, k
+    assert [t["key"] for t in out["targets"]] == ["gbps_512", "numpy_256", "isel_256", "memcpy_1k"]
+    assert all(t["status"] in ("PASS", "MISS", "N/A") for t in out["targets"])
+    assert set(out["info"]["loader"]) == {"workers0_torch_s", "workers0_hauler_s", "workers2_torch_s",
+                                          "workers2_hauler_s"}
+
+
+def test_gather_table_output():
+    out = bench("gather", "--quick", "--no-loader", "--rows", "128", "--orders", "random").stdout
+    lines = out.splitlines()
+    assert lines[0] == "# hauler-bench gather"
+    rows = [l for l in lines if not l.startswith("#")]
+    assert len(rows) == 1 and rows[0].split()[:2] == ["128", "random"] and " ok " in rows[0]
+    assert any(l.startswith("# targets") for l in lines)

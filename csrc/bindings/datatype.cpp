@@ -78,33 +78,43 @@ Distrib distrib_of(const std::string& s) {
   fail(Status::invalid_argument, "distribution must be 'none', 'block' or 'cyclic', got '" + s + "'");
 }
 
-// Bytes the call touches around `offset` must lie inside a buffer of `len` bytes.
-void check_source(const Plan& p, int64_t len, int64_t offset, const char* what) {
-  if (p.total == 0) return;
-  int64_t lo = add64(offset, p.span_lo, "buffer offset"), hi = add64(offset, p.span_hi, "buffer offset");
-  if (lo < 0 || hi > len)
-    fail(Status::buffer_too_small,
-         std::string(what) + " buffer of " + std::to_string(len) + " bytes does not hold the data: with the "
-         "type's origin at offset " + std::to_string(offset) + " it needs bytes [" + std::to_string(lo) + ", " +
-         std::to_string(hi) + ")");
-}
+// A buffer as the checks see it.
+struct Span {
+  const uint8_t* data;
+  int64_t size;
+  const char* name;  // the argument's name in messages
+};
 
-void check_packed(int64_t len, int64_t nbytes, const char* what) {
-  if (len < nbytes)
-    fail(Status::buffer_too_small, std::string(what) + " buffer of " + std::to_string(len) +
-                                       " bytes is too small for " + std::to_string(nbytes) + " packed bytes");
-}
+struct Call {
+  std::shared_ptr<const Plan> plan;
+  int64_t n;  // bytes of the window
+};
 
-// Window length: the rest of the message from `position` unless given.
-int64_t window_bytes(const Plan& p, int64_t position, const py::object& nbytes) {
-  int64_t n = nbytes.is_none() ? p.total - position : nbytes.cast<int64_t>();
-  check_window(p, position, n);
-  return n;
-}
-
-void check_disjoint(const uint8_t* a, int64_t alen, const uint8_t* b, int64_t blen) {
-  if (alen > 0 && blen > 0 && a < b + blen && b < a + alen)
+// Every check of a pack/unpack call, before anything is written: the window
+// [position, position + nbytes) lies in the message (nbytes defaults to the
+// rest of it), the typed buffer holds every byte the type map touches with
+// the origin at `offset`, the packed buffer holds the window, and the two
+// buffers do not overlap.
+Call checked_call(PyType& t, int64_t count, Span typed, Span packed, int64_t offset, int64_t position,
+                  const py::object& nbytes) {
+  Call c{t.plan(count), 0};
+  const Plan& p = *c.plan;
+  c.n = nbytes.is_none() ? p.total - position : nbytes.cast<int64_t>();
+  check_window(p, position, c.n);
+  if (p.total > 0) {
+    int64_t lo = add64(offset, p.span_lo, "buffer offset"), hi = add64(offset, p.span_hi, "buffer offset");
+    if (lo < 0 || hi > typed.size)
+      fail(Status::buffer_too_small,
+           std::string(typed.name) + " buffer of " + std::to_string(typed.size) + " bytes does not hold the data: "
+           "with the type's origin at offset " + std::to_string(offset) + " it needs bytes [" + std::to_string(lo) +
+           ", " + std::to_string(hi) + ")");
+  }
+  if (packed.size < c.n)
+    fail(Status::buffer_too_small, std::string(packed.name) + " buffer of " + std::to_string(packed.size) +
+                                       " bytes is too small for " + std::to_string(c.n) + " packed bytes");
+  if (c.n > 0 && typed.size > 0 && packed.data < typed.data + typed.size && typed.data < packed.data + c.n)
     fail(Status::invalid_argument, "the packed buffer overlaps the typed buffer; use separate buffers");
+  return c;
 }
 
 py::dict layout_dict(const Plan& p) {
@@ -188,29 +198,21 @@ void register_datatype(py::module_& m) {
   // `count` elements whose origin is at byte `offset` of `src`, into out[0:nbytes].
   m.def("pack_host", [](PyType& t, int64_t count, py::handle src, int64_t offset, py::handle out,
                         int64_t position, py::object nbytes, int threads) {
-    auto p = t.plan(count);
-    int64_t n = window_bytes(*p, position, nbytes);
-    HeldBuffer s(src, false, "src");
-    HeldBuffer o(out, true, "out");
-    check_source(*p, s.size(), offset, "src");
-    check_packed(o.size(), n, "out");
-    check_disjoint(s.data(), s.size(), o.data(), n);
+    HeldBuffer s(src, false, "src"), o(out, true, "out");
+    Call c = checked_call(t, count, {s.data(), s.size(), "src"}, {o.data(), o.size(), "out"}, offset, position,
+                          nbytes);
     py::gil_scoped_release nogil;
-    pack(*p, s.data() + offset, o.data(), position, n, threads);
-    return n;
+    pack(*c.plan, s.data() + offset, o.data(), position, c.n, threads);
+    return c.n;
   });
   m.def("unpack_host", [](PyType& t, int64_t count, py::handle packed, py::handle dst, int64_t offset,
                           int64_t position, py::object nbytes, int threads) {
-    auto p = t.plan(count);
-    int64_t n = window_bytes(*p, position, nbytes);
-    HeldBuffer i(packed, false, "packed");
-    HeldBuffer d(dst, true, "dst");
-    check_source(*p, d.size(), offset, "dst");
-    check_packed(i.size(), n, "packed");
-    check_disjoint(i.data(), n, d.data(), d.size());
+    HeldBuffer i(packed, false, "packed"), d(dst, true, "dst");
+    Call c = checked_call(t, count, {d.data(), d.size(), "dst"}, {i.data(), i.size(), "packed"}, offset, position,
+                          nbytes);
     py::gil_scoped_release nogil;
-    unpack(*p, d.data() + offset, i.data(), position, n, threads);
-    return n;
+    unpack(*c.plan, d.data() + offset, i.data(), position, c.n, threads);
+    return c.n;
   });
 
   // Device pack on raw pointers (from __cuda_array_interface__ or DLPack):
@@ -219,32 +221,24 @@ void register_datatype(py::module_& m) {
   m.def("pack_device", [](PyType& t, int64_t count, uintptr_t src, int64_t src_len, int64_t offset,
                           uintptr_t out, int64_t out_len, int64_t position, py::object nbytes, uintptr_t stream,
                           bool sync) {
-    auto p = t.plan(count);
-    int64_t n = window_bytes(*p, position, nbytes);
-    check_source(*p, src_len, offset, "src");
-    check_packed(out_len, n, "out");
-    auto* s = reinterpret_cast<const uint8_t*>(src);
+    auto* s = reinterpret_cast<uint8_t*>(src);
     auto* o = reinterpret_cast<uint8_t*>(out);
-    check_disjoint(s, src_len, o, n);
+    Call c = checked_call(t, count, {s, src_len, "src"}, {o, out_len, "out"}, offset, position, nbytes);
     py::gil_scoped_release nogil;
-    gpu_pack(*p, s + offset, o, position, n, reinterpret_cast<void*>(stream));
+    gpu_pack(*c.plan, s + offset, o, position, c.n, reinterpret_cast<void*>(stream));
     if (sync) gpu::synchronize(reinterpret_cast<void*>(stream));
-    return n;
+    return c.n;
   });
   m.def("unpack_device", [](PyType& t, int64_t count, uintptr_t packed, int64_t packed_len, uintptr_t dst,
                             int64_t dst_len, int64_t offset, int64_t position, py::object nbytes, uintptr_t stream,
                             bool sync) {
-    auto p = t.plan(count);
-    int64_t n = window_bytes(*p, position, nbytes);
-    check_source(*p, dst_len, offset, "dst");
-    check_packed(packed_len, n, "packed");
-    auto* i = reinterpret_cast<const uint8_t*>(packed);
+    auto* i = reinterpret_cast<uint8_t*>(packed);
     auto* d = reinterpret_cast<uint8_t*>(dst);
-    check_disjoint(i, n, d, dst_len);
+    Call c = checked_call(t, count, {d, dst_len, "dst"}, {i, packed_len, "packed"}, offset, position, nbytes);
     py::gil_scoped_release nogil;
-    gpu_unpack(*p, d + offset, i, position, n, reinterpret_cast<void*>(stream));
+    gpu_unpack(*c.plan, d + offset, i, position, c.n, reinterpret_cast<void*>(stream));
     if (sync) gpu::synchronize(reinterpret_cast<void*>(stream));
-    return n;
+    return c.n;
   });
 }
 

@@ -2,9 +2,10 @@
 #include "bindings.hpp"
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "hauler's C++ core (datatype engine, file I/O engine, GPU loader); use the hauler package, not this module";
+  m.doc() = "hauler's C++ core (datatype engine, row gather, file I/O engine, GPU loader); use the hauler package, not this module";
   hauler::bind::register_errors(m);
   hauler::bind::register_common(m);
   hauler::bind::register_datatype(m);
+  hauler::bind::register_gather(m);
   hauler::bind::register_io(m);
 }

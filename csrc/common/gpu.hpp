@@ -23,6 +23,9 @@ struct Backend {
   hauler_gpu_init_fn init;
   hauler_gpu_pack_fn pack;
   hauler_gpu_sync_fn synchronize;
+  hauler_gpu_gather_fn gather;                  // ABI 2
+  hauler_gpu_host_register_fn host_register;    // ABI 2
+  hauler_gpu_host_unregister_fn host_unregister;  // ABI 2
 };
 
 struct GpuStatus {

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HAULER_GPU_ABI 1
+#define HAULER_GPU_ABI 2 /* 2: row gather entry points (csrc/gather) */
 
 /* Return codes: 0 or a hauler::Status value (status.hpp; gpu.cpp asserts they agree). */
 #define HAULER_GPU_OK 0
@@ -24,6 +24,7 @@ extern "C" {
 #endif
 
 struct HaulerDevLayout; /* csrc/datatype/pack_index.cuh */
+struct HaulerGatherArgs; /* csrc/gather/gather_index.cuh */
 
 typedef struct HaulerDeviceInfo {
   int32_t device_count;
@@ -44,6 +45,16 @@ typedef int (*hauler_gpu_init_fn)(HaulerDeviceInfo* info, char* err, size_t errl
 typedef int (*hauler_gpu_pack_fn)(const struct HaulerDevLayout* layout, void* origin, void* buf, int64_t pos,
                                   int64_t n, int pack, void* stream, char* err, size_t errlen);
 typedef int (*hauler_gpu_sync_fn)(void* stream, char* err, size_t errlen);
+/* Row gather: out[i] = table[index[i]] for the n rows of `args`. The table and
+ * out are device-accessible (device memory or registered host memory); the
+ * index is HOST memory the core has validated, which the backend uploads
+ * stream-ordered. Asynchronous on `stream`. */
+typedef int (*hauler_gpu_gather_fn)(const struct HaulerGatherArgs* args, void* stream, char* err, size_t errlen);
+/* Registers (pins in place and maps) [p, p + n) for GPU access: *device receives
+ * the address kernels use. readonly != 0 for read-only mappings. */
+typedef int (*hauler_gpu_host_register_fn)(void* p, size_t n, int readonly, void** device, char* err,
+                                           size_t errlen);
+typedef int (*hauler_gpu_host_unregister_fn)(void* p, char* err, size_t errlen);
 
 #ifdef __cplusplus
 }

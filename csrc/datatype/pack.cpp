@@ -42,8 +42,9 @@ namespace {
 // Packing tiny blocks (1, 2 or 4 bytes) at a small positive stride is
 // bound by one load and one store per block in scalar code. Instead, gather
 // 16 output bytes from up to four 16-byte loads with byte shuffles whose
-// masks depend on (block, stride) and are built once per call. Only used for
-// pack: unpacking the same way would have to write the gaps between blocks.
+// masks depend on (block, stride) and are built once per call. Unpack can't
+// shuffle the same way (full-width stores would rewrite the gaps between
+// blocks); it uses AVX-512 masked stores instead, where the CPU has them.
 struct Shuffler {
   int loads = 0;       // 16-byte loads per 16 output bytes (0: not usable)
   int per_chunk = 0;   // blocks per 16 output bytes
@@ -277,9 +278,11 @@ void strided_blocks(const C& c, const Dim* dims, int nd, uint8_t* base, uint8_t*
                     int64_t nb, bool nt) {
   if (nb <= 0) return;
   const int64_t inner_stride = dims[nd - 1].stride;
-  Shuffler sh = c.bytes() >= 8 ? Shuffler{}
-                : kPack        ? make_shuffler(c.bytes(), inner_stride)
-                               : make_expander(c.bytes(), inner_stride);
+  // The expander's 64 masks cost a few microseconds: only worth it for a few KiB.
+  Shuffler sh = c.bytes() >= 8                   ? Shuffler{}
+                : kPack                          ? make_shuffler(c.bytes(), inner_stride)
+                : nb * inner_stride >= 4096 ? make_expander(c.bytes(), inner_stride)
+                                                 : Shuffler{};
   sh.stream = nt && stream_pays(c.bytes(), inner_stride);
   if (nd == 1) {
     inner_run<kPack>(c, sh, base + k0 * dims[0].stride, dims[0].stride, stream, nb);

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "../common/gpu.hpp"
+#include "../gather/gather_emulate.hpp"
 #include "pack_index.cuh"
 
 namespace hauler::dt {
@@ -56,7 +57,9 @@ int hauler_emu_synchronize(void*, char*, size_t) { return HAULER_GPU_OK; }
 namespace hauler::gpu {
 
 const Backend& emulation_backend() {
-  static const Backend b{"emulation", hauler_emu_abi, hauler_emu_init, hauler_emu_pack, hauler_emu_synchronize};
+  static const Backend b{"emulation",           hauler_emu_abi,           hauler_emu_init,
+                         hauler_emu_pack,       hauler_emu_synchronize,   hauler_emu_gather,
+                         hauler_emu_host_register, hauler_emu_host_unregister};
   return b;
 }
 

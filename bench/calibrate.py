@@ -1,0 +1,156 @@
+"""``hauler-bench calibrate``: measure when the interposer's packing pays, write a model file.
+
+For each installed MPI with a built interposer, 2 ranks ping-pong vector types (MPI_BYTE
+blocks, stride 2 x block) with the library alone and with the interposer packing every
+non-contiguous message (a pack-everything model), alternating launches. From the speedups it
+picks, per flavour:
+
+  max_block  the largest block size (bytes) at which packing is faster for messages of 16 KiB
+             and more (and at every smaller block size);
+  min_bytes  the smallest message size from which packing 8-byte blocks is faster.
+
+and writes them as ``<flavour>.max_block N`` / ``<flavour>.min_bytes N`` lines to the model file
+(``--out``, default ``~/.config/hauler/interpose-model.txt``), which the shim reads from
+``HAULER_INTERPOSE_MODEL``. On a noisy machine rerun it with a larger ``--budget``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import subprocess
+import tempfile
+from typing import Any, Dict, List, Optional
+
+from . import core
+from .core import Column, Report, format_size
+from .mpi import PROGRAM, _flavours, _launch
+
+NAME = "calibrate"
+HELP = "measure pack vs pass-through per block and message size; write the interposer's model file"
+
+BLOCKS = (1, 8, 64, 256, 1024, 4096, 16384)
+MESSAGES = (256, 1 << 10, 16 << 10, 256 << 10, 1 << 20)
+PACK_ALL = "max_block 1000000000000\nmin_bytes 0\n"
+DEFAULT_OUT = os.path.join(os.path.expanduser("~"), ".config", "hauler", "interpose-model.txt")
+
+COLUMNS = [
+    Column("mpi", "mpi", "", left=True, width=7),
+    Column("block", "block", "B", format_size, width=5),
+    Column("bytes", "message", "B", format_size, width=7),
+    Column("lib_us", "library", "us", lambda v: f"{v:.1f}", width=8),
+    Column("shim_us", "packed", "us", lambda v: f"{v:.1f}", width=8),
+    Column("speedup", "speedup", "x", lambda v: f"{v:.2f}"),
+    Column("correct_text", "correct", "", left=True, width=7),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mpi", default="all", help="flavours: all, openmpi, mpich (comma-separated)")
+    p.add_argument("--budget", type=float, default=0.05, help="seconds per timed batch (default 0.05)")
+    p.add_argument("--rounds", type=int, default=2, help="alternated launches per side (default 2)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"model file to write (default {DEFAULT_OUT})")
+    p.add_argument("--quick", action="store_true", help="fewer block and message sizes")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--csv", action="store_true", help="CSV rows")
+
+
+def main(args: argparse.Namespace) -> int:
+    fmt = "json" if args.json else "csv" if args.csv else "table"
+    flavours = None if args.mpi == "all" else [f.strip() for f in args.mpi.split(",") if f.strip()]
+    rep = run(flavours, args.budget, args.rounds, args.out, args.quick, core.Output(fmt))
+    return 0 if rep.rows and all(r["correct"] for r in rep.rows) else 1
+
+
+def choose_model(rows: List[Dict[str, Any]]) -> Dict[str, int]:
+    """max_block and min_bytes from one flavour's rows (see the module text)."""
+    sp = {(r["block"], r["bytes"]): r["speedup"] for r in rows}
+    blocks = sorted({b for b, _ in sp})
+    max_block = 0
+    for b in blocks:
+        big = [v for (bb, m), v in sp.items() if bb == b and m >= 16 << 10]
+        if not big or statistics.median(big) <= 1.0:
+            break
+        max_block = b
+    msgs = sorted({m for _, m in sp})
+    min_bytes = msgs[-1] + 1 if msgs else 0
+    for m in reversed(msgs):  # the smallest size from which every larger one wins too
+        v = sp.get((8, m))
+        if v is None or v <= 1.0:
+            break
+        min_bytes = m
+    return {"max_block": max_block, "min_bytes": min_bytes}
+
+
+def run(flavours: Optional[List[str]], budget: float, rounds: int, out_path: str, quick: bool = False,
+        out: Optional[core.Output] = None) -> Report:
+    mach = core.machine_info()
+    found, warnings = _flavours(flavours)
+    blocks = (1, 8, 256, 4096) if quick else BLOCKS
+    messages = (1 << 10, 256 << 10) if quick else MESSAGES
+    specs = [f"vector:{b}:{m}" for m in messages for b in blocks if b <= m]
+    header = [("MPI", ", ".join(f"{f}: {cc}" for f, cc, _, _ in found) or "none"),
+              ("machine", f"{mach['cpu']}, {mach['cores_usable']} usable cores; {mach['host']}; {mach['date']}"),
+              ("method", f"2-rank ping-pong, library alone vs interposer packing everything; median of 3 batches "
+                         f"of ~{budget:g} s, best of {rounds} alternated launches"),
+              ("model", f"written to {out_path}")]
+    rep = Report(benchmark=NAME, config={"budget": budget, "rounds": rounds, "out": out_path, "cases": specs},
+                 header=header, columns=COLUMNS, warnings=warnings, info={"machine": mach})
+    out = out or core.Output("table")
+    out.begin(rep)
+    models: Dict[str, Dict[str, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="hauler-calibrate-") as tmp:
+        src = os.path.join(tmp, "pingpong.c")
+        with open(src, "w") as f:
+            f.write(PROGRAM)
+        pack_all = os.path.join(tmp, "pack-all.txt")
+        with open(pack_all, "w") as f:
+            f.write(PACK_ALL)
+        for flav, cc, mpiexec, lib in found:
+            exe = os.path.join(tmp, f"pingpong_{flav}")
+            p = subprocess.run([cc, "-O2", "-w", src, "-o", exe], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            if p.returncode != 0:
+                rep.warnings.append(f"{flav}: compiling failed: {p.stdout.decode()[-300:]}")
+                continue
+            argv = [exe, str(budget)] + specs
+            alone: Dict[Any, Any] = {}
+            shim: Dict[Any, Any] = {}
+            try:
+                for _ in range(rounds):
+                    for dest, use, extra in ((alone, None, None),
+                                             (shim, lib, {"HAULER_INTERPOSE_MODEL": pack_all})):
+                        for k, v in _launch(flav, mpiexec, use, argv, extra).items():
+                            if k not in dest or v[0] < dest[k][0]:
+                                dest[k] = v
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                rep.warnings.append(f"{flav}: {e}")
+                continue
+            rows = []
+            for key in sorted(alone, key=lambda k: (k[1], k[2])):
+                if key not in shim:
+                    continue
+                (tl, okl, hl), (ts, oks, hs) = alone[key], shim[key]
+                row = {"mpi": flav, "block": key[1], "bytes": key[2], "lib_us": tl / 2 * 1e6, "shim_us": ts / 2 * 1e6,
+                       "speedup": tl / ts if ts > 0 else 0.0, "correct": bool(okl and oks and hl == hs)}
+                row["correct_text"] = "yes" if row["correct"] else "NO"
+                rows.append(row)
+                rep.rows.append(row)
+                out.row(rep, row)
+            models[flav] = choose_model(rows)
+    if models:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        with open(out_path, "w") as f:
+            f.write(f"# hauler interposer model, written by hauler-bench calibrate "
+                    f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}\n")
+            f.write("# <flavour>.max_block: pack when the mean contiguous block is at most this many bytes\n")
+            f.write("# <flavour>.min_bytes: pass messages smaller than this through\n")
+            for flav, m in models.items():
+                for k, v in m.items():
+                    f.write(f"{flav}.{k} {v}\n")
+        rep.info["model"] = models
+        for flav, m in models.items():
+            rep.footer.append(f"model {flav}: max_block {m['max_block']} B, min_bytes {m['min_bytes']} B")
+        rep.footer.append(f"use it: export HAULER_INTERPOSE_MODEL={out_path}")
+    out.end(rep)
+    return rep

@@ -1,0 +1,336 @@
+"""``hauler-bench gather``: row gather GB/s against numpy and torch, memcpy as the limit.
+
+For each row size (64 B .. 4 KiB) and index order (random, sorted) one row: hauler's gather,
+numpy.take(out=), torch.index_select(out=), torch fancy indexing (``t[idx]``, which allocates
+its output) and memcpy of the same bytes, timed in interleaved rounds (every contender once per
+round, back to back) over one table of ``--size`` bytes (default 1 GiB), with ratios of the
+median round. Then a DataLoader epoch over a generated graph (neighbour-sampled mini-batches,
+features gathered per batch) with torch indexing and with hauler, in the same run. A
+``# targets`` block says where issue 5's targets stand.
+
+    from hauler.bench import gather
+    report = gather.run(gather.Options(size=64 << 20, repeat=3))
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import core
+from .core import Column, Report, format_size
+
+NAME = "gather"
+HELP = "row gather GB/s: hauler vs numpy.take, torch.index_select, torch indexing and memcpy; DataLoader epoch"
+
+ROWS = (64, 128, 256, 512, 1024, 2048, 4096)
+QUICK_ROWS = (64, 256, 1024)
+ORDERS = ("random", "sorted")
+DEFAULT_SIZE = 1 << 30
+QUICK_SIZE = 32 << 20
+DEFAULT_BATCH = 32 << 20
+QUICK_BATCH = 2 << 20
+DEFAULT_REPEAT = 9
+QUICK_REPEAT = 3
+
+TARGETS = (  # key, description, row filter, figure key, threshold, unit
+    ("gbps_512", ">= 8 GB/s for rows >= 512 B", lambda r: r["row_bytes"] >= 512, "hauler_gbps", 8.0, "GB/s"),
+    ("numpy_256", ">= 2x numpy.take(out=) for rows >= 256 B", lambda r: r["row_bytes"] >= 256, "vs_numpy", 2.0, "x"),
+    ("isel_256", ">= 1.5x torch.index_select(out=) for rows >= 256 B", lambda r: r["row_bytes"] >= 256,
+     "vs_index_select", 1.5, "x"),
+    ("memcpy_1k", ">= 60% of memcpy for rows >= 1 KiB", lambda r: r["row_bytes"] >= 1024, "vs_memcpy", 0.6, "x"),
+)
+
+
+@dataclass
+class Options:
+    size: int = DEFAULT_SIZE
+    batch: int = DEFAULT_BATCH
+    repeat: int = DEFAULT_REPEAT
+    warmup: int = 1
+    rows: Tuple[int, ...] = ROWS
+    orders: Tuple[str, ...] = ORDERS
+    threads: Optional[int] = None
+    loader: bool = True
+    loader_batches: int = 20
+    quick: bool = False
+    seed: int = 12345
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return core.parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _rows_arg(text: str) -> Tuple[int, ...]:
+    try:
+        vals = tuple(core.parse_size(t) for t in text.split(",") if t.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not vals:
+        raise argparse.ArgumentTypeError("give at least one row size")
+    return vals
+
+
+def _orders_arg(text: str) -> Tuple[str, ...]:
+    vals = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not vals or any(v not in ORDERS for v in vals):
+        raise argparse.ArgumentTypeError(f"choose from {','.join(ORDERS)}, got {text!r}")
+    return vals
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=_size_arg, default=None,
+                   help=f"table bytes (default {format_size(DEFAULT_SIZE)}; {format_size(QUICK_SIZE)} with --quick)")
+    p.add_argument("--batch", type=_size_arg, default=None,
+                   help=f"gathered bytes per call (default {format_size(DEFAULT_BATCH)}; "
+                        f"{format_size(QUICK_BATCH)} with --quick)")
+    p.add_argument("--rows", type=_rows_arg, default=None, metavar="64,256,...",
+                   help=f"row sizes in bytes (default {','.join(map(str, ROWS))})")
+    p.add_argument("--orders", type=_orders_arg, default=ORDERS, metavar="random,sorted")
+    p.add_argument("--repeat", type=_positive, default=None,
+                   help=f"timed rounds per row (default {DEFAULT_REPEAT}; {QUICK_REPEAT} with --quick)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="threads for hauler's gather (default: HAULER_GATHER_THREADS, else the core count)")
+    p.add_argument("--no-loader", action="store_true", help="skip the DataLoader epoch")
+    p.add_argument("--loader-batches", type=_positive, default=20, help="mini-batches per DataLoader epoch")
+    p.add_argument("--quick", action="store_true", help="small table, three row sizes, three rounds (for tests)")
+    p.add_argument("--seed", type=int, default=12345)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    fmt.add_argument("--csv", action="store_true", help="print CSV rows (with the '#' header)")
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    q = args.quick
+    return Options(size=args.size or (QUICK_SIZE if q else DEFAULT_SIZE),
+                   batch=args.batch or (QUICK_BATCH if q else DEFAULT_BATCH),
+                   repeat=args.repeat or (QUICK_REPEAT if q else DEFAULT_REPEAT), warmup=max(0, args.warmup),
+                   rows=args.rows or (QUICK_ROWS if q else ROWS), orders=tuple(args.orders), threads=args.threads,
+                   loader=not args.no_loader, loader_batches=args.loader_batches if not q else 3, quick=q,
+                   seed=args.seed)
+
+
+def main(args: argparse.Namespace) -> int:
+    fmt = "json" if args.json else "csv" if args.csv else "table"
+    rep = run(options_from_args(args), core.Output(fmt))
+    return 0 if all(r["correct"] for r in rep.rows) else 1
+
+
+def _fx(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def _f1(v: float) -> str:
+    return f"{v:.1f}"
+
+
+COLUMNS = [
+    Column("row_bytes", "row", "B", format_size, width=4),
+    Column("order", "order", "", left=True, width=6),
+    Column("hauler_gbps", "hauler", "GB/s", _f1, width=6),
+    Column("numpy_gbps", "np.take", "GB/s", _f1),
+    Column("index_select_gbps", "isel", "GB/s", _f1, width=5),
+    Column("fancy_gbps", "t[idx]", "GB/s", _f1),
+    Column("memcpy_gbps", "memcpy", "GB/s", _f1),
+    Column("vs_numpy", "x np", "x", _fx, width=5),
+    Column("vs_index_select", "x isel", "x", _fx),
+    Column("vs_fancy", "x t[i]", "x", _fx),
+    Column("vs_memcpy", "/mcpy", "x", _fx, width=5),
+    Column("correct_text", "correct", "", left=True, width=7),
+    Column("copy", "copy", "", left=True),
+]
+
+
+def run(opts: Options, out: Optional[core.Output] = None) -> Report:
+    import numpy as np
+    import torch
+
+    from hauler import _core
+    from hauler.gather import FeatureStore
+
+    hinfo = core.hauler_info()
+    mach = core.machine_info()
+    threads = opts.threads or hinfo["threads_default"] or core.usable_cores()
+    torch_threads = torch.get_num_threads()
+    header = [
+        ("hauler", f"{hinfo['version']} ({hinfo['core']}); build: {hinfo['build_summary']}; "
+                   f"cuda: {'available' if hinfo['cuda_available'] else 'not available'}: {hinfo['cuda_status']}"),
+        ("threads", f"hauler gather {threads}; torch {torch_threads} (intra-op); numpy 1"),
+        ("versions", f"numpy {hinfo['numpy']}, torch {torch.__version__}, python {mach['python']}"),
+        ("machine", f"{mach['cpu']}, {mach['cores_usable']} usable cores of {mach['cores_os']}, {mach['memory']}; "
+                    f"{mach['host']}, {mach['os']}; {mach['date']}"),
+        ("table", f"{format_size(opts.size)} (rows = size / row bytes), random bytes; {format_size(opts.batch)} "
+                  f"gathered per call; int64 indices, random (uniform, with repeats) or the same sorted"),
+        ("rounds", f"{opts.warmup} warm-up call(s) each, then {opts.repeat} rounds timing every contender once, "
+                   "back to back; GB/s of the median round = gathered bytes / s / 1e9"),
+        ("x", "median over rounds of the within-round ratio (hauler bandwidth / peer bandwidth); /mcpy against "
+              "memcpy of the same bytes: the faster of numpy.copyto (1 thread) and hauler's threaded slice copy"),
+        ("correct", "hauler's rows == numpy.take's, byte for byte, checked outside the timed calls"),
+    ]
+    rep = Report(NAME, config={k: getattr(opts, k) for k in opts.__dataclass_fields__}, header=header,
+                 columns=COLUMNS, info={"hauler": hinfo, "machine": mach, "torch": torch.__version__})
+    out = out or core.Output("table")
+    out.begin(rep)
+
+    rng = np.random.default_rng(opts.seed)
+    raw = np.empty(opts.size, dtype=np.uint8)
+    step = 64 << 20
+    for a in range(0, opts.size, step):  # random bytes, in pieces so memory stays flat
+        raw[a:a + step] = rng.integers(0, 256, min(step, opts.size - a), dtype=np.uint8)
+    for rb in opts.rows:
+        nrows = opts.size // rb
+        if nrows < 2:
+            continue
+        table = raw[:nrows * rb].reshape(nrows, rb)
+        n = max(1, opts.batch // rb)
+        fs = FeatureStore({"t": table})
+        tt = torch.from_numpy(table)
+        for order in opts.orders:
+            idx = rng.integers(0, nrows, n, dtype=np.int64)
+            if order == "sorted":
+                idx.sort()
+            ti = torch.from_numpy(idx)
+            o_h = np.empty((n, rb), np.uint8)
+            o_np = np.empty((n, rb), np.uint8)
+            o_t = torch.empty((n, rb), dtype=torch.uint8)
+            src = np.ascontiguousarray(table[:n])
+            o_m = np.empty((n, rb), np.uint8)
+            slice_idx = np.arange(n, dtype=np.int64)
+            fns = {
+                "hauler": lambda: fs.gather("t", idx, out=o_h, threads=opts.threads),
+                "numpy": lambda: np.take(table, idx, axis=0, out=o_np),
+                "index_select": lambda: torch.index_select(tt, 0, ti, out=o_t),
+                "fancy": lambda: tt[ti],
+                "memcpy1": lambda: np.copyto(o_m, src),
+                "memcpyN": lambda: fs.gather("t", slice_idx, out=o_m, threads=opts.threads),
+            }
+            tim = core.time_interleaved(fns, opts.repeat, opts.warmup)
+            fs.gather("t", idx, out=o_h)
+            np.take(table, idx, axis=0, out=o_np)
+            correct = bool(np.array_equal(o_h, o_np))
+            nbytes = n * rb
+            best_m = core.Timing([min(a, b) for a, b in zip(tim["memcpy1"].times, tim["memcpyN"].times)])
+            row: Dict[str, Any] = {
+                "row_bytes": rb, "order": order, "rows_gathered": n, "table_rows": nrows,
+                "hauler_gbps": core.gbps(nbytes, tim["hauler"].median),
+                "numpy_gbps": core.gbps(nbytes, tim["numpy"].median),
+                "index_select_gbps": core.gbps(nbytes, tim["index_select"].median),
+                "fancy_gbps": core.gbps(nbytes, tim["fancy"].median),
+                "memcpy_gbps": core.gbps(nbytes, best_m.median),
+                "vs_numpy": core.paired_ratio(tim["hauler"], tim["numpy"]),
+                "vs_index_select": core.paired_ratio(tim["hauler"], tim["index_select"]),
+                "vs_fancy": core.paired_ratio(tim["hauler"], tim["fancy"]),
+                "vs_memcpy": core.paired_ratio(tim["hauler"], best_m),
+                "correct": correct, "correct_text": "ok" if correct else "WRONG",
+                "copy": _core.gather_copy_kind(rb, nbytes >= _stream_min()),
+                "timings": {k: v.as_dict(nbytes) for k, v in tim.items()},
+            }
+            rep.rows.append(row)
+            out.row(rep, row)
+        del fs, tt
+    if opts.loader:
+        rep.footer += loader_epoch(opts, raw, rep)
+    rep.targets = evaluate_targets(rep.rows)
+    out.end(rep)
+    return rep
+
+
+def _stream_min() -> int:
+    from hauler import config
+    return int(config.get("HAULER_GATHER_STREAM_MIN"))
+
+
+def evaluate_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    res = []
+    for key, desc, sel, fig, need, unit in TARGETS:
+        chosen = [r for r in rows if sel(r) and r.get(fig) is not None]
+        t: Dict[str, Any] = {"key": key, "target": desc, "threshold": need}
+        if not chosen:
+            t.update(status="N/A", measured="no such rows in this run", worst=None)
+        else:
+            worst = min(chosen, key=lambda r: r[fig])
+            misses = [r for r in chosen if r[fig] < need]
+            t["status"] = "MISS" if misses else "PASS"
+            t["worst"] = worst[fig]
+            t["misses"] = [f"{format_size(r['row_bytes'])}/{r['order']} {r[fig]:.2f}" for r in misses]
+            t["measured"] = (f"{len(misses)} of {len(chosen)} below" if misses else f"all {len(chosen)} met") + \
+                f"; worst {format_size(worst['row_bytes'])}/{worst['order']} {worst[fig]:.2f} {unit}"
+        res.append(t)
+    return res
+
+
+# -- DataLoader epoch -----------------------------------------------------------------------------
+
+class _Collate:
+    """Seeds -> sampled sub-graph -> its nodes' features: by torch indexing or by hauler."""
+
+    def __init__(self, x: Any, store: Any, rowptr: Any, col: Any, fanouts: Tuple[int, ...], use_hauler: bool):
+        self.x, self.store, self.rowptr, self.col = x, store, rowptr, col
+        self.fanouts, self.use_hauler = fanouts, use_hauler
+
+    def __call__(self, seeds: List[int]) -> Dict[str, Any]:
+        import numpy as np
+        import torch
+
+        from hauler.sampling import sample_neighbors
+        n_id, hops = sample_neighbors(self.rowptr, self.col, np.asarray(seeds), self.fanouts,
+                                      np.random.default_rng(int(seeds[0])))
+        ids = torch.from_numpy(n_id)
+        feats = self.store.gather("x", ids) if self.use_hauler else self.x[ids]
+        return {"n_id": ids, "x": feats, "hops": len(hops)}
+
+
+def loader_epoch(opts: Options, raw: Any, rep: Report) -> List[str]:
+    """Epoch time of a neighbour-sampled DataLoader with and without hauler (same seeds)."""
+    import numpy as np
+    import torch
+
+    from hauler.gather import FeatureStore
+    from hauler.sampling import random_graph
+
+    dim = 128  # float32 features: 512 B rows
+    nodes = max(1000, min(opts.size, 1 << 30) // (dim * 4))
+    x = torch.from_numpy(raw[:nodes * dim * 4].view(np.float32).reshape(nodes, dim))
+    rowptr, col = random_graph(nodes, avg_degree=10, seed=opts.seed)
+    store = FeatureStore({"x": x})
+    batch_size, fanouts = 1024, (15, 10)
+    seeds = torch.randperm(nodes, generator=torch.Generator().manual_seed(opts.seed))
+    seeds = seeds[:batch_size * opts.loader_batches]
+    nbatches = max(1, seeds.numel() // batch_size)
+    lines = [f"DataLoader epoch: {nodes} nodes x {dim} float32 features ({format_size(nodes * dim * 4)}), "
+             f"avg degree 10, {seeds.numel() // batch_size} batches of {batch_size} seeds, fanouts {fanouts}; "
+             "collate = sample (numpy) + gather the sampled nodes' features"]
+    results: Dict[Tuple[int, bool], float] = {}
+    gathered = 0
+    for workers in (0, 2):
+        for use in (False, True):
+            loader = torch.utils.data.DataLoader(seeds.tolist(), batch_size=batch_size, num_workers=workers,
+                                                 collate_fn=_Collate(x, store, rowptr, col, fanouts, use),
+                                                 **({"multiprocessing_context": "fork"} if workers else {}))
+            t0 = time.perf_counter()
+            total = 0
+            for b in loader:
+                total += b["x"].numel() * 4
+            results[(workers, use)] = time.perf_counter() - t0
+            gathered = total
+    for workers in (0, 2):
+        t_torch, t_h = results[(workers, False)], results[(workers, True)]
+        lines.append(f"  num_workers={workers}: torch x[n_id] {t_torch:.2f} s, hauler {t_h:.2f} s per epoch "
+                     f"({t_torch / t_h:.2f}x as fast); {gathered / nbatches / 1e6:.1f} MB of features per batch")
+    rep.info["loader"] = {f"workers{w}_{'hauler' if u else 'torch'}_s": v for (w, u), v in results.items()}
+    return lines

@@ -1,0 +1,1344 @@
+// libhauler_interpose.so: an LD_PRELOAD MPI shim that gives unchanged MPI
+// programs hauler's datatype engine.
+//
+// Every intercepted MPI_X is one small entry point: it checks the kill switch
+// (and the feature switch) and either forwards to PMPI_X or calls the
+// implementation in namespace `shim`. The application only ever holds real
+// MPI requests: packed messages are posted as real MPI_BYTE requests, and a
+// side table keyed by that real request says what to do when it completes
+// (unpack, release the staging buffer). Every completion call looks its
+// requests up before the library nulls them and finishes the completed ones.
+//
+// Built once per MPI flavour by setup.py (build_interpose); the core
+// (csrc/common, csrc/datatype) is compiled in with -fvisibility=hidden so
+// only the MPI_* symbols below are exported.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <dlfcn.h>
+#include <link.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/settings.hpp"
+#include "common/status.hpp"
+#include "datatype/layout.hpp"
+#include "datatype/pack.hpp"
+#include "datatype/type.hpp"
+
+#define HAULER_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace shim {
+
+namespace dt = hauler::dt;
+using Clock = std::chrono::steady_clock;
+
+// ---------------------------------------------------------------- settings
+enum Level { kDebug = 0, kInfo = 1, kWarning = 2, kError = 3, kCritical = 4 };
+
+struct Config {
+  bool on = false;       // HAULER_INTERPOSE (master switch), and MPI initialized
+  bool pack = true;      // HAULER_INTERPOSE_PACK: MPI_Pack/MPI_Unpack through hauler
+  bool p2p = true;       // HAULER_INTERPOSE_P2P: point-to-point packing
+  bool coll = true;      // HAULER_INTERPOSE_COLL: collectives packing
+  int log = kWarning;    // HAULER_INTERPOSE_LOG
+  std::string report;    // HAULER_INTERPOSE_REPORT: "", "1"/"stderr", or a path (%r = rank)
+  std::string model;     // HAULER_INTERPOSE_MODEL
+  // The model: pack a non-contiguous message when its mean contiguous block is at most
+  // max_block bytes and the message has at least min_bytes bytes.
+  int64_t max_block = 2048;
+  int64_t min_bytes = 256;
+};
+Config g;
+#if defined(OPEN_MPI)
+constexpr const char* kFlavour = "openmpi";
+#elif defined(MPICH_VERSION)
+constexpr const char* kFlavour = "mpich";
+#else
+constexpr const char* kFlavour = "mpi";
+#endif
+int g_rank = -1;
+
+bool env_bool(const char* name, bool dflt) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return dflt;
+  std::string s(v);
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (s == "0" || s == "false" || s == "no" || s == "off") return false;
+  return true;
+}
+
+std::string env_str(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::string(v) : std::string();
+}
+
+void logf(int level, const char* fmt, ...) {
+  if (level < g.log) return;
+  static const char* names[] = {"debug", "info", "warning", "error", "critical"};
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "hauler-interpose[%d] %s: %s\n", g_rank, names[level], buf);
+}
+
+void load_model(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) {
+    logf(kWarning, "HAULER_INTERPOSE_MODEL=%s cannot be read; built-in defaults", path.c_str());
+    return;
+  }
+  char key[128];
+  long long val;
+  char line[512];
+  while (std::fgets(line, sizeof line, f)) {
+    if (line[0] == '#') continue;
+    if (std::sscanf(line, "%127s %lld", key, &val) != 2) continue;
+    // "key value" for every flavour, "<flavour>.key value" for this one (hauler-bench calibrate)
+    const char* k = key;
+    const char* dot = std::strchr(key, '.');
+    if (dot) {
+      if (std::strncmp(key, kFlavour, static_cast<size_t>(dot - key)) != 0 || kFlavour[dot - key] != '\0') continue;
+      k = dot + 1;
+    }
+    if (std::strcmp(k, "max_block") == 0) g.max_block = val;
+    else if (std::strcmp(k, "min_bytes") == 0) g.min_bytes = val;
+  }
+  std::fclose(f);
+  logf(kInfo, "model %s: max_block=%lld min_bytes=%lld", path.c_str(), (long long)g.max_block,
+       (long long)g.min_bytes);
+}
+
+void configure() {
+  g.pack = env_bool("HAULER_INTERPOSE_PACK", true);
+  g.p2p = env_bool("HAULER_INTERPOSE_P2P", true);
+  g.coll = env_bool("HAULER_INTERPOSE_COLL", true);
+  std::string lv = env_str("HAULER_INTERPOSE_LOG");
+  static const char* names[] = {"debug", "info", "warning", "error", "critical"};
+  for (int i = 0; i < 5; ++i)
+    if (lv == names[i]) g.log = i;
+  g.report = env_str("HAULER_INTERPOSE_REPORT");
+  g.model = env_str("HAULER_INTERPOSE_MODEL");
+  if (!g.model.empty()) load_model(g.model);
+  // One packing thread per rank unless HAULER_THREADS says otherwise: ranks share the cores.
+  const char* t = std::getenv("HAULER_THREADS");
+  if (t == nullptr || *t == '\0') hauler::settings::set_override("HAULER_THREADS", 1);
+  g.on = env_bool("HAULER_INTERPOSE", true);
+}
+
+// ---------------------------------------------------------------- counters
+struct Stats {
+  std::atomic<int64_t> calls{0}, packed_msgs{0}, unpacked_msgs{0}, passthrough{0}, contiguous{0},
+      bytes_packed{0}, bytes_unpacked{0}, pack_ns{0}, types_decoded{0}, types_refused{0},
+      mpi_pack_calls{0}, coll_passthrough{0}, coll_packed{0};
+};
+Stats st;
+
+struct Timer {
+  Clock::time_point t0 = Clock::now();
+  ~Timer() {
+    st.pack_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+  }
+};
+
+// ---------------------------------------------------------------- type cache
+struct TypeInfo {
+  dt::Layout one;          // one element, offsets from the origin
+  int64_t size = 0;        // bytes of data per element
+  int64_t extent = 0;
+  int64_t mean_block = 0;  // bytes per contiguous run of one element
+  bool contiguous = false; // one dense run starting at 0 whose length is the extent
+  std::mutex mu;
+  int64_t last_count = -1;
+  std::shared_ptr<const dt::Plan> last_plan;
+
+  std::shared_ptr<const dt::Plan> plan(int64_t count) {
+    std::lock_guard<std::mutex> lk(mu);
+    if (count != last_count) {
+      last_plan = std::make_shared<const dt::Plan>(dt::make_plan(dt::repeat(one, count, extent)));
+      last_count = count;
+    }
+    return last_plan;
+  }
+};
+using TypeInfoRef = std::shared_ptr<TypeInfo>;
+
+std::mutex g_types_mu;
+std::unordered_map<MPI_Datatype, TypeInfoRef> g_types;
+std::vector<std::pair<MPI_Datatype, std::string>> g_named;
+
+void init_named() {
+  g_named = {
+      {MPI_BYTE, "byte"}, {MPI_CHAR, "char"}, {MPI_SIGNED_CHAR, "signed_char"},
+      {MPI_UNSIGNED_CHAR, "unsigned_char"}, {MPI_PACKED, "packed"}, {MPI_C_BOOL, "c_bool"},
+      {MPI_SHORT, "short"}, {MPI_UNSIGNED_SHORT, "unsigned_short"}, {MPI_INT, "int"},
+      {MPI_UNSIGNED, "unsigned"}, {MPI_LONG, "long"}, {MPI_UNSIGNED_LONG, "unsigned_long"},
+      {MPI_LONG_LONG, "long_long"}, {MPI_UNSIGNED_LONG_LONG, "unsigned_long_long"},
+      {MPI_WCHAR, "wchar"}, {MPI_INT8_T, "int8"}, {MPI_INT16_T, "int16"}, {MPI_INT32_T, "int32"},
+      {MPI_INT64_T, "int64"}, {MPI_UINT8_T, "uint8"}, {MPI_UINT16_T, "uint16"},
+      {MPI_UINT32_T, "uint32"}, {MPI_UINT64_T, "uint64"}, {MPI_AINT, "aint"},
+      {MPI_OFFSET, "offset"}, {MPI_COUNT, "count"}, {MPI_FLOAT, "float"}, {MPI_DOUBLE, "double"},
+      {MPI_LONG_DOUBLE, "long_double"}, {MPI_C_FLOAT_COMPLEX, "c_float_complex"},
+      {MPI_C_DOUBLE_COMPLEX, "c_double_complex"},
+      {MPI_C_LONG_DOUBLE_COMPLEX, "c_long_double_complex"}, {MPI_FLOAT_INT, "float_int"},
+      {MPI_DOUBLE_INT, "double_int"}, {MPI_LONG_INT, "long_int"}, {MPI_2INT, "2int"},
+      {MPI_SHORT_INT, "short_int"}, {MPI_LONG_DOUBLE_INT, "long_double_int"},
+  };
+}
+
+struct Refused {
+  std::string why;
+};
+
+dt::TypeRef with_library_bounds(dt::TypeRef node, MPI_Datatype t) {
+  MPI_Aint lb = 0, extent = 0;
+  PMPI_Type_get_extent(t, &lb, &extent);
+  int size = 0;
+  PMPI_Type_size(t, &size);
+  if (node->b.size != size)
+    throw Refused{"decoded size " + std::to_string(node->b.size) + " != library size " +
+                  std::to_string(size)};
+  return dt::with_bounds(node, lb, extent);
+}
+
+dt::TypeRef decode(MPI_Datatype t, int depth) {
+  if (depth > 64) throw Refused{"nesting deeper than 64"};
+  int ni = 0, na = 0, nt = 0, combiner = 0;
+  PMPI_Type_get_envelope(t, &ni, &na, &nt, &combiner);
+  if (combiner == MPI_COMBINER_NAMED) {
+    for (auto& p : g_named)
+      if (p.first == t) {
+        dt::TypeRef n = dt::named(p.second);
+        int size = 0;
+        PMPI_Type_size(t, &size);
+        if (n->b.size == size) return with_library_bounds(n, t);
+        break;
+      }
+    int size = 0;
+    PMPI_Type_size(t, &size);
+    return with_library_bounds(dt::contiguous(size, dt::named("byte")), t);
+  }
+  std::vector<int> ints(ni);
+  std::vector<MPI_Aint> addrs(na);
+  std::vector<MPI_Datatype> types(nt);
+  PMPI_Type_get_contents(t, ni, na, nt, ints.data(), addrs.data(), types.data());
+  std::vector<dt::TypeRef> olds;
+  std::string err;
+  try {
+    for (MPI_Datatype x : types) olds.push_back(decode(x, depth + 1));
+  } catch (...) {
+    err = "child";
+  }
+  for (MPI_Datatype x : types) {  // contents hand back new handles for derived types
+    int a, b, c, comb;
+    PMPI_Type_get_envelope(x, &a, &b, &c, &comb);
+    if (comb != MPI_COMBINER_NAMED) PMPI_Type_free(&x);
+  }
+  if (!err.empty()) throw Refused{"a member type cannot be decoded"};
+  auto I = [&](int i) -> int64_t { return ints.at(i); };
+  auto range = [&](int from, int n) {
+    std::vector<int64_t> v;
+    for (int i = 0; i < n; ++i) v.push_back(ints.at(from + i));
+    return v;
+  };
+  auto arange = [&](int from, int n) {
+    std::vector<int64_t> v;
+    for (int i = 0; i < n; ++i) v.push_back(addrs.at(from + i));
+    return v;
+  };
+  auto order = [&](int64_t o) { return o == MPI_ORDER_FORTRAN ? dt::Order::fortran : dt::Order::c; };
+  dt::TypeRef node;
+  switch (combiner) {
+    case MPI_COMBINER_DUP: node = dt::dup(olds.at(0)); break;
+    case MPI_COMBINER_CONTIGUOUS: node = dt::contiguous(I(0), olds.at(0)); break;
+    case MPI_COMBINER_VECTOR: node = dt::vector(I(0), I(1), I(2), olds.at(0)); break;
+    case MPI_COMBINER_HVECTOR: node = dt::hvector(I(0), I(1), addrs.at(0), olds.at(0)); break;
+    case MPI_COMBINER_INDEXED: {
+      int n = ints.at(0);
+      node = dt::indexed(range(1, n), range(1 + n, n), olds.at(0));
+      break;
+    }
+    case MPI_COMBINER_HINDEXED: {
+      int n = ints.at(0);
+      node = dt::hindexed(range(1, n), arange(0, n), olds.at(0));
+      break;
+    }
+    case MPI_COMBINER_INDEXED_BLOCK: node = dt::indexed_block(I(1), range(2, ints.at(0)), olds.at(0)); break;
+    case MPI_COMBINER_HINDEXED_BLOCK: node = dt::hindexed_block(I(1), arange(0, ints.at(0)), olds.at(0)); break;
+    case MPI_COMBINER_STRUCT: {
+      int n = ints.at(0);
+      node = dt::structure(range(1, n), arange(0, n), olds);
+      break;
+    }
+    case MPI_COMBINER_SUBARRAY: {
+      int n = ints.at(0);
+      node = dt::subarray(range(1, n), range(1 + n, n), range(1 + 2 * n, n), order(I(1 + 3 * n)), olds.at(0));
+      break;
+    }
+    case MPI_COMBINER_RESIZED: node = dt::resized(olds.at(0), addrs.at(0), addrs.at(1)); break;
+    default:
+      // darray (the libraries disagree with the standard in places), F90 types, ...: the
+      // library keeps these, so its own layout is used.
+      throw Refused{"combiner " + std::to_string(combiner) + " is left to the library"};
+  }
+  return with_library_bounds(node, t);
+}
+
+unsigned long long handle_bits(MPI_Datatype t) {
+  unsigned long long v = 0;
+  std::memcpy(&v, &t, sizeof t < sizeof v ? sizeof t : sizeof v);
+  return v;
+}
+
+void commit_type(MPI_Datatype t) {
+  auto info = std::make_shared<TypeInfo>();
+  try {
+    dt::TypeRef node = decode(t, 0);
+    info->one = dt::canonical(node);
+    info->size = node->b.size;
+    info->extent = node->b.extent();
+    int64_t nruns = static_cast<int64_t>(info->one.runs.size()) * std::max<int64_t>(1, info->one.repeats());
+    info->mean_block = nruns > 0 ? info->size / nruns : 0;
+    info->contiguous = info->one.empty() ||
+                       (info->one.strided() && info->one.dims.empty() && info->one.runs[0].offset == 0 &&
+                        info->one.runs[0].length == info->extent);
+    st.types_decoded++;
+  } catch (const Refused& r) {
+    st.types_refused++;
+    logf(kInfo, "type 0x%llx left to the library: %s", handle_bits(t), r.why.c_str());
+    return;
+  } catch (const std::exception& e) {
+    st.types_refused++;
+    logf(kInfo, "type 0x%llx left to the library: %s", handle_bits(t), e.what());
+    return;
+  }
+  std::lock_guard<std::mutex> lk(g_types_mu);
+  g_types[t] = info;
+}
+
+TypeInfoRef lookup(MPI_Datatype t) {
+  std::lock_guard<std::mutex> lk(g_types_mu);
+  if (g_types.empty()) return nullptr;
+  auto it = g_types.find(t);
+  return it == g_types.end() ? nullptr : it->second;
+}
+
+// ---------------------------------------------------------------- device buffers
+// A device pointer must never reach the host pack kernels. Device memory can only exist once the
+// process has loaded the CUDA driver, so the shim asks the driver about a buffer only when
+// libcuda is already loaded (dlopen RTLD_NOLOAD: the shim never loads or initializes CUDA
+// itself); device and managed buffers go to the (CUDA-aware) library unchanged.
+using CuPointerGetAttribute = int (*)(void*, int, unsigned long long);
+std::atomic<CuPointerGetAttribute> g_cu_attr{nullptr};
+std::atomic<int64_t> g_cu_probe{0};
+std::atomic<int64_t> g_device_passthrough{0};
+std::atomic<unsigned long long> g_seen_adds{~0ull};
+
+struct LoadScan {
+  unsigned long long adds = 0;
+  bool first_only = true;
+  bool found = false;
+};
+
+int load_scan(struct dl_phdr_info* info, size_t, void* data) {
+  auto* s = static_cast<LoadScan*>(data);
+  s->adds = info->dlpi_adds;
+  if (s->first_only) return 1;
+  if (info->dlpi_name && std::strstr(info->dlpi_name, "libcuda.so")) {
+    s->found = true;
+    return 1;
+  }
+  return 0;
+}
+
+// The driver's cuPointerGetAttribute once the program has loaded libcuda, else nullptr. Cheap
+// when nothing was loaded since the last look (dl_iterate_phdr's load counter; no file access:
+// dlopen(RTLD_NOLOAD) of a library that is not loaded searches the disk, ~20 us).
+CuPointerGetAttribute cuda_driver() {
+  CuPointerGetAttribute f = g_cu_attr.load(std::memory_order_acquire);
+  if (f != nullptr) return f;
+  LoadScan first;
+  dl_iterate_phdr(load_scan, &first);
+  if (first.adds == g_seen_adds.load(std::memory_order_relaxed)) return nullptr;
+  g_seen_adds.store(first.adds, std::memory_order_relaxed);
+  g_cu_probe.fetch_add(1, std::memory_order_relaxed);
+  LoadScan all;
+  all.first_only = false;
+  dl_iterate_phdr(load_scan, &all);
+  if (!all.found) return nullptr;
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+  if (h == nullptr) return nullptr;
+  f = reinterpret_cast<CuPointerGetAttribute>(dlsym(h, "cuPointerGetAttribute"));
+  if (f == nullptr) return nullptr;
+  g_cu_attr.store(f, std::memory_order_release);
+  logf(kInfo, "CUDA driver loaded by the program: device buffers are detected and passed through");
+  return f;
+}
+
+bool device_buffer(const void* p) {
+  CuPointerGetAttribute f = cuda_driver();
+  if (f == nullptr) return false;
+  unsigned int mem_type = 0, managed = 0;
+  const int kMemoryType = 2, kIsManaged = 8, kDevice = 2, kUnified = 4;
+  if (f(&mem_type, kMemoryType, reinterpret_cast<unsigned long long>(p)) != 0) return false;  // host memory
+  f(&managed, kIsManaged, reinterpret_cast<unsigned long long>(p));
+  return mem_type == kDevice || mem_type == kUnified || managed != 0;
+}
+
+// Decide whether a (buffer, count, type) message is packed by hauler. Returns the plan if so.
+std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep) {
+  if (count <= 0) return nullptr;
+  TypeInfoRef info = lookup(t);
+  if (!info) {
+    st.passthrough++;
+    return nullptr;
+  }
+  if (info->contiguous || info->size == 0) {
+    st.contiguous++;
+    return nullptr;
+  }
+  int64_t bytes = info->size * count;
+  if (info->mean_block > g.max_block || bytes < g.min_bytes) {
+    st.passthrough++;
+    return nullptr;
+  }
+  *keep = info;
+  return info->plan(count);
+}
+
+// choose() for a buffer: device buffers (see above) are never packed on the host.
+std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datatype t, TypeInfoRef* keep) {
+  auto plan = choose(count, t, keep);
+  if (plan && buf != nullptr && device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo)) {
+    g_device_passthrough++;
+    keep->reset();
+    return nullptr;
+  }
+  return plan;
+}
+
+// ---------------------------------------------------------------- staging buffers
+std::mutex g_pool_mu;
+std::multimap<size_t, void*> g_pool;
+size_t g_pool_bytes = 0;
+constexpr size_t kPoolMax = size_t(256) << 20;
+
+size_t size_class(size_t n) {
+  size_t c = 64;
+  while (c < n) c <<= 1;
+  return c;
+}
+
+void* buf_get(size_t n) {
+  size_t c = size_class(n);
+  {
+    std::lock_guard<std::mutex> lk(g_pool_mu);
+    auto it = g_pool.find(c);
+    if (it != g_pool.end()) {
+      void* p = it->second;
+      g_pool.erase(it);
+      g_pool_bytes -= c;
+      return p;
+    }
+  }
+  void* p = nullptr;
+  if (posix_memalign(&p, 64, c) != 0) return nullptr;
+  return p;
+}
+
+void buf_put(void* p, size_t n) {
+  if (!p) return;
+  size_t c = size_class(n);
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  if (g_pool_bytes + c > kPoolMax) {
+    std::free(p);
+    return;
+  }
+  g_pool.emplace(c, p);
+  g_pool_bytes += c;
+}
+
+// ---------------------------------------------------------------- requests
+struct Pending {
+  bool recv = false;
+  void* buf = nullptr;  // staging
+  size_t bytes = 0;
+  void* origin = nullptr;
+  std::shared_ptr<const dt::Plan> plan;
+  TypeInfoRef type;  // keeps the type alive even if the application frees it
+  bool unpacked = false;  // already unpacked (MPI_Request_get_status saw it complete)
+};
+
+std::mutex g_req_mu;
+std::unordered_map<MPI_Request, Pending> g_reqs;
+std::atomic<int64_t> g_nreqs{0};
+std::vector<MPI_Request> g_orphans;  // freed by the application, completed by us
+
+void remember(MPI_Request r, Pending p) {
+  std::lock_guard<std::mutex> lk(g_req_mu);
+  g_reqs[r] = std::move(p);
+  g_nreqs++;
+}
+
+bool take(MPI_Request r, Pending* out) {
+  if (g_nreqs.load(std::memory_order_relaxed) == 0 || r == MPI_REQUEST_NULL) return false;
+  std::lock_guard<std::mutex> lk(g_req_mu);
+  auto it = g_reqs.find(r);
+  if (it == g_reqs.end()) return false;
+  *out = std::move(it->second);
+  g_reqs.erase(it);
+  g_nreqs--;
+  return true;
+}
+
+bool ours(MPI_Request r) {
+  if (g_nreqs.load(std::memory_order_relaxed) == 0 || r == MPI_REQUEST_NULL) return false;
+  std::lock_guard<std::mutex> lk(g_req_mu);
+  return g_reqs.count(r) != 0;
+}
+
+// Unpacks what arrived (the byte count in the status) into the application's buffer.
+void finish(Pending& p, MPI_Status* status) {
+  if (p.recv && !p.unpacked) {
+    int cancelled = 0;
+    PMPI_Test_cancelled(status, &cancelled);
+    int got = 0;
+    if (!cancelled && PMPI_Get_count(status, MPI_BYTE, &got) == MPI_SUCCESS && got != MPI_UNDEFINED &&
+        got > 0) {
+      int64_t n = std::min<int64_t>(got, p.plan->total);
+      Timer tm;
+      dt::unpack(*p.plan, p.origin, p.buf, 0, n);
+      st.bytes_unpacked += n;
+      st.unpacked_msgs++;
+    }
+  }
+  buf_put(p.buf, p.bytes);
+  p.buf = nullptr;
+}
+
+void finish_request(MPI_Request real, MPI_Status* status) {
+  Pending p;
+  if (take(real, &p)) finish(p, status);
+}
+
+// Requests the application freed: completed here as calls go by and at MPI_Finalize.
+void progress_orphans(bool block) {
+  std::vector<MPI_Request> mine;
+  {
+    std::lock_guard<std::mutex> lk(g_req_mu);
+    if (g_orphans.empty()) return;
+    mine.swap(g_orphans);
+  }
+  std::vector<MPI_Request> left;
+  for (MPI_Request r : mine) {
+    MPI_Request h = r;
+    MPI_Status s;
+    int flag = 0;
+    if (block) {
+      PMPI_Wait(&h, &s);
+      flag = 1;
+    } else {
+      PMPI_Test(&h, &flag, &s);
+    }
+    if (flag) finish_request(r, &s);
+    else left.push_back(r);
+  }
+  std::lock_guard<std::mutex> lk(g_req_mu);
+  g_orphans.insert(g_orphans.end(), left.begin(), left.end());
+}
+
+// ---------------------------------------------------------------- point to point
+using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
+
+int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
+  st.calls++;
+  TypeInfoRef info;
+  auto plan = choose_buf(buf, count, t, &info);
+  if (!plan || dest == MPI_PROC_NULL || plan->total > INT32_MAX) return fn(buf, count, t, dest, tag, comm);
+  size_t n = static_cast<size_t>(plan->total);
+  void* stage = buf_get(n);
+  if (!stage) return fn(buf, count, t, dest, tag, comm);
+  {
+    Timer tm;
+    dt::pack(*plan, buf, stage, 0, plan->total);
+  }
+  st.packed_msgs++;
+  st.bytes_packed += plan->total;
+  int rc = fn(stage, static_cast<int>(n), MPI_BYTE, dest, tag, comm);
+  buf_put(stage, n);
+  return rc;
+}
+
+bool fits_int(const dt::Plan& p) { return p.total <= INT32_MAX; }
+
+int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
+  st.calls++;
+  TypeInfoRef info;
+  auto plan = choose_buf(buf, count, t, &info);
+  if (!plan || source == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
+  Pending p;
+  p.recv = true;
+  p.bytes = static_cast<size_t>(plan->total);
+  p.buf = buf_get(p.bytes);
+  if (!p.buf) return PMPI_Recv(buf, count, t, source, tag, comm, status);
+  p.origin = buf;
+  p.plan = plan;
+  p.type = info;
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Recv(p.buf, static_cast<int>(p.bytes), MPI_BYTE, source, tag, comm, s);
+  finish(p, s);
+  return rc;
+}
+
+int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
+  st.calls++;
+  TypeInfoRef info;
+  auto plan = choose_buf(buf, count, t, &info);
+  if (!plan || dest == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
+  Pending p;
+  p.bytes = static_cast<size_t>(plan->total);
+  p.buf = buf_get(p.bytes);
+  if (!p.buf) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
+  {
+    Timer tm;
+    dt::pack(*plan, buf, p.buf, 0, plan->total);
+  }
+  st.packed_msgs++;
+  st.bytes_packed += plan->total;
+  int rc = PMPI_Isend(p.buf, static_cast<int>(p.bytes), MPI_BYTE, dest, tag, comm, req);
+  if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) {
+    buf_put(p.buf, p.bytes);
+    return rc;
+  }
+  remember(*req, std::move(p));
+  return rc;
+}
+
+int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
+  st.calls++;
+  TypeInfoRef info;
+  auto plan = choose_buf(buf, count, t, &info);
+  if (!plan || source == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  Pending p;
+  p.recv = true;
+  p.bytes = static_cast<size_t>(plan->total);
+  p.buf = buf_get(p.bytes);
+  if (!p.buf) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  p.origin = buf;
+  p.plan = plan;
+  p.type = info;
+  int rc = PMPI_Irecv(p.buf, static_cast<int>(p.bytes), MPI_BYTE, source, tag, comm, req);
+  if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) {
+    buf_put(p.buf, p.bytes);
+    return rc;
+  }
+  remember(*req, std::move(p));
+  return rc;
+}
+
+int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int stag, void* rbuf, int rcount,
+             MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status) {
+  st.calls++;
+  TypeInfoRef si, ri;
+  auto sp = choose_buf(sbuf, scount, stype, &si);
+  auto rp = choose_buf(rbuf, rcount, rtype, &ri);
+  if ((!sp && !rp) || (sp && !fits_int(*sp)) || (rp && !fits_int(*rp)))
+    return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
+  void* sstage = nullptr;
+  size_t sn = 0;
+  const void* sb = sbuf;
+  int sc = scount;
+  MPI_Datatype stp = stype;
+  if (sp && dest != MPI_PROC_NULL) {
+    sn = static_cast<size_t>(sp->total);
+    sstage = buf_get(sn);
+    if (sstage) {
+      Timer tm;
+      dt::pack(*sp, sbuf, sstage, 0, sp->total);
+      st.packed_msgs++;
+      st.bytes_packed += sp->total;
+      sb = sstage;
+      sc = static_cast<int>(sn);
+      stp = MPI_BYTE;
+    }
+  }
+  Pending p;
+  void* rb = rbuf;
+  int rc_ = rcount;
+  MPI_Datatype rtp = rtype;
+  if (rp && source != MPI_PROC_NULL) {
+    p.recv = true;
+    p.bytes = static_cast<size_t>(rp->total);
+    p.buf = buf_get(p.bytes);
+    if (p.buf) {
+      p.origin = rbuf;
+      p.plan = rp;
+      p.type = ri;
+      rb = p.buf;
+      rc_ = static_cast<int>(p.bytes);
+      rtp = MPI_BYTE;
+    }
+  }
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Sendrecv(sb, sc, stp, dest, stag, rb, rc_, rtp, source, rtag, comm, s);
+  if (p.buf) finish(p, s);
+  if (sstage) buf_put(sstage, sn);
+  return rc;
+}
+
+// ---------------------------------------------------------------- completion
+int wait(MPI_Request* req, MPI_Status* status) {
+  progress_orphans(false);
+  MPI_Request r = *req;
+  if (!ours(r)) return PMPI_Wait(req, status);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Wait(req, s);
+  finish_request(r, s);
+  return rc;
+}
+
+int test(MPI_Request* req, int* flag, MPI_Status* status) {
+  progress_orphans(false);
+  MPI_Request r = *req;
+  if (!ours(r)) return PMPI_Test(req, flag, status);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Test(req, flag, s);
+  if (*flag) finish_request(r, s);
+  return rc;
+}
+
+bool any_ours(int n, const MPI_Request* reqs) {
+  if (g_nreqs.load(std::memory_order_relaxed) == 0) return false;
+  std::lock_guard<std::mutex> lk(g_req_mu);
+  for (int i = 0; i < n; ++i)
+    if (reqs[i] != MPI_REQUEST_NULL && g_reqs.count(reqs[i])) return true;
+  return false;
+}
+
+// After a call that completed all of `before` (Waitall, Testall with flag).
+void finish_all(int n, const std::vector<MPI_Request>& before, MPI_Status* statuses, int rc) {
+  for (int i = 0; i < n; ++i) {
+    MPI_Status* s = &statuses[i];
+    if (rc == MPI_ERR_IN_STATUS && s->MPI_ERROR == MPI_ERR_PENDING) continue;
+    finish_request(before[i], s);
+  }
+}
+
+int waitall(int n, MPI_Request* reqs, MPI_Status* statuses) {
+  progress_orphans(false);
+  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitall(n, reqs, statuses);
+  std::vector<MPI_Request> before(reqs, reqs + n);
+  std::vector<MPI_Status> local;
+  MPI_Status* s = statuses;
+  if (statuses == MPI_STATUSES_IGNORE) {
+    local.resize(n);
+    s = local.data();
+  }
+  int rc = PMPI_Waitall(n, reqs, s);
+  finish_all(n, before, s, rc);
+  return rc;
+}
+
+int testall(int n, MPI_Request* reqs, int* flag, MPI_Status* statuses) {
+  progress_orphans(false);
+  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testall(n, reqs, flag, statuses);
+  std::vector<MPI_Request> before(reqs, reqs + n);
+  std::vector<MPI_Status> local;
+  MPI_Status* s = statuses;
+  if (statuses == MPI_STATUSES_IGNORE) {
+    local.resize(n);
+    s = local.data();
+  }
+  int rc = PMPI_Testall(n, reqs, flag, s);
+  if (*flag) finish_all(n, before, s, rc);
+  return rc;
+}
+
+int waitany(int n, MPI_Request* reqs, int* index, MPI_Status* status) {
+  progress_orphans(false);
+  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitany(n, reqs, index, status);
+  std::vector<MPI_Request> before(reqs, reqs + n);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Waitany(n, reqs, index, s);
+  if (*index != MPI_UNDEFINED && *index >= 0 && *index < n) finish_request(before[*index], s);
+  return rc;
+}
+
+int testany(int n, MPI_Request* reqs, int* index, int* flag, MPI_Status* status) {
+  progress_orphans(false);
+  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testany(n, reqs, index, flag, status);
+  std::vector<MPI_Request> before(reqs, reqs + n);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Testany(n, reqs, index, flag, s);
+  if (*flag && *index != MPI_UNDEFINED && *index >= 0 && *index < n) finish_request(before[*index], s);
+  return rc;
+}
+
+template <typename F>
+int some(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses, F call) {
+  std::vector<MPI_Request> before(reqs, reqs + n);
+  std::vector<MPI_Status> local;
+  MPI_Status* s = statuses;
+  if (statuses == MPI_STATUSES_IGNORE) {
+    local.resize(n);
+    s = local.data();
+  }
+  int rc = call(s);
+  if (*outcount != MPI_UNDEFINED)
+    for (int k = 0; k < *outcount; ++k) {
+      int i = indices[k];
+      if (rc == MPI_ERR_IN_STATUS && s[k].MPI_ERROR == MPI_ERR_PENDING) continue;
+      if (i >= 0 && i < n) finish_request(before[i], &s[k]);
+    }
+  return rc;
+}
+
+int waitsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
+  progress_orphans(false);
+  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitsome(n, reqs, outcount, indices, statuses);
+  return some(n, reqs, outcount, indices, statuses,
+              [&](MPI_Status* s) { return PMPI_Waitsome(n, reqs, outcount, indices, s); });
+}
+
+int testsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
+  progress_orphans(false);
+  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testsome(n, reqs, outcount, indices, statuses);
+  return some(n, reqs, outcount, indices, statuses,
+              [&](MPI_Status* s) { return PMPI_Testsome(n, reqs, outcount, indices, s); });
+}
+
+// MPI_Request_get_status completes nothing, but once it says "done" the application may read
+// its buffer: unpack then (once), and keep the record for the call that frees the request.
+int request_get_status(MPI_Request req, int* flag, MPI_Status* status) {
+  if (!ours(req)) return PMPI_Request_get_status(req, flag, status);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Request_get_status(req, flag, s);
+  if (rc == MPI_SUCCESS && *flag) {
+    std::lock_guard<std::mutex> lk(g_req_mu);
+    auto it = g_reqs.find(req);
+    if (it != g_reqs.end() && it->second.recv && !it->second.unpacked) {
+      Pending& p = it->second;
+      int cancelled = 0, got = 0;
+      PMPI_Test_cancelled(s, &cancelled);
+      if (!cancelled && PMPI_Get_count(s, MPI_BYTE, &got) == MPI_SUCCESS && got != MPI_UNDEFINED && got > 0) {
+        int64_t n = std::min<int64_t>(got, p.plan->total);
+        Timer tm;
+        dt::unpack(*p.plan, p.origin, p.buf, 0, n);
+        st.bytes_unpacked += n;
+        st.unpacked_msgs++;
+      }
+      p.unpacked = true;
+    }
+  }
+  return rc;
+}
+
+int request_free(MPI_Request* req) {
+  MPI_Request r = *req;
+  if (!ours(r)) return PMPI_Request_free(req);
+  // The library must not free a request whose completion we still have to act on (unpack,
+  // staging buffer): keep the real handle and complete it ourselves later.
+  {
+    std::lock_guard<std::mutex> lk(g_req_mu);
+    g_orphans.push_back(r);
+  }
+  *req = MPI_REQUEST_NULL;
+  return MPI_SUCCESS;
+}
+
+// ---------------------------------------------------------------- MPI_Pack / MPI_Unpack
+int pack(const void* in, int incount, MPI_Datatype t, void* out, int outsize, int* position, MPI_Comm comm) {
+  st.calls++;
+  TypeInfoRef info;
+  if (incount <= 0 || position == nullptr || out == nullptr) return PMPI_Pack(in, incount, t, out, outsize, position, comm);
+  auto plan = choose_buf(in, incount, t, &info);
+  if (!plan || *position < 0 || int64_t(*position) + plan->total > int64_t(outsize))
+    return PMPI_Pack(in, incount, t, out, outsize, position, comm);
+  {
+    Timer tm;
+    dt::pack(*plan, in, static_cast<uint8_t*>(out) + *position, 0, plan->total);
+  }
+  st.mpi_pack_calls++;
+  st.bytes_packed += plan->total;
+  *position += static_cast<int>(plan->total);
+  return MPI_SUCCESS;
+}
+
+int unpack(const void* in, int insize, int* position, void* out, int outcount, MPI_Datatype t, MPI_Comm comm) {
+  st.calls++;
+  TypeInfoRef info;
+  if (outcount <= 0 || position == nullptr || in == nullptr) return PMPI_Unpack(in, insize, position, out, outcount, t, comm);
+  auto plan = choose_buf(out, outcount, t, &info);
+  if (!plan || *position < 0 || int64_t(*position) + plan->total > int64_t(insize))
+    return PMPI_Unpack(in, insize, position, out, outcount, t, comm);
+  {
+    Timer tm;
+    dt::unpack(*plan, out, static_cast<const uint8_t*>(in) + *position, 0, plan->total);
+  }
+  st.mpi_pack_calls++;
+  st.bytes_unpacked += plan->total;
+  *position += static_cast<int>(plan->total);
+  return MPI_SUCCESS;
+}
+
+// ---------------------------------------------------------------- collectives
+// Alltoallv/w and their neighbour forms: every peer piece whose type hauler packs travels as
+// bytes in a staging buffer, described to the library by a one-block hindexed MPI_BYTE type
+// whose 64-bit displacement reaches the staging buffer from the application's base address;
+// the other pieces keep their own (count, type, displacement). The call becomes one
+// Alltoallw / Neighbor_alltoallw. Each side chooses per piece; the byte counts agree with the
+// type signatures, which is all homogeneous Open MPI and MPICH runs need. MPI_IN_PLACE,
+// intercommunicators, Cartesian neighbourhoods (MPI_PROC_NULL neighbours) and displacements that
+// do not fit the call go to the library unchanged.
+struct Piece {
+  int count;
+  MPI_Datatype type;
+  MPI_Aint disp;  // bytes from the base buffer
+};
+
+struct CollSide {
+  std::vector<std::shared_ptr<const dt::Plan>> plans;
+  std::vector<TypeInfoRef> keep;
+  std::vector<int64_t> off;
+  int64_t total = 0;
+  void* stage = nullptr;
+  bool any = false;
+};
+
+void coll_choose(const void* base, const std::vector<Piece>& ps, CollSide& side) {
+  side.plans.resize(ps.size());
+  side.keep.resize(ps.size());
+  side.off.assign(ps.size(), 0);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    side.plans[i] = choose_buf(static_cast<const uint8_t*>(base) + ps[i].disp, ps[i].count, ps[i].type, &side.keep[i]);
+    if (side.plans[i] && side.plans[i]->total <= INT32_MAX) {
+      side.off[i] = side.total;
+      side.total += (side.plans[i]->total + 63) / 64 * 64;
+      side.any = true;
+    } else {
+      side.plans[i] = nullptr;
+    }
+  }
+}
+
+// Types for a w-form call: packed pieces become a byte block in the staging buffer.
+bool coll_types(const std::vector<Piece>& ps, CollSide& side, const void* base, std::vector<int>& counts,
+                std::vector<MPI_Aint>& disps, std::vector<MPI_Datatype>& types, std::vector<MPI_Datatype>& made) {
+  size_t n = ps.size();
+  counts.resize(n);
+  disps.resize(n);
+  types.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (!side.plans[i]) {
+      counts[i] = ps[i].count;
+      disps[i] = ps[i].disp;
+      types[i] = ps[i].type;
+      continue;
+    }
+    MPI_Aint d = static_cast<MPI_Aint>(reinterpret_cast<intptr_t>(static_cast<uint8_t*>(side.stage) + side.off[i]) -
+                                       reinterpret_cast<intptr_t>(base));
+    MPI_Datatype t;
+    if (PMPI_Type_create_hindexed_block(1, static_cast<int>(side.plans[i]->total), &d, MPI_BYTE, &t) != MPI_SUCCESS)
+      return false;
+    PMPI_Type_commit(&t);
+    made.push_back(t);
+    counts[i] = 1;
+    disps[i] = 0;
+    types[i] = t;
+  }
+  return true;
+}
+
+template <typename Fwd>
+int coll_exchange(bool neighbor, MPI_Comm comm, const void* sbuf, const std::vector<Piece>& sp, void* rbuf,
+                  const std::vector<Piece>& rp, Fwd forward) {
+  CollSide s, r;
+  coll_choose(sbuf, sp, s);
+  coll_choose(rbuf, rp, r);
+  if (!s.any && !r.any) {
+    st.coll_passthrough++;
+    return forward();
+  }
+  if (!neighbor) {  // Alltoallw takes int displacements
+    for (size_t i = 0; i < sp.size(); ++i)
+      if (!s.plans[i] && (sp[i].disp > INT32_MAX || sp[i].disp < INT32_MIN)) { st.coll_passthrough++; return forward(); }
+    for (size_t i = 0; i < rp.size(); ++i)
+      if (!r.plans[i] && (rp[i].disp > INT32_MAX || rp[i].disp < INT32_MIN)) { st.coll_passthrough++; return forward(); }
+  }
+  s.stage = s.total ? buf_get(s.total) : nullptr;
+  r.stage = r.total ? buf_get(r.total) : nullptr;
+  if ((s.total && !s.stage) || (r.total && !r.stage)) {
+    buf_put(s.stage, s.total);
+    buf_put(r.stage, r.total);
+    st.coll_passthrough++;
+    return forward();
+  }
+  {
+    Timer tm;
+    for (size_t i = 0; i < sp.size(); ++i)
+      if (s.plans[i]) {
+        dt::pack(*s.plans[i], static_cast<const uint8_t*>(sbuf) + sp[i].disp, static_cast<uint8_t*>(s.stage) + s.off[i],
+                 0, s.plans[i]->total);
+        st.bytes_packed += s.plans[i]->total;
+      }
+  }
+  std::vector<int> sc, rc;
+  std::vector<MPI_Aint> sd, rd;
+  std::vector<MPI_Datatype> stp, rtp, made;
+  int rc_ = MPI_ERR_INTERN;
+  if (coll_types(sp, s, sbuf, sc, sd, stp, made) && coll_types(rp, r, rbuf, rc, rd, rtp, made)) {
+    if (neighbor) {
+      rc_ = PMPI_Neighbor_alltoallw(sbuf, sc.data(), sd.data(), stp.data(), rbuf, rc.data(), rd.data(), rtp.data(), comm);
+    } else {
+      std::vector<int> sdi(sd.begin(), sd.end()), rdi(rd.begin(), rd.end());
+      rc_ = PMPI_Alltoallw(sbuf, sc.data(), sdi.data(), stp.data(), rbuf, rc.data(), rdi.data(), rtp.data(), comm);
+    }
+    if (rc_ == MPI_SUCCESS) {
+      Timer tm;
+      for (size_t i = 0; i < rp.size(); ++i)
+        if (r.plans[i]) {
+          dt::unpack(*r.plans[i], static_cast<uint8_t*>(rbuf) + rp[i].disp, static_cast<uint8_t*>(r.stage) + r.off[i], 0,
+                     r.plans[i]->total);
+          st.bytes_unpacked += r.plans[i]->total;
+        }
+    }
+    st.coll_packed++;
+  } else {
+    rc_ = forward();
+    st.coll_passthrough++;
+  }
+  for (MPI_Datatype& t : made) PMPI_Type_free(&t);
+  buf_put(s.stage, s.total);
+  buf_put(r.stage, r.total);
+  return rc_;
+}
+
+bool plain_intracomm(MPI_Comm comm) {
+  int inter = 0;
+  if (PMPI_Comm_test_inter(comm, &inter) != MPI_SUCCESS) return false;
+  return !inter;
+}
+
+// In- and out-degree of a graph or distributed-graph communicator; false otherwise.
+bool neighbours(MPI_Comm comm, int* indeg, int* outdeg) {
+  int topo = MPI_UNDEFINED;
+  if (PMPI_Topo_test(comm, &topo) != MPI_SUCCESS) return false;
+  if (topo == MPI_DIST_GRAPH) {
+    int w = 0;
+    return PMPI_Dist_graph_neighbors_count(comm, indeg, outdeg, &w) == MPI_SUCCESS;
+  }
+  if (topo == MPI_GRAPH) {
+    int rank = 0, n = 0;
+    PMPI_Comm_rank(comm, &rank);
+    if (PMPI_Graph_neighbors_count(comm, rank, &n) != MPI_SUCCESS) return false;
+    *indeg = *outdeg = n;
+    return true;
+  }
+  return false;  // Cartesian: MPI_PROC_NULL neighbours; left to the library
+}
+
+MPI_Aint extent_of(MPI_Datatype t) {
+  MPI_Aint lb = 0, ext = 0;
+  PMPI_Type_get_extent(t, &lb, &ext);
+  return ext;
+}
+
+int alltoallv(const void* sbuf, const int* scounts, const int* sdispls, MPI_Datatype stype, void* rbuf,
+              const int* rcounts, const int* rdispls, MPI_Datatype rtype, MPI_Comm comm, bool neighbor) {
+  st.calls++;
+  auto fwd = [&]() {
+    return neighbor ? PMPI_Neighbor_alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm)
+                    : PMPI_Alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
+  };
+  int ns = 0, nr = 0;
+  bool ok = g.coll && sbuf != MPI_IN_PLACE && plain_intracomm(comm);
+  if (ok && neighbor) ok = neighbours(comm, &nr, &ns);
+  if (ok && !neighbor) {
+    ok = PMPI_Comm_size(comm, &ns) == MPI_SUCCESS;
+    nr = ns;
+  }
+  if (!ok) {
+    st.coll_passthrough++;
+    return fwd();
+  }
+  MPI_Aint se = extent_of(stype), re = extent_of(rtype);
+  std::vector<Piece> sp(ns), rp(nr);
+  for (int i = 0; i < ns; ++i) sp[i] = Piece{scounts[i], stype, static_cast<MPI_Aint>(sdispls[i]) * se};
+  for (int i = 0; i < nr; ++i) rp[i] = Piece{rcounts[i], rtype, static_cast<MPI_Aint>(rdispls[i]) * re};
+  return coll_exchange(neighbor, comm, sbuf, sp, rbuf, rp, fwd);
+}
+
+int alltoallw(const void* sbuf, const int* scounts, const MPI_Aint* sdA, const int* sdI, const MPI_Datatype* stypes,
+              void* rbuf, const int* rcounts, const MPI_Aint* rdA, const int* rdI, const MPI_Datatype* rtypes,
+              MPI_Comm comm, bool neighbor) {
+  st.calls++;
+  auto fwd = [&]() {
+    return neighbor ? PMPI_Neighbor_alltoallw(sbuf, scounts, sdA, stypes, rbuf, rcounts, rdA, rtypes, comm)
+                    : PMPI_Alltoallw(sbuf, scounts, sdI, stypes, rbuf, rcounts, rdI, rtypes, comm);
+  };
+  int ns = 0, nr = 0;
+  bool ok = g.coll && sbuf != MPI_IN_PLACE && plain_intracomm(comm);
+  if (ok && neighbor) ok = neighbours(comm, &nr, &ns);
+  if (ok && !neighbor) {
+    ok = PMPI_Comm_size(comm, &ns) == MPI_SUCCESS;
+    nr = ns;
+  }
+  if (!ok) {
+    st.coll_passthrough++;
+    return fwd();
+  }
+  std::vector<Piece> sp(ns), rp(nr);
+  for (int i = 0; i < ns; ++i) sp[i] = Piece{scounts[i], stypes[i], neighbor ? sdA[i] : static_cast<MPI_Aint>(sdI[i])};
+  for (int i = 0; i < nr; ++i) rp[i] = Piece{rcounts[i], rtypes[i], neighbor ? rdA[i] : static_cast<MPI_Aint>(rdI[i])};
+  return coll_exchange(neighbor, comm, sbuf, sp, rbuf, rp, fwd);
+}
+
+}  // namespace shim
+
+// ==================================================================== entry points
+using namespace shim;
+
+HAULER_EXPORT int MPI_Init(int* argc, char*** argv) {
+  int rc = PMPI_Init(argc, argv);
+  if (rc == MPI_SUCCESS) {
+    PMPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    init_named();
+    configure();
+    if (g.on) logf(kInfo, "active (pack=%d p2p=%d coll=%d)", g.pack, g.p2p, g.coll);
+  }
+  return rc;
+}
+
+HAULER_EXPORT int MPI_Init_thread(int* argc, char*** argv, int required, int* provided) {
+  int rc = PMPI_Init_thread(argc, argv, required, provided);
+  if (rc == MPI_SUCCESS) {
+    PMPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    init_named();
+    configure();
+    if (g.on) logf(kInfo, "active (pack=%d p2p=%d coll=%d)", g.pack, g.p2p, g.coll);
+  }
+  return rc;
+}
+
+static void write_report() {
+  if (g.report.empty() || g.report == "0") return;
+  std::string path = g.report;
+  FILE* f = stderr;
+  bool close = false;
+  if (path != "1" && path != "stderr") {
+    size_t at = path.find("%r");
+    if (at != std::string::npos) path.replace(at, 2, std::to_string(g_rank));
+    f = std::fopen(path.c_str(), "a");
+    if (!f) {
+      logf(kError, "HAULER_INTERPOSE_REPORT=%s cannot be written", path.c_str());
+      return;
+    }
+    close = true;
+  }
+  std::fprintf(f,
+               "hauler-interpose rank %d: calls=%lld packed_msgs=%lld unpacked_msgs=%lld bytes_packed=%lld "
+               "bytes_unpacked=%lld pack_ms=%.3f passthrough=%lld contiguous=%lld mpi_pack=%lld "
+               "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
+               "cuda_driver=%d\n",
+               g_rank, (long long)st.calls.load(), (long long)st.packed_msgs.load(),
+               (long long)st.unpacked_msgs.load(), (long long)st.bytes_packed.load(),
+               (long long)st.bytes_unpacked.load(), st.pack_ns.load() / 1e6, (long long)st.passthrough.load(),
+               (long long)st.contiguous.load(), (long long)st.mpi_pack_calls.load(),
+               (long long)st.coll_packed.load(), (long long)st.coll_passthrough.load(),
+               (long long)st.types_decoded.load(), (long long)st.types_refused.load(),
+               (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0);
+  if (close) std::fclose(f);
+}
+
+HAULER_EXPORT int MPI_Finalize(void) {
+  if (g.on) {
+    progress_orphans(true);
+    write_report();
+  }
+  g.on = false;
+  return PMPI_Finalize();
+}
+
+HAULER_EXPORT int MPI_Type_commit(MPI_Datatype* t) {
+  int rc = PMPI_Type_commit(t);
+  if (g.on && rc == MPI_SUCCESS && t) commit_type(*t);
+  return rc;
+}
+
+HAULER_EXPORT int MPI_Type_free(MPI_Datatype* t) {
+  if (g.on && t) {
+    std::lock_guard<std::mutex> lk(g_types_mu);
+    g_types.erase(*t);
+  }
+  return PMPI_Type_free(t);
+}
+
+HAULER_EXPORT int MPI_Pack(const void* in, int incount, MPI_Datatype t, void* out, int outsize, int* position,
+                           MPI_Comm comm) {
+  if (!g.on || !g.pack) return PMPI_Pack(in, incount, t, out, outsize, position, comm);
+  return shim::pack(in, incount, t, out, outsize, position, comm);
+}
+
+HAULER_EXPORT int MPI_Unpack(const void* in, int insize, int* position, void* out, int outcount, MPI_Datatype t,
+                             MPI_Comm comm) {
+  if (!g.on || !g.pack) return PMPI_Unpack(in, insize, position, out, outcount, t, comm);
+  return shim::unpack(in, insize, position, out, outcount, t, comm);
+}
+
+HAULER_EXPORT int MPI_Pack_size(int incount, MPI_Datatype t, MPI_Comm comm, int* size) {
+  // The library's own answer: its packed format is the bytes hauler writes.
+  return PMPI_Pack_size(incount, t, comm, size);
+}
+
+HAULER_EXPORT int MPI_Send(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
+  if (!g.on || !g.p2p) return PMPI_Send(buf, count, t, dest, tag, comm);
+  return send_common(PMPI_Send, buf, count, t, dest, tag, comm);
+}
+
+HAULER_EXPORT int MPI_Ssend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
+  if (!g.on || !g.p2p) return PMPI_Ssend(buf, count, t, dest, tag, comm);
+  return send_common(PMPI_Ssend, buf, count, t, dest, tag, comm);
+}
+
+HAULER_EXPORT int MPI_Bsend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
+  if (!g.on || !g.p2p) return PMPI_Bsend(buf, count, t, dest, tag, comm);
+  return send_common(PMPI_Bsend, buf, count, t, dest, tag, comm);
+}
+
+HAULER_EXPORT int MPI_Rsend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
+  if (!g.on || !g.p2p) return PMPI_Rsend(buf, count, t, dest, tag, comm);
+  return send_common(PMPI_Rsend, buf, count, t, dest, tag, comm);
+}
+
+HAULER_EXPORT int MPI_Recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm,
+                           MPI_Status* status) {
+  if (!g.on || !g.p2p) return PMPI_Recv(buf, count, t, source, tag, comm, status);
+  return shim::recv(buf, count, t, source, tag, comm, status);
+}
+
+HAULER_EXPORT int MPI_Sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int stag, void* rbuf,
+                               int rcount, MPI_Datatype rtype, int source, int rtag, MPI_Comm comm,
+                               MPI_Status* status) {
+  if (!g.on || !g.p2p)
+    return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
+  return shim::sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
+}
+
+HAULER_EXPORT int MPI_Isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm,
+                            MPI_Request* req) {
+  if (!g.on || !g.p2p) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
+  return shim::isend(buf, count, t, dest, tag, comm, req);
+}
+
+HAULER_EXPORT int MPI_Irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm,
+                            MPI_Request* req) {
+  if (!g.on || !g.p2p) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  return shim::irecv(buf, count, t, source, tag, comm, req);
+}
+
+// Completion calls stay active even if HAULER_INTERPOSE_P2P is off: a request of ours must
+// always be finished. They cost one atomic load when no request of the shim is pending.
+HAULER_EXPORT int MPI_Wait(MPI_Request* req, MPI_Status* status) {
+  if (!g.on) return PMPI_Wait(req, status);
+  return shim::wait(req, status);
+}
+
+HAULER_EXPORT int MPI_Test(MPI_Request* req, int* flag, MPI_Status* status) {
+  if (!g.on) return PMPI_Test(req, flag, status);
+  return shim::test(req, flag, status);
+}
+
+HAULER_EXPORT int MPI_Waitall(int n, MPI_Request* reqs, MPI_Status* statuses) {
+  if (!g.on) return PMPI_Waitall(n, reqs, statuses);
+  return shim::waitall(n, reqs, statuses);
+}
+
+HAULER_EXPORT int MPI_Testall(int n, MPI_Request* reqs, int* flag, MPI_Status* statuses) {
+  if (!g.on) return PMPI_Testall(n, reqs, flag, statuses);
+  return shim::testall(n, reqs, flag, statuses);
+}
+
+HAULER_EXPORT int MPI_Waitany(int n, MPI_Request* reqs, int* index, MPI_Status* status) {
+  if (!g.on) return PMPI_Waitany(n, reqs, index, status);
+  return shim::waitany(n, reqs, index, status);
+}
+
+HAULER_EXPORT int MPI_Testany(int n, MPI_Request* reqs, int* index, int* flag, MPI_Status* status) {
+  if (!g.on) return PMPI_Testany(n, reqs, index, flag, status);
+  return shim::testany(n, reqs, index, flag, status);
+}
+
+HAULER_EXPORT int MPI_Waitsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
+  if (!g.on) return PMPI_Waitsome(n, reqs, outcount, indices, statuses);
+  return shim::waitsome(n, reqs, outcount, indices, statuses);
+}
+
+HAULER_EXPORT int MPI_Testsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
+  if (!g.on) return PMPI_Testsome(n, reqs, outcount, indices, statuses);
+  return shim::testsome(n, reqs, outcount, indices, statuses);
+}
+
+HAULER_EXPORT int MPI_Request_free(MPI_Request* req) {
+  if (!g.on) return PMPI_Request_free(req);
+  return shim::request_free(req);
+}
+
+HAULER_EXPORT int MPI_Request_get_status(MPI_Request req, int* flag, MPI_Status* status) {
+  if (!g.on) return PMPI_Request_get_status(req, flag, status);
+  return shim::request_get_status(req, flag, status);
+}
+
+HAULER_EXPORT int MPI_Cancel(MPI_Request* req) {
+  // The real request is the application's handle: the library cancels it; the completion
+  // call that reports it cancelled releases the staging buffer without unpacking.
+  return PMPI_Cancel(req);
+}
+
+HAULER_EXPORT int MPI_Alltoallv(const void* sbuf, const int* scounts, const int* sdispls, MPI_Datatype stype,
+                                void* rbuf, const int* rcounts, const int* rdispls, MPI_Datatype rtype,
+                                MPI_Comm comm) {
+  if (!g.on) return PMPI_Alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
+  return shim::alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm, false);
+}
+
+HAULER_EXPORT int MPI_Alltoallw(const void* sbuf, const int* scounts, const int* sdispls,
+                                const MPI_Datatype* stypes, void* rbuf, const int* rcounts, const int* rdispls,
+                                const MPI_Datatype* rtypes, MPI_Comm comm) {
+  if (!g.on) return PMPI_Alltoallw(sbuf, scounts, sdispls, stypes, rbuf, rcounts, rdispls, rtypes, comm);
+  return shim::alltoallw(sbuf, scounts, nullptr, sdispls, stypes, rbuf, rcounts, nullptr, rdispls, rtypes, comm, false);
+}
+
+HAULER_EXPORT int MPI_Neighbor_alltoallv(const void* sbuf, const int* scounts, const int* sdispls,
+                                         MPI_Datatype stype, void* rbuf, const int* rcounts, const int* rdispls,
+                                         MPI_Datatype rtype, MPI_Comm comm) {
+  if (!g.on) return PMPI_Neighbor_alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
+  return shim::alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm, true);
+}
+
+HAULER_EXPORT int MPI_Neighbor_alltoallw(const void* sbuf, const int* scounts, const MPI_Aint* sdispls,
+                                         const MPI_Datatype* stypes, void* rbuf, const int* rcounts,
+                                         const MPI_Aint* rdispls, const MPI_Datatype* rtypes, MPI_Comm comm) {
+  if (!g.on) return PMPI_Neighbor_alltoallw(sbuf, scounts, sdispls, stypes, rbuf, rcounts, rdispls, rtypes, comm);
+  return shim::alltoallw(sbuf, scounts, sdispls, nullptr, stypes, rbuf, rcounts, rdispls, nullptr, rtypes, comm, true);
+}

@@ -1,0 +1,643 @@
+"""Row gathering for graph learning: ``hauler.gather``.
+
+A :class:`FeatureStore` holds named row-major tables and gathers rows by index:
+
+    from hauler.gather import FeatureStore
+    fs = FeatureStore()
+    fs.add("x", torch.randn(1_000_000, 128))        # kept by reference: no copy
+    fs.add("y", "labels.npy")                        # memory-mapped, read-only
+    fs.add("emb", np.zeros((10**6, 64), np.float32), shared=True)   # one /dev/shm copy
+    rows = fs.gather("x", torch.tensor([3, 1, 4]))  # torch.Tensor of shape (3, 128)
+    fs.scatter("emb", idx, grads, reduce="add")
+
+Tables
+    * ``memory``: a numpy array or CPU torch tensor, used in place. Forked DataLoader workers
+      (Linux's default) see the same pages without copying (nothing writes them).
+    * ``shared``: ``add(..., shared=True)`` or :meth:`FeatureStore.share` copies the table once
+      into a ``.npy`` file in ``/dev/shm`` and maps it; pickling (spawn/forkserver workers) sends
+      the path, so every worker maps the same memory. The creating store deletes the file when it
+      is closed or collected (mappings already open stay valid).
+    * ``mmap``: a path to a ``.npy`` file, memory-mapped (read-only unless ``writable=True``);
+      pickling sends the path.
+  Rows are everything after the first dimension; they must be C-contiguous (rows themselves may
+  be any distance apart). Any dtype, bfloat16 tensors included.
+
+Results
+    ``gather`` returns ``out`` when given; otherwise a torch tensor when the index or the table
+    was a torch tensor (torch dtype preserved), else a numpy array. The result has shape
+    ``index.shape + row_shape``.
+
+Errors (all raised before anything is written): an index out of range or negative
+(:class:`~hauler.OutOfRange`, naming the position and value), an index that is not int32/int64,
+an ``out`` of the wrong shape, dtype or layout or read-only, rows of another size
+(:class:`~hauler.InvalidArgument`), a missing table name (:class:`KeyError`), a GPU path with
+no GPU (:class:`~hauler.NoDevice`).
+
+Threads: the host gather splits large calls over hauler's thread pool (HAULER_GATHER_THREADS);
+inside a DataLoader worker process it uses one thread unless told otherwise, as torch does.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+import weakref
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _buffers
+from .errors import InvalidArgument, NoDevice, ReadOnlyBuffer
+
+__all__ = ["FeatureStore", "GatherCollate", "gather", "scatter", "SHM_DIR"]
+
+SHM_DIR = "/dev/shm"
+
+
+def _core():
+    from . import _require_core
+    return _require_core()
+
+
+def _torch():
+    """torch when importable, else None."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"]
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _in_worker() -> bool:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        return torch.utils.data.get_worker_info() is not None
+    except AttributeError:
+        return False
+
+
+def _threads(threads: Optional[int]) -> int:
+    if threads is not None:
+        return _buffers.as_int("threads", threads, minimum=0)
+    if _in_worker() and not os.environ.get("HAULER_GATHER_THREADS", "").strip():
+        return 1
+    return 0
+
+
+def _addr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+class _Table:
+    """One table: a numpy view of its memory plus what is needed to share and rebuild it."""
+
+    def __init__(self, name: str, arr: np.ndarray, kind: str, torch_dtype: Any = None, path: Optional[str] = None,
+                 owner: bool = False, keep: Any = None):
+        if arr.ndim < 1:
+            raise InvalidArgument(f"table {name!r} must have at least one dimension (rows), got a scalar")
+        if arr.ndim > 1 and not arr[:1].reshape(arr.shape[1:]).flags.c_contiguous and arr.shape[0] > 0:
+            raise InvalidArgument(f"table {name!r}: rows must be C-contiguous (strides {arr.strides}); "
+                                  "pass np.ascontiguousarray(table)")
+        row_bytes = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.itemsize
+        stride = arr.strides[0] if arr.shape[0] > 1 else row_bytes
+        if stride < row_bytes:
+            raise InvalidArgument(f"table {name!r}: row stride {stride} is smaller than the row size {row_bytes} "
+                                  "(negative or overlapping rows); pass np.ascontiguousarray(table)")
+        if row_bytes == 0:
+            raise InvalidArgument(f"table {name!r} has empty rows (shape {arr.shape})")
+        self.name, self.arr, self.kind = name, arr, kind
+        self.torch_dtype, self.path, self.owner = torch_dtype, path, owner
+        self.keep = keep  # the object that owns the memory (a torch tensor), kept alive
+        self.row_bytes, self.row_stride = row_bytes, stride
+        self.device_ptr: Optional[int] = None
+        self.warned_fallback = False
+        self._finalizer = weakref.finalize(self, _unlink, path) if owner and path else None
+
+    @property
+    def rows(self) -> int:
+        return self.arr.shape[0]
+
+    @property
+    def row_shape(self) -> Tuple[int, ...]:
+        return tuple(self.arr.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.rows == 0 else (self.rows - 1) * self.row_stride + self.row_bytes
+
+    def as_user(self, arr: Optional[np.ndarray] = None, torch_out: bool = False) -> Any:
+        """`arr` (default: the table) as the user gave the table: torch (dtype restored) or numpy."""
+        a = self.arr if arr is None else arr
+        if torch_out or self.torch_dtype is not None:
+            t = _torch_view(a)
+            if self.torch_dtype is not None and t.dtype != self.torch_dtype:
+                t = t.view(self.torch_dtype)
+            return t
+        return a
+
+    # The row movers FeatureStore calls. A table backend that does not sit in addressable memory
+    # (NVMe through the I/O engine, later) subclasses _Table and replaces these two: read the
+    # blocks holding the rows into a staging table, then gather from it.
+    def gather_into(self, idx: np.ndarray, out: np.ndarray, threads: int, stream: int) -> None:
+        _core().gather_host(*_rows_args(self), _addr(idx), idx.size, idx.itemsize, _addr(out), out.nbytes,
+                            threads, stream, -1)
+
+    def scatter_from(self, idx: np.ndarray, src: np.ndarray, reduce: str, threads: int) -> None:
+        elem = f"{src.dtype.kind}{src.dtype.itemsize}"
+        _core().scatter_host(*_rows_args(self), _addr(idx), idx.size, idx.itemsize, _addr(src), src.nbytes, reduce,
+                             elem, threads)
+
+    def __getstate__(self):
+        state = {"name": self.name, "kind": self.kind, "torch_dtype": _dtype_name(self.torch_dtype),
+                 "path": self.path}
+        if self.kind in ("shared", "mmap"):
+            state["writable"] = bool(self.arr.flags.writeable)
+        else:
+            state["arr"] = self.arr  # ordinary memory pickles as a copy (fork shares it instead)
+        return state
+
+    def __setstate__(self, state):
+        td = _dtype_from_name(state["torch_dtype"])
+        if state["kind"] in ("shared", "mmap"):
+            arr = np.load(state["path"], mmap_mode="r+" if state["writable"] else "r")
+        else:
+            arr = state["arr"]
+        self.__init__(state["name"], arr, state["kind"], td, state["path"], owner=False)
+
+
+def _torch_view(a: np.ndarray) -> Any:
+    """A torch tensor over the numpy array's memory (read-only arrays too: torch warns only)."""
+    torch = _torch()
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable tensors": the caller owns the contract
+        return torch.from_numpy(a)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _dtype_name(td: Any) -> Optional[str]:
+    return None if td is None else str(td).replace("torch.", "")
+
+
+def _dtype_from_name(name: Optional[str]) -> Any:
+    if name is None:
+        return None
+    return getattr(_torch(), name)
+
+
+def _table_from(name: str, data: Any, shared: bool, writable: bool) -> _Table:
+    if isinstance(data, (str, os.PathLike)):
+        path = os.fspath(data)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"table {name!r}: no such file {path!r}")
+        try:
+            arr = np.load(path, mmap_mode="r+" if writable else "r", allow_pickle=False)
+        except ValueError as e:
+            raise InvalidArgument(f"table {name!r}: {path!r} is not a .npy file numpy can map: {e}") from None
+        if not isinstance(arr, np.memmap) and not isinstance(arr, np.ndarray):
+            raise InvalidArgument(f"table {name!r}: {path!r} holds no array")
+        t = _Table(name, arr, "mmap", path=os.path.abspath(path))
+        return _share(t) if shared else t
+    torch_dtype, keep = None, None
+    if _buffers.is_torch_tensor(data):
+        if data.is_cuda:
+            raise InvalidArgument(f"table {name!r} is a CUDA tensor; tables live in host memory "
+                                  "(pin() makes them readable by the GPU)")
+        if not data.is_contiguous():
+            raise InvalidArgument(f"table {name!r}: the tensor is not contiguous; pass tensor.contiguous()")
+        torch_dtype, keep = data.dtype, data
+        arr = _buffers.torch_as_numpy(data, writable=False, what=f"table {name!r}")
+    elif isinstance(data, np.ndarray):
+        arr = data
+    elif hasattr(data, "__array_interface__") or hasattr(data, "__array__"):
+        arr = np.asarray(data)
+    else:
+        raise InvalidArgument(f"table {name!r} must be a numpy array, a CPU torch tensor or a .npy path, "
+                              f"got {type(data).__name__}")
+    if arr.dtype.hasobject:
+        raise InvalidArgument(f"table {name!r} holds Python objects (dtype {arr.dtype}); tables hold plain data")
+    t = _Table(name, arr, "memory", torch_dtype, keep=keep)
+    return _share(t) if shared else t
+
+
+def _share(t: _Table) -> _Table:
+    """A copy of the table in /dev/shm, mapped; pickles by path."""
+    if t.kind == "shared":
+        return t
+    base = SHM_DIR if os.path.isdir(SHM_DIR) else None
+    if base is None:
+        import tempfile
+        base = tempfile.gettempdir()
+    path = os.path.join(base, f"hauler-{os.getpid()}-{uuid.uuid4().hex[:12]}.npy")
+    src = np.ascontiguousarray(t.arr)
+    dst = np.lib.format.open_memmap(path, mode="w+", dtype=src.dtype, shape=src.shape)
+    try:
+        dst[...] = src
+        dst.flush()
+    except BaseException:
+        del dst
+        _unlink(path)
+        raise
+    return _Table(t.name, dst, "shared", t.torch_dtype, path=path, owner=True)
+
+
+# -- indices and outputs --------------------------------------------------------------------------
+
+def _index_array(index: Any) -> Tuple[np.ndarray, bool]:
+    """(C-contiguous int32/int64 numpy array, was_torch)."""
+    was_torch = False
+    if _buffers.is_torch_tensor(index):
+        was_torch = True
+        torch = _torch()
+        if index.dtype not in (torch.int32, torch.int64):
+            raise InvalidArgument(f"index must be an int32 or int64 tensor, got {index.dtype}")
+        if index.is_cuda:
+            index = index.cpu()  # indices are validated on the host; the GPU path uploads them
+        arr = index.detach().contiguous().numpy()
+    elif isinstance(index, np.ndarray):
+        arr = index
+        if arr.dtype.kind not in "iu" or arr.dtype.itemsize not in (4, 8) or arr.dtype.kind == "u":
+            raise InvalidArgument(f"index must be an int32 or int64 array, got dtype {arr.dtype}")
+    elif isinstance(index, (list, tuple, range)) or np.isscalar(index):
+        arr = np.asarray(index)
+        if arr.size == 0:
+            arr = arr.astype(np.int64)
+        if arr.dtype.kind not in "iu" or arr.dtype == np.uint64:
+            raise InvalidArgument(f"index must hold integers, got {type(index).__name__} of dtype {arr.dtype}")
+        arr = arr.astype(np.int64, copy=False)
+    else:
+        raise InvalidArgument(f"index must be an int32/int64 numpy array, torch tensor or a list of ints, "
+                              f"got {type(index).__name__}")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return np.ascontiguousarray(arr), was_torch
+
+
+def _out_array(t: _Table, out: Any, shape: Tuple[int, ...], what: str = "out") -> np.ndarray:
+    """A writable numpy view of `out` after checking shape, dtype and layout."""
+    if _buffers.is_torch_tensor(out):
+        if out.is_cuda:
+            raise InvalidArgument(f"{what} is a CUDA tensor; pass device=... or a device array")
+        if t.torch_dtype is not None and out.dtype != t.torch_dtype:
+            raise InvalidArgument(f"{what} has dtype {out.dtype}, table {t.name!r} has {t.torch_dtype}")
+        if tuple(out.shape) != shape:
+            raise InvalidArgument(f"{what} has shape {tuple(out.shape)}, the gather needs {shape}")
+        if not out.is_contiguous():
+            raise InvalidArgument(f"{what} is not contiguous; pass a contiguous tensor")
+        arr = _buffers.torch_as_numpy(out, writable=True, what=what)
+        if t.torch_dtype is None and arr.dtype != t.arr.dtype:
+            raise InvalidArgument(f"{what} has dtype {out.dtype}, table {t.name!r} has {t.arr.dtype}")
+        return arr
+    if not isinstance(out, np.ndarray):
+        raise InvalidArgument(f"{what} must be a numpy array or CPU torch tensor, got {type(out).__name__}")
+    if out.dtype != t.arr.dtype:
+        raise InvalidArgument(f"{what} has dtype {out.dtype}, table {t.name!r} has {t.arr.dtype}")
+    if out.shape != shape:
+        raise InvalidArgument(f"{what} has shape {out.shape}, the gather needs {shape}")
+    if not out.flags.c_contiguous:
+        raise InvalidArgument(f"{what} is not C-contiguous; pass a contiguous array")
+    if not out.flags.writeable:
+        raise ReadOnlyBuffer(f"{what} is read-only; pass a writable array")
+    return out
+
+
+def _rows_args(t: _Table) -> Tuple[int, int, int, int]:
+    return (_addr(t.arr) if t.rows else 0, t.rows, t.row_bytes, t.row_stride)
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+class FeatureStore:
+    """Named row-major tables and the gathers and scatters over them (see the module help)."""
+
+    def __init__(self, tables: Optional[Dict[str, Any]] = None, *, shared: bool = False):
+        self._tables: Dict[str, _Table] = {}
+        self._pinned = False
+        for name, data in (tables or {}).items():
+            self.add(name, data, shared=shared)
+
+    # tables
+    def add(self, name: str, data: Any, *, shared: bool = False, writable: bool = False) -> None:
+        """Add (or replace) table `name`: a numpy array, CPU torch tensor or .npy path (mapped;
+        `writable` maps it read-write). `shared` copies it once into /dev/shm (see the module help)."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"table name must be a non-empty string, got {name!r}")
+        t = _table_from(name, data, shared, writable)
+        old = self._tables.get(name)
+        if old is not None:
+            self._unpin_one(old)  # first: the new table may be the same memory
+        if self._pinned:
+            try:
+                self._pin_one(t)
+            except BaseException:
+                if old is not None:
+                    self._pin_one(old)
+                raise
+        self._tables[name] = t
+
+    def remove(self, name: str) -> bool:
+        t = self._tables.pop(name, None)
+        if t is None:
+            return False
+        self._unpin_one(t)
+        return True
+
+    def share(self) -> "FeatureStore":
+        """Move every ordinary-memory table into /dev/shm (one copy, shared with every worker
+        process however it was started); returns self."""
+        for name, t in list(self._tables.items()):
+            if t.kind == "memory":
+                self._tables[name] = _share(t)
+        return self
+
+    def names(self) -> List[str]:
+        return list(self._tables)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tables
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def _get(self, name: str) -> _Table:
+        try:
+            return self._tables[name]
+        except KeyError:
+            known = ", ".join(repr(n) for n in self._tables) or "none"
+            raise KeyError(f"no table named {name!r} in this FeatureStore (tables: {known})") from None
+
+    def table(self, name: str) -> Any:
+        """The whole table, no copy: a torch tensor for torch tables, else a numpy array."""
+        t = self._get(name)
+        return t.as_user()
+
+    def shape(self, name: str) -> Tuple[int, ...]:
+        return tuple(self._get(name).arr.shape)
+
+    def dtype(self, name: str) -> Any:
+        t = self._get(name)
+        return t.torch_dtype if t.torch_dtype is not None else t.arr.dtype
+
+    def kind(self, name: str) -> str:
+        """'memory', 'shared' or 'mmap'."""
+        return self._get(name).kind
+
+    def path(self, name: str) -> Optional[str]:
+        return self._get(name).path
+
+    # gather / scatter
+    def gather(self, name: str, index: Any, out: Any = None, device: Any = None, *,
+               threads: Optional[int] = None, stream: Optional[bool] = None,
+               gpu_blocks: Optional[int] = None) -> Any:
+        """Rows `index` of table `name` (shape index.shape + row_shape).
+
+        `out`: a numpy array / CPU tensor of exactly that shape and dtype (C-contiguous, writable)
+        or a device array (``__cuda_array_interface__``) to gather into. `device`: None or "cpu"
+        for host memory, a CUDA device to gather into a new tensor there (zero-copy from a
+        pin()ned table, else a host gather and a copy). `stream`: True/False forces non-temporal
+        stores on/off (default: by HAULER_GATHER_STREAM_MIN). `gpu_blocks`: cap on the GPU kernel's
+        thread blocks for this call (default HAULER_GATHER_GPU_BLOCKS), to leave the GPU to
+        training kernels running beside it."""
+        t = self._get(name)
+        idx, idx_torch = _index_array(index)
+        shape = tuple(idx.shape) + t.row_shape
+        n = idx.size
+        blocks = -1 if gpu_blocks is None else _buffers.as_int("gpu_blocks", gpu_blocks, minimum=0)
+        dev_out = _buffers.device_buffer(out) if out is not None else None
+        if dev_out is not None:
+            _buffers.check_writable_device(dev_out, "out")
+            self._gather_device(t, idx, dev_out.ptr, dev_out.nbytes, dev_out.stream, blocks)
+            return out
+        if device is not None and str(device) != "cpu":
+            return self._gather_to_device(t, idx, shape, device, blocks)
+        if out is not None:
+            arr = _out_array(t, out, shape)
+            result = out
+        else:
+            arr = np.empty(shape, dtype=t.arr.dtype)
+            result = None
+        t.gather_into(idx, arr, _threads(threads), -1 if stream is None else int(bool(stream)))
+        if result is not None:
+            return result
+        if idx_torch or t.torch_dtype is not None:
+            return t.as_user(arr, torch_out=True)
+        return arr
+
+    def scatter(self, name: str, index: Any, src: Any, *, reduce: str = "assign",
+                threads: Optional[int] = None) -> None:
+        """table[index[i]] = src[i] (reduce="assign": with duplicate indices the LAST position
+        wins, as a loop in index order would) or += (reduce="add": every position adds, each row
+        in index order, equal to numpy.add.at). Everything is checked before any row changes."""
+        t = self._get(name)
+        if reduce not in ("assign", "add"):
+            raise InvalidArgument(f"reduce must be 'assign' or 'add', got {reduce!r}")
+        if not t.arr.flags.writeable:
+            raise ReadOnlyBuffer(f"table {name!r} is read-only ({t.kind}); "
+                                 + ("add it with writable=True" if t.kind == "mmap" else "pass a writable array"))
+        idx, _ = _index_array(index)
+        shape = tuple(idx.shape) + t.row_shape
+        if _buffers.is_torch_tensor(src):
+            if tuple(src.shape) != shape:
+                raise InvalidArgument(f"src has shape {tuple(src.shape)}, the scatter needs {shape}")
+            if t.torch_dtype is not None and src.dtype != t.torch_dtype:
+                raise InvalidArgument(f"src has dtype {src.dtype}, table {name!r} has {t.torch_dtype}")
+            s = _buffers.torch_as_numpy(src.contiguous(), writable=False, what="src")
+        else:
+            s = np.asarray(src)
+            if s.shape != shape:
+                raise InvalidArgument(f"src has shape {s.shape}, the scatter needs {shape}")
+            s = np.ascontiguousarray(s)
+        if s.dtype != t.arr.dtype:
+            raise InvalidArgument(f"src has dtype {s.dtype}, table {name!r} has {t.arr.dtype}")
+        if reduce == "add" and t.torch_dtype is not None and t.torch_dtype != _torch_dtype_of(s.dtype):
+            raise InvalidArgument(f"reduce='add' does not support {t.torch_dtype} tables")
+        t.scatter_from(idx, s, reduce, _threads(threads))
+
+    # GPU
+    def pin(self) -> "FeatureStore":
+        """Register every table for zero-copy GPU reads (cudaHostRegister, in place). NoDevice
+        when there is no usable GPU, saying why. Tables added later are pinned as they come."""
+        from . import cuda_available, cuda_status
+        if not cuda_available():
+            raise NoDevice(f"pin() needs a GPU: {cuda_status()}")
+        for t in self._tables.values():
+            self._pin_one(t)
+        self._pinned = True
+        return self
+
+    def unpin(self) -> None:
+        for t in self._tables.values():
+            self._unpin_one(t)
+        self._pinned = False
+
+    @property
+    def pinned(self) -> bool:
+        return self._pinned
+
+    def _pin_one(self, t: _Table) -> None:
+        if t.device_ptr is None and t.rows > 0:
+            t.device_ptr = int(_core().host_register(_addr(t.arr), t.nbytes, not t.arr.flags.writeable))
+
+    def _unpin_one(self, t: _Table) -> None:
+        if t.device_ptr is not None:
+            ptr, t.device_ptr = t.device_ptr, None
+            _core().host_unregister(_addr(t.arr))
+            del ptr
+
+    def _gather_device(self, t: _Table, idx: np.ndarray, out_ptr: int, out_len: int, stream: int,
+                       blocks: int = -1) -> None:
+        if t.device_ptr is None and t.rows > 0:
+            from . import cuda_available, cuda_status
+            if not cuda_available():
+                raise NoDevice(f"a GPU gather needs a GPU: {cuda_status()}")
+            raise InvalidArgument(f"table {t.name!r} is not pinned: call FeatureStore.pin() first so GPU threads "
+                                  "can read it in place")
+        _core().gather_device(t.device_ptr or 0, t.rows, t.row_bytes, t.row_stride, _addr(idx), idx.size,
+                              idx.itemsize, out_ptr, out_len, stream or 0, False, blocks)
+
+    def _gather_to_device(self, t: _Table, idx: np.ndarray, shape: Tuple[int, ...], device: Any,
+                          blocks: int = -1) -> Any:
+        from . import cuda_available, cuda_status
+        torch = _torch()
+        if not cuda_available() or torch is None or not torch.cuda.is_available():
+            raise NoDevice(f"gather(device={str(device)!r}) needs a GPU: {cuda_status()}")
+        dtype = t.torch_dtype or _torch_dtype_of(t.arr.dtype)
+        dev = torch.device(device)
+        if t.device_ptr is not None:
+            out = torch.empty(shape, dtype=dtype, device=dev)
+            stream = torch.cuda.current_stream(dev).cuda_stream
+            _core().gather_device(t.device_ptr, t.rows, t.row_bytes, t.row_stride, _addr(idx), idx.size,
+                                  idx.itemsize, out.data_ptr(), out.numel() * out.element_size(), stream, False,
+                                  blocks)
+            return out
+        if not t.warned_fallback:  # a fallback number must never pass for the zero-copy path
+            import warnings
+            warnings.warn(f"hauler.gather: table {t.name!r} is not pinned, so gather(device=...) gathers on the "
+                          "host and copies to the GPU; call FeatureStore.pin() for the zero-copy kernel",
+                          RuntimeWarning, stacklevel=3)
+            t.warned_fallback = True
+        host = torch.empty(shape, dtype=dtype, pin_memory=True)
+        self.gather(t.name, idx, out=host)
+        return host.to(dev, non_blocking=True)
+
+    # lifetime and pickling
+    def close(self) -> None:
+        """Unpin and drop every table (shared tables' /dev/shm files are deleted)."""
+        try:
+            self.unpin()
+        except Exception:
+            pass
+        for t in self._tables.values():
+            if t._finalizer is not None:
+                t._finalizer()
+        self._tables.clear()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __getstate__(self):
+        return {"tables": list(self._tables.values())}
+
+    def __setstate__(self, state):
+        self._tables = {t.name: t for t in state["tables"]}
+        self._pinned = False  # a pin belongs to the process that made it
+
+    def __repr__(self) -> str:
+        parts = [f"{n}: {t.kind} {t.arr.shape} {self.dtype(n)}" for n, t in self._tables.items()]
+        return f"FeatureStore({'; '.join(parts)})"
+
+
+def _torch_dtype_of(np_dtype: np.dtype) -> Any:
+    torch = _torch()
+    return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
+
+
+# -- one-shot helpers -----------------------------------------------------------------------------
+
+def gather(table: Any, index: Any, out: Any = None, **kw: Any) -> Any:
+    """Rows `index` of one table (numpy array, CPU tensor or .npy path), as FeatureStore.gather."""
+    fs = FeatureStore()
+    fs.add("table", table)
+    return fs.gather("table", index, out=out, **kw)
+
+
+def scatter(table: Any, index: Any, src: Any, *, reduce: str = "assign", **kw: Any) -> None:
+    """table[index] = src (or += with reduce="add") in place, as FeatureStore.scatter."""
+    fs = FeatureStore()
+    fs.add("table", table)
+    fs.scatter("table", index, src, reduce=reduce, **kw)
+
+
+# -- DataLoader collate ---------------------------------------------------------------------------
+
+class GatherCollate:
+    """``collate_fn`` for a ``torch.utils.data.DataLoader`` whose dataset yields node ids.
+
+    Each batch becomes ``{"index": ids, <table>: rows, ...}``: the rows of every named table,
+    gathered straight into an output buffer. In the main process (num_workers=0) the buffers are
+    reused: a ring of `depth` buffers per table (pinned when a GPU exists, unless
+    ``pin_memory=False``), so a
+    batch's tensors stay valid until `depth` more batches were collated. In a worker process each
+    batch is gathered into a fresh tensor in shared memory, which the DataLoader then hands to the
+    main process without copying it again.
+    """
+
+    def __init__(self, store: FeatureStore, names: Union[str, Sequence[str]], *, depth: int = 2,
+                 pin_memory: Optional[bool] = None):
+        self.store = store
+        self.names = [names] if isinstance(names, str) else list(names)
+        for n in self.names:
+            store._get(n)
+        self.depth = _buffers.as_int("depth", depth, minimum=1)
+        self.pin_memory = pin_memory
+        self._ring: Dict[str, List[Any]] = {}
+        self._turn = 0
+
+    def _buffer(self, name: str, n: int, k: int) -> Any:
+        torch = _torch()
+        t = self.store._get(name)
+        dtype = t.torch_dtype or _torch_dtype_of(t.arr.dtype)
+        ring = self._ring.setdefault(name, [None] * self.depth)
+        buf = ring[k]
+        if buf is None or buf.shape[0] < n:
+            from . import cuda_available
+            pin = self.pin_memory is not False and cuda_available() and torch.cuda.is_available()
+            buf = torch.empty((n,) + t.row_shape, dtype=dtype, pin_memory=pin)
+            ring[k] = buf
+        return buf[:n]
+
+    def __call__(self, batch: Any) -> Dict[str, Any]:
+        torch = _torch()
+        ids = batch if _buffers.is_torch_tensor(batch) else torch.as_tensor(np.asarray(batch))
+        if ids.dtype not in (torch.int32, torch.int64):
+            ids = ids.to(torch.int64)
+        out: Dict[str, Any] = {"index": ids}
+        worker = _in_worker()
+        k = self._turn % self.depth
+        self._turn += 1
+        for name in self.names:
+            t = self.store._get(name)
+            if worker:
+                dtype = t.torch_dtype or _torch_dtype_of(t.arr.dtype)
+                buf = torch.empty((ids.shape[0],) + t.row_shape, dtype=dtype).share_memory_()
+            else:
+                buf = self._buffer(name, ids.shape[0], k)
+            out[name] = self.store.gather(name, ids, out=buf)
+        return out

@@ -1,0 +1,265 @@
+"""The LD_PRELOAD interposer under real mpiexec jobs, Open MPI and MPICH.
+
+C programs in tests/interpose/ are compiled with each flavour's mpicc and run with and without
+the shim (injected by `hauler run`, exactly as users launch); every rank writes what it received
+and the statuses it saw, and the files must be byte-identical. The shim's per-rank report must
+show that packing actually happened, so a shim that passes everything through fails here.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hauler import interpose, mpi_find
+
+HERE = Path(__file__).resolve().parent / "interpose"
+TIMEOUT = 90  # seconds per mpiexec job: a hang fails instead of blocking CI
+VENDOR = {"openmpi": mpi_find.OPEN_MPI, "mpich": mpi_find.MPICH}
+
+
+def _tools(flav):
+    """(mpicc, mpiexec) of a flavour, or skip when that MPI is not installed."""
+    cc, run = shutil.which(f"mpicc.{flav}"), shutil.which(f"mpiexec.{flav}")
+    if not cc or not run:
+        pytest.skip(f"{VENDOR[flav]} is not installed (mpicc.{flav}, mpiexec.{flav}): "
+                    f"{mpi_find.install_hint(VENDOR[flav])}")
+    libs = interpose.libraries()
+    assert flav in libs, (f"{VENDOR[flav]} is installed but no interposer was built for it "
+                          f"(built: {sorted(libs)}); reinstall hauler")
+    return cc, run
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    cache = {}
+    out = tmp_path_factory.mktemp("interpose-bin")
+
+    def get(flav, prog):
+        key = (flav, prog)
+        if key not in cache:
+            cc, _ = _tools(flav)
+            exe = out / f"{prog}_{flav}"
+            p = subprocess.run([cc, "-O1", "-w", str(HERE / f"{prog}.c"), "-o", str(exe)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+            assert p.returncode == 0, p.stdout.decode()
+            cache[key] = str(exe)
+        return cache[key]
+
+    return get
+
+
+def _launch(flav, np_, program, shim, env_extra=None):
+    """Run `program` on np_ ranks; with shim=True through `hauler run`. Returns the process."""
+    _, mpiexec = _tools(flav)
+    q = mpi_find.VENDOR_QUIRKS[VENDOR[flav]]
+    opts = ["-n", str(np_)] + list(q["args"])
+    if os.geteuid() == 0:
+        opts += list(q["root_args"])
+    env = dict(os.environ)
+    env.update(q["env"])
+    env.pop("LD_PRELOAD", None)
+    for k in [k for k in env if k.startswith("HAULER_INTERPOSE")]:
+        env.pop(k)
+    env.update(env_extra or {})
+    env_extra = {k: v for k, v in (env_extra or {}).items() if k != "LD_PRELOAD"}  # hauler run adds it
+    if shim:
+        argv = [sys.executable, "-m", "hauler.cli", "run", "--launcher", mpiexec] + opts + ["--"] + program
+        if flav == "openmpi":  # Open MPI forwards only what -x names
+            extra = []
+            for k in (env_extra or {}):
+                extra += ["-x", k]
+            argv[6:6] = extra
+        else:
+            extra = []
+            for k, v in (env_extra or {}).items():
+                extra += ["-genv", k, v]
+            argv[6:6] = extra
+    else:
+        argv = [mpiexec] + opts + program
+    p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+    assert p.returncode == 0, f"{' '.join(argv)} failed ({p.returncode}):\n{p.stdout.decode()[-4000:]}"
+    return p
+
+
+REPORT = re.compile(r"hauler-interpose rank (\d+): (.*)")
+
+
+def _report(path_pattern, np_):
+    total = {}
+    for r in range(np_):
+        text = Path(path_pattern.replace("%r", str(r))).read_text()
+        m = REPORT.search(text)
+        assert m, text
+        for kv in m.group(2).split():
+            k, v = kv.split("=")
+            total[k] = total.get(k, 0) + float(v)
+    return total
+
+
+def _compare(a, b, np_):
+    for r in range(np_):
+        x, y = Path(f"{a}.{r}").read_bytes(), Path(f"{b}.{r}").read_bytes()
+        assert len(x) > 0
+        assert x == y, f"rank {r}: output with the interposer differs from the library alone"
+
+
+def _run_pair(flav, np_, prog_argv, tmp_path, extra=None, pack_all=True):
+    """The program alone and under `hauler run`; pack_all: a model file that packs every
+    non-contiguous message (the built-in model passes small messages through)."""
+    lib, shim = str(tmp_path / "lib"), str(tmp_path / "shim")
+    rep = str(tmp_path / "report.%r")
+    _launch(flav, np_, [prog_argv[0], lib] + prog_argv[1:], shim=False)
+    env = {"HAULER_INTERPOSE_REPORT": rep}
+    if pack_all:
+        model = tmp_path / "model.txt"
+        model.write_text("# pack everything non-contiguous\nmax_block 1000000000\nmin_bytes 0\n")
+        env["HAULER_INTERPOSE_MODEL"] = str(model)
+    env.update(extra or {})
+    _launch(flav, np_, [prog_argv[0], shim] + prog_argv[1:], shim=True, env_extra=env)
+    _compare(lib, shim, np_)
+    return rep
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+@pytest.mark.parametrize("np_", [2, 3])
+def test_p2p_pack_collectives_identical(flav, np_, built, tmp_path):
+    seed = random.randrange(1, 10**9)
+    rep = _run_pair(flav, np_, [built(flav, "p2p"), str(seed)], tmp_path)
+    t = _report(rep, np_)
+    print(f"seed={seed} report={t}")
+    assert t["packed_msgs"] > 50 and t["unpacked_msgs"] > 50, t   # packing really happened
+    assert t["mpi_pack"] >= 2 and t["bytes_packed"] > 0, t
+    assert t["coll_packed"] == 4 * np_ and t["coll_passthrough"] == 0, t
+    # a program that never loads CUDA: the shim never loaded or asked the driver either
+    assert t["cuda_driver"] == 0 and t["device_passthrough"] == 0, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_builtin_model_identical(flav, built, tmp_path):
+    """The default model (small messages and large blocks pass through) gives the same bytes."""
+    rep = _run_pair(flav, 2, [built(flav, "p2p"), str(random.randrange(1, 10**9))], tmp_path, pack_all=False)
+    t = _report(rep, 2)
+    assert t["passthrough"] > 0 and t["packed_msgs"] > 0, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_halo_26_neighbours_identical(flav, built, tmp_path):
+    rep = _run_pair(flav, 4, [built(flav, "halo"), "5", "2"], tmp_path)
+    t = _report(rep, 4)
+    assert t["packed_msgs"] == 4 * 52 and t["unpacked_msgs"] == 4 * 52, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_kill_switch_passes_everything_through(flav, built, tmp_path):
+    lib, shim = str(tmp_path / "lib"), str(tmp_path / "shim")
+    _launch(flav, 2, [built(flav, "halo"), lib, "4", "1"], shim=False)
+    rep = tmp_path / "report.%r"
+    _launch(flav, 2, [built(flav, "halo"), shim, "4", "1"], shim=True,
+            env_extra={"HAULER_INTERPOSE": "0", "HAULER_INTERPOSE_REPORT": str(rep)})
+    _compare(lib, shim, 2)
+    assert not list(tmp_path.glob("report.*")), "the switched-off shim wrote a report"
+
+
+def test_feature_switch_p2p_off(built, tmp_path):
+    flav = "openmpi" if shutil.which("mpiexec.openmpi") else "mpich"
+    rep = _run_pair(flav, 2, [built(flav, "p2p"), "7"], tmp_path, extra={"HAULER_INTERPOSE_P2P": "0"})
+    t = _report(rep, 2)
+    assert t["packed_msgs"] == 0 and t["unpacked_msgs"] == 0 and t["mpi_pack"] >= 2, t
+
+
+def test_mpi4py_under_hauler_run(tmp_path):
+    pytest.importorskip("mpi4py")
+    _tools("openmpi")  # mpi4py here is built against Open MPI
+    prog = [sys.executable, str(HERE / "mpi4py_prog.py")]
+    lib, shim = str(tmp_path / "lib"), str(tmp_path / "shim")
+    rep = str(tmp_path / "report.%r")
+    _launch("openmpi", 2, prog + [lib], shim=False)
+    _launch("openmpi", 2, prog + [shim], shim=True, env_extra={"HAULER_INTERPOSE_REPORT": rep})
+    _compare(lib, shim, 2)
+    t = _report(rep, 2)
+    assert t["packed_msgs"] >= 6 and t["mpi_pack"] >= 2, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_cli_path_and_injection(flav):
+    _, mpiexec = _tools(flav)
+    p = subprocess.run([sys.executable, "-m", "hauler.cli", "interpose", "--path", "--mpi", flav],
+                       stdout=subprocess.PIPE, text=True, check=True)
+    path = p.stdout.strip()
+    assert os.path.isfile(path) and f"/{flav}/" in path
+    syms = subprocess.run(["nm", "-D", "--defined-only", path], stdout=subprocess.PIPE, text=True).stdout
+    exported = {ln.split()[-1] for ln in syms.splitlines() if ln.strip()}
+    assert {"MPI_Send", "MPI_Waitall", "MPI_Type_commit", "MPI_Testsome"} <= exported
+    assert all(s.startswith("MPI_") for s in exported), sorted(s for s in exported if not s.startswith("MPI_"))
+    p = subprocess.run([sys.executable, "-m", "hauler.cli", "run", "--launcher", mpiexec, "--dry-run", "-n", "2",
+                        "--", "prog", "arg"], stdout=subprocess.PIPE, text=True, check=True)
+    words = p.stdout.split()
+    if flav == "openmpi":
+        assert words[1:3] == ["-x", f"LD_PRELOAD={path}"], words
+    else:
+        assert words[1:4] == ["-genv", "LD_PRELOAD", path], words
+    assert words[-4:] == ["-n", "2", "prog", "arg"] or words[-2:] == ["prog", "arg"]
+
+
+def _bench(*args):
+    env = dict(os.environ)
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return subprocess.run([sys.executable, "-m", "hauler.bench.cli"] + list(args), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+
+
+def test_bench_mpi_quick_rows_correct():
+    """`hauler-bench mpi` runs both sides for every MPI here; structure and correctness, never speed."""
+    import json
+    _tools("openmpi" if shutil.which("mpiexec.openmpi") else "mpich")
+    p = _bench("mpi", "--quick", "--budget", "0.005", "--rounds", "1", "--json")
+    assert p.returncode == 0, p.stdout[-3000:]
+    rep = json.loads(p.stdout)
+    assert rep["rows"] and all(r["correct"] for r in rep["rows"])
+    assert {r["case"] for r in rep["rows"]} == {"vector", "contig", "halo"}
+    assert {t["key"] for t in rep["targets"]} == {"byte-vector-10x", "byte-vector-contig", "halo-2x", "no-slowdown"}
+
+
+def test_calibrate_writes_a_model_the_shim_reads(built, tmp_path):
+    flav = "openmpi" if shutil.which("mpiexec.openmpi") else "mpich"
+    _tools(flav)
+    model = tmp_path / "model.txt"
+    p = _bench("calibrate", "--quick", "--budget", "0.005", "--rounds", "1", "--mpi", flav, "--out", str(model))
+    assert p.returncode == 0, p.stdout[-3000:]
+    text = model.read_text()
+    assert re.search(rf"^{flav}\.max_block \d+$", text, re.M) and re.search(rf"^{flav}\.min_bytes \d+$", text, re.M)
+    # a model for another flavour only must not change this one's choices: pack nothing here
+    model.write_text("max_block 0\nmin_bytes 0\nother.max_block 1000000\n")
+    rep = _run_pair(flav, 2, [built(flav, "halo"), "5", "1"], tmp_path, pack_all=False,
+                    extra={"HAULER_INTERPOSE_MODEL": str(model)})
+    t = _report(rep, 2)
+    assert t["packed_msgs"] == 0 and t["passthrough"] > 0, t
+
+
+def test_choose_model():
+    from hauler.bench.calibrate import choose_model
+    rows = [{"block": b, "bytes": m, "speedup": s} for b, m, s in [
+        (1, 1024, 3.0), (1, 1 << 20, 20.0), (8, 256, 0.5), (8, 1024, 1.5), (8, 1 << 20, 5.0),
+        (4096, 1 << 20, 1.2), (16384, 1 << 20, 0.9)]]
+    assert choose_model(rows) == {"max_block": 4096, "min_bytes": 1024}
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_device_buffers_go_to_the_library(flav, built, tmp_path):
+    """With a CUDA driver loaded in the program (here a stand-in libcuda.so.1 that calls every
+    buffer device memory), no buffer is packed on the host: all goes to the library unchanged."""
+    cc, _ = _tools(flav)
+    fake = tmp_path / "libcuda.so.1"
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(fake),
+                    str(HERE / "fakecuda.c")], check=True, timeout=60)
+    rep = _run_pair(flav, 2, [built(flav, "halo"), "6", "1"], tmp_path, extra={"LD_PRELOAD": str(fake)})
+    t = _report(rep, 2)
+    assert t["cuda_driver"] == 2 and t["device_passthrough"] == 2 * 52 and t["packed_msgs"] == 0, t
