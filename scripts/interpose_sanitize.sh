@@ -9,7 +9,8 @@ OUT="${TMPDIR:-/tmp}/hauler-interpose-sanitize"
 rm -rf "$OUT" && mkdir -p "$OUT/core"
 SAN=(-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -fPIC -fvisibility=hidden)
 for f in $(find csrc -name '*.cpp' -not -path 'csrc/bindings/*' | sort); do
-  c++ -std=c++17 "${SAN[@]}" -Icsrc -c "$f" -o "$OUT/core/$(basename "$f" .cpp).o" &
+  obj="${f#csrc/}"; obj="${obj//\//_}"  # by path: io/settings.cpp and common/settings.cpp both exist
+  c++ -std=c++17 "${SAN[@]}" -Icsrc -c "$f" -o "$OUT/core/${obj%.cpp}.o" &
 done
 wait
 ASAN="$(gcc -print-file-name=libasan.so)"; UBSAN="$(gcc -print-file-name=libubsan.so)"
