@@ -11,6 +11,7 @@ Nothing here imports ``mpi4py.MPI`` at import time (that would call MPI_Init);
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import io
@@ -363,3 +364,30 @@ def format_report(rep: Report, fmt: str = "table") -> str:
     buf = io.StringIO()
     emit(rep, fmt, buf)
     return buf.getvalue()
+
+
+# -- argparse types shared by the benchmarks -------------------------------------------------------
+
+def list_arg(allowed: Sequence[str]) -> Callable[[str], Tuple[str, ...]]:
+    def parse(text: str) -> Tuple[str, ...]:
+        items = tuple(t.strip() for t in text.split(",") if t.strip())
+        bad = [t for t in items if t not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)} (comma-separated), got {text!r}")
+        return items
+    return parse
+
+def size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v

@@ -58,21 +58,8 @@ class Options:
     seed: int = 12345
 
 
-def _size_arg(text: str) -> int:
-    try:
-        return core.parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
 
 
 def _rows_arg(text: str) -> Tuple[int, ...]:
@@ -93,21 +80,21 @@ def _orders_arg(text: str) -> Tuple[str, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=_size_arg, default=None,
+    p.add_argument("--size", type=core.size_arg, default=None,
                    help=f"table bytes (default {format_size(DEFAULT_SIZE)}; {format_size(QUICK_SIZE)} with --quick)")
-    p.add_argument("--batch", type=_size_arg, default=None,
+    p.add_argument("--batch", type=core.size_arg, default=None,
                    help=f"gathered bytes per call (default {format_size(DEFAULT_BATCH)}; "
                         f"{format_size(QUICK_BATCH)} with --quick)")
     p.add_argument("--rows", type=_rows_arg, default=None, metavar="64,256,...",
                    help=f"row sizes in bytes (default {','.join(map(str, ROWS))})")
     p.add_argument("--orders", type=_orders_arg, default=ORDERS, metavar="random,sorted")
-    p.add_argument("--repeat", type=_positive, default=None,
+    p.add_argument("--repeat", type=core.positive_int, default=None,
                    help=f"timed rounds per row (default {DEFAULT_REPEAT}; {QUICK_REPEAT} with --quick)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=_positive, default=None,
+    p.add_argument("--threads", type=core.positive_int, default=None,
                    help="threads for hauler's gather (default: HAULER_GATHER_THREADS, else the core count)")
     p.add_argument("--no-loader", action="store_true", help="skip the DataLoader epoch")
-    p.add_argument("--loader-batches", type=_positive, default=20, help="mini-batches per DataLoader epoch")
+    p.add_argument("--loader-batches", type=core.positive_int, default=20, help="mini-batches per DataLoader epoch")
     p.add_argument("--quick", action="store_true", help="small table, three row sizes, three rounds (for tests)")
     p.add_argument("--seed", type=int, default=12345)
     fmt = p.add_mutually_exclusive_group()

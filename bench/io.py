@@ -31,7 +31,7 @@ import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import core
 from .core import Column, Report, format_size
@@ -86,14 +86,6 @@ def _ints_arg(text: str) -> Tuple[int, ...]:
     return v
 
 
-def _list_arg(allowed: Sequence[str]) -> Callable[[str], Tuple[str, ...]]:
-    def parse(text: str) -> Tuple[str, ...]:
-        items = tuple(t.strip() for t in text.split(",") if t.strip())
-        bad = [t for t in items if t not in allowed]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)} (comma-separated), got {text!r}")
-        return items
-    return parse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,11 +99,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"request sizes of the sweep (default {','.join(format_size(s) for s in SIZES)})")
     p.add_argument("--qd", type=_ints_arg, default=None,
                    help=f"queue depths of the sweep (default {','.join(map(str, QDS))})")
-    p.add_argument("--patterns", type=_list_arg(PATTERNS), default=PATTERNS, metavar=",".join(PATTERNS))
+    p.add_argument("--patterns", type=core.list_arg(PATTERNS), default=PATTERNS, metavar=",".join(PATTERNS))
     p.add_argument("--budget", type=lambda t: _sizes_arg(t)[0], default=None,
                    help=f"bytes moved per sweep measurement, at most (default {format_size(DEFAULT_BUDGET)})")
     p.add_argument("--repeat", type=int, default=None, help=f"rounds (default {DEFAULT_REPEAT})")
-    p.add_argument("--parts", type=_list_arg(("sweep", "file", "offload")), default=("sweep", "file", "offload"),
+    p.add_argument("--parts", type=core.list_arg(("sweep", "file", "offload")), default=("sweep", "file", "offload"),
                    metavar="sweep,file,offload")
     p.add_argument("--no-fio", action="store_true", help="do not run fio")
     p.add_argument("--quick", action="store_true", help="small files and few cases (for tests)")

@@ -194,47 +194,26 @@ class Options:
     seed: int = 12345
 
 
-def _list_arg(allowed: Sequence[str]) -> Callable[[str], Tuple[str, ...]]:
-    def parse(text: str) -> Tuple[str, ...]:
-        items = tuple(t.strip() for t in text.split(",") if t.strip())
-        bad = [t for t in items if t not in allowed]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)} (comma-separated), got {text!r}")
-        return items
-    return parse
 
 
-def _size_arg(text: str) -> int:
-    try:
-        return core.parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=_size_arg, default=None,
+    p.add_argument("--size", type=core.size_arg, default=None,
                    help=f"packed bytes per call, e.g. 8M (default {format_size(DEFAULT_SIZE)}; "
                         f"{format_size(QUICK_SIZE)} with --quick)")
-    p.add_argument("--repeat", type=_positive, default=None,
+    p.add_argument("--repeat", type=core.positive_int, default=None,
                    help=f"timed rounds per case (each times every contender once); the median is reported (default {DEFAULT_REPEAT}; "
                         f"{QUICK_REPEAT} with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls of each contender before the rounds (default 1)")
-    p.add_argument("--threads", type=_positive, default=None,
+    p.add_argument("--threads", type=core.positive_int, default=None,
                    help="threads for hauler pack/unpack and the threaded memcpy "
                         "(default: hauler's default, HAULER_THREADS or the core count)")
-    p.add_argument("--cases", type=_list_arg(KINDS), default=KINDS, metavar="vector,subarray",
+    p.add_argument("--cases", type=core.list_arg(KINDS), default=KINDS, metavar="vector,subarray",
                    help="which type families to run (default both)")
-    p.add_argument("--base", type=_list_arg(tuple(BASES)), default=tuple(BASES), metavar="byte,double",
+    p.add_argument("--base", type=core.list_arg(tuple(BASES)), default=tuple(BASES), metavar="byte,double",
                    help="base types (default both)")
     p.add_argument("--quick", action="store_true",
                    help=f"a few small cases (for tests): size {format_size(QUICK_SIZE)}, repeat {QUICK_REPEAT}, "
