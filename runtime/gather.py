@@ -19,6 +19,10 @@ Tables
       is closed or collected (mappings already open stay valid).
     * ``mmap``: a path to a ``.npy`` file, memory-mapped (read-only unless ``writable=True``);
       pickling sends the path.
+    * ``file``: ``add(name, path, backend="file")``: a ``.npy`` or raw file (``dtype=``,
+      ``shape=``, ``offset=``) on NVMe, read through the I/O engine (``hauler.io``, O_DIRECT where
+      allowed), never mapped. A gather reads only the 4 KiB blocks holding the wanted rows, as one
+      ``read_many`` request; read-only (scatter raises InvalidArgument); pickling sends the path.
   Rows are everything after the first dimension; they must be C-contiguous (rows themselves may
   be any distance apart). Any dtype, bfloat16 tensors included.
 
@@ -255,6 +259,175 @@ def _share(t: _Table) -> _Table:
     return _Table(t.name, dst, "shared", t.torch_dtype, path=path, owner=True)
 
 
+# -- tables in files, read through the I/O engine (NVMe) -----------------------------------------
+
+def _check_indices(flat: np.ndarray, rows: int) -> None:
+    """The memory tables' index errors (same messages), raised before any read."""
+    if flat.size == 0:
+        return
+    bad = (flat < 0) | (flat >= rows)
+    if not bad.any():
+        return
+    from .errors import OutOfRange
+    i = int(np.argmax(bad))
+    v = int(flat[i])
+    if v < 0:
+        raise OutOfRange(f"index[{i}] = {v} is negative (a table of {rows} rows takes 0..{rows - 1})")
+    raise OutOfRange(f"index[{i}] = {v} is out of range for a table of {rows} rows")
+
+
+def _npy_header(path: str) -> Tuple[Tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a .npy file, read from its header only."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        except ValueError as e:
+            raise InvalidArgument(f"{path!r} is not a .npy file: {e}") from None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise InvalidArgument(f"{path!r} holds Python objects (dtype {dtype}); tables hold plain data")
+    if fortran and len(shape) > 1:
+        raise InvalidArgument(f"{path!r} is stored in Fortran order; rows must be C-contiguous")
+    return tuple(int(s) for s in shape), dtype, offset
+
+
+class _FileTable(_Table):
+    """A table in a file (raw bytes or .npy) read with hauler's I/O engine, never mapped.
+
+    ``gather`` reads only the blocks (``block`` bytes, 4 KiB or the O_DIRECT alignment if larger)
+    that hold the wanted rows: the sorted unique rows' blocks, coalesced into extents, are read as
+    one ``read_many`` request (a block cut short by the end of the file is read on its own), and
+    the rows are copied from the read buffer into ``out`` in index order. ``bytes_read``,
+    ``blocks_read`` and ``requests`` count what was asked of the engine (``reset_counters()``).
+    Read-only: scatter raises InvalidArgument."""
+
+    def __init__(self, name: str, path: str, shape: Tuple[int, ...], dtype: np.dtype, offset: int,
+                 direct: Optional[bool] = None):
+        from . import io
+        dtype = np.dtype(dtype)
+        if len(shape) < 1:
+            raise InvalidArgument(f"table {name!r} must have at least one dimension (rows), got a scalar")
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        if row_bytes == 0:
+            raise InvalidArgument(f"table {name!r} has empty rows (shape {shape})")
+        self.file = io.File(path, "r", direct=direct)
+        size = self.file.size()
+        need = offset + shape[0] * row_bytes
+        if size < need:
+            self.file.close()
+            raise InvalidArgument(f"table {name!r}: {path!r} holds {size} bytes, the table {shape} {dtype} "
+                                  f"at offset {offset} needs {need}")
+        # a zero-byte stand-in with the table's shape and dtype (read-only): what FeatureStore's
+        # checks look at; the rows themselves are only in the file
+        self.arr = np.broadcast_to(np.zeros((1,) + tuple(shape[1:]), dtype), tuple(shape))
+        self.name, self.kind, self.torch_dtype, self.path, self.owner = name, "file", None, path, False
+        self.keep, self.device_ptr, self.warned_fallback, self._finalizer = None, None, False, None
+        self.row_bytes = self.row_stride = row_bytes
+        self.offset, self.file_size, self.direct = int(offset), size, direct
+        self.block = max(4096, io.alignment())
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.bytes_read = self.blocks_read = self.requests = 0
+
+    def as_user(self, arr: Optional[np.ndarray] = None, torch_out: bool = False) -> Any:
+        if arr is None:
+            raise InvalidArgument(f"table {self.name!r} lives in a file ({self.path!r}) read through the I/O "
+                                  "engine; it has no in-memory view: gather its rows")
+        return super().as_user(arr, torch_out)
+
+    def blocks_for(self, idx: np.ndarray) -> np.ndarray:
+        """The sorted block numbers holding rows `idx` (validated indices)."""
+        u = np.unique(idx.reshape(-1).astype(np.int64, copy=False))
+        if u.size == 0:
+            return u
+        start = self.offset + u * self.row_bytes
+        b0 = start // self.block
+        b1 = (start + self.row_bytes - 1) // self.block
+        span = b1 - b0 + 1
+        total = int(span.sum())
+        # every block b0..b1 of every row, then unique (rows share blocks)
+        rep = np.repeat(b0 - np.concatenate(([0], np.cumsum(span)[:-1])), span)
+        return np.unique(rep + np.arange(total, dtype=np.int64))
+
+    def gather_into(self, idx: np.ndarray, out: np.ndarray, threads: int, stream: int) -> None:
+        flat = idx.reshape(-1)
+        _check_indices(flat, self.rows)
+        if flat.size == 0:
+            return
+        B, rb = self.block, self.row_bytes
+        blocks = self.blocks_for(flat)
+        # coalesce consecutive blocks into extents; read_many pieces are whole blocks, so an extent
+        # is its run of block-sized pieces, all in one request
+        buf = np.empty(blocks.size * B, np.uint8)
+        offsets = blocks * B
+        last_end = int(offsets[-1]) + B
+        tail = last_end > self.file_size
+        full = blocks.size - 1 if tail else blocks.size
+        if full:
+            self.file.read_many(buf[:full * B], offsets[:full].tolist(), B)
+            self.requests += 1
+        if tail:
+            n = self.file_size - int(offsets[-1])
+            self.file.read_into(buf[full * B:full * B + n], n, int(offsets[-1]))
+            self.requests += 1
+        self.bytes_read += full * B + (self.file_size - int(offsets[-1]) if tail else 0)
+        self.blocks_read += int(blocks.size)
+        # where each wanted row starts in buf: its first block's slot, plus the offset within it
+        start = self.offset + flat.astype(np.int64) * rb
+        slot = np.searchsorted(blocks, start // B)
+        pos = slot * B + start % B
+        # every row is contiguous in buf (its blocks are consecutive slots): a sliding window of
+        # row_bytes over buf makes row r the window starting at pos[r]
+        window = np.lib.stride_tricks.as_strided(buf, shape=(buf.size - rb + 1, rb), strides=(1, 1),
+                                                 writeable=False)
+        out.reshape(-1).view(np.uint8).reshape(flat.size, rb)[...] = window[pos]  # (np.take would copy window)
+
+    def scatter_from(self, idx: np.ndarray, src: np.ndarray, reduce: str, threads: int) -> None:
+        raise InvalidArgument(f"table {self.name!r} is a read-only NVMe table (a file read through the "
+                              "I/O engine); scatter needs a memory, shared or writable mmap table")
+
+    def __getstate__(self):
+        return {"name": self.name, "path": self.path, "shape": tuple(self.arr.shape), "dtype": self.arr.dtype.str,
+                "offset": self.offset, "direct": self.direct}
+
+    def __setstate__(self, state):
+        _FileTable.__init__(self, state["name"], state["path"], tuple(state["shape"]), np.dtype(state["dtype"]),
+                            state["offset"], state["direct"])
+
+
+def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direct: Optional[bool]) -> _FileTable:
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"table {name!r}: no such file {path!r}")
+    offset = _buffers.as_int("offset", offset, minimum=0)
+    if dtype is None and shape is None:
+        try:
+            shp, dt, off = _npy_header(path)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"table {name!r}: {e} (a raw file needs dtype= and shape=)") from None
+        return _FileTable(name, path, shp, dt, off + offset, direct)
+    if dtype is None:
+        raise InvalidArgument(f"table {name!r}: a raw file table needs dtype= (and shape=, rows may be -1)")
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise InvalidArgument(f"table {name!r}: dtype {dt} holds Python objects; tables hold plain data")
+    shp = (-1,) if shape is None else (tuple(int(s) for s in shape) if not np.isscalar(shape) else (int(shape),))
+    if any(s < 0 for s in shp[1:]) or shp[0] < -1:
+        raise InvalidArgument(f"table {name!r}: bad shape {shape!r}")
+    if shp[0] == -1:
+        row_bytes = int(np.prod(shp[1:], dtype=np.int64)) * dt.itemsize
+        if row_bytes == 0:
+            raise InvalidArgument(f"table {name!r} has empty rows (shape {shape})")
+        shp = ((os.path.getsize(path) - offset) // row_bytes,) + shp[1:]
+    return _FileTable(name, path, shp, dt, offset, direct)
+
+
 # -- indices and outputs --------------------------------------------------------------------------
 
 def _index_array(index: Any) -> Tuple[np.ndarray, bool]:
@@ -331,12 +504,31 @@ class FeatureStore:
             self.add(name, data, shared=shared)
 
     # tables
-    def add(self, name: str, data: Any, *, shared: bool = False, writable: bool = False) -> None:
+    def add(self, name: str, data: Any, *, shared: bool = False, writable: bool = False,
+            backend: Optional[str] = None, dtype: Any = None, shape: Any = None, offset: int = 0,
+            direct: Optional[bool] = None) -> None:
         """Add (or replace) table `name`: a numpy array, CPU torch tensor or .npy path (mapped;
-        `writable` maps it read-write). `shared` copies it once into /dev/shm (see the module help)."""
+        `writable` maps it read-write). `shared` copies it once into /dev/shm (see the module help).
+
+        ``backend="file"``: `data` is a path read through the I/O engine (hauler.io, O_DIRECT where
+        allowed; `direct` as for io.File), never mapped: a .npy file, or a raw file of rows given
+        `dtype` and `shape` (rows may be -1: as many as the file holds) starting at byte `offset`.
+        Gathers read only the blocks holding the wanted rows; the table is read-only."""
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"table name must be a non-empty string, got {name!r}")
-        t = _table_from(name, data, shared, writable)
+        if backend not in (None, "memory", "mmap", "file"):
+            raise InvalidArgument(f"backend must be None, 'memory', 'mmap' or 'file', got {backend!r}")
+        if backend == "file":
+            if not isinstance(data, (str, os.PathLike)):
+                raise InvalidArgument(f"table {name!r}: backend='file' takes a path, got {type(data).__name__}")
+            if shared or writable:
+                raise InvalidArgument(f"table {name!r}: a file table is read through the I/O engine and read-only "
+                                      "(shared= and writable= do not apply)")
+            t: _Table = _file_table(name, data, dtype, shape, offset, direct)
+        else:
+            if dtype is not None or shape is not None or offset or direct is not None:
+                raise InvalidArgument("dtype=, shape=, offset= and direct= apply to backend='file' only")
+            t = _table_from(name, data, shared, writable)
         old = self._tables.get(name)
         if old is not None:
             self._unpin_one(old)  # first: the new table may be the same memory
@@ -348,12 +540,15 @@ class FeatureStore:
                     self._pin_one(old)
                 raise
         self._tables[name] = t
+        if old is not None and old is not t:
+            _close_file(old)
 
     def remove(self, name: str) -> bool:
         t = self._tables.pop(name, None)
         if t is None:
             return False
         self._unpin_one(t)
+        _close_file(t)
         return True
 
     def share(self) -> "FeatureStore":
@@ -393,7 +588,7 @@ class FeatureStore:
         return t.torch_dtype if t.torch_dtype is not None else t.arr.dtype
 
     def kind(self, name: str) -> str:
-        """'memory', 'shared' or 'mmap'."""
+        """'memory', 'shared', 'mmap' or 'file' (read through the I/O engine)."""
         return self._get(name).kind
 
     def path(self, name: str) -> Optional[str]:
@@ -445,6 +640,9 @@ class FeatureStore:
         t = self._get(name)
         if reduce not in ("assign", "add"):
             raise InvalidArgument(f"reduce must be 'assign' or 'add', got {reduce!r}")
+        if t.kind == "file":
+            raise InvalidArgument(f"table {name!r} is a read-only NVMe table (a file read through the I/O engine); "
+                                  "scatter needs a memory, shared or writable mmap table")
         if not t.arr.flags.writeable:
             raise ReadOnlyBuffer(f"table {name!r} is read-only ({t.kind}); "
                                  + ("add it with writable=True" if t.kind == "mmap" else "pass a writable array"))
@@ -489,6 +687,8 @@ class FeatureStore:
         return self._pinned
 
     def _pin_one(self, t: _Table) -> None:
+        if t.kind == "file":
+            return  # rows come from the file; gather(device=...) gathers on the host and copies
         if t.device_ptr is None and t.rows > 0:
             t.device_ptr = int(_core().host_register(_addr(t.arr), t.nbytes, not t.arr.flags.writeable))
 
@@ -524,7 +724,7 @@ class FeatureStore:
                                   idx.itemsize, out.data_ptr(), out.numel() * out.element_size(), stream, False,
                                   blocks)
             return out
-        if not t.warned_fallback:  # a fallback number must never pass for the zero-copy path
+        if not t.warned_fallback and t.kind != "file":  # a fallback number must never pass for the zero-copy path
             import warnings
             warnings.warn(f"hauler.gather: table {t.name!r} is not pinned, so gather(device=...) gathers on the "
                           "host and copies to the GPU; call FeatureStore.pin() for the zero-copy kernel",
@@ -544,6 +744,7 @@ class FeatureStore:
         for t in self._tables.values():
             if t._finalizer is not None:
                 t._finalizer()
+            _close_file(t)
         self._tables.clear()
 
     def __enter__(self) -> "FeatureStore":
@@ -562,6 +763,15 @@ class FeatureStore:
     def __repr__(self) -> str:
         parts = [f"{n}: {t.kind} {t.arr.shape} {self.dtype(n)}" for n, t in self._tables.items()]
         return f"FeatureStore({'; '.join(parts)})"
+
+
+def _close_file(t: _Table) -> None:
+    f = getattr(t, "file", None)
+    if f is not None:
+        try:
+            f.close()
+        except Exception:
+            pass
 
 
 def _torch_dtype_of(np_dtype: np.dtype) -> Any:
