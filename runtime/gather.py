@@ -21,8 +21,8 @@ Tables
       pickling sends the path.
     * ``file``: ``add(name, path, backend="file")``: a ``.npy`` or raw file (``dtype=``,
       ``shape=``, ``offset=``) on NVMe, read through the I/O engine (``hauler.io``, O_DIRECT where
-      allowed), never mapped. A gather reads only the 4 KiB blocks holding the wanted rows, as one
-      ``read_many`` request; read-only (scatter raises InvalidArgument); pickling sends the path.
+      allowed), never mapped. A gather reads only the 4 KiB blocks holding the wanted rows,
+      coalesced into extents, as one request; read-only (scatter raises InvalidArgument); pickling sends the path.
   Rows are everything after the first dimension; they must be C-contiguous (rows themselves may
   be any distance apart). Any dtype, bfloat16 tensors included.
 
@@ -300,10 +300,10 @@ class _FileTable(_Table):
     """A table in a file (raw bytes or .npy) read with hauler's I/O engine, never mapped.
 
     ``gather`` reads only the blocks (``block`` bytes, 4 KiB or the O_DIRECT alignment if larger)
-    that hold the wanted rows: the sorted unique rows' blocks, coalesced into extents, are read as
-    one ``read_many`` request (a block cut short by the end of the file is read on its own), and
-    the rows are copied from the read buffer into ``out`` in index order. ``bytes_read``,
-    ``blocks_read`` and ``requests`` count what was asked of the engine (``reset_counters()``).
+    that hold the wanted rows: the sorted unique rows' blocks, coalesced into extents of
+    consecutive blocks, are read as one request (``io.File.read_extents``), and the rows are
+    copied from the read buffer into ``out`` in index order. ``bytes_read``, ``blocks_read``,
+    ``extents_read`` and ``requests`` count what was asked of the engine (``reset_counters()``).
     Read-only: scatter raises InvalidArgument."""
 
     def __init__(self, name: str, path: str, shape: Tuple[int, ...], dtype: np.dtype, offset: int,
@@ -333,7 +333,7 @@ class _FileTable(_Table):
         self.reset_counters()
 
     def reset_counters(self) -> None:
-        self.bytes_read = self.blocks_read = self.requests = 0
+        self.bytes_read = self.blocks_read = self.extents_read = self.requests = 0
 
     def as_user(self, arr: Optional[np.ndarray] = None, torch_out: bool = False) -> Any:
         if arr is None:
@@ -362,21 +362,19 @@ class _FileTable(_Table):
             return
         B, rb = self.block, self.row_bytes
         blocks = self.blocks_for(flat)
-        # coalesce consecutive blocks into extents; read_many pieces are whole blocks, so an extent
-        # is its run of block-sized pieces, all in one request
+        # coalesce consecutive blocks into extents (the last one cut at the end of the file), read
+        # as one request; packed back to back, block k of the list lands at buf[k*B:(k+1)*B]
         buf = np.empty(blocks.size * B, np.uint8)
-        offsets = blocks * B
-        last_end = int(offsets[-1]) + B
-        tail = last_end > self.file_size
-        full = blocks.size - 1 if tail else blocks.size
-        if full:
-            self.file.read_many(buf[:full * B], offsets[:full].tolist(), B)
-            self.requests += 1
-        if tail:
-            n = self.file_size - int(offsets[-1])
-            self.file.read_into(buf[full * B:full * B + n], n, int(offsets[-1]))
-            self.requests += 1
-        self.bytes_read += full * B + (self.file_size - int(offsets[-1]) if tail else 0)
+        breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
+        first = np.concatenate(([0], breaks))
+        count = np.diff(np.concatenate((first, [blocks.size])))
+        offsets = blocks[first] * B
+        sizes = count * B
+        sizes[-1] = min(int(sizes[-1]), self.file_size - int(offsets[-1]))
+        self.file.read_extents(buf, offsets.tolist(), sizes.tolist())
+        self.requests += 1
+        self.extents_read += int(first.size)
+        self.bytes_read += int(sizes.sum())
         self.blocks_read += int(blocks.size)
         # where each wanted row starts in buf: its first block's slot, plus the offset within it
         start = self.offset + flat.astype(np.int64) * rb

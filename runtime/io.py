@@ -231,6 +231,15 @@ class File:
             raise InvalidArgument("read_many takes host buffers")
         return int(self._f.read_many(host, [int(o) for o in offsets], _check_int("size", size)))
 
+    def read_extents(self, buf: Any, offsets: Any, sizes: Any) -> int:
+        """Reads ``len(offsets)`` pieces of different sizes, piece i (``sizes[i]`` bytes from file
+        offset ``offsets[i]``) into ``buf`` right after pieces 0..i-1, as one request; blocking.
+        Every byte or an exception."""
+        host, dev = self._prepare(buf, True)
+        if dev is not None:
+            raise InvalidArgument("read_extents takes host buffers")
+        return int(self._f.read_extents(host, [int(o) for o in offsets], [int(n) for n in sizes]))
+
     def write_many(self, buf: Any, offsets: Any, size: int) -> int:
         """Writes bytes [i*size, (i+1)*size) of ``buf`` at file offset ``offsets[i]`` for every i,
         as one request; blocking. Pieces must not overlap (nor share a 4 KiB block of an

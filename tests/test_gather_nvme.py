@@ -1,7 +1,7 @@
 """hauler.gather's file tables (backend="file": .npy or raw files read through hauler.io's engine,
 never mapped) against numpy fancy indexing: random row sizes (odd ones, rows straddling 4 KiB
 blocks), dtypes, unsorted / duplicate / empty indices, poisoned outputs; only the blocks holding
-the wanted rows are read, in one read_many request; bad input rejected before any read."""
+the wanted rows are read, coalesced into extents read as one request; bad input rejected before any read."""
 from __future__ import annotations
 
 import os
@@ -123,9 +123,9 @@ def test_reads_only_needed_blocks(tdir, row_bytes, npy):
         want_bytes = sum(min(BLOCK, size - b * BLOCK) for b in blocks)
         assert t.blocks_read == len(blocks)
         assert t.bytes_read == want_bytes, (t.bytes_read, want_bytes)
-        tail = bool(blocks) and (max(blocks) + 1) * BLOCK > size
-        full = len(blocks) - tail
-        assert t.requests == (full > 0) + tail          # one read_many, plus a short tail block
+        runs = sum(1 for b in blocks if b - 1 not in blocks)
+        assert t.requests == (1 if blocks else 0)        # one request of coalesced extents
+        assert t.extents_read == runs
     # far fewer bytes than the table for a sparse gather
     t.reset_counters()
     fs.gather("t", [0, rows - 1])
@@ -194,3 +194,18 @@ def test_pickle_and_replace(tdir):
     assert fs.kind("t") == "memory" and np.array_equal(fs.gather("t", idx), table[idx])
     fs.close()
     fs2.close()
+
+
+def test_read_extents(tdir):
+    data = np.random.default_rng(3).integers(0, 256, 3 * BLOCK + 100, dtype=np.uint8)
+    path = write_table(tdir, data, raw=True)
+    with hauler.io.File(path) as f:
+        buf = np.empty(BLOCK + 100 + 7, np.uint8)
+        assert f.read_extents(buf, [0, 3 * BLOCK, 5], [BLOCK, 100, 7]) == BLOCK + 107
+        assert np.array_equal(buf, np.concatenate((data[:BLOCK], data[3 * BLOCK:], data[5:12])))
+        with pytest.raises(hauler.InvalidArgument, match="entries"):
+            f.read_extents(buf, [0, 1], [1])
+        with pytest.raises(hauler.BufferTooSmall):
+            f.read_extents(buf, [0, 0], [BLOCK, BLOCK])
+        with pytest.raises(hauler.OutOfRange):
+            f.read_extents(buf, [3 * BLOCK], [BLOCK])

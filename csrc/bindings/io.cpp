@@ -76,6 +76,29 @@ int64_t many(const io::File& f, py::object buf, const std::vector<int64_t>& offs
   return io::execute_segments(f.state(), op, segs);
 }
 
+// Pieces of different sizes: piece i (sizes[i] bytes at file offset offsets[i]) goes to / comes
+// from the bytes after pieces 0..i-1 in buf. One request, like many().
+int64_t extents(const io::File& f, py::object buf, const std::vector<int64_t>& offsets,
+                const std::vector<int64_t>& sizes, io::Op op) {
+  HeldBuffer b(buf, op == io::Op::read, "buf");
+  if (offsets.size() != sizes.size())
+    fail(Status::invalid_argument, "offsets has " + std::to_string(offsets.size()) + " entries, sizes has " +
+                                       std::to_string(sizes.size()));
+  std::vector<io::Segment> segs;
+  segs.reserve(offsets.size());
+  int64_t pos = 0;
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    if (sizes[i] < 0 || offsets[i] < 0)
+      fail(Status::invalid_argument, "extent " + std::to_string(i) + " has a negative offset or size");
+    if (sizes[i] > b.size() - pos)
+      fail(Status::buffer_too_small, "buf holds " + std::to_string(b.size()) + " bytes, fewer than the extents need");
+    segs.push_back({b.data() + pos, offsets[i], sizes[i]});
+    pos += sizes[i];
+  }
+  py::gil_scoped_release nogil;
+  return io::execute_segments(f.state(), op, segs);
+}
+
 }  // namespace
 
 void register_io(py::module_& m) {
@@ -154,6 +177,11 @@ void register_io(py::module_& m) {
              return many(f, buf, offsets, size, io::Op::read);
            },
            py::arg("buf"), py::arg("offsets"), py::arg("size"))
+      .def("read_extents",
+           [](const io::File& f, py::object buf, std::vector<int64_t> offsets, std::vector<int64_t> sizes) {
+             return extents(f, buf, offsets, sizes, io::Op::read);
+           },
+           py::arg("buf"), py::arg("offsets"), py::arg("sizes"))
       .def("write_many",
            [](const io::File& f, py::object buf, std::vector<int64_t> offsets, int64_t size) {
              return many(f, buf, offsets, size, io::Op::write);
