@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "io.hpp"
+#include "task_threads.hpp"
 
 namespace hauler::io {
 
@@ -73,40 +74,8 @@ struct Shared {
   }
 };
 
-class Pool {
- public:
-  void post(std::function<void()> fn) {
-    std::lock_guard<std::mutex> g(m_);
-    while (static_cast<int>(threads_.size()) < io_threads()) threads_.emplace_back([this] { loop(); });
-    q_.push_back(std::move(fn));
-    cv_.notify_one();
-  }
-  int size() {
-    std::lock_guard<std::mutex> g(m_);
-    return static_cast<int>(threads_.size());
-  }
-
- private:
-  void loop() {
-    while (true) {
-      std::function<void()> fn;
-      {
-        std::unique_lock<std::mutex> l(m_);
-        cv_.wait(l, [this] { return !q_.empty(); });
-        fn = std::move(q_.front());
-        q_.pop_front();
-      }
-      fn();
-    }
-  }
-  std::mutex m_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> q_;
-  std::vector<std::thread> threads_;  // detached at exit (the pool lives for the process)
-};
-
-Pool& pool() {
-  static Pool* p = new Pool;
+TaskThreads& pool() {
+  static TaskThreads* p = new TaskThreads(io_threads);  // never destroyed: threads outlive static teardown
   return *p;
 }
 

@@ -16,6 +16,7 @@
 
 #include "../common/checked.hpp"
 #include "io.hpp"
+#include "task_threads.hpp"
 
 namespace hauler::io {
 
@@ -438,35 +439,8 @@ void File::truncate(int64_t size) const {
 // ---- futures and the request threads -------------------------------------------------------------
 
 namespace {
-class RequestPool {
- public:
-  void post(std::function<void()> fn) {
-    std::lock_guard<std::mutex> g(m_);
-    while (static_cast<int>(threads_.size()) < request_threads()) threads_.emplace_back([this] { loop(); });
-    q_.push_back(std::move(fn));
-    cv_.notify_one();
-  }
-
- private:
-  void loop() {
-    while (true) {
-      std::function<void()> fn;
-      {
-        std::unique_lock<std::mutex> l(m_);
-        cv_.wait(l, [this] { return !q_.empty(); });
-        fn = std::move(q_.front());
-        q_.pop_front();
-      }
-      fn();
-    }
-  }
-  std::mutex m_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> q_;
-  std::vector<std::thread> threads_;
-};
-RequestPool& request_pool() {
-  static RequestPool* p = new RequestPool;
+TaskThreads& request_pool() {
+  static TaskThreads* p = new TaskThreads(request_threads);  // never destroyed, like the backend's
   return *p;
 }
 }  // namespace
