@@ -1064,6 +1064,16 @@ MPI_Aint extent_of(MPI_Datatype t) {
   return ext;
 }
 
+// Whether the shim handles this (neighbour) all-to-all, and with how many
+// peers it sends to and receives from; false: hand it to the library as is.
+bool coll_peers(const void* sbuf, MPI_Comm comm, bool neighbor, int* ns, int* nr) {
+  if (!g.coll || sbuf == MPI_IN_PLACE || !plain_intracomm(comm)) return false;
+  if (neighbor) return neighbours(comm, nr, ns);
+  if (PMPI_Comm_size(comm, ns) != MPI_SUCCESS) return false;
+  *nr = *ns;
+  return true;
+}
+
 int alltoallv(const void* sbuf, const int* scounts, const int* sdispls, MPI_Datatype stype, void* rbuf,
               const int* rcounts, const int* rdispls, MPI_Datatype rtype, MPI_Comm comm, bool neighbor) {
   st.calls++;
@@ -1072,13 +1082,7 @@ int alltoallv(const void* sbuf, const int* scounts, const int* sdispls, MPI_Data
                     : PMPI_Alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
   };
   int ns = 0, nr = 0;
-  bool ok = g.coll && sbuf != MPI_IN_PLACE && plain_intracomm(comm);
-  if (ok && neighbor) ok = neighbours(comm, &nr, &ns);
-  if (ok && !neighbor) {
-    ok = PMPI_Comm_size(comm, &ns) == MPI_SUCCESS;
-    nr = ns;
-  }
-  if (!ok) {
+  if (!coll_peers(sbuf, comm, neighbor, &ns, &nr)) {
     st.coll_passthrough++;
     return fwd();
   }
@@ -1098,13 +1102,7 @@ int alltoallw(const void* sbuf, const int* scounts, const MPI_Aint* sdA, const i
                     : PMPI_Alltoallw(sbuf, scounts, sdI, stypes, rbuf, rcounts, rdI, rtypes, comm);
   };
   int ns = 0, nr = 0;
-  bool ok = g.coll && sbuf != MPI_IN_PLACE && plain_intracomm(comm);
-  if (ok && neighbor) ok = neighbours(comm, &nr, &ns);
-  if (ok && !neighbor) {
-    ok = PMPI_Comm_size(comm, &ns) == MPI_SUCCESS;
-    nr = ns;
-  }
-  if (!ok) {
+  if (!coll_peers(sbuf, comm, neighbor, &ns, &nr)) {
     st.coll_passthrough++;
     return fwd();
   }
