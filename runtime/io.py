@@ -235,10 +235,20 @@ class File:
         """Reads ``len(offsets)`` pieces of different sizes, piece i (``sizes[i]`` bytes from file
         offset ``offsets[i]``) into ``buf`` right after pieces 0..i-1, as one request; blocking.
         Every byte or an exception."""
-        host, dev = self._prepare(buf, True)
+        return self._extents(buf, offsets, sizes, True)
+
+    def write_extents(self, buf: Any, offsets: Any, sizes: Any) -> int:
+        """Writes ``len(offsets)`` pieces of different sizes, piece i (``sizes[i]`` bytes at file
+        offset ``offsets[i]``) from ``buf`` right after pieces 0..i-1, as one request; blocking.
+        Pieces must not overlap (nor share a 4 KiB block of an O_DIRECT file when unaligned)."""
+        return self._extents(buf, offsets, sizes, False)
+
+    def _extents(self, buf: Any, offsets: Any, sizes: Any, read: bool) -> int:
+        host, dev = self._prepare(buf, read)
+        name = "read_extents" if read else "write_extents"
         if dev is not None:
-            raise InvalidArgument("read_extents takes host buffers")
-        return int(self._f.read_extents(host, [int(o) for o in offsets], [int(n) for n in sizes]))
+            raise InvalidArgument(f"{name} takes host buffers")
+        return int(getattr(self._f, name)(host, [int(o) for o in offsets], [int(n) for n in sizes]))
 
     def write_many(self, buf: Any, offsets: Any, size: int) -> int:
         """Writes bytes [i*size, (i+1)*size) of ``buf`` at file offset ``offsets[i]`` for every i,

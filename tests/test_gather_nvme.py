@@ -209,3 +209,23 @@ def test_read_extents(tdir):
             f.read_extents(buf, [0, 0], [BLOCK, BLOCK])
         with pytest.raises(hauler.OutOfRange):
             f.read_extents(buf, [3 * BLOCK], [BLOCK])
+
+
+@pytest.mark.parametrize("direct", [None, False])
+def test_write_extents(tdir, direct):
+    data = np.random.default_rng(4).integers(0, 256, 3 * BLOCK + 100, dtype=np.uint8)
+    path = write_table(tdir, data, raw=True)
+    new = np.random.default_rng(5).integers(0, 256, BLOCK + 100 + 7, dtype=np.uint8)
+    with hauler.io.File(path, "r+", direct=direct) as f:
+        # a whole block, the tail cut at the end of the file, an unaligned piece inside block 1
+        assert f.write_extents(new, [0, 3 * BLOCK, BLOCK + 5], [BLOCK, 100, 7]) == BLOCK + 107
+        assert f.size() == data.size                     # the unaligned tail did not grow the file
+        with pytest.raises(hauler.InvalidArgument, match="entries"):
+            f.write_extents(new, [0, 1], [1])
+        with pytest.raises(hauler.BufferTooSmall):
+            f.write_extents(new, [0, BLOCK], [BLOCK, BLOCK])
+    want = data.copy()
+    want[:BLOCK], want[3 * BLOCK:], want[BLOCK + 5:BLOCK + 12] = new[:BLOCK], new[BLOCK:BLOCK + 100], new[-7:]
+    assert np.array_equal(np.fromfile(path, np.uint8), want)
+    with hauler.io.File(path) as f, pytest.raises(hauler.InvalidArgument, match="not writable"):
+        f.write_extents(new, [0], [1])

@@ -182,6 +182,11 @@ void register_io(py::module_& m) {
              return extents(f, buf, offsets, sizes, io::Op::read);
            },
            py::arg("buf"), py::arg("offsets"), py::arg("sizes"))
+      .def("write_extents",
+           [](const io::File& f, py::object buf, std::vector<int64_t> offsets, std::vector<int64_t> sizes) {
+             return extents(f, buf, offsets, sizes, io::Op::write);
+           },
+           py::arg("buf"), py::arg("offsets"), py::arg("sizes"))
       .def("write_many",
            [](const io::File& f, py::object buf, std::vector<int64_t> offsets, int64_t size) {
              return many(f, buf, offsets, size, io::Op::write);
