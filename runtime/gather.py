@@ -22,7 +22,9 @@ Tables
     * ``file``: ``add(name, path, backend="file")``: a ``.npy`` or raw file (``dtype=``,
       ``shape=``, ``offset=``) on NVMe, read through the I/O engine (``hauler.io``, O_DIRECT where
       allowed), never mapped. A gather reads only the 4 KiB blocks holding the wanted rows,
-      coalesced into extents, as one request; read-only (scatter raises InvalidArgument); pickling sends the path.
+      coalesced into extents, as one request. ``writable=True`` opens it read-write: a scatter
+      reads the blocks holding the touched rows, applies the rows and writes the same extents
+      back (read-only tables' scatter raises ReadOnlyBuffer); pickling sends the path.
   Rows are everything after the first dimension; they must be C-contiguous (rows themselves may
   be any distance apart). Any dtype, bfloat16 tensors included.
 
@@ -302,12 +304,19 @@ class _FileTable(_Table):
     ``gather`` reads only the blocks (``block`` bytes, 4 KiB or the O_DIRECT alignment if larger)
     that hold the wanted rows: the sorted unique rows' blocks, coalesced into extents of
     consecutive blocks, are read as one request (``io.File.read_extents``), and the rows are
-    copied from the read buffer into ``out`` in index order. ``bytes_read``, ``blocks_read``,
-    ``extents_read`` and ``requests`` count what was asked of the engine (``reset_counters()``).
-    Read-only: scatter raises InvalidArgument."""
+    copied from the read buffer into ``out`` in index order.
+
+    ``scatter`` (only when opened with ``writable=True``) is a read-modify-write of the same
+    extents: read the blocks holding the touched rows (one request), apply the rows there with the
+    memory tables' scatter (same duplicate rules), write those extents back (one request). Bytes
+    of a block outside the touched rows are written back as they were read, so a failed write
+    leaves every other row intact; two processes writing rows that share a block at the same time
+    can lose one's update (no locking). ``bytes_read``/``blocks_read``/``extents_read``,
+    ``bytes_written``/``blocks_written``/``extents_written`` and ``requests`` count what was asked
+    of the engine (``reset_counters()``)."""
 
     def __init__(self, name: str, path: str, shape: Tuple[int, ...], dtype: np.dtype, offset: int,
-                 direct: Optional[bool] = None):
+                 direct: Optional[bool] = None, writable: bool = False):
         from . import io
         dtype = np.dtype(dtype)
         if len(shape) < 1:
@@ -315,7 +324,8 @@ class _FileTable(_Table):
         row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         if row_bytes == 0:
             raise InvalidArgument(f"table {name!r} has empty rows (shape {shape})")
-        self.file = io.File(path, "r", direct=direct)
+        self.file = io.File(path, "r+" if writable else "r", direct=direct)
+        self.writable = bool(writable)
         size = self.file.size()
         need = offset + shape[0] * row_bytes
         if size < need:
@@ -334,6 +344,7 @@ class _FileTable(_Table):
 
     def reset_counters(self) -> None:
         self.bytes_read = self.blocks_read = self.extents_read = self.requests = 0
+        self.bytes_written = self.blocks_written = self.extents_written = 0
 
     def as_user(self, arr: Optional[np.ndarray] = None, torch_out: bool = False) -> Any:
         if arr is None:
@@ -355,51 +366,76 @@ class _FileTable(_Table):
         rep = np.repeat(b0 - np.concatenate(([0], np.cumsum(span)[:-1])), span)
         return np.unique(rep + np.arange(total, dtype=np.int64))
 
+    def _read_blocks(self, rows: np.ndarray):
+        """Reads the blocks holding `rows` (validated, non-empty) as one request of coalesced
+        extents (the last one cut at the end of the file). Returns (buf, offsets, sizes, window,
+        pos): block k of the sorted block list sits at buf[k*B:(k+1)*B], and row rows[i] is
+        window[pos[i]] (a sliding row_bytes window over buf: every row is contiguous in buf, its
+        blocks being consecutive slots)."""
+        B, rb = self.block, self.row_bytes
+        blocks = self.blocks_for(rows)
+        # aligned to the block, so O_DIRECT tasks need no bounce buffer
+        raw = np.empty(blocks.size * B + B, np.uint8)
+        buf = raw[-_addr(raw) % B:][:blocks.size * B]
+        breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
+        first = np.concatenate(([0], breaks))
+        count = np.diff(np.concatenate((first, [blocks.size])))
+        offsets = (blocks[first] * B).tolist()
+        sizes = (count * B).tolist()
+        sizes[-1] = min(sizes[-1], self.file_size - offsets[-1])
+        self.file.read_extents(buf, offsets, sizes)
+        self.requests += 1
+        self.extents_read += len(offsets)
+        self.bytes_read += sum(sizes)
+        self.blocks_read += int(blocks.size)
+        start = self.offset + rows.astype(np.int64) * rb
+        pos = np.searchsorted(blocks, start // B) * B + start % B
+        window = np.lib.stride_tricks.as_strided(buf, shape=(buf.size - rb + 1, rb), strides=(1, 1))
+        return buf, offsets, sizes, window, pos
+
     def gather_into(self, idx: np.ndarray, out: np.ndarray, threads: int, stream: int) -> None:
         flat = idx.reshape(-1)
         _check_indices(flat, self.rows)
         if flat.size == 0:
             return
-        B, rb = self.block, self.row_bytes
-        blocks = self.blocks_for(flat)
-        # coalesce consecutive blocks into extents (the last one cut at the end of the file), read
-        # as one request; packed back to back, block k of the list lands at buf[k*B:(k+1)*B]
-        buf = np.empty(blocks.size * B, np.uint8)
-        breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
-        first = np.concatenate(([0], breaks))
-        count = np.diff(np.concatenate((first, [blocks.size])))
-        offsets = blocks[first] * B
-        sizes = count * B
-        sizes[-1] = min(int(sizes[-1]), self.file_size - int(offsets[-1]))
-        self.file.read_extents(buf, offsets.tolist(), sizes.tolist())
-        self.requests += 1
-        self.extents_read += int(first.size)
-        self.bytes_read += int(sizes.sum())
-        self.blocks_read += int(blocks.size)
-        # where each wanted row starts in buf: its first block's slot, plus the offset within it
-        start = self.offset + flat.astype(np.int64) * rb
-        slot = np.searchsorted(blocks, start // B)
-        pos = slot * B + start % B
-        # every row is contiguous in buf (its blocks are consecutive slots): a sliding window of
-        # row_bytes over buf makes row r the window starting at pos[r]
-        window = np.lib.stride_tricks.as_strided(buf, shape=(buf.size - rb + 1, rb), strides=(1, 1),
-                                                 writeable=False)
-        out.reshape(-1).view(np.uint8).reshape(flat.size, rb)[...] = window[pos]  # (np.take would copy window)
+        _, _, _, window, pos = self._read_blocks(flat)
+        out.reshape(-1).view(np.uint8).reshape(flat.size, self.row_bytes)[...] = window[pos]  # (np.take would copy window)
 
     def scatter_from(self, idx: np.ndarray, src: np.ndarray, reduce: str, threads: int) -> None:
-        raise InvalidArgument(f"table {self.name!r} is a read-only NVMe table (a file read through the "
-                              "I/O engine); scatter needs a memory, shared or writable mmap table")
+        assert self.writable, "FeatureStore.scatter checks writability first"
+        flat = idx.reshape(-1)
+        _check_indices(flat, self.rows)
+        elem = f"{src.dtype.kind}{src.dtype.itemsize}"
+        if reduce == "add":
+            _core().scatter_check_elem(elem)  # before any I/O
+        if flat.size == 0:
+            return
+        rows, slot = np.unique(flat, return_inverse=True)
+        buf, offsets, sizes, window, pos = self._read_blocks(rows)
+        # the touched rows, packed, are a small memory table: the host scatter applies src to it with
+        # the memory tables' rules (assign: last position wins; add: numpy.add.at order)
+        stage = window[pos]
+        slot = np.ascontiguousarray(slot.reshape(-1), dtype=np.int64)
+        _core().scatter_host(_addr(stage), rows.size, self.row_bytes, self.row_bytes, _addr(slot), slot.size, 8,
+                             _addr(src), src.nbytes, reduce, elem, threads)
+        window[pos] = stage  # rows are disjoint in buf; the rest of each block stays as read
+        self.file.write_extents(buf, offsets, sizes)
+        self.requests += 1
+        self.extents_written += len(offsets)
+        self.bytes_written += sum(sizes)
+        self.blocks_written += int(buf.size // self.block)
 
     def __getstate__(self):
         return {"name": self.name, "path": self.path, "shape": tuple(self.arr.shape), "dtype": self.arr.dtype.str,
-                "offset": self.offset, "direct": self.direct}
+                "offset": self.offset, "direct": self.direct, "writable": self.writable}
 
     def __setstate__(self, state):
         _FileTable.__init__(self, state["name"], state["path"], tuple(state["shape"]), np.dtype(state["dtype"]),
-                            state["offset"], state["direct"])
+                            state["offset"], state["direct"], state.get("writable", False))
 
 
-def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direct: Optional[bool]) -> _FileTable:
+def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direct: Optional[bool],
+                writable: bool) -> _FileTable:
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"table {name!r}: no such file {path!r}")
@@ -409,7 +445,7 @@ def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direc
             shp, dt, off = _npy_header(path)
         except InvalidArgument as e:
             raise InvalidArgument(f"table {name!r}: {e} (a raw file needs dtype= and shape=)") from None
-        return _FileTable(name, path, shp, dt, off + offset, direct)
+        return _FileTable(name, path, shp, dt, off + offset, direct, writable)
     if dtype is None:
         raise InvalidArgument(f"table {name!r}: a raw file table needs dtype= (and shape=, rows may be -1)")
     dt = np.dtype(dtype)
@@ -423,7 +459,7 @@ def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direc
         if row_bytes == 0:
             raise InvalidArgument(f"table {name!r} has empty rows (shape {shape})")
         shp = ((os.path.getsize(path) - offset) // row_bytes,) + shp[1:]
-    return _FileTable(name, path, shp, dt, offset, direct)
+    return _FileTable(name, path, shp, dt, offset, direct, writable)
 
 
 # -- indices and outputs --------------------------------------------------------------------------
@@ -511,7 +547,8 @@ class FeatureStore:
         ``backend="file"``: `data` is a path read through the I/O engine (hauler.io, O_DIRECT where
         allowed; `direct` as for io.File), never mapped: a .npy file, or a raw file of rows given
         `dtype` and `shape` (rows may be -1: as many as the file holds) starting at byte `offset`.
-        Gathers read only the blocks holding the wanted rows; the table is read-only."""
+        Gathers read only the blocks holding the wanted rows; `writable` opens the file read-write
+        so scatter can update rows (a read-modify-write of the blocks holding them)."""
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"table name must be a non-empty string, got {name!r}")
         if backend not in (None, "memory", "mmap", "file"):
@@ -519,10 +556,10 @@ class FeatureStore:
         if backend == "file":
             if not isinstance(data, (str, os.PathLike)):
                 raise InvalidArgument(f"table {name!r}: backend='file' takes a path, got {type(data).__name__}")
-            if shared or writable:
-                raise InvalidArgument(f"table {name!r}: a file table is read through the I/O engine and read-only "
-                                      "(shared= and writable= do not apply)")
-            t: _Table = _file_table(name, data, dtype, shape, offset, direct)
+            if shared:
+                raise InvalidArgument(f"table {name!r}: a file table is read through the I/O engine, never mapped "
+                                      "(shared= does not apply)")
+            t: _Table = _file_table(name, data, dtype, shape, offset, direct, writable)
         else:
             if dtype is not None or shape is not None or offset or direct is not None:
                 raise InvalidArgument("dtype=, shape=, offset= and direct= apply to backend='file' only")
@@ -639,9 +676,10 @@ class FeatureStore:
         if reduce not in ("assign", "add"):
             raise InvalidArgument(f"reduce must be 'assign' or 'add', got {reduce!r}")
         if t.kind == "file":
-            raise InvalidArgument(f"table {name!r} is a read-only NVMe table (a file read through the I/O engine); "
-                                  "scatter needs a memory, shared or writable mmap table")
-        if not t.arr.flags.writeable:
+            if not t.writable:
+                raise ReadOnlyBuffer(f"table {name!r} is an NVMe table opened read-only; add it with "
+                                     "backend='file', writable=True to scatter into it")
+        elif not t.arr.flags.writeable:
             raise ReadOnlyBuffer(f"table {name!r} is read-only ({t.kind}); "
                                  + ("add it with writable=True" if t.kind == "mmap" else "pass a writable array"))
         idx, _ = _index_array(index)

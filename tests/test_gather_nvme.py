@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import uuid
 
 import numpy as np
 import pytest
@@ -19,36 +18,15 @@ import hauler
 from hauler.gather import FeatureStore
 from support import examples
 from support.buffers import POISONS
+from support.tables import BLOCK, expected_blocks, make_index, write_table
 
 DTYPES = [np.uint8, np.int16, np.float16, np.int32, np.float32, np.float64, np.complex128]
-BLOCK = 4096
 
 
 @pytest.fixture(scope="module")
 def tdir():
     with tempfile.TemporaryDirectory(dir=os.environ.get("HAULER_TEST_NVME_DIR") or None) as d:
         yield d
-
-
-def write_table(tdir, arr, raw, header_pad=0):
-    """The table as a .npy file, or as raw bytes after `header_pad` bytes of junk."""
-    if raw:
-        path = os.path.join(tdir, f"t-{uuid.uuid4().hex}.bin")
-        with open(path, "wb") as f:
-            f.write(b"\x77" * header_pad)
-            f.write(np.ascontiguousarray(arr).tobytes())
-    else:
-        path = os.path.join(tdir, f"t-{uuid.uuid4().hex}.npy")
-        np.save(path, arr)
-    return path
-
-
-def expected_blocks(offset, row_bytes, idx):
-    blocks = set()
-    for r in set(int(i) for i in np.asarray(idx).ravel()):
-        s = offset + r * row_bytes
-        blocks.update(range(s // BLOCK, (s + row_bytes - 1) // BLOCK + 1))
-    return blocks
 
 
 @st.composite
@@ -73,14 +51,7 @@ def test_gather_matches_numpy(tdir, case):
     nbytes = rows * int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
     table = rng.integers(0, 256, nbytes, dtype=np.uint8).view(dtype).reshape((rows,) + row_shape)
     path = write_table(tdir, table, raw, pad)
-    if kind == "2d":
-        idx = rng.integers(0, rows, (max(n // 4, 0), 4)).astype(width)
-    else:
-        idx = rng.integers(0, rows, n).astype(width)
-        if kind == "sorted":
-            idx.sort()
-        elif kind == "dups" and n:
-            idx[: n // 2] = idx[-1]
+    idx = make_index(rng, rows, n, kind, width)
     fs = FeatureStore()
     if raw:
         fs.add("t", path, backend="file", dtype=dtype, shape=(-1,) + row_shape, offset=pad)
@@ -154,7 +125,7 @@ def test_bad_input_before_any_read(tdir):
     with pytest.raises(hauler.InvalidArgument, match="dtype"):
         fs.gather("t", [1, 2], out=np.empty((2, 4), np.float64))
     assert t.bytes_read == 0 and t.requests == 0
-    with pytest.raises(hauler.InvalidArgument, match="read-only NVMe table"):
+    with pytest.raises(hauler.ReadOnlyBuffer, match="NVMe table opened read-only"):
         fs.scatter("t", [1], np.ones((1, 4), np.float32))
     with pytest.raises(hauler.InvalidArgument, match="no in-memory view"):
         fs.table("t")
@@ -174,8 +145,8 @@ def test_bad_tables(tdir):
         fs.add("t", raw, backend="file", dtype=np.float32, shape=(30, 1))      # 120 bytes > 100
     with pytest.raises(hauler.InvalidArgument, match="backend"):
         fs.add("t", raw, backend="tape")
-    with pytest.raises(hauler.InvalidArgument, match="read-only"):
-        fs.add("t", raw, backend="file", dtype=np.uint8, writable=True)
+    with pytest.raises(hauler.InvalidArgument, match="never mapped"):
+        fs.add("t", raw, backend="file", dtype=np.uint8, shared=True)
     with pytest.raises(hauler.InvalidArgument, match="Fortran"):
         fs.add("t", write_table(tdir, np.asfortranarray(np.zeros((4, 3))), raw=False), backend="file")
     fs.add("t", raw, backend="file", dtype=np.uint8, shape=(-1, 7))            # 14 rows of 7, 2 bytes spare

@@ -70,6 +70,8 @@ void register_gather(py::module_& m) {
     py::gil_scoped_release nogil;
     gather::scatter(t, i, reinterpret_cast<const uint8_t*>(src), r, e, Options{threads, -1, -1});
   });
+  m.def("scatter_check_elem", [](const std::string& elem) { elem_of(elem); },
+        "Throws invalid_argument unless scatter(reduce='add') supports the element (numpy kind + size)");
   m.def("check_index", [](uintptr_t index, int64_t n, int width, int64_t rows) {
     IndexInfo info;
     check_index(index_of(index, n, width), rows, &info);
