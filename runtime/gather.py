@@ -668,10 +668,18 @@ class FeatureStore:
         return arr
 
     def scatter(self, name: str, index: Any, src: Any, *, reduce: str = "assign",
-                threads: Optional[int] = None) -> None:
+                threads: Optional[int] = None, gpu_blocks: Optional[int] = None) -> None:
         """table[index[i]] = src[i] (reduce="assign": with duplicate indices the LAST position
         wins, as a loop in index order would) or += (reduce="add": every position adds, each row
-        in index order, equal to numpy.add.at). Everything is checked before any row changes."""
+        in index order, equal to numpy.add.at). Everything is checked before any row changes.
+
+        `src` on the device (``__cuda_array_interface__``: a CUDA tensor, CuPy, ...) into a
+        pin()ned table runs the GPU scatter kernel, which writes the table in place over the
+        link, and waits for it (on src's stream). assign: duplicates are resolved on the host
+        first, so the last position wins there too. add: one atomicAdd per element (float32/64,
+        (u)int32/64; 8/16-bit integers have no atomic and raise InvalidArgument), duplicates
+        added in no fixed order (integers exact; floats may differ from numpy.add.at in the last
+        bits). `gpu_blocks` caps the kernel's thread blocks as for gather."""
         t = self._get(name)
         if reduce not in ("assign", "add"):
             raise InvalidArgument(f"reduce must be 'assign' or 'add', got {reduce!r}")
@@ -684,6 +692,11 @@ class FeatureStore:
                                  + ("add it with writable=True" if t.kind == "mmap" else "pass a writable array"))
         idx, _ = _index_array(index)
         shape = tuple(idx.shape) + t.row_shape
+        dev_src = _buffers.device_buffer(src)
+        if dev_src is not None:
+            blocks = -1 if gpu_blocks is None else _buffers.as_int("gpu_blocks", gpu_blocks, minimum=0)
+            self._scatter_device(t, idx, src, dev_src, shape, reduce, blocks)
+            return
         if _buffers.is_torch_tensor(src):
             if tuple(src.shape) != shape:
                 raise InvalidArgument(f"src has shape {tuple(src.shape)}, the scatter needs {shape}")
@@ -734,16 +747,44 @@ class FeatureStore:
             _core().host_unregister(_addr(t.arr))
             del ptr
 
-    def _gather_device(self, t: _Table, idx: np.ndarray, out_ptr: int, out_len: int, stream: int,
-                       blocks: int = -1) -> None:
+    @staticmethod
+    def _device_ptr(t: _Table, what: str) -> int:
+        """The table's device address for a kernel: NoDevice without a GPU, InvalidArgument when
+        the table is not pinned."""
         if t.device_ptr is None and t.rows > 0:
             from . import cuda_available, cuda_status
             if not cuda_available():
-                raise NoDevice(f"a GPU gather needs a GPU: {cuda_status()}")
+                raise NoDevice(f"a GPU {what} needs a GPU: {cuda_status()}")
+            if t.kind == "file":
+                raise InvalidArgument(f"table {t.name!r} is an NVMe table (read through the I/O engine): a GPU "
+                                      f"{what} needs a table in memory; move the rows through host memory")
             raise InvalidArgument(f"table {t.name!r} is not pinned: call FeatureStore.pin() first so GPU threads "
-                                  "can read it in place")
-        _core().gather_device(t.device_ptr or 0, t.rows, t.row_bytes, t.row_stride, _addr(idx), idx.size,
+                                  "can reach it in place")
+        return t.device_ptr or 0
+
+    def _gather_device(self, t: _Table, idx: np.ndarray, out_ptr: int, out_len: int, stream: int,
+                       blocks: int = -1) -> None:
+        _core().gather_device(self._device_ptr(t, "gather"), t.rows, t.row_bytes, t.row_stride, _addr(idx), idx.size,
                               idx.itemsize, out_ptr, out_len, stream or 0, False, blocks)
+
+    def _scatter_device(self, t: _Table, idx: np.ndarray, src: Any, dev: Any, shape: Tuple[int, ...], reduce: str,
+                        blocks: int) -> None:
+        cai = getattr(src, "__cuda_array_interface__", None)
+        if cai is not None:
+            if tuple(cai["shape"]) != shape:
+                raise InvalidArgument(f"src has shape {tuple(cai['shape'])}, the scatter needs {shape}")
+            sdt = np.dtype(cai["typestr"])
+            if sdt.itemsize != t.arr.itemsize or (t.torch_dtype is None and sdt != t.arr.dtype):
+                raise InvalidArgument(f"src has dtype {sdt}, table {t.name!r} has {t.arr.dtype}")
+        if dev.nbytes != idx.size * t.row_bytes:
+            raise InvalidArgument(f"src holds {dev.nbytes} bytes; {idx.size} rows of {t.row_bytes} bytes are "
+                                  f"{idx.size * t.row_bytes}")
+        if reduce == "add" and t.torch_dtype is not None and t.torch_dtype != _torch_dtype_of(t.arr.dtype):
+            raise InvalidArgument(f"reduce='add' does not support {t.torch_dtype} tables")
+        ptr = self._device_ptr(t, "scatter")
+        elem = f"{t.arr.dtype.kind}{t.arr.dtype.itemsize}"
+        _core().scatter_device(ptr, t.rows, t.row_bytes, t.row_stride, _addr(idx), idx.size, idx.itemsize, dev.ptr,
+                               dev.nbytes, reduce, elem, dev.stream or 0, True, blocks)
 
     def _gather_to_device(self, t: _Table, idx: np.ndarray, shape: Tuple[int, ...], device: Any,
                           blocks: int = -1) -> Any:

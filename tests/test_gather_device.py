@@ -74,3 +74,82 @@ def test_device_gather_without_a_gpu_is_no_device(no_gpu):
         fs.gather("t", [0], out=FakeCudaArray(np.zeros((1, 2))))
     with pytest.raises(hauler.NoDevice):
         _core.host_register(fs.table("t").__array_interface__["data"][0], 64, True)
+
+
+# -- the GPU scatter (src rows on the device) ------------------------------------------------------
+
+@settings(max_examples=examples(80), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["assign", "add"]), st.integers(1, 100), st.sampled_from([(1,), (3,), (8,), (33,), (300,)]),
+       st.sampled_from([np.uint8, np.float16, np.int32, np.uint32, np.int64, np.float32, np.float64]),
+       st.integers(0, 31), st.integers(0, 31), st.integers(0, 200), st.sampled_from(["random", "dups", "sorted"]),
+       st.sampled_from([np.int32, np.int64]), st.integers(0, 2**32 - 1))
+def test_emulated_gpu_scatter_equals_numpy(gpu_emulation, reduce, rows, row_shape, dtype, toff, soff, n, kind, width,
+                                           seed):
+    """The device path against numpy: assign = a loop in index order (last position wins, also on
+    the GPU: duplicates are resolved on the host); add = numpy.add.at. Floats hold small integers,
+    so sums are exact in any order (the GPU's atomics have none); 8/16-bit adds are refused."""
+    rng = np.random.default_rng(seed)
+    itemsize = np.dtype(dtype).itemsize
+    nb = rows * int(np.prod(row_shape)) * itemsize
+    raw = np.full(nb + toff * itemsize + 64, 0xA5, np.uint8)
+    table = raw[toff * itemsize:toff * itemsize + nb].view(dtype).reshape((rows,) + row_shape)
+    table[...] = rng.integers(-50, 50, table.shape).astype(dtype)
+    idx = rng.integers(0, rows, n).astype(width)
+    if kind == "dups" and n:
+        idx[: n // 2] = idx[-1]
+    elif kind == "sorted":
+        idx.sort()
+    sraw = np.zeros(n * table[0].nbytes + soff * itemsize + 64, np.uint8)
+    src = sraw[soff * itemsize:soff * itemsize + n * table[0].nbytes].view(dtype).reshape((n,) + row_shape)
+    src[...] = rng.integers(-50, 50, src.shape).astype(dtype)
+    want = table.copy()
+    if reduce == "add":
+        np.add.at(want, idx, src)
+    else:
+        for i, r in enumerate(idx):
+            want[r] = src[i]
+    raw_before = raw.copy()
+    fs = FeatureStore({"t": table}).pin()
+    if reduce == "add" and itemsize < 4:
+        with pytest.raises(hauler.InvalidArgument, match="add"):
+            fs.scatter("t", idx, FakeCudaArray(src), reduce="add")
+        assert np.array_equal(raw, raw_before)
+        return
+    fs.scatter("t", idx, FakeCudaArray(src), reduce=reduce, gpu_blocks=int(rng.integers(0, 3)))
+    assert table.tobytes() == want.tobytes()
+    lo, hi = toff * itemsize, toff * itemsize + nb
+    assert (raw[:lo] == 0xA5).all() and (raw[hi:] == 0xA5).all()       # nothing around the table written
+    fs.unpin()
+
+
+def test_emulated_scatter_checks_before_launch(gpu_emulation):
+    table = np.arange(20.0).reshape(10, 2)
+    before = table.copy()
+    fs = FeatureStore({"t": table})
+    src = FakeCudaArray(np.ones((2, 2)))
+    with pytest.raises(hauler.InvalidArgument, match="not pinned"):
+        fs.scatter("t", [1, 2], src)
+    fs.pin()
+    with pytest.raises(hauler.OutOfRange, match=r"index\[1\] = 10 is out of range"):
+        fs.scatter("t", [1, 10], src)
+    with pytest.raises(hauler.InvalidArgument, match="shape"):
+        fs.scatter("t", [1, 2, 3], src)
+    with pytest.raises(hauler.InvalidArgument, match="dtype"):
+        fs.scatter("t", [1, 2], FakeCudaArray(np.ones((2, 2), np.float32)))
+    fs.add("h", np.zeros((4, 2), np.int16))
+    with pytest.raises(hauler.InvalidArgument, match="no atomic add"):
+        fs.scatter("h", [0, 0], FakeCudaArray(np.ones((2, 2), np.int16)), reduce="add")
+    assert np.array_equal(table, before) and not fs.table("h").any()
+    ro = np.zeros((4, 2))
+    ro.flags.writeable = False
+    fs.add("ro", ro)
+    with pytest.raises(hauler.ReadOnlyBuffer):
+        fs.scatter("ro", [0], FakeCudaArray(np.ones((1, 2))))
+    fs.scatter("t", [], FakeCudaArray(np.ones((0, 2))))                  # nothing to do
+    assert np.array_equal(table, before)
+
+
+def test_device_scatter_without_a_gpu_is_no_device(no_gpu):
+    fs = FeatureStore({"t": np.zeros((4, 2))})
+    with pytest.raises(hauler.NoDevice, match="needs a GPU"):
+        fs.scatter("t", [0], FakeCudaArray(np.ones((1, 2))))

@@ -42,6 +42,23 @@ void check_disjoint(const Table& t, uintptr_t buf, int64_t len, const char* what
     fail(Status::invalid_argument, std::string(what) + " buffer overlaps the table; pass a separate buffer");
 }
 
+// The checked arguments of a host or device scatter.
+struct ScatterCall {
+  Table t;
+  Index i;
+  Reduce r = Reduce::assign;
+  Elem e = Elem::u8;
+  ScatterCall(uintptr_t table, int64_t rows, int64_t row_bytes, int64_t row_stride, uintptr_t index, int64_t n,
+              int width, uintptr_t src, int64_t src_len, const std::string& reduce, const std::string& elem)
+      : t(table_of(table, rows, row_bytes, row_stride)), i(index_of(index, n, width)) {
+    check_rows_buffer(src_len, n, row_bytes, "src");
+    check_disjoint(t, src, src_len, "src");
+    if (reduce == "add") r = Reduce::add;
+    else if (reduce != "assign") fail(Status::invalid_argument, "reduce must be 'assign' or 'add', got '" + reduce + "'");
+    if (r == Reduce::add) e = elem_of(elem);
+  }
+};
+
 }  // namespace
 
 void register_gather(py::module_& m) {
@@ -58,17 +75,17 @@ void register_gather(py::module_& m) {
   m.def("scatter_host", [](uintptr_t table, int64_t rows, int64_t row_bytes, int64_t row_stride, uintptr_t index,
                            int64_t n, int width, uintptr_t src, int64_t src_len, const std::string& reduce,
                            const std::string& elem, int threads) {
-    Table t = table_of(table, rows, row_bytes, row_stride);
-    Index i = index_of(index, n, width);
-    check_rows_buffer(src_len, n, row_bytes, "src");
-    check_disjoint(t, src, src_len, "src");
-    Reduce r;
-    if (reduce == "assign") r = Reduce::assign;
-    else if (reduce == "add") r = Reduce::add;
-    else fail(Status::invalid_argument, "reduce must be 'assign' or 'add', got '" + reduce + "'");
-    Elem e = r == Reduce::add ? elem_of(elem) : Elem::u8;
+    ScatterCall c(table, rows, row_bytes, row_stride, index, n, width, src, src_len, reduce, elem);
     py::gil_scoped_release nogil;
-    gather::scatter(t, i, reinterpret_cast<const uint8_t*>(src), r, e, Options{threads, -1, -1});
+    gather::scatter(c.t, c.i, reinterpret_cast<const uint8_t*>(src), c.r, c.e, Options{threads, -1, -1});
+  });
+  m.def("scatter_device", [](uintptr_t table, int64_t rows, int64_t row_bytes, int64_t row_stride, uintptr_t index,
+                             int64_t n, int width, uintptr_t src, int64_t src_len, const std::string& reduce,
+                             const std::string& elem, uintptr_t stream, bool sync, int max_blocks) {
+    ScatterCall c(table, rows, row_bytes, row_stride, index, n, width, src, src_len, reduce, elem);
+    py::gil_scoped_release nogil;
+    gpu_scatter(c.t, c.i, reinterpret_cast<const void*>(src), c.r, c.e, reinterpret_cast<void*>(stream), max_blocks);
+    if (sync) gpu::synchronize(reinterpret_cast<void*>(stream));
   });
   m.def("scatter_check_elem", [](const std::string& elem) { elem_of(elem); },
         "Throws invalid_argument unless scatter(reduce='add') supports the element (numpy kind + size)");

@@ -26,6 +26,7 @@ struct Backend {
   hauler_gpu_gather_fn gather;                  // ABI 2
   hauler_gpu_host_register_fn host_register;    // ABI 2
   hauler_gpu_host_unregister_fn host_unregister;  // ABI 2
+  hauler_gpu_scatter_fn scatter;                // ABI 3
 };
 
 struct GpuStatus {

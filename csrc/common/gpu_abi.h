@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HAULER_GPU_ABI 2 /* 2: row gather entry points (csrc/gather) */
+#define HAULER_GPU_ABI 3 /* 2: row gather entry points (csrc/gather); 3: row scatter */
 
 /* Return codes: 0 or a hauler::Status value (status.hpp; gpu.cpp asserts they agree). */
 #define HAULER_GPU_OK 0
@@ -25,6 +25,15 @@ extern "C" {
 
 struct HaulerDevLayout; /* csrc/datatype/pack_index.cuh */
 struct HaulerGatherArgs; /* csrc/gather/gather_index.cuh */
+struct HaulerScatterArgs; /* csrc/gather/gather_index.cuh */
+
+/* Scatter ops (HaulerScatterArgs.op). Adds are atomic per element; integers
+ * add as unsigned words (two's complement: the same bits as signed adds). */
+#define HAULER_GPU_SCATTER_ASSIGN 0
+#define HAULER_GPU_SCATTER_ADD_F32 1
+#define HAULER_GPU_SCATTER_ADD_F64 2
+#define HAULER_GPU_SCATTER_ADD_U32 3
+#define HAULER_GPU_SCATTER_ADD_U64 4
 
 typedef struct HaulerDeviceInfo {
   int32_t device_count;
@@ -50,6 +59,11 @@ typedef int (*hauler_gpu_sync_fn)(void* stream, char* err, size_t errlen);
  * index is HOST memory the core has validated, which the backend uploads
  * stream-ordered. Asynchronous on `stream`. */
 typedef int (*hauler_gpu_gather_fn)(const struct HaulerGatherArgs* args, void* stream, char* err, size_t errlen);
+/* Row scatter: table[index[i]] = src[src_row[i]] (assign; the core passes each
+ * destination row once) or += src[i] (add, atomic per element). The table and
+ * src are device-accessible; index and src_row are HOST memory the core has
+ * validated, uploaded stream-ordered. Asynchronous on `stream`. */
+typedef int (*hauler_gpu_scatter_fn)(const struct HaulerScatterArgs* args, void* stream, char* err, size_t errlen);
 /* Registers (pins in place and maps) [p, p + n) for GPU access: *device receives
  * the address kernels use. readonly != 0 for read-only mappings. */
 typedef int (*hauler_gpu_host_register_fn)(void* p, size_t n, int readonly, void** device, char* err,

@@ -59,7 +59,7 @@ namespace hauler::gpu {
 const Backend& emulation_backend() {
   static const Backend b{"emulation",           hauler_emu_abi,           hauler_emu_init,
                          hauler_emu_pack,       hauler_emu_synchronize,   hauler_emu_gather,
-                         hauler_emu_host_register, hauler_emu_host_unregister};
+                         hauler_emu_host_register, hauler_emu_host_unregister, hauler_emu_scatter};
   return b;
 }
 

@@ -306,9 +306,6 @@ void gather(const Table& t, const Index& idx, uint8_t* out, const Options& o) {
 
 // ---- scatter ------------------------------------------------------------------------------------
 
-namespace {
-
-// winners[i] = 1 when position i is the last one naming its row.
 std::vector<uint8_t> last_writers(const Index& idx, int64_t rows, bool* any_dup) {
   std::vector<uint8_t> win(static_cast<size_t>(idx.n), 1);
   *any_dup = false;
@@ -338,6 +335,8 @@ std::vector<uint8_t> last_writers(const Index& idx, int64_t rows, bool* any_dup)
     }
   return win;
 }
+
+namespace {
 
 template <class T>
 void add_row(uint8_t* d, const uint8_t* s, int64_t count) {

@@ -19,6 +19,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace hauler::gather {
 
@@ -64,6 +65,10 @@ void check_table(const Table& t);
 
 void gather(const Table& t, const Index& idx, uint8_t* out, const Options& o = {});
 void scatter(const Table& t, const Index& idx, const uint8_t* src, Reduce r, Elem e, const Options& o = {});
+
+// winners[i] = 1 when position i is the last one naming its row (indices
+// valid for `rows`); *any_dup says whether any position lost.
+std::vector<uint8_t> last_writers(const Index& idx, int64_t rows, bool* any_dup);
 
 // The copy the host gather picks for a row size (for benchmarks, describe()).
 const char* copy_kind(int64_t row_bytes, bool stream);

@@ -10,6 +10,7 @@
 
 extern "C" {
 int hauler_emu_gather(const struct HaulerGatherArgs* args, void* stream, char* err, size_t errlen);
+int hauler_emu_scatter(const struct HaulerScatterArgs* args, void* stream, char* err, size_t errlen);
 int hauler_emu_host_register(void* p, size_t n, int readonly, void** device, char* err, size_t errlen);
 int hauler_emu_host_unregister(void* p, char* err, size_t errlen);
 }

@@ -16,6 +16,15 @@ namespace hauler::gather {
 // Throws no_device ("<gpu status>: ...") without a backend.
 void gpu_gather(const Table& t, const Index& idx, void* out, void* stream = nullptr, int max_blocks = -1);
 
+// Scatter from device-accessible src rows into the (registered) table:
+// assign writes each destination row once, from the LAST position naming it
+// (duplicates resolved here on the host, so the result equals the host
+// scatter); add is an atomicAdd per element (float32/64, (u)int32/64: no
+// atomic exists for narrower integers, invalid_argument says so), duplicates
+// in an unspecified order. Checks everything before anything is queued.
+void gpu_scatter(const Table& t, const Index& idx, const void* src, Reduce r, Elem e, void* stream = nullptr,
+                 int max_blocks = -1);
+
 // The kernel shape a call would use: access width and threads per row.
 struct GpuChoice {
   int word;

@@ -67,6 +67,15 @@ void load_hook(const void* src, int bytes, int64_t row, int64_t step, int) {
   e.second = std::max(e.second, a + static_cast<uintptr_t>(bytes));
 }
 
+// Counts the emulation's stores into `buf` (and any outside it) from now on.
+void track(std::vector<uint8_t>& buf) {
+  g_t.lo = buf.data();
+  g_t.hi = buf.data() + buf.size();
+  g_t.counts.assign(buf.size(), 0);
+  g_t.stray = 0;
+  g_t.steps.clear();
+}
+
 struct Case {
   int64_t rows, row_bytes, row_stride, n;
   int width;
@@ -177,11 +186,7 @@ void emulated_gather_case(const Case& c, int sms, int max_blocks) {
   const int64_t bytes = c.n * c.row_bytes;
   std::vector<uint8_t> out(static_cast<size_t>(bytes + 256), 0x5A);
   uint8_t* o = out.data() + c.ooff;
-  g_t.lo = out.data();
-  g_t.hi = out.data() + out.size();
-  g_t.counts.assign(out.size(), 0);
-  g_t.stray = 0;
-  g_t.steps.clear();
+  track(out);
   dt::set_emulated_sm_count(sms);
   gpu_gather(t, ib.view(c.width, c.n), o, nullptr, max_blocks);
   bool data_ok = true, once = true, outside = true;
@@ -209,6 +214,48 @@ void emulated_gather_case(const Case& c, int sms, int max_blocks) {
   CHECK(once, std::string(msg) + " each output byte written once");
   CHECK(outside && g_t.stray == 0, std::string(msg) + " nothing outside written");
   CHECK(aligned, std::string(msg) + " group steps inside aligned lines");
+}
+
+// The GPU scatter through the emulation against the host scatter, byte for
+// byte: assign (bytes; duplicates resolved on the host, so each table byte is
+// written at most once) and add (float32 holding small integers, exact in any
+// order, or int64 wrapping).
+void emulated_scatter_case(const Case& c, Reduce red, Elem e, int sms, int max_blocks) {
+  const int64_t es = red == Reduce::add ? (e == Elem::f32 ? 4 : 8) : 1;
+  const int64_t rb = std::max<int64_t>(es, c.row_bytes / es * es);
+  const int64_t stride = std::max<int64_t>(rb, c.row_stride / es * es);
+  const int64_t toff = c.toff / es * es, soff = c.ooff / es * es;
+  std::vector<uint8_t> host(static_cast<size_t>(c.rows * stride + 128)), src(static_cast<size_t>(c.n * rb + 128));
+  auto fill = [&](std::vector<uint8_t>& b) {
+    for (size_t k = 0; k + es <= b.size(); k += static_cast<size_t>(es)) {
+      if (red == Reduce::add && e == Elem::f32) {
+        float f = static_cast<float>(rnd(-1000, 1000));
+        std::memcpy(&b[k], &f, 4);
+      } else {
+        for (int64_t j = 0; j < es; ++j) b[k + j] = static_cast<uint8_t>(rnd(0, 255));
+      }
+    }
+  };
+  fill(host);
+  fill(src);
+  std::vector<uint8_t> dev = host;
+  auto v = make_index(c.n, c.rows, c.shape);
+  auto ib = index_buf(v);
+  scatter(Table{host.data() + toff, c.rows, rb, stride}, ib.view(c.width, c.n), src.data() + soff, red, e,
+          Options{1, -1, -1});
+  track(dev);
+  dt::set_emulated_sm_count(sms);
+  gpu_scatter(Table{dev.data() + toff, c.rows, rb, stride}, ib.view(c.width, c.n), src.data() + soff, red, e, nullptr,
+              max_blocks);
+  bool once = true;
+  for (uint32_t k : g_t.counts) once = once && k <= 1;
+  char msg[220];
+  std::snprintf(msg, sizeof msg, "emulated scatter %s rows=%" PRId64 " row=%" PRId64 " stride=%" PRId64 " n=%" PRId64
+                " w=%d toff=%" PRId64 " soff=%" PRId64 " %s sms=%d cap=%d", red == Reduce::add ? "add" : "assign",
+                c.rows, rb, stride, c.n, c.width, toff, soff, c.shape.c_str(), sms, max_blocks);
+  CHECK(dev == host, std::string(msg) + " equals the host scatter");
+  CHECK(g_t.stray == 0, std::string(msg) + " nothing outside the table written");
+  if (red == Reduce::assign) CHECK(once, std::string(msg) + " each table byte written at most once");
 }
 
 Case random_case() {
@@ -324,6 +371,9 @@ int main() {
     Case c = random_case();
     c.n = std::min<int64_t>(c.n, 300);
     emulated_gather_case(c, static_cast<int>(rnd(1, 4)), static_cast<int>(rnd(0, 3) == 0 ? rnd(1, 3) : -1));
+    const int sms = static_cast<int>(rnd(1, 4)), cap = static_cast<int>(rnd(0, 3) == 0 ? rnd(1, 3) : -1);
+    emulated_scatter_case(c, Reduce::assign, Elem::u8, sms, cap);
+    emulated_scatter_case(c, Reduce::add, rnd(0, 1) ? Elem::f32 : Elem::i64, sms, cap);
   }
   gather_store_hook = nullptr;
   gather_load_hook = nullptr;
@@ -339,6 +389,13 @@ int main() {
       st = e.status();
     }
     CHECK(st == Status::no_device, "GPU gather without a GPU: no_device");
+    st = Status::ok;
+    try {
+      gpu_scatter(Table{tb.data(), 1, 64, 64}, Index{&one, 1, 8}, out.data(), Reduce::assign, Elem::u8);
+    } catch (const Error& e) {
+      st = e.status();
+    }
+    CHECK(st == Status::no_device, "GPU scatter without a GPU: no_device");
   }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
