@@ -5,8 +5,11 @@ numpy.take(out=), torch.index_select(out=), torch fancy indexing (``t[idx]``, wh
 its output) and memcpy of the same bytes, timed in interleaved rounds (every contender once per
 round, back to back) over one table of ``--size`` bytes (default 1 GiB), with ratios of the
 median round. Then a DataLoader epoch over a generated graph (neighbour-sampled mini-batches,
-features gathered per batch) with torch indexing and with hauler, in the same run. A
-``# targets`` block says where issue 5's targets stand.
+features gathered per batch) with torch indexing and with hauler, in the same run. Then an NVMe
+table block: a file table (backend="file", read through hauler.io) against numpy fancy indexing
+on an np.memmap of the same file, both on a cold cache (posix_fadvise DONTNEED before every timed
+call, a fresh mapping each time), with the useful bytes / bytes read ratio. A ``# targets`` block
+says where issue 5's targets stand.
 
     from hauler.bench import gather
     report = gather.run(gather.Options(size=64 << 20, repeat=3))
@@ -33,6 +36,9 @@ DEFAULT_BATCH = 32 << 20
 QUICK_BATCH = 2 << 20
 DEFAULT_REPEAT = 9
 QUICK_REPEAT = 3
+NVME_ROWS = (256, 1024, 4096)
+QUICK_NVME_ROWS = (256, 4096)
+NVME_BATCH = 1 << 20  # useful bytes per cold gather: random 4 KiB reads dominate, keep it short
 
 TARGETS = (  # key, description, row filter, figure key, threshold, unit
     ("gbps_512", ">= 8 GB/s for rows >= 512 B", lambda r: r["row_bytes"] >= 512, "hauler_gbps", 8.0, "GB/s"),
@@ -54,6 +60,9 @@ class Options:
     threads: Optional[int] = None
     loader: bool = True
     loader_batches: int = 20
+    nvme: bool = True
+    nvme_dir: Optional[str] = None
+    nvme_rows: Tuple[int, ...] = NVME_ROWS
     quick: bool = False
     seed: int = 12345
 
@@ -95,6 +104,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="threads for hauler's gather (default: HAULER_GATHER_THREADS, else the core count)")
     p.add_argument("--no-loader", action="store_true", help="skip the DataLoader epoch")
     p.add_argument("--loader-batches", type=core.positive_int, default=20, help="mini-batches per DataLoader epoch")
+    p.add_argument("--no-nvme", action="store_true", help="skip the NVMe (file) table block")
+    p.add_argument("--nvme-dir", default=None,
+                   help="directory for the NVMe table file (default: $TMPDIR or /var/tmp; put it on the drive)")
+    p.add_argument("--nvme-rows", type=_rows_arg, default=None, metavar="256,4096",
+                   help=f"row sizes of the NVMe block (default {','.join(map(str, NVME_ROWS))})")
     p.add_argument("--quick", action="store_true", help="small table, three row sizes, three rounds (for tests)")
     p.add_argument("--seed", type=int, default=12345)
     fmt = p.add_mutually_exclusive_group()
@@ -108,14 +122,15 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    batch=args.batch or (QUICK_BATCH if q else DEFAULT_BATCH),
                    repeat=args.repeat or (QUICK_REPEAT if q else DEFAULT_REPEAT), warmup=max(0, args.warmup),
                    rows=args.rows or (QUICK_ROWS if q else ROWS), orders=tuple(args.orders), threads=args.threads,
-                   loader=not args.no_loader, loader_batches=args.loader_batches if not q else 3, quick=q,
-                   seed=args.seed)
+                   loader=not args.no_loader, loader_batches=args.loader_batches if not q else 3,
+                   nvme=not args.no_nvme, nvme_dir=args.nvme_dir,
+                   nvme_rows=args.nvme_rows or (QUICK_NVME_ROWS if q else NVME_ROWS), quick=q, seed=args.seed)
 
 
 def main(args: argparse.Namespace) -> int:
     fmt = "json" if args.json else "csv" if args.csv else "table"
     rep = run(options_from_args(args), core.Output(fmt))
-    return 0 if all(r["correct"] for r in rep.rows) else 1
+    return 0 if all(r["correct"] for r in rep.rows + rep.info.get("nvme", [])) else 1
 
 
 def _fx(v: float) -> str:
@@ -232,6 +247,8 @@ def run(opts: Options, out: Optional[core.Output] = None) -> Report:
         del fs, tt
     if opts.loader:
         rep.footer += loader_epoch(opts, raw, rep)
+    if opts.nvme:
+        rep.footer += nvme_tables(opts, raw, rep)
     rep.targets = evaluate_targets(rep.rows)
     out.end(rep)
     return rep
@@ -320,4 +337,119 @@ def loader_epoch(opts: Options, raw: Any, rep: Report) -> List[str]:
         lines.append(f"  num_workers={workers}: torch x[n_id] {t_torch:.2f} s, hauler {t_h:.2f} s per epoch "
                      f"({t_torch / t_h:.2f}x as fast); {gathered / nbatches / 1e6:.1f} MB of features per batch")
     rep.info["loader"] = {f"workers{w}_{'hauler' if u else 'torch'}_s": v for (w, u), v in results.items()}
+    return lines
+
+
+# -- NVMe (file) tables ---------------------------------------------------------------------------
+
+def _read_bytes() -> Optional[int]:
+    """Bytes this process has fetched from storage (/proc/self/io read_bytes), None if unknown."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def nvme_tables(opts: Options, raw: Any, rep: Report) -> List[str]:
+    """Cold gathers from a file table (hauler.io: only the 4 KiB blocks holding the rows, one
+    request) against numpy fancy indexing on an np.memmap of the same file (page faults with the
+    kernel's readahead). Every timed call starts on a cold cache: posix_fadvise(DONTNEED) of the
+    whole file first (untimed) and, for the memmap, a fresh mapping (mapped pages cannot be dropped)."""
+    import os
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from hauler.gather import FeatureStore
+
+    from .io import _fs_type, drop_cache
+
+    base = opts.nvme_dir or os.environ.get("TMPDIR") or "/var/tmp"
+    os.makedirs(base, exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="hauler-bench-gather-", dir=base)
+    size = min(opts.size, raw.size)
+    free = shutil.disk_usage(directory).free
+    if size > free // 2:
+        size = max(1 << 20, free // 4)
+        rep.warnings.append(f"NVMe table scaled down to {format_size(size)} (free space {free >> 20} MiB)")
+    path = os.path.join(directory, "table.bin")
+    lines: List[str] = []
+    results: List[Dict[str, Any]] = []
+    try:
+        raw[:size].tofile(path)
+        rng = np.random.default_rng(opts.seed + 1)
+        direct_note = None
+        for rb in opts.nvme_rows:
+            nrows = size // rb
+            if nrows < 2:
+                continue
+            n = max(1, min(nrows, NVME_BATCH // rb))
+            fs = FeatureStore()
+            fs.add("t", path, backend="file", dtype=np.uint8, shape=(nrows, rb))
+            t = fs._get("t")
+            if direct_note is None:
+                direct_note = "O_DIRECT" if t.file.direct else f"BUFFERED ({t.file.direct_reason})"
+                if not t.file.direct:
+                    rep.warnings.append(f"NVMe table: the file is not O_DIRECT here ({t.file.direct_reason}): hauler "
+                                        "read it BUFFERED; cold only through fadvise DONTNEED")
+            for order in opts.orders:
+                idx = rng.integers(0, nrows, n, dtype=np.int64)
+                if order == "sorted":
+                    idx.sort()
+                out = np.empty((n, rb), np.uint8)
+                times: Dict[str, List[float]] = {"hauler": [], "memmap": []}
+                read: Dict[str, List[int]] = {"hauler": [], "memmap": []}
+                correct = True
+                for i in range(opts.repeat):
+                    for name in (("hauler", "memmap") if i % 2 == 0 else ("memmap", "hauler")):
+                        drop_cache(path)
+                        r0 = _read_bytes()
+                        t.reset_counters()
+                        t0 = time.perf_counter()
+                        if name == "hauler":
+                            fs.gather("t", idx, out=out)
+                        else:
+                            mm = np.memmap(path, np.uint8, "r", shape=(nrows, rb))
+                            got = mm[idx]
+                            del mm
+                        times[name].append(time.perf_counter() - t0)
+                        r1 = _read_bytes()
+                        read[name].append(t.bytes_read if name == "hauler" else
+                                          (r1 - r0 if r0 is not None and r1 is not None else -1))
+                    correct = correct and bool(np.array_equal(out, got))
+                th, tm = core.Timing(times["hauler"]), core.Timing(times["memmap"])
+                useful = np.unique(idx).size * rb  # a repeated row is read once: count it once
+                h_read = int(np.median(read["hauler"]))
+                m_read = int(np.median(read["memmap"]))
+                res = {"row_bytes": rb, "order": order, "rows": n, "useful_bytes": useful,
+                       "hauler_ms": th.median * 1e3, "memmap_ms": tm.median * 1e3,
+                       "vs_memmap": core.paired_ratio(th, tm), "hauler_read": h_read,
+                       "memmap_read": m_read if m_read >= 0 else None, "correct": correct}
+                results.append(res)
+            fs.close()
+        lines.append(f"NVMe table: {format_size(size)} file in {directory} ({_fs_type(os.path.realpath(directory))}), "
+                     f"hauler {direct_note}; {format_size(NVME_BATCH)} of rows per gather; cold cache (fadvise "
+                     f"DONTNEED before each timed call, a fresh np.memmap each time); median of {opts.repeat} "
+                     "alternating rounds")
+        lines.append("  useful/read = bytes of the distinct rows gathered / bytes read from the file (hauler: its "
+                     "block counters; memmap: /proc/self/io read_bytes, n/a when the file system does not count them)")
+        lines.append(f"  {'row':>5} {'order':<6} {'hauler ms':>9} {'memmap ms':>9} {'x mmap':>6} "
+                     f"{'useful/read':>11} {'mmap useful/read':>16} correct")
+        for r in results:
+            m_ratio = f"{r['useful_bytes'] / r['memmap_read']:.3f}" if r["memmap_read"] else "n/a"
+            lines.append(f"  {format_size(r['row_bytes']):>5} {r['order']:<6} {r['hauler_ms']:9.1f} "
+                         f"{r['memmap_ms']:9.1f} {r['vs_memmap']:6.2f} "
+                         f"{r['useful_bytes'] / max(r['hauler_read'], 1):11.3f} {m_ratio:>16} "
+                         f"{'ok' if r['correct'] else 'WRONG'}")
+        bad = [r for r in results if not r["correct"]]
+        if bad:
+            rep.warnings.append(f"NVMe table: {len(bad)} row(s) INCORRECT (hauler's rows != the memmap's)")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    rep.info["nvme"] = results
     return lines

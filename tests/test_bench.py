@@ -109,6 +109,13 @@ def test_gather_quick_json_rows_correct_and_targets():
     assert all(t["status"] in ("PASS", "MISS", "N/A") for t in out["targets"])
     assert set(out["info"]["loader"]) == {"workers0_torch_s", "workers0_hauler_s", "workers2_torch_s",
                                           "workers2_hauler_s"}
+    nvme = out["info"]["nvme"]                  # the file table block: cold gathers vs np.memmap
+    assert {(r["row_bytes"], r["order"]) for r in nvme} == {(256, "random"), (256, "sorted"), (4096, "random"),
+                                                            (4096, "sorted")}
+    for r in nvme:
+        assert r["correct"] is True and r["hauler_ms"] > 0 and r["memmap_ms"] > 0
+        # hauler reads only the 4 KiB blocks holding the rows
+        assert r["useful_bytes"] <= r["hauler_read"] <= r["useful_bytes"] // r["row_bytes"] * 2 * 4096
 
 
 def test_gather_table_output():
@@ -118,3 +125,4 @@ def test_gather_table_output():
     rows = [l for l in lines if not l.startswith("#")]
     assert len(rows) == 1 and rows[0].split()[:2] == ["128", "random"] and " ok " in rows[0]
     assert any(l.startswith("# targets") for l in lines)
+    assert any(l.startswith("# NVMe table:") for l in lines)
