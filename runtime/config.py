@@ -58,7 +58,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "Threads for host row gather/scatter; 0 = HAULER_THREADS (1 inside DataLoader workers)."),
     Setting("HAULER_GATHER_PARALLEL_MIN", 262144, "bytes", RUN,
             "Gathers/scatters moving fewer bytes than this run on one thread."),
-    Setting("HAULER_GATHER_STREAM_MIN", 67108864, "bytes", RUN,
+    Setting("HAULER_GATHER_STREAM_MIN", 16777216, "bytes", RUN,
             "Gathers writing at least this many bytes use non-temporal stores (rows of 16n bytes)."),
     Setting("HAULER_GATHER_PREFETCH", 4096, "bytes", RUN,
             "Bytes of rows the host gather prefetches ahead (2 to 64 rows); 0 = no software prefetch."),

@@ -25,7 +25,7 @@ IntSetting g_stream_min{"HAULER_PACK_STREAM_MIN", int64_t(16) << 20, 0};
 
 IntSetting g_gather_threads{"HAULER_GATHER_THREADS", 0, 0};
 IntSetting g_gather_parallel_min{"HAULER_GATHER_PARALLEL_MIN", int64_t(256) << 10, 0};
-IntSetting g_gather_stream_min{"HAULER_GATHER_STREAM_MIN", int64_t(64) << 20, 0};
+IntSetting g_gather_stream_min{"HAULER_GATHER_STREAM_MIN", int64_t(16) << 20, 0};
 IntSetting g_gather_prefetch{"HAULER_GATHER_PREFETCH", 4096, 0};
 IntSetting g_gather_gpu_blocks{"HAULER_GATHER_GPU_BLOCKS", 0, 0};
 
