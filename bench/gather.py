@@ -7,8 +7,9 @@ round, back to back) over one table of ``--size`` bytes (default 1 GiB), with ra
 median round. Then a DataLoader epoch over a generated graph (neighbour-sampled mini-batches,
 features gathered per batch) with torch indexing and with hauler, in the same run. Then an NVMe
 table block: a file table (backend="file", read through hauler.io) against numpy fancy indexing
-on an np.memmap of the same file, both on a cold cache (posix_fadvise DONTNEED before every timed
-call, a fresh mapping each time), with the useful bytes / bytes read ratio. A ``# targets`` block
+on an np.memmap of the same file (as mapped, and with madvise(MADV_RANDOM)), all on a cold cache
+(posix_fadvise DONTNEED before every timed call, a fresh mapping each time), with the useful
+bytes / bytes read ratio. A ``# targets`` block
 says where issue 5's targets stand.
 
     from hauler.bench import gather
@@ -39,6 +40,7 @@ QUICK_REPEAT = 3
 NVME_ROWS = (256, 1024, 4096)
 QUICK_NVME_ROWS = (256, 4096)
 NVME_BATCH = 1 << 20  # useful bytes per cold gather: random 4 KiB reads dominate, keep it short
+NVME_REPEAT = 5
 
 TARGETS = (  # key, description, row filter, figure key, threshold, unit
     ("gbps_512", ">= 8 GB/s for rows >= 512 B", lambda r: r["row_bytes"] >= 512, "hauler_gbps", 8.0, "GB/s"),
@@ -359,6 +361,7 @@ def nvme_tables(opts: Options, raw: Any, rep: Report) -> List[str]:
     request) against numpy fancy indexing on an np.memmap of the same file (page faults with the
     kernel's readahead). Every timed call starts on a cold cache: posix_fadvise(DONTNEED) of the
     whole file first (untimed) and, for the memmap, a fresh mapping (mapped pages cannot be dropped)."""
+    import mmap
     import os
     import shutil
     import tempfile
@@ -368,6 +371,8 @@ def nvme_tables(opts: Options, raw: Any, rep: Report) -> List[str]:
     from hauler.gather import FeatureStore
 
     from .io import _fs_type, drop_cache
+
+    rounds = min(opts.repeat, NVME_REPEAT)
 
     base = opts.nvme_dir or os.environ.get("TMPDIR") or "/var/tmp"
     os.makedirs(base, exist_ok=True)
@@ -402,50 +407,61 @@ def nvme_tables(opts: Options, raw: Any, rep: Report) -> List[str]:
                 if order == "sorted":
                     idx.sort()
                 out = np.empty((n, rb), np.uint8)
-                times: Dict[str, List[float]] = {"hauler": [], "memmap": []}
-                read: Dict[str, List[int]] = {"hauler": [], "memmap": []}
+
+                def via_memmap(advice: Optional[int]) -> Any:
+                    mm = np.memmap(path, np.uint8, "r", shape=(nrows, rb))
+                    if advice is not None:
+                        mm._mmap.madvise(advice)  # numpy keeps the mmap object; no readahead around faults
+                    return mm[idx]  # a copy; the mapping goes with mm
+
+                fns = {"hauler": lambda: fs.gather("t", idx, out=out), "memmap": lambda: via_memmap(None),
+                       "memmap_random": lambda: via_memmap(mmap.MADV_RANDOM)}
+                times: Dict[str, List[float]] = {k: [] for k in fns}
+                read: Dict[str, List[int]] = {k: [] for k in fns}
                 correct = True
-                for i in range(opts.repeat):
-                    for name in (("hauler", "memmap") if i % 2 == 0 else ("memmap", "hauler")):
+                names = list(fns)
+                for i in range(rounds):
+                    for name in names[i % 3:] + names[:i % 3]:  # rotated, as time_interleaved does
                         drop_cache(path)
                         r0 = _read_bytes()
                         t.reset_counters()
                         t0 = time.perf_counter()
-                        if name == "hauler":
-                            fs.gather("t", idx, out=out)
-                        else:
-                            mm = np.memmap(path, np.uint8, "r", shape=(nrows, rb))
-                            got = mm[idx]
-                            del mm
+                        got = fns[name]()
                         times[name].append(time.perf_counter() - t0)
                         r1 = _read_bytes()
                         read[name].append(t.bytes_read if name == "hauler" else
                                           (r1 - r0 if r0 is not None and r1 is not None else -1))
-                    correct = correct and bool(np.array_equal(out, got))
-                th, tm = core.Timing(times["hauler"]), core.Timing(times["memmap"])
-                useful = np.unique(idx).size * rb  # a repeated row is read once: count it once
-                h_read = int(np.median(read["hauler"]))
-                m_read = int(np.median(read["memmap"]))
-                res = {"row_bytes": rb, "order": order, "rows": n, "useful_bytes": useful,
-                       "hauler_ms": th.median * 1e3, "memmap_ms": tm.median * 1e3,
-                       "vs_memmap": core.paired_ratio(th, tm), "hauler_read": h_read,
-                       "memmap_read": m_read if m_read >= 0 else None, "correct": correct}
+                        if name != "hauler":
+                            correct = correct and bool(np.array_equal(out, got))
+                tim = {k: core.Timing(v) for k, v in times.items()}
+                res: Dict[str, Any] = {"row_bytes": rb, "order": order, "rows": n,
+                                       "useful_bytes": np.unique(idx).size * rb,  # a repeated row is read once
+                                       "correct": correct}
+                for k in fns:
+                    med_read = int(np.median(read[k]))
+                    res[f"{k}_ms"] = tim[k].median * 1e3
+                    res[f"{k}_read"] = med_read if med_read >= 0 else None
+                    if k != "hauler":
+                        res[f"vs_{k}"] = core.paired_ratio(tim["hauler"], tim[k])
                 results.append(res)
             fs.close()
         lines.append(f"NVMe table: {format_size(size)} file in {directory} ({_fs_type(os.path.realpath(directory))}), "
                      f"hauler {direct_note}; {format_size(NVME_BATCH)} of rows per gather; cold cache (fadvise "
-                     f"DONTNEED before each timed call, a fresh np.memmap each time); median of {opts.repeat} "
-                     "alternating rounds")
-        lines.append("  useful/read = bytes of the distinct rows gathered / bytes read from the file (hauler: its "
-                     "block counters; memmap: /proc/self/io read_bytes, n/a when the file system does not count them)")
-        lines.append(f"  {'row':>5} {'order':<6} {'hauler ms':>9} {'memmap ms':>9} {'x mmap':>6} "
-                     f"{'useful/read':>11} {'mmap useful/read':>16} correct")
+                     f"DONTNEED before each timed call, a fresh np.memmap each time); median of {rounds} rotated "
+                     "rounds; mmap-rnd = the memmap with madvise(MADV_RANDOM)")
+        lines.append("  u/r = bytes of the distinct rows gathered / bytes read from the file (hauler: its block "
+                     "counters; memmaps: /proc/self/io read_bytes, n/a when the file system does not count them)")
+        lines.append(f"  {'row':>5} {'order':<6} {'hauler ms':>9} {'mmap ms':>8} {'x mmap':>7} {'mmap-rnd ms':>11} "
+                     f"{'x mmap-rnd':>10} {'u/r':>6} {'mmap u/r':>8} {'mmap-rnd u/r':>12} correct")
+
+        def ratio(r: Dict[str, Any], k: str) -> str:
+            return f"{r['useful_bytes'] / r[k]:.3f}" if r[k] else "n/a"
+
         for r in results:
-            m_ratio = f"{r['useful_bytes'] / r['memmap_read']:.3f}" if r["memmap_read"] else "n/a"
             lines.append(f"  {format_size(r['row_bytes']):>5} {r['order']:<6} {r['hauler_ms']:9.1f} "
-                         f"{r['memmap_ms']:9.1f} {r['vs_memmap']:6.2f} "
-                         f"{r['useful_bytes'] / max(r['hauler_read'], 1):11.3f} {m_ratio:>16} "
-                         f"{'ok' if r['correct'] else 'WRONG'}")
+                         f"{r['memmap_ms']:8.1f} {r['vs_memmap']:7.2f} {r['memmap_random_ms']:11.1f} "
+                         f"{r['vs_memmap_random']:10.2f} {ratio(r, 'hauler_read'):>6} {ratio(r, 'memmap_read'):>8} "
+                         f"{ratio(r, 'memmap_random_read'):>12} {'ok' if r['correct'] else 'WRONG'}")
         bad = [r for r in results if not r["correct"]]
         if bad:
             rep.warnings.append(f"NVMe table: {len(bad)} row(s) INCORRECT (hauler's rows != the memmap's)")
