@@ -122,7 +122,7 @@ def test_emulated_gpu_scatter_equals_numpy(gpu_emulation, reduce, rows, row_shap
     fs.unpin()
 
 
-def test_emulated_scatter_checks_before_launch(gpu_emulation):
+def test_emulated_scatter_checks_before_launch(gpu_emulation, tmp_path):
     table = np.arange(20.0).reshape(10, 2)
     before = table.copy()
     fs = FeatureStore({"t": table})
@@ -147,6 +147,11 @@ def test_emulated_scatter_checks_before_launch(gpu_emulation):
         fs.scatter("ro", [0], FakeCudaArray(np.ones((1, 2))))
     fs.scatter("t", [], FakeCudaArray(np.ones((0, 2))))                  # nothing to do
     assert np.array_equal(table, before)
+    np.save(tmp_path / "f.npy", np.zeros((4, 2)))
+    fs.add("f", str(tmp_path / "f.npy"), backend="file", writable=True)
+    with pytest.raises(hauler.InvalidArgument, match="NVMe table .* move the rows through host memory"):
+        fs.scatter("f", [0], FakeCudaArray(np.ones((1, 2))))
+    assert not np.load(tmp_path / "f.npy").any()
 
 
 def test_device_scatter_without_a_gpu_is_no_device(no_gpu):
