@@ -2,9 +2,11 @@
 position wins) and add (numpy.add.at), random/sorted/duplicate/empty indices, rows that straddle
 4 KiB blocks (12 B, 100 B, ...), the bytes on disk read back with numpy.fromfile; only the touched
 blocks are read and written (one request each); bad input raises before any I/O; a write that fails
-for real (RLIMIT_FSIZE: EFBIG) raises and leaves every row outside the request as it was."""
+for real (RLIMIT_FSIZE: EFBIG; a full file system: ENOSPC) raises and leaves every row outside the
+request as it was."""
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import subprocess
@@ -19,9 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hauler
+from hauler.errors import HaulerIOError
 from hauler.gather import FeatureStore
 from support import examples
 from support.tables import BLOCK, expected_blocks, make_index, write_table
+from test_io_faults import small_fs  # noqa: F401  (the loop-mounted 8 MiB ext4 file system, root only)
 
 ADD_DTYPES = [np.uint8, np.int16, np.int32, np.int64, np.float32, np.float64]
 ASSIGN_ONLY = [np.float16, np.complex128]
@@ -187,3 +191,48 @@ def test_failed_write_keeps_other_rows(tmp_path, direct):
     outside = np.setdiff1d(np.arange(rows), idx)
     assert np.array_equal(after[outside], table[outside])
     assert np.array_equal(after[29999], table[29999])     # above it: never written
+
+
+@pytest.mark.parametrize("direct", [None, False])
+def test_disk_full_keeps_other_rows(small_fs, direct):
+    """A sparse 32 MiB table on a full 8 MiB file system: rows in its written head overwrite in
+    place, rows in its holes need new blocks and fail with ENOSPC. The scatter raises, and every
+    row the request did not name (in the written head) keeps its bytes."""
+    rb, rows, head_rows = 100, (32 << 20) // 100, 4096
+    path = small_fs / f"sparse-{direct}.bin"
+    head = np.random.default_rng(8).integers(0, 256, (head_rows, rb), dtype=np.uint8)
+    with open(path, "wb") as f:
+        f.write(head.tobytes())
+        f.truncate(rows * rb)
+    filler = small_fs / f"filler-{direct}"
+    # take every free block: writeback returns delayed-allocation reservations, so fill again
+    # after each fsync until not one more 4 KiB block fits
+    wrote = True
+    while wrote:
+        wrote = False
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while True:
+                os.write(fd, b"\xff" * 4096)
+                wrote = True
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+        finally:
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            os.close(fd)
+    fs = FeatureStore()
+    fs.add("t", str(path), backend="file", writable=True, dtype=np.uint8, shape=(rows, rb), direct=direct)
+    idx = np.array([3, 2000, rows // 2, rows - 1])            # two in the written head, two in holes
+    try:
+        with pytest.raises(HaulerIOError, match="ENOSPC"):
+            fs.scatter("t", idx, np.full((idx.size, rb), 7, np.uint8))
+        after = np.fromfile(path, np.uint8, count=head_rows * rb).reshape(head_rows, rb)
+        outside = np.setdiff1d(np.arange(head_rows), idx)
+        assert np.array_equal(after[outside], head[outside])
+    finally:
+        fs.close()
+        filler.unlink()
+        path.unlink()
