@@ -37,6 +37,7 @@
 #include "datatype/layout.hpp"
 #include "datatype/pack.hpp"
 #include "datatype/type.hpp"
+#include "shim.hpp"
 
 #define HAULER_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -144,9 +145,11 @@ void configure() {
 struct Stats {
   std::atomic<int64_t> calls{0}, packed_msgs{0}, unpacked_msgs{0}, passthrough{0}, contiguous{0},
       bytes_packed{0}, bytes_unpacked{0}, pack_ns{0}, types_decoded{0}, types_refused{0},
-      mpi_pack_calls{0}, coll_passthrough{0}, coll_packed{0};
+      mpi_pack_calls{0}, coll_passthrough{0}, coll_packed{0}, fortran{0};
 };
 Stats st;
+
+void count_fortran() { st.fortran++; }
 
 struct Timer {
   Clock::time_point t0 = Clock::now();
@@ -1158,14 +1161,15 @@ static void write_report() {
                "hauler-interpose rank %d: calls=%lld packed_msgs=%lld unpacked_msgs=%lld bytes_packed=%lld "
                "bytes_unpacked=%lld pack_ms=%.3f passthrough=%lld contiguous=%lld mpi_pack=%lld "
                "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
-               "cuda_driver=%d\n",
+               "cuda_driver=%d fortran=%lld\n",
                g_rank, (long long)st.calls.load(), (long long)st.packed_msgs.load(),
                (long long)st.unpacked_msgs.load(), (long long)st.bytes_packed.load(),
                (long long)st.bytes_unpacked.load(), st.pack_ns.load() / 1e6, (long long)st.passthrough.load(),
                (long long)st.contiguous.load(), (long long)st.mpi_pack_calls.load(),
                (long long)st.coll_packed.load(), (long long)st.coll_passthrough.load(),
                (long long)st.types_decoded.load(), (long long)st.types_refused.load(),
-               (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0);
+               (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0,
+               (long long)st.fortran.load());
   if (close) std::fclose(f);
 }
 
