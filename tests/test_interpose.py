@@ -160,6 +160,18 @@ def test_fortran_identical(flav, np_, built, tmp_path):
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+@pytest.mark.parametrize("np_", [2, 3])
+def test_library_owned_requests_and_receives(flav, np_, built, tmp_path):
+    """Shim-packed messages against what the library handles alone: persistent requests in the
+    same Waitall/Testany/Testall arrays as the shim's, Probe/Iprobe counts, Mprobe/Mrecv and
+    Improbe/Imrecv into the derived type, Sendrecv_replace against the shim's Sendrecv."""
+    rep = _run_pair(flav, np_, [built(flav, "mixed")], tmp_path)
+    t = _report(rep, np_)
+    # per rank 3 + 2 + 2 packed sends and 3 + 1 unpacked receives; odd ranks one Sendrecv more
+    assert t["packed_msgs"] == 7 * np_ + np_ // 2 and t["unpacked_msgs"] == 4 * np_ + np_ // 2, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
 def test_builtin_model_identical(flav, built, tmp_path):
     """The default model (small messages and large blocks pass through) gives the same bytes."""
     rep = _run_pair(flav, 2, [built(flav, "p2p"), str(random.randrange(1, 10**9))], tmp_path, pack_all=False)
