@@ -565,143 +565,95 @@ void progress_orphans(bool block) {
 }
 
 // ---------------------------------------------------------------- point to point
+// Every point-to-point call has the same shape: stage each side the shim takes (a send is packed
+// into staging now; a receive gets staging to land in and unpacks on completion), hand the
+// library bytes for a staged side and the application's own arguments otherwise, then release
+// (blocking) or remember under the real request (non-blocking).
+bool fits_int(const dt::Plan& p) { return p.total <= INT32_MAX; }
+
+// Stages (buf, count, t) in *p when the shim takes this side of a message; false: the library does.
+bool stage(const void* buf, int count, MPI_Datatype t, int peer, bool recv, Pending* p) {
+  TypeInfoRef info;
+  auto plan = choose_buf(buf, count, t, &info);
+  if (!plan || peer == MPI_PROC_NULL || !fits_int(*plan)) return false;
+  p->bytes = static_cast<size_t>(plan->total);
+  p->buf = buf_get(p->bytes);
+  if (!p->buf) return false;
+  p->recv = recv;
+  if (recv) {
+    p->origin = const_cast<void*>(buf);
+    p->plan = plan;
+    p->type = info;
+    return true;
+  }
+  Timer tm;
+  dt::pack(*plan, buf, p->buf, 0, plan->total);
+  st.packed_msgs++;
+  st.bytes_packed += plan->total;
+  return true;
+}
+
+// A non-blocking call posted bytes from/to p's staging: the request now owns it.
+int keep(int rc, MPI_Request* req, Pending p) {
+  if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) buf_put(p.buf, p.bytes);
+  else remember(*req, std::move(p));
+  return rc;
+}
+
+int nbytes(const Pending& p) { return static_cast<int>(p.bytes); }
+
 using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
 
 int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
   st.calls++;
-  TypeInfoRef info;
-  auto plan = choose_buf(buf, count, t, &info);
-  if (!plan || dest == MPI_PROC_NULL || plan->total > INT32_MAX) return fn(buf, count, t, dest, tag, comm);
-  size_t n = static_cast<size_t>(plan->total);
-  void* stage = buf_get(n);
-  if (!stage) return fn(buf, count, t, dest, tag, comm);
-  {
-    Timer tm;
-    dt::pack(*plan, buf, stage, 0, plan->total);
-  }
-  st.packed_msgs++;
-  st.bytes_packed += plan->total;
-  int rc = fn(stage, static_cast<int>(n), MPI_BYTE, dest, tag, comm);
-  buf_put(stage, n);
+  Pending p;
+  if (!stage(buf, count, t, dest, false, &p)) return fn(buf, count, t, dest, tag, comm);
+  int rc = fn(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm);
+  buf_put(p.buf, p.bytes);
   return rc;
 }
 
-bool fits_int(const dt::Plan& p) { return p.total <= INT32_MAX; }
-
 int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
   st.calls++;
-  TypeInfoRef info;
-  auto plan = choose_buf(buf, count, t, &info);
-  if (!plan || source == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   Pending p;
-  p.recv = true;
-  p.bytes = static_cast<size_t>(plan->total);
-  p.buf = buf_get(p.bytes);
-  if (!p.buf) return PMPI_Recv(buf, count, t, source, tag, comm, status);
-  p.origin = buf;
-  p.plan = plan;
-  p.type = info;
+  if (!stage(buf, count, t, source, true, &p)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
-  int rc = PMPI_Recv(p.buf, static_cast<int>(p.bytes), MPI_BYTE, source, tag, comm, s);
+  int rc = PMPI_Recv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, s);
   finish(p, s);
   return rc;
 }
 
 int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
   st.calls++;
-  TypeInfoRef info;
-  auto plan = choose_buf(buf, count, t, &info);
-  if (!plan || dest == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
   Pending p;
-  p.bytes = static_cast<size_t>(plan->total);
-  p.buf = buf_get(p.bytes);
-  if (!p.buf) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
-  {
-    Timer tm;
-    dt::pack(*plan, buf, p.buf, 0, plan->total);
-  }
-  st.packed_msgs++;
-  st.bytes_packed += plan->total;
-  int rc = PMPI_Isend(p.buf, static_cast<int>(p.bytes), MPI_BYTE, dest, tag, comm, req);
-  if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) {
-    buf_put(p.buf, p.bytes);
-    return rc;
-  }
-  remember(*req, std::move(p));
-  return rc;
+  if (!stage(buf, count, t, dest, false, &p)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
+  return keep(PMPI_Isend(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm, req), req, std::move(p));
 }
 
 int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
   st.calls++;
-  TypeInfoRef info;
-  auto plan = choose_buf(buf, count, t, &info);
-  if (!plan || source == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
   Pending p;
-  p.recv = true;
-  p.bytes = static_cast<size_t>(plan->total);
-  p.buf = buf_get(p.bytes);
-  if (!p.buf) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
-  p.origin = buf;
-  p.plan = plan;
-  p.type = info;
-  int rc = PMPI_Irecv(p.buf, static_cast<int>(p.bytes), MPI_BYTE, source, tag, comm, req);
-  if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) {
-    buf_put(p.buf, p.bytes);
-    return rc;
-  }
-  remember(*req, std::move(p));
-  return rc;
+  if (!stage(buf, count, t, source, true, &p)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  return keep(PMPI_Irecv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, req), req, std::move(p));
 }
 
+// Each side is staged (or not) on its own.
 int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int stag, void* rbuf, int rcount,
              MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status) {
   st.calls++;
-  TypeInfoRef si, ri;
-  auto sp = choose_buf(sbuf, scount, stype, &si);
-  auto rp = choose_buf(rbuf, rcount, rtype, &ri);
-  if ((!sp && !rp) || (sp && !fits_int(*sp)) || (rp && !fits_int(*rp)))
+  Pending sp, rp;
+  bool s_on = stage(sbuf, scount, stype, dest, false, &sp);
+  bool r_on = stage(rbuf, rcount, rtype, source, true, &rp);
+  if (!s_on && !r_on)
     return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
-  void* sstage = nullptr;
-  size_t sn = 0;
-  const void* sb = sbuf;
-  int sc = scount;
-  MPI_Datatype stp = stype;
-  if (sp && dest != MPI_PROC_NULL) {
-    sn = static_cast<size_t>(sp->total);
-    sstage = buf_get(sn);
-    if (sstage) {
-      Timer tm;
-      dt::pack(*sp, sbuf, sstage, 0, sp->total);
-      st.packed_msgs++;
-      st.bytes_packed += sp->total;
-      sb = sstage;
-      sc = static_cast<int>(sn);
-      stp = MPI_BYTE;
-    }
-  }
-  Pending p;
-  void* rb = rbuf;
-  int rc_ = rcount;
-  MPI_Datatype rtp = rtype;
-  if (rp && source != MPI_PROC_NULL) {
-    p.recv = true;
-    p.bytes = static_cast<size_t>(rp->total);
-    p.buf = buf_get(p.bytes);
-    if (p.buf) {
-      p.origin = rbuf;
-      p.plan = rp;
-      p.type = ri;
-      rb = p.buf;
-      rc_ = static_cast<int>(p.bytes);
-      rtp = MPI_BYTE;
-    }
-  }
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
-  int rc = PMPI_Sendrecv(sb, sc, stp, dest, stag, rb, rc_, rtp, source, rtag, comm, s);
-  if (p.buf) finish(p, s);
-  if (sstage) buf_put(sstage, sn);
+  int rc = PMPI_Sendrecv(s_on ? sp.buf : sbuf, s_on ? nbytes(sp) : scount, s_on ? MPI_BYTE : stype, dest, stag,
+                         r_on ? rp.buf : rbuf, r_on ? nbytes(rp) : rcount, r_on ? MPI_BYTE : rtype, source, rtag,
+                         comm, s);
+  if (r_on) finish(rp, s);
+  buf_put(sp.buf, sp.bytes);
   return rc;
 }
 
