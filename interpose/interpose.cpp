@@ -895,67 +895,66 @@ void finish_all(int n, const std::vector<MPI_Request>& before, MPI_Status* statu
   }
 }
 
+// The statuses array a call writes: the application's, or `local` when it passed
+// MPI_STATUSES_IGNORE (the shim needs each byte count).
+MPI_Status* statuses_for(MPI_Status* statuses, int n, std::vector<MPI_Status>& local) {
+  if (statuses != MPI_STATUSES_IGNORE) return statuses;
+  local.resize(n);
+  return local.data();
+}
+
+// Waitall, and Testall (flag: all of them completed).
+template <typename F>
+int all(int n, MPI_Request* reqs, const int* flag, MPI_Status* statuses, F call) {
+  std::vector<MPI_Request> before(reqs, reqs + n);
+  std::vector<MPI_Status> local;
+  MPI_Status* s = statuses_for(statuses, n, local);
+  int rc = call(s);
+  if (flag == nullptr || *flag) finish_all(n, before, s, rc);
+  return rc;
+}
+
 int waitall(int n, MPI_Request* reqs, MPI_Status* statuses) {
   progress_orphans(false);
   if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitall(n, reqs, statuses);
-  std::vector<MPI_Request> before(reqs, reqs + n);
-  std::vector<MPI_Status> local;
-  MPI_Status* s = statuses;
-  if (statuses == MPI_STATUSES_IGNORE) {
-    local.resize(n);
-    s = local.data();
-  }
-  int rc = PMPI_Waitall(n, reqs, s);
-  finish_all(n, before, s, rc);
-  return rc;
+  return all(n, reqs, nullptr, statuses, [&](MPI_Status* s) { return PMPI_Waitall(n, reqs, s); });
 }
 
 int testall(int n, MPI_Request* reqs, int* flag, MPI_Status* statuses) {
   progress_orphans(false);
   if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testall(n, reqs, flag, statuses);
+  return all(n, reqs, flag, statuses, [&](MPI_Status* s) { return PMPI_Testall(n, reqs, flag, s); });
+}
+
+// Waitany, and Testany (flag: one completed).
+template <typename F>
+int any(int n, MPI_Request* reqs, int* index, const int* flag, MPI_Status* status, F call) {
   std::vector<MPI_Request> before(reqs, reqs + n);
-  std::vector<MPI_Status> local;
-  MPI_Status* s = statuses;
-  if (statuses == MPI_STATUSES_IGNORE) {
-    local.resize(n);
-    s = local.data();
-  }
-  int rc = PMPI_Testall(n, reqs, flag, s);
-  if (*flag) finish_all(n, before, s, rc);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = call(s);
+  if ((flag == nullptr || *flag) && *index != MPI_UNDEFINED && *index >= 0 && *index < n)
+    finish_request(before[*index], s);
   return rc;
 }
 
 int waitany(int n, MPI_Request* reqs, int* index, MPI_Status* status) {
   progress_orphans(false);
   if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitany(n, reqs, index, status);
-  std::vector<MPI_Request> before(reqs, reqs + n);
-  MPI_Status local;
-  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
-  int rc = PMPI_Waitany(n, reqs, index, s);
-  if (*index != MPI_UNDEFINED && *index >= 0 && *index < n) finish_request(before[*index], s);
-  return rc;
+  return any(n, reqs, index, nullptr, status, [&](MPI_Status* s) { return PMPI_Waitany(n, reqs, index, s); });
 }
 
 int testany(int n, MPI_Request* reqs, int* index, int* flag, MPI_Status* status) {
   progress_orphans(false);
   if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testany(n, reqs, index, flag, status);
-  std::vector<MPI_Request> before(reqs, reqs + n);
-  MPI_Status local;
-  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
-  int rc = PMPI_Testany(n, reqs, index, flag, s);
-  if (*flag && *index != MPI_UNDEFINED && *index >= 0 && *index < n) finish_request(before[*index], s);
-  return rc;
+  return any(n, reqs, index, flag, status, [&](MPI_Status* s) { return PMPI_Testany(n, reqs, index, flag, s); });
 }
 
 template <typename F>
 int some(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses, F call) {
   std::vector<MPI_Request> before(reqs, reqs + n);
   std::vector<MPI_Status> local;
-  MPI_Status* s = statuses;
-  if (statuses == MPI_STATUSES_IGNORE) {
-    local.resize(n);
-    s = local.data();
-  }
+  MPI_Status* s = statuses_for(statuses, n, local);
   int rc = call(s);
   if (*outcount != MPI_UNDEFINED)
     for (int k = 0; k < *outcount; ++k) {
@@ -1009,38 +1008,36 @@ int request_free(MPI_Request* req) {
 }
 
 // ---------------------------------------------------------------- MPI_Pack / MPI_Unpack
-int pack(const void* in, int incount, MPI_Datatype t, void* out, int outsize, int* position, MPI_Comm comm) {
+// MPI_Pack and MPI_Unpack: the same checks, then the engine moves the bytes between the user's
+// buffer and the packed one at *position, one way or the other; anything else: the library.
+template <typename Fwd>
+int pack_common(bool pack, const void* user, int count, MPI_Datatype t, const void* packed, int size, int* position,
+                Fwd fwd) {
   st.calls++;
   TypeInfoRef info;
-  if (incount <= 0 || position == nullptr || out == nullptr) return PMPI_Pack(in, incount, t, out, outsize, position, comm);
-  auto plan = choose_buf(in, incount, t, &info);
-  if (!plan || *position < 0 || int64_t(*position) + plan->total > int64_t(outsize))
-    return PMPI_Pack(in, incount, t, out, outsize, position, comm);
+  if (count <= 0 || position == nullptr || packed == nullptr) return fwd();
+  auto plan = choose_buf(user, count, t, &info);
+  if (!plan || *position < 0 || int64_t(*position) + plan->total > int64_t(size)) return fwd();
   {
     Timer tm;
-    dt::pack(*plan, in, static_cast<uint8_t*>(out) + *position, 0, plan->total);
+    uint8_t* at = static_cast<uint8_t*>(const_cast<void*>(packed)) + *position;
+    if (pack) dt::pack(*plan, user, at, 0, plan->total);
+    else dt::unpack(*plan, const_cast<void*>(user), at, 0, plan->total);
   }
   st.mpi_pack_calls++;
-  st.bytes_packed += plan->total;
+  (pack ? st.bytes_packed : st.bytes_unpacked) += plan->total;
   *position += static_cast<int>(plan->total);
   return MPI_SUCCESS;
 }
 
+int pack(const void* in, int incount, MPI_Datatype t, void* out, int outsize, int* position, MPI_Comm comm) {
+  return pack_common(true, in, incount, t, out, outsize, position,
+                     [&] { return PMPI_Pack(in, incount, t, out, outsize, position, comm); });
+}
+
 int unpack(const void* in, int insize, int* position, void* out, int outcount, MPI_Datatype t, MPI_Comm comm) {
-  st.calls++;
-  TypeInfoRef info;
-  if (outcount <= 0 || position == nullptr || in == nullptr) return PMPI_Unpack(in, insize, position, out, outcount, t, comm);
-  auto plan = choose_buf(out, outcount, t, &info);
-  if (!plan || *position < 0 || int64_t(*position) + plan->total > int64_t(insize))
-    return PMPI_Unpack(in, insize, position, out, outcount, t, comm);
-  {
-    Timer tm;
-    dt::unpack(*plan, out, static_cast<const uint8_t*>(in) + *position, 0, plan->total);
-  }
-  st.mpi_pack_calls++;
-  st.bytes_unpacked += plan->total;
-  *position += static_cast<int>(plan->total);
-  return MPI_SUCCESS;
+  return pack_common(false, out, outcount, t, in, insize, position,
+                     [&] { return PMPI_Unpack(in, insize, position, out, outcount, t, comm); });
 }
 
 // ---------------------------------------------------------------- collectives
@@ -1215,42 +1212,45 @@ bool coll_peers(const void* sbuf, MPI_Comm comm, bool neighbor, int* ns, int* nr
   return true;
 }
 
-int alltoallv(const void* sbuf, const int* scounts, const int* sdispls, MPI_Datatype stype, void* rbuf,
-              const int* rcounts, const int* rdispls, MPI_Datatype rtype, MPI_Comm comm, bool neighbor) {
+// The v and w forms differ only in how a peer's (count, type, displacement) is read.
+template <typename Fwd, typename Pieces>
+int alltoall_common(const void* sbuf, void* rbuf, MPI_Comm comm, bool neighbor, Fwd fwd, Pieces pieces) {
   st.calls++;
-  auto fwd = [&]() {
-    return neighbor ? PMPI_Neighbor_alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm)
-                    : PMPI_Alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
-  };
   int ns = 0, nr = 0;
   if (!coll_peers(sbuf, comm, neighbor, &ns, &nr)) {
     st.coll_passthrough++;
     return fwd();
   }
-  MPI_Aint se = extent_of(stype), re = extent_of(rtype);
   std::vector<Piece> sp(ns), rp(nr);
-  for (int i = 0; i < ns; ++i) sp[i] = Piece{scounts[i], stype, static_cast<MPI_Aint>(sdispls[i]) * se};
-  for (int i = 0; i < nr; ++i) rp[i] = Piece{rcounts[i], rtype, static_cast<MPI_Aint>(rdispls[i]) * re};
+  pieces(sp, rp);
   return coll_exchange(neighbor, comm, sbuf, sp, rbuf, rp, fwd);
+}
+
+int alltoallv(const void* sbuf, const int* scounts, const int* sdispls, MPI_Datatype stype, void* rbuf,
+              const int* rcounts, const int* rdispls, MPI_Datatype rtype, MPI_Comm comm, bool neighbor) {
+  auto fwd = [&]() {
+    return neighbor ? PMPI_Neighbor_alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm)
+                    : PMPI_Alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
+  };
+  return alltoall_common(sbuf, rbuf, comm, neighbor, fwd, [&](std::vector<Piece>& sp, std::vector<Piece>& rp) {
+    MPI_Aint se = extent_of(stype), re = extent_of(rtype);
+    for (size_t i = 0; i < sp.size(); ++i) sp[i] = Piece{scounts[i], stype, static_cast<MPI_Aint>(sdispls[i]) * se};
+    for (size_t i = 0; i < rp.size(); ++i) rp[i] = Piece{rcounts[i], rtype, static_cast<MPI_Aint>(rdispls[i]) * re};
+  });
 }
 
 int alltoallw(const void* sbuf, const int* scounts, const MPI_Aint* sdA, const int* sdI, const MPI_Datatype* stypes,
               void* rbuf, const int* rcounts, const MPI_Aint* rdA, const int* rdI, const MPI_Datatype* rtypes,
               MPI_Comm comm, bool neighbor) {
-  st.calls++;
   auto fwd = [&]() {
     return neighbor ? PMPI_Neighbor_alltoallw(sbuf, scounts, sdA, stypes, rbuf, rcounts, rdA, rtypes, comm)
                     : PMPI_Alltoallw(sbuf, scounts, sdI, stypes, rbuf, rcounts, rdI, rtypes, comm);
   };
-  int ns = 0, nr = 0;
-  if (!coll_peers(sbuf, comm, neighbor, &ns, &nr)) {
-    st.coll_passthrough++;
-    return fwd();
-  }
-  std::vector<Piece> sp(ns), rp(nr);
-  for (int i = 0; i < ns; ++i) sp[i] = Piece{scounts[i], stypes[i], neighbor ? sdA[i] : static_cast<MPI_Aint>(sdI[i])};
-  for (int i = 0; i < nr; ++i) rp[i] = Piece{rcounts[i], rtypes[i], neighbor ? rdA[i] : static_cast<MPI_Aint>(rdI[i])};
-  return coll_exchange(neighbor, comm, sbuf, sp, rbuf, rp, fwd);
+  auto disp = [&](const MPI_Aint* a, const int* i, size_t k) { return neighbor ? a[k] : static_cast<MPI_Aint>(i[k]); };
+  return alltoall_common(sbuf, rbuf, comm, neighbor, fwd, [&](std::vector<Piece>& sp, std::vector<Piece>& rp) {
+    for (size_t i = 0; i < sp.size(); ++i) sp[i] = Piece{scounts[i], stypes[i], disp(sdA, sdI, i)};
+    for (size_t i = 0; i < rp.size(); ++i) rp[i] = Piece{rcounts[i], rtypes[i], disp(rdA, rdI, i)};
+  });
 }
 
 }  // namespace shim
@@ -1258,26 +1258,21 @@ int alltoallw(const void* sbuf, const int* scounts, const MPI_Aint* sdA, const i
 // ==================================================================== entry points
 using namespace shim;
 
-HAULER_EXPORT int MPI_Init(int* argc, char*** argv) {
-  int rc = PMPI_Init(argc, argv);
+// After the library's MPI_Init / MPI_Init_thread returned rc.
+static int started(int rc) {
   if (rc == MPI_SUCCESS) {
     PMPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     init_named();
     configure();
-    if (g.on) logf(kInfo, "active (pack=%d p2p=%d coll=%d)", g.pack, g.p2p, g.coll);
+    if (g.on) logf(kInfo, "active (pack=%d p2p=%d coll=%d gpu=%d)", g.pack, g.p2p, g.coll, g.gpu);
   }
   return rc;
 }
 
+HAULER_EXPORT int MPI_Init(int* argc, char*** argv) { return started(PMPI_Init(argc, argv)); }
+
 HAULER_EXPORT int MPI_Init_thread(int* argc, char*** argv, int required, int* provided) {
-  int rc = PMPI_Init_thread(argc, argv, required, provided);
-  if (rc == MPI_SUCCESS) {
-    PMPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
-    init_named();
-    configure();
-    if (g.on) logf(kInfo, "active (pack=%d p2p=%d coll=%d)", g.pack, g.p2p, g.coll);
-  }
-  return rc;
+  return started(PMPI_Init_thread(argc, argv, required, provided));
 }
 
 static void write_report() {
@@ -1353,25 +1348,16 @@ HAULER_EXPORT int MPI_Pack_size(int incount, MPI_Datatype t, MPI_Comm comm, int*
   return PMPI_Pack_size(incount, t, comm, size);
 }
 
-HAULER_EXPORT int MPI_Send(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
-  if (!g.on || !g.p2p) return PMPI_Send(buf, count, t, dest, tag, comm);
-  return send_common(PMPI_Send, buf, count, t, dest, tag, comm);
-}
-
-HAULER_EXPORT int MPI_Ssend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
-  if (!g.on || !g.p2p) return PMPI_Ssend(buf, count, t, dest, tag, comm);
-  return send_common(PMPI_Ssend, buf, count, t, dest, tag, comm);
-}
-
-HAULER_EXPORT int MPI_Bsend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
-  if (!g.on || !g.p2p) return PMPI_Bsend(buf, count, t, dest, tag, comm);
-  return send_common(PMPI_Bsend, buf, count, t, dest, tag, comm);
-}
-
-HAULER_EXPORT int MPI_Rsend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
-  if (!g.on || !g.p2p) return PMPI_Rsend(buf, count, t, dest, tag, comm);
-  return send_common(PMPI_Rsend, buf, count, t, dest, tag, comm);
-}
+// The four blocking sends differ only in the library call.
+#define HAULER_BLOCKING_SEND(NAME)                                                                      \
+  HAULER_EXPORT int MPI_##NAME(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) { \
+    if (!g.on || !g.p2p) return PMPI_##NAME(buf, count, t, dest, tag, comm);                            \
+    return send_common(PMPI_##NAME, buf, count, t, dest, tag, comm);                                    \
+  }
+HAULER_BLOCKING_SEND(Send)
+HAULER_BLOCKING_SEND(Ssend)
+HAULER_BLOCKING_SEND(Bsend)
+HAULER_BLOCKING_SEND(Rsend)
 
 HAULER_EXPORT int MPI_Recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm,
                            MPI_Status* status) {
