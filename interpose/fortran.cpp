@@ -127,6 +127,7 @@ void some(F* count, F* reqs, F* outcount, F* indices, F* statuses, F* ierr) {
   }
   set(ierr, rc);
 }
+
 }  // namespace
 
 // Bodies take Fortran arguments (all by reference) and end with ierr; the four names each

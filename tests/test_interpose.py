@@ -154,9 +154,9 @@ def test_fortran_identical(flav, np_, built, tmp_path):
     Fortran entry points must catch it (fortran= counts them); MPICH's calls the C MPI_*."""
     rep = _run_pair(flav, np_, [built(flav, "fort")], tmp_path)
     t = _report(rep, np_)
-    # per rank: Send, Sendrecv, 3 Isend packed; Recv, Sendrecv, 3 Irecv unpacked; 2 Pack + 2 Unpack
-    assert t["packed_msgs"] == 5 * np_ and t["unpacked_msgs"] == 5 * np_ and t["mpi_pack"] == 4 * np_, t
-    assert t["fortran"] == (13 * np_ if flav == "openmpi" else 0), t
+    # per rank: Send, Sendrecv, 6 Isend packed; Recv, Sendrecv, 6 Irecv unpacked; 2 Pack + 2 Unpack
+    assert t["packed_msgs"] == 8 * np_ and t["unpacked_msgs"] == 8 * np_ and t["mpi_pack"] == 4 * np_, t
+    assert t["fortran"] == (19 * np_ if flav == "openmpi" else 0), t
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])

@@ -1,6 +1,6 @@
 ! A Fortran MPI program (`use mpi`) run with and without the interposer: derived vector and
-! subarray types through Send/Recv, Sendrecv, Isend/Irecv completed by Waitall, Waitany and a
-! Testall loop, and MPI_Pack/MPI_Unpack. Every rank writes what it received and the statuses it
+! subarray types through Send/Recv, Sendrecv, Isend/Irecv completed by Waitall, Waitany, Wait,
+! Test, Testall and Waitsome loops (and seen done by Request_get_status), and MPI_Pack/MPI_Unpack. Every rank writes what it received and the statuses it
 ! saw to <prefix>.<rank>; the files must be byte-identical with and without the shim.
 program fort
   use mpi
@@ -8,7 +8,7 @@ program fort
   integer, parameter :: n = 48
   double precision :: a(n, n), b(n, n)
   integer :: cube(12, 10, 8), got(12, 10, 8)
-  integer :: rank, nprocs, ierr, right, left, u, i, j, k, idx, cnt, pos
+  integer :: rank, nprocs, ierr, right, left, u, i, j, k, idx, cnt, pos, outc, idxs(2)
   integer :: row1, rowt, subt, reqs(4), sts(MPI_STATUS_SIZE, 4), st(MPI_STATUS_SIZE)
   integer :: sizes(3), subs(3), starts(3)
   integer(kind=MPI_ADDRESS_KIND) :: lb, ext
@@ -91,6 +91,40 @@ program fort
   do while (.not. done)
     call MPI_Testall(2, reqs, done, MPI_STATUSES_IGNORE, ierr)
   end do
+  write (u) b, reqs(1:2)
+
+  ! a Test loop and a Wait
+  b = -5d0
+  call MPI_Irecv(b(5, 1), 3, rowt, left, 51, MPI_COMM_WORLD, reqs(1), ierr)
+  call MPI_Isend(a(7, 1), 3, rowt, right, 51, MPI_COMM_WORLD, reqs(2), ierr)
+  done = .false.
+  do while (.not. done)
+    call MPI_Test(reqs(1), done, st, ierr)
+  end do
+  call MPI_Wait(reqs(2), MPI_STATUS_IGNORE, ierr)
+  write (u) b, st(MPI_SOURCE), st(MPI_TAG), reqs(1:2)
+
+  ! a Waitsome loop
+  got = -5
+  call MPI_Irecv(got, 1, subt, left, 52, MPI_COMM_WORLD, reqs(1), ierr)
+  call MPI_Isend(cube, 1, subt, right, 52, MPI_COMM_WORLD, reqs(2), ierr)
+  cnt = 0
+  do while (cnt < 2)
+    call MPI_Waitsome(2, reqs, outc, idxs, sts, ierr)
+    if (outc /= MPI_UNDEFINED) cnt = cnt + outc
+  end do
+  write (u) got, reqs(1:2)
+
+  ! Request_get_status says done (the data must be there), then Waitall frees the requests
+  b = -6d0
+  call MPI_Irecv(b(2, 1), 2, rowt, left, 61, MPI_COMM_WORLD, reqs(1), ierr)
+  call MPI_Isend(a(12, 1), 2, rowt, right, 61, MPI_COMM_WORLD, reqs(2), ierr)
+  done = .false.
+  do while (.not. done)
+    call MPI_Request_get_status(reqs(1), done, st, ierr)
+  end do
+  write (u) b, st(MPI_SOURCE), st(MPI_TAG)
+  call MPI_Waitall(2, reqs, MPI_STATUSES_IGNORE, ierr)
   write (u) b, reqs(1:2)
 
   ! MPI_Pack / MPI_Unpack of a subarray and two rows, exchanged as MPI_PACKED
