@@ -82,9 +82,7 @@ program fort
   write (u) b, got, sts(MPI_SOURCE, 1:2), sts(MPI_TAG, 1:2), reqs
 
   ! non-blocking, completed by Waitany and then by a Testall loop
-  b = -3d0
-  call MPI_Irecv(b(20, 1), 4, rowt, left, 31, MPI_COMM_WORLD, reqs(1), ierr)
-  call MPI_Isend(a(30, 1), 4, rowt, right, 31, MPI_COMM_WORLD, reqs(2), ierr)
+  call post_rows(20, 30, 4, 31)
   call MPI_Waitany(2, reqs, idx, st, ierr)
   write (u) idx == 1 .or. idx == 2  ! which one completes first is timing
   done = .false.
@@ -94,9 +92,7 @@ program fort
   write (u) b, reqs(1:2)
 
   ! a Test loop and a Wait
-  b = -5d0
-  call MPI_Irecv(b(5, 1), 3, rowt, left, 51, MPI_COMM_WORLD, reqs(1), ierr)
-  call MPI_Isend(a(7, 1), 3, rowt, right, 51, MPI_COMM_WORLD, reqs(2), ierr)
+  call post_rows(5, 7, 3, 51)
   done = .false.
   do while (.not. done)
     call MPI_Test(reqs(1), done, st, ierr)
@@ -116,9 +112,7 @@ program fort
   write (u) got, reqs(1:2)
 
   ! Request_get_status says done (the data must be there), then Waitall frees the requests
-  b = -6d0
-  call MPI_Irecv(b(2, 1), 2, rowt, left, 61, MPI_COMM_WORLD, reqs(1), ierr)
-  call MPI_Isend(a(12, 1), 2, rowt, right, 61, MPI_COMM_WORLD, reqs(2), ierr)
+  call post_rows(2, 12, 2, 61)
   done = .false.
   do while (.not. done)
     call MPI_Request_get_status(reqs(1), done, st, ierr)
@@ -145,4 +139,15 @@ program fort
   write (u) rowt == MPI_DATATYPE_NULL, subt == MPI_DATATYPE_NULL
   close (u)
   call MPI_Finalize(ierr)
+
+contains
+
+  ! poisons b, then reqs(1) receives n rows from the left at row `at`, reqs(2) sends n rows
+  ! from row `from` to the right
+  subroutine post_rows(at, from, n, tag)
+    integer, intent(in) :: at, from, n, tag
+    b = -dble(tag)
+    call MPI_Irecv(b(at, 1), n, rowt, left, tag, MPI_COMM_WORLD, reqs(1), ierr)
+    call MPI_Isend(a(from, 1), n, rowt, right, tag, MPI_COMM_WORLD, reqs(2), ierr)
+  end subroutine post_rows
 end program fort
