@@ -32,11 +32,14 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/gpu.hpp"
 #include "common/settings.hpp"
 #include "common/status.hpp"
+#include "datatype/gpu_pack.hpp"
 #include "datatype/layout.hpp"
 #include "datatype/pack.hpp"
 #include "datatype/type.hpp"
+#include "shim.hpp"
 
 #define HAULER_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -53,6 +56,7 @@ struct Config {
   bool pack = true;      // HAULER_INTERPOSE_PACK: MPI_Pack/MPI_Unpack through hauler
   bool p2p = true;       // HAULER_INTERPOSE_P2P: point-to-point packing
   bool coll = true;      // HAULER_INTERPOSE_COLL: collectives packing
+  bool gpu = true;       // HAULER_INTERPOSE_GPU: device buffers packed by the GPU kernels
   int log = kWarning;    // HAULER_INTERPOSE_LOG
   std::string report;    // HAULER_INTERPOSE_REPORT: "", "1"/"stderr", or a path (%r = rank)
   std::string model;     // HAULER_INTERPOSE_MODEL
@@ -60,6 +64,10 @@ struct Config {
   // max_block bytes and the message has at least min_bytes bytes.
   int64_t max_block = 2048;
   int64_t min_bytes = 256;
+  // Device buffers: packed messages of at most gpu_oneshot_max bytes are staged in mapped pinned
+  // host memory (TEMPI's one-shot: no device-to-host copy, the library sends host bytes), larger
+  // ones in device memory (the CUDA-aware library moves them at device bandwidth).
+  int64_t gpu_oneshot_max = 65536;
 };
 Config g;
 #if defined(OPEN_MPI)
@@ -117,16 +125,18 @@ void load_model(const std::string& path) {
     }
     if (std::strcmp(k, "max_block") == 0) g.max_block = val;
     else if (std::strcmp(k, "min_bytes") == 0) g.min_bytes = val;
+    else if (std::strcmp(k, "gpu_oneshot_max") == 0) g.gpu_oneshot_max = val;
   }
   std::fclose(f);
-  logf(kInfo, "model %s: max_block=%lld min_bytes=%lld", path.c_str(), (long long)g.max_block,
-       (long long)g.min_bytes);
+  logf(kInfo, "model %s: max_block=%lld min_bytes=%lld gpu_oneshot_max=%lld", path.c_str(),
+       (long long)g.max_block, (long long)g.min_bytes, (long long)g.gpu_oneshot_max);
 }
 
 void configure() {
   g.pack = env_bool("HAULER_INTERPOSE_PACK", true);
   g.p2p = env_bool("HAULER_INTERPOSE_P2P", true);
   g.coll = env_bool("HAULER_INTERPOSE_COLL", true);
+  g.gpu = env_bool("HAULER_INTERPOSE_GPU", true);
   std::string lv = env_str("HAULER_INTERPOSE_LOG");
   static const char* names[] = {"debug", "info", "warning", "error", "critical"};
   for (int i = 0; i < 5; ++i)
@@ -144,9 +154,12 @@ void configure() {
 struct Stats {
   std::atomic<int64_t> calls{0}, packed_msgs{0}, unpacked_msgs{0}, passthrough{0}, contiguous{0},
       bytes_packed{0}, bytes_unpacked{0}, pack_ns{0}, types_decoded{0}, types_refused{0},
-      mpi_pack_calls{0}, coll_passthrough{0}, coll_packed{0};
+      mpi_pack_calls{0}, coll_passthrough{0}, coll_packed{0}, fortran{0}, gpu_packed{0}, gpu_unpacked{0},
+      gpu_device{0}, gpu_oneshot{0};
 };
 Stats st;
+
+void count_fortran() { st.fortran++; }
 
 struct Timer {
   Clock::time_point t0 = Clock::now();
@@ -340,8 +353,9 @@ TypeInfoRef lookup(MPI_Datatype t) {
 // ---------------------------------------------------------------- device buffers
 // A device pointer must never reach the host pack kernels. Device memory can only exist once the
 // process has loaded the CUDA driver, so the shim asks the driver about a buffer only when
-// libcuda is already loaded (dlopen RTLD_NOLOAD: the shim never loads or initializes CUDA
-// itself); device and managed buffers go to the (CUDA-aware) library unchanged.
+// libcuda is already loaded (dlopen RTLD_NOLOAD: the shim never loads the driver itself).
+// Device and managed buffers are packed by the GPU kernels (see "GPU staging" below) or, without
+// a GPU backend, go to the (CUDA-aware) library unchanged.
 using CuPointerGetAttribute = int (*)(void*, int, unsigned long long);
 std::atomic<CuPointerGetAttribute> g_cu_attr{nullptr};
 std::atomic<int64_t> g_cu_probe{0};
@@ -399,6 +413,54 @@ bool device_buffer(const void* p) {
   return mem_type == kDevice || mem_type == kUnified || managed != 0;
 }
 
+// The GPU backend (libhauler_cuda.so next to the Python package, or HAULER_CUDA_LIB) and the
+// driver's allocator, looked up the first time a message on a device buffer is to be packed:
+// never on a machine without a driver, since device_buffer() is false there.
+using CuMemAlloc = int (*)(unsigned long long*, size_t);
+using CuMemFree = int (*)(unsigned long long);
+struct Gpu {
+  const hauler::gpu::Backend* backend = nullptr;
+  CuMemAlloc mem_alloc = nullptr;
+  CuMemFree mem_free = nullptr;
+};
+std::atomic<bool> g_gpu_used{false};
+
+std::string kernels_path() {
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&kernels_path), &info) == 0 || info.dli_fname == nullptr) return "";
+  std::string self = info.dli_fname;  // <package>/interpose/<flavour>/libhauler_interpose.so
+  for (int up = 0; up < 3; ++up) {
+    size_t slash = self.rfind('/');
+    if (slash == std::string::npos) return "";
+    self.resize(slash);
+  }
+  return self + "/libhauler_cuda.so";
+}
+
+const Gpu& gpu() {
+  static const Gpu once = [] {
+    Gpu x;
+    hauler::gpu::set_default_library_path(kernels_path());
+    x.backend = hauler::gpu::backend();
+    if (x.backend == nullptr)
+      logf(kWarning, "device buffers go to the library unchanged (no GPU packing): %s",
+           hauler::gpu::status_message().c_str());
+    else
+      logf(kInfo, "device buffers are packed by the GPU kernels: %s", hauler::gpu::status_message().c_str());
+    if (void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD)) {
+      x.mem_alloc = reinterpret_cast<CuMemAlloc>(dlsym(h, "cuMemAlloc_v2"));
+      x.mem_free = reinterpret_cast<CuMemFree>(dlsym(h, "cuMemFree_v2"));
+    }
+    g_gpu_used = true;
+    return x;
+  }();
+  return once;
+}
+
+// Where a packed message is staged: host memory, or for a device buffer (GPU kernels) device
+// memory or mapped pinned host memory.
+enum class Where : uint8_t { host, device, oneshot };
+
 // Decide whether a (buffer, count, type) message is packed by hauler. Returns the plan if so.
 std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep) {
   if (count <= 0) return nullptr;
@@ -420,10 +482,17 @@ std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* k
   return info->plan(count);
 }
 
-// choose() for a buffer: device buffers (see above) are never packed on the host.
-std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datatype t, TypeInfoRef* keep) {
+// choose() for a buffer: device buffers (see above) are never packed on the host. Callers that
+// can stage on the GPU pass `where` and get Where::device/oneshot for them when a backend exists.
+std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datatype t, TypeInfoRef* keep,
+                                           Where* where = nullptr) {
   auto plan = choose(count, t, keep);
+  if (where) *where = Where::host;
   if (plan && buf != nullptr && device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo)) {
+    if (where && g.gpu && gpu().backend) {
+      *where = plan->total <= g.gpu_oneshot_max ? Where::oneshot : Where::device;
+      return plan;
+    }
     g_device_passthrough++;
     keep->reset();
     return nullptr;
@@ -472,10 +541,93 @@ void buf_put(void* p, size_t n) {
   g_pool_bytes += c;
 }
 
+// ---------------------------------------------------------------- GPU staging
+// A message on a device buffer is packed by the GPU kernels into staging the library is handed
+// (`mpi`): device memory for Where::device, or pinned host memory mapped into the device for
+// Where::oneshot, which the kernels reach at `dev`. Both are pooled by size class like the host
+// staging, since allocating or registering them costs far more than a message.
+struct GpuBuf {
+  void* mpi = nullptr;
+  void* dev = nullptr;
+};
+std::multimap<size_t, GpuBuf> g_gpu_pool[2];  // [0] device, [1] oneshot; under g_pool_mu
+size_t g_gpu_pool_bytes = 0;
+
+std::multimap<size_t, GpuBuf>& gpu_pool(Where w) { return g_gpu_pool[w == Where::device ? 0 : 1]; }
+
+void gpu_release(Where w, GpuBuf b) {
+  if (w == Where::device) {
+    if (gpu().mem_free) gpu().mem_free(reinterpret_cast<unsigned long long>(b.mpi));
+    return;
+  }
+  char err[256] = "";
+  gpu().backend->host_unregister(b.mpi, err, sizeof err);
+  std::free(b.mpi);
+}
+
+bool gpu_get(Where w, size_t n, GpuBuf* out) {
+  size_t c = size_class(n);
+  {
+    std::lock_guard<std::mutex> lk(g_pool_mu);
+    auto& pool = gpu_pool(w);
+    auto it = pool.find(c);
+    if (it != pool.end()) {
+      *out = it->second;
+      pool.erase(it);
+      g_gpu_pool_bytes -= c;
+      return true;
+    }
+  }
+  const Gpu& G = gpu();
+  if (w == Where::device) {
+    // The program's current context (a CUDA-aware program has one on the thread that calls MPI).
+    unsigned long long d = 0;
+    if (G.mem_alloc == nullptr || G.mem_alloc(&d, c) != 0 || d == 0) return false;
+    out->mpi = out->dev = reinterpret_cast<void*>(d);
+    return true;
+  }
+  void* p = nullptr;
+  if (posix_memalign(&p, 4096, c) != 0) return false;
+  char err[256] = "";
+  if (G.backend->host_register(p, c, 0, &out->dev, err, sizeof err) != 0) {
+    logf(kWarning, "mapped staging of %zu bytes refused: %s", c, err);
+    std::free(p);
+    return false;
+  }
+  out->mpi = p;
+  return true;
+}
+
+void gpu_put(Where w, size_t n, GpuBuf b) {
+  size_t c = size_class(n);
+  {
+    std::lock_guard<std::mutex> lk(g_pool_mu);
+    if (g_gpu_pool_bytes + c <= kPoolMax) {
+      gpu_pool(w).emplace(c, b);
+      g_gpu_pool_bytes += c;
+      return;
+    }
+  }
+  gpu_release(w, b);
+}
+
+// At MPI_Finalize, while the program's CUDA context still exists.
+void gpu_drain() {
+  if (!g_gpu_used) return;
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  for (Where w : {Where::device, Where::oneshot}) {
+    for (auto& e : gpu_pool(w)) gpu_release(w, e.second);
+    gpu_pool(w).clear();
+  }
+  g_gpu_pool_bytes = 0;
+}
+
 // ---------------------------------------------------------------- requests
 struct Pending {
   bool recv = false;
-  void* buf = nullptr;  // staging
+  Where where = Where::host;
+  void* buf = nullptr;  // staging, as the library sees it
+  void* dev = nullptr;  // the same staging as the GPU kernels see it (Where::device/oneshot)
   size_t bytes = 0;
   void* origin = nullptr;
   std::shared_ptr<const dt::Plan> plan;
@@ -511,23 +663,50 @@ bool ours(MPI_Request r) {
   return g_reqs.count(r) != 0;
 }
 
-// Unpacks what arrived (the byte count in the status) into the application's buffer.
-void finish(Pending& p, MPI_Status* status) {
-  if (p.recv && !p.unpacked) {
-    int cancelled = 0;
-    PMPI_Test_cancelled(status, &cancelled);
-    int got = 0;
-    if (!cancelled && PMPI_Get_count(status, MPI_BYTE, &got) == MPI_SUCCESS && got != MPI_UNDEFINED &&
-        got > 0) {
-      int64_t n = std::min<int64_t>(got, p.plan->total);
-      Timer tm;
-      dt::unpack(*p.plan, p.origin, p.buf, 0, n);
-      st.bytes_unpacked += n;
-      st.unpacked_msgs++;
-    }
+// Runs the GPU kernels between the application's device buffer and p's staging, and waits for
+// them: the library must not send bytes not yet written, nor the application read a buffer not
+// yet unpacked. False (logged) when the backend fails.
+bool gpu_run(bool pack, const dt::Plan& plan, const void* origin, const Pending& p, int64_t n) {
+  try {
+    if (pack) dt::gpu_pack(plan, origin, p.dev, 0, n);
+    else dt::gpu_unpack(plan, const_cast<void*>(origin), p.dev, 0, n);
+    hauler::gpu::synchronize(nullptr);
+    return true;
+  } catch (const std::exception& e) {
+    logf(kError, "GPU %s failed: %s", pack ? "pack" : "unpack", e.what());
+    return false;
   }
-  buf_put(p.buf, p.bytes);
+}
+
+// Gives p's staging back to its pool.
+void release(Pending& p) {
+  if (p.where == Where::host) buf_put(p.buf, p.bytes);
+  else if (p.buf) gpu_put(p.where, p.bytes, GpuBuf{p.buf, p.dev});
   p.buf = nullptr;
+}
+
+// Unpacks what arrived (the byte count in the status) into the application's buffer, once.
+void unpack_arrived(Pending& p, MPI_Status* status) {
+  if (!p.recv || p.unpacked) return;
+  p.unpacked = true;
+  int cancelled = 0, got = 0;
+  PMPI_Test_cancelled(status, &cancelled);
+  if (cancelled || PMPI_Get_count(status, MPI_BYTE, &got) != MPI_SUCCESS || got == MPI_UNDEFINED || got <= 0) return;
+  int64_t n = std::min<int64_t>(got, p.plan->total);
+  Timer tm;
+  if (p.where == Where::host) {
+    dt::unpack(*p.plan, p.origin, p.buf, 0, n);
+  } else {
+    if (!gpu_run(false, *p.plan, p.origin, p, n)) return;
+    st.gpu_unpacked++;
+  }
+  st.bytes_unpacked += n;
+  st.unpacked_msgs++;
+}
+
+void finish(Pending& p, MPI_Status* status) {
+  unpack_arrived(p, status);
+  release(p);
 }
 
 void finish_request(MPI_Request real, MPI_Status* status) {
@@ -562,143 +741,117 @@ void progress_orphans(bool block) {
 }
 
 // ---------------------------------------------------------------- point to point
+// Every point-to-point call has the same shape: stage each side the shim takes (a send is packed
+// into staging now; a receive gets staging to land in and unpacks on completion), hand the
+// library bytes for a staged side and the application's own arguments otherwise, then release
+// (blocking) or remember under the real request (non-blocking).
+bool fits_int(const dt::Plan& p) { return p.total <= INT32_MAX; }
+
+// Stages (buf, count, t) in *p when the shim takes this side of a message; false: the library does.
+bool stage(const void* buf, int count, MPI_Datatype t, int peer, bool recv, Pending* p) {
+  TypeInfoRef info;
+  Where where = Where::host;
+  auto plan = choose_buf(buf, count, t, &info, &where);
+  if (!plan || peer == MPI_PROC_NULL || !fits_int(*plan)) return false;
+  p->bytes = static_cast<size_t>(plan->total);
+  if (where == Where::host) {
+    p->buf = buf_get(p->bytes);
+  } else {
+    GpuBuf b;
+    bool ok = gpu_get(where, p->bytes, &b);
+    // no device staging to be had (no current context): mapped host staging, else the library
+    if (!ok && where == Where::device) ok = gpu_get(where = Where::oneshot, p->bytes, &b);
+    if (!ok) return false;
+    p->buf = b.mpi;
+    p->dev = b.dev;
+    if (where == Where::device) st.gpu_device++;
+    else st.gpu_oneshot++;
+  }
+  if (!p->buf) return false;
+  p->where = where;
+  p->recv = recv;
+  if (recv) {
+    p->origin = const_cast<void*>(buf);
+    p->plan = plan;
+    p->type = info;
+    return true;
+  }
+  Timer tm;
+  if (where == Where::host) {
+    dt::pack(*plan, buf, p->buf, 0, plan->total);
+  } else {
+    if (!gpu_run(true, *plan, buf, *p, plan->total)) {
+      release(*p);
+      return false;  // nothing was sent: the library takes the message as it is
+    }
+    st.gpu_packed++;
+  }
+  st.packed_msgs++;
+  st.bytes_packed += plan->total;
+  return true;
+}
+
+// A non-blocking call posted bytes from/to p's staging: the request now owns it.
+int keep(int rc, MPI_Request* req, Pending p) {
+  if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) release(p);
+  else remember(*req, std::move(p));
+  return rc;
+}
+
+int nbytes(const Pending& p) { return static_cast<int>(p.bytes); }
+
 using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
 
 int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
   st.calls++;
-  TypeInfoRef info;
-  auto plan = choose_buf(buf, count, t, &info);
-  if (!plan || dest == MPI_PROC_NULL || plan->total > INT32_MAX) return fn(buf, count, t, dest, tag, comm);
-  size_t n = static_cast<size_t>(plan->total);
-  void* stage = buf_get(n);
-  if (!stage) return fn(buf, count, t, dest, tag, comm);
-  {
-    Timer tm;
-    dt::pack(*plan, buf, stage, 0, plan->total);
-  }
-  st.packed_msgs++;
-  st.bytes_packed += plan->total;
-  int rc = fn(stage, static_cast<int>(n), MPI_BYTE, dest, tag, comm);
-  buf_put(stage, n);
+  Pending p;
+  if (!stage(buf, count, t, dest, false, &p)) return fn(buf, count, t, dest, tag, comm);
+  int rc = fn(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm);
+  release(p);
   return rc;
 }
 
-bool fits_int(const dt::Plan& p) { return p.total <= INT32_MAX; }
-
 int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
   st.calls++;
-  TypeInfoRef info;
-  auto plan = choose_buf(buf, count, t, &info);
-  if (!plan || source == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   Pending p;
-  p.recv = true;
-  p.bytes = static_cast<size_t>(plan->total);
-  p.buf = buf_get(p.bytes);
-  if (!p.buf) return PMPI_Recv(buf, count, t, source, tag, comm, status);
-  p.origin = buf;
-  p.plan = plan;
-  p.type = info;
+  if (!stage(buf, count, t, source, true, &p)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
-  int rc = PMPI_Recv(p.buf, static_cast<int>(p.bytes), MPI_BYTE, source, tag, comm, s);
+  int rc = PMPI_Recv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, s);
   finish(p, s);
   return rc;
 }
 
 int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
   st.calls++;
-  TypeInfoRef info;
-  auto plan = choose_buf(buf, count, t, &info);
-  if (!plan || dest == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
   Pending p;
-  p.bytes = static_cast<size_t>(plan->total);
-  p.buf = buf_get(p.bytes);
-  if (!p.buf) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
-  {
-    Timer tm;
-    dt::pack(*plan, buf, p.buf, 0, plan->total);
-  }
-  st.packed_msgs++;
-  st.bytes_packed += plan->total;
-  int rc = PMPI_Isend(p.buf, static_cast<int>(p.bytes), MPI_BYTE, dest, tag, comm, req);
-  if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) {
-    buf_put(p.buf, p.bytes);
-    return rc;
-  }
-  remember(*req, std::move(p));
-  return rc;
+  if (!stage(buf, count, t, dest, false, &p)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
+  return keep(PMPI_Isend(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm, req), req, std::move(p));
 }
 
 int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
   st.calls++;
-  TypeInfoRef info;
-  auto plan = choose_buf(buf, count, t, &info);
-  if (!plan || source == MPI_PROC_NULL || !fits_int(*plan)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
   Pending p;
-  p.recv = true;
-  p.bytes = static_cast<size_t>(plan->total);
-  p.buf = buf_get(p.bytes);
-  if (!p.buf) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
-  p.origin = buf;
-  p.plan = plan;
-  p.type = info;
-  int rc = PMPI_Irecv(p.buf, static_cast<int>(p.bytes), MPI_BYTE, source, tag, comm, req);
-  if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) {
-    buf_put(p.buf, p.bytes);
-    return rc;
-  }
-  remember(*req, std::move(p));
-  return rc;
+  if (!stage(buf, count, t, source, true, &p)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  return keep(PMPI_Irecv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, req), req, std::move(p));
 }
 
+// Each side is staged (or not) on its own.
 int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int stag, void* rbuf, int rcount,
              MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status) {
   st.calls++;
-  TypeInfoRef si, ri;
-  auto sp = choose_buf(sbuf, scount, stype, &si);
-  auto rp = choose_buf(rbuf, rcount, rtype, &ri);
-  if ((!sp && !rp) || (sp && !fits_int(*sp)) || (rp && !fits_int(*rp)))
+  Pending sp, rp;
+  bool s_on = stage(sbuf, scount, stype, dest, false, &sp);
+  bool r_on = stage(rbuf, rcount, rtype, source, true, &rp);
+  if (!s_on && !r_on)
     return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
-  void* sstage = nullptr;
-  size_t sn = 0;
-  const void* sb = sbuf;
-  int sc = scount;
-  MPI_Datatype stp = stype;
-  if (sp && dest != MPI_PROC_NULL) {
-    sn = static_cast<size_t>(sp->total);
-    sstage = buf_get(sn);
-    if (sstage) {
-      Timer tm;
-      dt::pack(*sp, sbuf, sstage, 0, sp->total);
-      st.packed_msgs++;
-      st.bytes_packed += sp->total;
-      sb = sstage;
-      sc = static_cast<int>(sn);
-      stp = MPI_BYTE;
-    }
-  }
-  Pending p;
-  void* rb = rbuf;
-  int rc_ = rcount;
-  MPI_Datatype rtp = rtype;
-  if (rp && source != MPI_PROC_NULL) {
-    p.recv = true;
-    p.bytes = static_cast<size_t>(rp->total);
-    p.buf = buf_get(p.bytes);
-    if (p.buf) {
-      p.origin = rbuf;
-      p.plan = rp;
-      p.type = ri;
-      rb = p.buf;
-      rc_ = static_cast<int>(p.bytes);
-      rtp = MPI_BYTE;
-    }
-  }
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
-  int rc = PMPI_Sendrecv(sb, sc, stp, dest, stag, rb, rc_, rtp, source, rtag, comm, s);
-  if (p.buf) finish(p, s);
-  if (sstage) buf_put(sstage, sn);
+  int rc = PMPI_Sendrecv(s_on ? sp.buf : sbuf, s_on ? nbytes(sp) : scount, s_on ? MPI_BYTE : stype, dest, stag,
+                         r_on ? rp.buf : rbuf, r_on ? nbytes(rp) : rcount, r_on ? MPI_BYTE : rtype, source, rtag,
+                         comm, s);
+  if (r_on) finish(rp, s);
+  release(sp);
   return rc;
 }
 
@@ -742,67 +895,66 @@ void finish_all(int n, const std::vector<MPI_Request>& before, MPI_Status* statu
   }
 }
 
+// The statuses array a call writes: the application's, or `local` when it passed
+// MPI_STATUSES_IGNORE (the shim needs each byte count).
+MPI_Status* statuses_for(MPI_Status* statuses, int n, std::vector<MPI_Status>& local) {
+  if (statuses != MPI_STATUSES_IGNORE) return statuses;
+  local.resize(n);
+  return local.data();
+}
+
+// Waitall, and Testall (flag: all of them completed).
+template <typename F>
+int all(int n, MPI_Request* reqs, const int* flag, MPI_Status* statuses, F call) {
+  std::vector<MPI_Request> before(reqs, reqs + n);
+  std::vector<MPI_Status> local;
+  MPI_Status* s = statuses_for(statuses, n, local);
+  int rc = call(s);
+  if (flag == nullptr || *flag) finish_all(n, before, s, rc);
+  return rc;
+}
+
 int waitall(int n, MPI_Request* reqs, MPI_Status* statuses) {
   progress_orphans(false);
   if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitall(n, reqs, statuses);
-  std::vector<MPI_Request> before(reqs, reqs + n);
-  std::vector<MPI_Status> local;
-  MPI_Status* s = statuses;
-  if (statuses == MPI_STATUSES_IGNORE) {
-    local.resize(n);
-    s = local.data();
-  }
-  int rc = PMPI_Waitall(n, reqs, s);
-  finish_all(n, before, s, rc);
-  return rc;
+  return all(n, reqs, nullptr, statuses, [&](MPI_Status* s) { return PMPI_Waitall(n, reqs, s); });
 }
 
 int testall(int n, MPI_Request* reqs, int* flag, MPI_Status* statuses) {
   progress_orphans(false);
   if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testall(n, reqs, flag, statuses);
+  return all(n, reqs, flag, statuses, [&](MPI_Status* s) { return PMPI_Testall(n, reqs, flag, s); });
+}
+
+// Waitany, and Testany (flag: one completed).
+template <typename F>
+int any(int n, MPI_Request* reqs, int* index, const int* flag, MPI_Status* status, F call) {
   std::vector<MPI_Request> before(reqs, reqs + n);
-  std::vector<MPI_Status> local;
-  MPI_Status* s = statuses;
-  if (statuses == MPI_STATUSES_IGNORE) {
-    local.resize(n);
-    s = local.data();
-  }
-  int rc = PMPI_Testall(n, reqs, flag, s);
-  if (*flag) finish_all(n, before, s, rc);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = call(s);
+  if ((flag == nullptr || *flag) && *index != MPI_UNDEFINED && *index >= 0 && *index < n)
+    finish_request(before[*index], s);
   return rc;
 }
 
 int waitany(int n, MPI_Request* reqs, int* index, MPI_Status* status) {
   progress_orphans(false);
   if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitany(n, reqs, index, status);
-  std::vector<MPI_Request> before(reqs, reqs + n);
-  MPI_Status local;
-  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
-  int rc = PMPI_Waitany(n, reqs, index, s);
-  if (*index != MPI_UNDEFINED && *index >= 0 && *index < n) finish_request(before[*index], s);
-  return rc;
+  return any(n, reqs, index, nullptr, status, [&](MPI_Status* s) { return PMPI_Waitany(n, reqs, index, s); });
 }
 
 int testany(int n, MPI_Request* reqs, int* index, int* flag, MPI_Status* status) {
   progress_orphans(false);
   if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testany(n, reqs, index, flag, status);
-  std::vector<MPI_Request> before(reqs, reqs + n);
-  MPI_Status local;
-  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
-  int rc = PMPI_Testany(n, reqs, index, flag, s);
-  if (*flag && *index != MPI_UNDEFINED && *index >= 0 && *index < n) finish_request(before[*index], s);
-  return rc;
+  return any(n, reqs, index, flag, status, [&](MPI_Status* s) { return PMPI_Testany(n, reqs, index, flag, s); });
 }
 
 template <typename F>
 int some(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses, F call) {
   std::vector<MPI_Request> before(reqs, reqs + n);
   std::vector<MPI_Status> local;
-  MPI_Status* s = statuses;
-  if (statuses == MPI_STATUSES_IGNORE) {
-    local.resize(n);
-    s = local.data();
-  }
+  MPI_Status* s = statuses_for(statuses, n, local);
   int rc = call(s);
   if (*outcount != MPI_UNDEFINED)
     for (int k = 0; k < *outcount; ++k) {
@@ -837,19 +989,7 @@ int request_get_status(MPI_Request req, int* flag, MPI_Status* status) {
   if (rc == MPI_SUCCESS && *flag) {
     std::lock_guard<std::mutex> lk(g_req_mu);
     auto it = g_reqs.find(req);
-    if (it != g_reqs.end() && it->second.recv && !it->second.unpacked) {
-      Pending& p = it->second;
-      int cancelled = 0, got = 0;
-      PMPI_Test_cancelled(s, &cancelled);
-      if (!cancelled && PMPI_Get_count(s, MPI_BYTE, &got) == MPI_SUCCESS && got != MPI_UNDEFINED && got > 0) {
-        int64_t n = std::min<int64_t>(got, p.plan->total);
-        Timer tm;
-        dt::unpack(*p.plan, p.origin, p.buf, 0, n);
-        st.bytes_unpacked += n;
-        st.unpacked_msgs++;
-      }
-      p.unpacked = true;
-    }
+    if (it != g_reqs.end()) unpack_arrived(it->second, s);
   }
   return rc;
 }
@@ -868,38 +1008,36 @@ int request_free(MPI_Request* req) {
 }
 
 // ---------------------------------------------------------------- MPI_Pack / MPI_Unpack
-int pack(const void* in, int incount, MPI_Datatype t, void* out, int outsize, int* position, MPI_Comm comm) {
+// MPI_Pack and MPI_Unpack: the same checks, then the engine moves the bytes between the user's
+// buffer and the packed one at *position, one way or the other; anything else: the library.
+template <typename Fwd>
+int pack_common(bool pack, const void* user, int count, MPI_Datatype t, const void* packed, int size, int* position,
+                Fwd fwd) {
   st.calls++;
   TypeInfoRef info;
-  if (incount <= 0 || position == nullptr || out == nullptr) return PMPI_Pack(in, incount, t, out, outsize, position, comm);
-  auto plan = choose_buf(in, incount, t, &info);
-  if (!plan || *position < 0 || int64_t(*position) + plan->total > int64_t(outsize))
-    return PMPI_Pack(in, incount, t, out, outsize, position, comm);
+  if (count <= 0 || position == nullptr || packed == nullptr) return fwd();
+  auto plan = choose_buf(user, count, t, &info);
+  if (!plan || *position < 0 || int64_t(*position) + plan->total > int64_t(size)) return fwd();
   {
     Timer tm;
-    dt::pack(*plan, in, static_cast<uint8_t*>(out) + *position, 0, plan->total);
+    uint8_t* at = static_cast<uint8_t*>(const_cast<void*>(packed)) + *position;
+    if (pack) dt::pack(*plan, user, at, 0, plan->total);
+    else dt::unpack(*plan, const_cast<void*>(user), at, 0, plan->total);
   }
   st.mpi_pack_calls++;
-  st.bytes_packed += plan->total;
+  (pack ? st.bytes_packed : st.bytes_unpacked) += plan->total;
   *position += static_cast<int>(plan->total);
   return MPI_SUCCESS;
 }
 
+int pack(const void* in, int incount, MPI_Datatype t, void* out, int outsize, int* position, MPI_Comm comm) {
+  return pack_common(true, in, incount, t, out, outsize, position,
+                     [&] { return PMPI_Pack(in, incount, t, out, outsize, position, comm); });
+}
+
 int unpack(const void* in, int insize, int* position, void* out, int outcount, MPI_Datatype t, MPI_Comm comm) {
-  st.calls++;
-  TypeInfoRef info;
-  if (outcount <= 0 || position == nullptr || in == nullptr) return PMPI_Unpack(in, insize, position, out, outcount, t, comm);
-  auto plan = choose_buf(out, outcount, t, &info);
-  if (!plan || *position < 0 || int64_t(*position) + plan->total > int64_t(insize))
-    return PMPI_Unpack(in, insize, position, out, outcount, t, comm);
-  {
-    Timer tm;
-    dt::unpack(*plan, out, static_cast<const uint8_t*>(in) + *position, 0, plan->total);
-  }
-  st.mpi_pack_calls++;
-  st.bytes_unpacked += plan->total;
-  *position += static_cast<int>(plan->total);
-  return MPI_SUCCESS;
+  return pack_common(false, out, outcount, t, in, insize, position,
+                     [&] { return PMPI_Unpack(in, insize, position, out, outcount, t, comm); });
 }
 
 // ---------------------------------------------------------------- collectives
@@ -1074,42 +1212,45 @@ bool coll_peers(const void* sbuf, MPI_Comm comm, bool neighbor, int* ns, int* nr
   return true;
 }
 
-int alltoallv(const void* sbuf, const int* scounts, const int* sdispls, MPI_Datatype stype, void* rbuf,
-              const int* rcounts, const int* rdispls, MPI_Datatype rtype, MPI_Comm comm, bool neighbor) {
+// The v and w forms differ only in how a peer's (count, type, displacement) is read.
+template <typename Fwd, typename Pieces>
+int alltoall_common(const void* sbuf, void* rbuf, MPI_Comm comm, bool neighbor, Fwd fwd, Pieces pieces) {
   st.calls++;
-  auto fwd = [&]() {
-    return neighbor ? PMPI_Neighbor_alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm)
-                    : PMPI_Alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
-  };
   int ns = 0, nr = 0;
   if (!coll_peers(sbuf, comm, neighbor, &ns, &nr)) {
     st.coll_passthrough++;
     return fwd();
   }
-  MPI_Aint se = extent_of(stype), re = extent_of(rtype);
   std::vector<Piece> sp(ns), rp(nr);
-  for (int i = 0; i < ns; ++i) sp[i] = Piece{scounts[i], stype, static_cast<MPI_Aint>(sdispls[i]) * se};
-  for (int i = 0; i < nr; ++i) rp[i] = Piece{rcounts[i], rtype, static_cast<MPI_Aint>(rdispls[i]) * re};
+  pieces(sp, rp);
   return coll_exchange(neighbor, comm, sbuf, sp, rbuf, rp, fwd);
+}
+
+int alltoallv(const void* sbuf, const int* scounts, const int* sdispls, MPI_Datatype stype, void* rbuf,
+              const int* rcounts, const int* rdispls, MPI_Datatype rtype, MPI_Comm comm, bool neighbor) {
+  auto fwd = [&]() {
+    return neighbor ? PMPI_Neighbor_alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm)
+                    : PMPI_Alltoallv(sbuf, scounts, sdispls, stype, rbuf, rcounts, rdispls, rtype, comm);
+  };
+  return alltoall_common(sbuf, rbuf, comm, neighbor, fwd, [&](std::vector<Piece>& sp, std::vector<Piece>& rp) {
+    MPI_Aint se = extent_of(stype), re = extent_of(rtype);
+    for (size_t i = 0; i < sp.size(); ++i) sp[i] = Piece{scounts[i], stype, static_cast<MPI_Aint>(sdispls[i]) * se};
+    for (size_t i = 0; i < rp.size(); ++i) rp[i] = Piece{rcounts[i], rtype, static_cast<MPI_Aint>(rdispls[i]) * re};
+  });
 }
 
 int alltoallw(const void* sbuf, const int* scounts, const MPI_Aint* sdA, const int* sdI, const MPI_Datatype* stypes,
               void* rbuf, const int* rcounts, const MPI_Aint* rdA, const int* rdI, const MPI_Datatype* rtypes,
               MPI_Comm comm, bool neighbor) {
-  st.calls++;
   auto fwd = [&]() {
     return neighbor ? PMPI_Neighbor_alltoallw(sbuf, scounts, sdA, stypes, rbuf, rcounts, rdA, rtypes, comm)
                     : PMPI_Alltoallw(sbuf, scounts, sdI, stypes, rbuf, rcounts, rdI, rtypes, comm);
   };
-  int ns = 0, nr = 0;
-  if (!coll_peers(sbuf, comm, neighbor, &ns, &nr)) {
-    st.coll_passthrough++;
-    return fwd();
-  }
-  std::vector<Piece> sp(ns), rp(nr);
-  for (int i = 0; i < ns; ++i) sp[i] = Piece{scounts[i], stypes[i], neighbor ? sdA[i] : static_cast<MPI_Aint>(sdI[i])};
-  for (int i = 0; i < nr; ++i) rp[i] = Piece{rcounts[i], rtypes[i], neighbor ? rdA[i] : static_cast<MPI_Aint>(rdI[i])};
-  return coll_exchange(neighbor, comm, sbuf, sp, rbuf, rp, fwd);
+  auto disp = [&](const MPI_Aint* a, const int* i, size_t k) { return neighbor ? a[k] : static_cast<MPI_Aint>(i[k]); };
+  return alltoall_common(sbuf, rbuf, comm, neighbor, fwd, [&](std::vector<Piece>& sp, std::vector<Piece>& rp) {
+    for (size_t i = 0; i < sp.size(); ++i) sp[i] = Piece{scounts[i], stypes[i], disp(sdA, sdI, i)};
+    for (size_t i = 0; i < rp.size(); ++i) rp[i] = Piece{rcounts[i], rtypes[i], disp(rdA, rdI, i)};
+  });
 }
 
 }  // namespace shim
@@ -1117,26 +1258,21 @@ int alltoallw(const void* sbuf, const int* scounts, const MPI_Aint* sdA, const i
 // ==================================================================== entry points
 using namespace shim;
 
-HAULER_EXPORT int MPI_Init(int* argc, char*** argv) {
-  int rc = PMPI_Init(argc, argv);
+// After the library's MPI_Init / MPI_Init_thread returned rc.
+static int started(int rc) {
   if (rc == MPI_SUCCESS) {
     PMPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     init_named();
     configure();
-    if (g.on) logf(kInfo, "active (pack=%d p2p=%d coll=%d)", g.pack, g.p2p, g.coll);
+    if (g.on) logf(kInfo, "active (pack=%d p2p=%d coll=%d gpu=%d)", g.pack, g.p2p, g.coll, g.gpu);
   }
   return rc;
 }
 
+HAULER_EXPORT int MPI_Init(int* argc, char*** argv) { return started(PMPI_Init(argc, argv)); }
+
 HAULER_EXPORT int MPI_Init_thread(int* argc, char*** argv, int required, int* provided) {
-  int rc = PMPI_Init_thread(argc, argv, required, provided);
-  if (rc == MPI_SUCCESS) {
-    PMPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
-    init_named();
-    configure();
-    if (g.on) logf(kInfo, "active (pack=%d p2p=%d coll=%d)", g.pack, g.p2p, g.coll);
-  }
-  return rc;
+  return started(PMPI_Init_thread(argc, argv, required, provided));
 }
 
 static void write_report() {
@@ -1158,20 +1294,23 @@ static void write_report() {
                "hauler-interpose rank %d: calls=%lld packed_msgs=%lld unpacked_msgs=%lld bytes_packed=%lld "
                "bytes_unpacked=%lld pack_ms=%.3f passthrough=%lld contiguous=%lld mpi_pack=%lld "
                "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
-               "cuda_driver=%d\n",
+               "cuda_driver=%d fortran=%lld gpu_packed=%lld gpu_unpacked=%lld gpu_device=%lld gpu_oneshot=%lld\n",
                g_rank, (long long)st.calls.load(), (long long)st.packed_msgs.load(),
                (long long)st.unpacked_msgs.load(), (long long)st.bytes_packed.load(),
                (long long)st.bytes_unpacked.load(), st.pack_ns.load() / 1e6, (long long)st.passthrough.load(),
                (long long)st.contiguous.load(), (long long)st.mpi_pack_calls.load(),
                (long long)st.coll_packed.load(), (long long)st.coll_passthrough.load(),
                (long long)st.types_decoded.load(), (long long)st.types_refused.load(),
-               (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0);
+               (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0,
+               (long long)st.fortran.load(), (long long)st.gpu_packed.load(), (long long)st.gpu_unpacked.load(),
+               (long long)st.gpu_device.load(), (long long)st.gpu_oneshot.load());
   if (close) std::fclose(f);
 }
 
 HAULER_EXPORT int MPI_Finalize(void) {
   if (g.on) {
     progress_orphans(true);
+    gpu_drain();
     write_report();
   }
   g.on = false;
@@ -1209,25 +1348,16 @@ HAULER_EXPORT int MPI_Pack_size(int incount, MPI_Datatype t, MPI_Comm comm, int*
   return PMPI_Pack_size(incount, t, comm, size);
 }
 
-HAULER_EXPORT int MPI_Send(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
-  if (!g.on || !g.p2p) return PMPI_Send(buf, count, t, dest, tag, comm);
-  return send_common(PMPI_Send, buf, count, t, dest, tag, comm);
-}
-
-HAULER_EXPORT int MPI_Ssend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
-  if (!g.on || !g.p2p) return PMPI_Ssend(buf, count, t, dest, tag, comm);
-  return send_common(PMPI_Ssend, buf, count, t, dest, tag, comm);
-}
-
-HAULER_EXPORT int MPI_Bsend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
-  if (!g.on || !g.p2p) return PMPI_Bsend(buf, count, t, dest, tag, comm);
-  return send_common(PMPI_Bsend, buf, count, t, dest, tag, comm);
-}
-
-HAULER_EXPORT int MPI_Rsend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
-  if (!g.on || !g.p2p) return PMPI_Rsend(buf, count, t, dest, tag, comm);
-  return send_common(PMPI_Rsend, buf, count, t, dest, tag, comm);
-}
+// The four blocking sends differ only in the library call.
+#define HAULER_BLOCKING_SEND(NAME)                                                                      \
+  HAULER_EXPORT int MPI_##NAME(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) { \
+    if (!g.on || !g.p2p) return PMPI_##NAME(buf, count, t, dest, tag, comm);                            \
+    return send_common(PMPI_##NAME, buf, count, t, dest, tag, comm);                                    \
+  }
+HAULER_BLOCKING_SEND(Send)
+HAULER_BLOCKING_SEND(Ssend)
+HAULER_BLOCKING_SEND(Bsend)
+HAULER_BLOCKING_SEND(Rsend)
 
 HAULER_EXPORT int MPI_Recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm,
                            MPI_Status* status) {

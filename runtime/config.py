@@ -78,6 +78,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "Interposer: non-contiguous point-to-point messages are packed by hauler and sent as bytes."),
     Setting("HAULER_INTERPOSE_COLL", True, "bool", RUN,
             "Interposer: Alltoallv/w and neighbour forms pack non-contiguous per-peer pieces."),
+    Setting("HAULER_INTERPOSE_GPU", True, "bool", RUN,
+            "Interposer: non-contiguous messages on device buffers are packed by the GPU kernels (0 = the library gets them)."),
     Setting("HAULER_INTERPOSE_LOG", "warning", "level", RUN,
             "Interposer log level on stderr: debug, info, warning, error or critical."),
     Setting("HAULER_INTERPOSE_REPORT", None, "str", RUN,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The MPI interposer built with AddressSanitizer + UndefinedBehaviorSanitizer (core included) and
-# run under each installed MPI on the p2p and halo test programs, packing every message; the
-# outputs must equal the library's alone. Used by .ci/run; needs gcc's libasan/libubsan.
+# run under each installed MPI on the p2p, halo and mixed test programs (and the Fortran one where
+# mpif90 exists), packing every message, and on halo with the fake driver + emulated kernels (the
+# GPU staging path); the outputs must equal the library's alone. Used by .ci/run; needs gcc's libasan/libubsan.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -13,6 +14,10 @@ for f in $(find csrc -name '*.cpp' -not -path 'csrc/bindings/*' | sort); do
   c++ -std=c++17 "${SAN[@]}" -Icsrc -c "$f" -o "$OUT/core/${obj%.cpp}.o" &
 done
 wait
+# the fake GPU (tests/interpose/fakecuda.c, emukernels.cpp): "device" memory is host memory
+cc -DFAKE_DRIVER -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$OUT/libcuda.so.1" tests/interpose/fakecuda.c
+c++ -std=c++17 -O1 -shared -fPIC -Icsrc -o "$OUT/libhauler_cuda.so" tests/interpose/emukernels.cpp \
+  csrc/datatype/pack_emulate.cpp csrc/gather/gather_emulate.cpp
 ASAN="$(gcc -print-file-name=libasan.so)"; UBSAN="$(gcc -print-file-name=libubsan.so)"
 printf 'max_block 1000000000\nmin_bytes 0\n' > "$OUT/model.txt"
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
@@ -21,24 +26,38 @@ ran=0
 for flav in openmpi mpich; do
   command -v "mpicc.$flav" >/dev/null && command -v "mpiexec.$flav" >/dev/null || { echo "skip $flav (not installed)"; continue; }
   d="$OUT/$flav"; mkdir -p "$d"
-  "mpicc.$flav" -std=c++17 "${SAN[@]}" -Icsrc -c interpose/interpose.cpp -o "$d/interpose.o"
-  "mpicc.$flav" -shared -fsanitize=address,undefined -o "$d/libhauler_interpose.so" "$d/interpose.o" "$OUT"/core/*.o \
+  for f in interpose/*.cpp; do
+    "mpicc.$flav" -std=c++17 "${SAN[@]}" -Icsrc -c "$f" -o "$d/$(basename "${f%.cpp}").o"
+  done
+  "mpicc.$flav" -shared -fsanitize=address,undefined -o "$d/libhauler_interpose.so" "$d"/*.o "$OUT"/core/*.o \
     -lstdc++ -ldl -pthread -Wl,--version-script=interpose/exports.map
-  for prog in p2p halo; do "mpicc.$flav" -O1 -w "tests/interpose/$prog.c" -o "$d/$prog"; done
+  for prog in p2p halo mixed; do "mpicc.$flav" -O1 -w "tests/interpose/$prog.c" -o "$d/$prog"; done
+  progs=(mixed)
+  if command -v "mpif90.$flav" >/dev/null; then
+    "mpif90.$flav" -O1 -w -fallow-argument-mismatch tests/interpose/fort.f90 -o "$d/fort"; progs+=(fort)
+  fi
   if [ "$flav" = openmpi ]; then
     run() { timeout 300 mpiexec.openmpi --oversubscribe --bind-to none -n "$1" "${@:2}"; }
     pre() { timeout 300 mpiexec.openmpi --oversubscribe --bind-to none -n "$1" -x ASAN_OPTIONS=detect_leaks=0 \
-              -x LD_PRELOAD="$ASAN:$UBSAN:$d/libhauler_interpose.so" -x HAULER_INTERPOSE_MODEL="$OUT/model.txt" "${@:2}"; }
+              -x LD_PRELOAD="$ASAN:$UBSAN:$d/libhauler_interpose.so${GPU:+:$GPU}" -x HAULER_CUDA_LIB="$OUT/libhauler_cuda.so" \
+              -x HAULER_INTERPOSE_MODEL="$OUT/model.txt" "${@:2}"; }
   else
     run() { timeout 300 mpiexec.mpich -n "$1" "${@:2}"; }
     pre() { timeout 300 mpiexec.mpich -n "$1" -genv ASAN_OPTIONS detect_leaks=0 \
-              -genv LD_PRELOAD "$ASAN:$UBSAN:$d/libhauler_interpose.so" -genv HAULER_INTERPOSE_MODEL "$OUT/model.txt" "${@:2}"; }
+              -genv LD_PRELOAD "$ASAN:$UBSAN:$d/libhauler_interpose.so${GPU:+:$GPU}" -genv HAULER_CUDA_LIB "$OUT/libhauler_cuda.so" \
+              -genv HAULER_INTERPOSE_MODEL "$OUT/model.txt" "${@:2}"; }
   fi
   seed=$RANDOM
   run 3 "$d/p2p" "$d/lib" "$seed"; pre 3 "$d/p2p" "$d/san" "$seed"
   run 4 "$d/halo" "$d/hlib" 6 2; pre 4 "$d/halo" "$d/hsan" 6 2
   for r in 0 1 2; do cmp "$d/lib.$r" "$d/san.$r"; done
   for r in 0 1 2 3; do cmp "$d/hlib.$r" "$d/hsan.$r"; done
+  for prog in "${progs[@]}"; do
+    run 3 "$d/$prog" "$d/${prog}lib"; pre 3 "$d/$prog" "$d/${prog}san"
+    for r in 0 1 2; do cmp "$d/${prog}lib.$r" "$d/${prog}san.$r"; done
+  done
+  GPU="$OUT/libcuda.so.1" pre 2 "$d/halo" "$d/gsan" 6 1; run 2 "$d/halo" "$d/glib" 6 1
+  for r in 0 1; do cmp "$d/glib.$r" "$d/gsan.$r"; done
   echo "ok   $flav: interposer under ASan+UBSan, outputs equal the library's (seed $seed)"
   ran=$((ran + 1))
 done

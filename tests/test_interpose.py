@@ -46,7 +46,13 @@ def built(tmp_path_factory):
         if key not in cache:
             cc, _ = _tools(flav)
             exe = out / f"{prog}_{flav}"
-            p = subprocess.run([cc, "-O1", "-w", str(HERE / f"{prog}.c"), "-o", str(exe)],
+            src, args = HERE / f"{prog}.c", []
+            if not src.exists():  # a Fortran program: the flavour's mpif90
+                src, cc = HERE / f"{prog}.f90", shutil.which(f"mpif90.{flav}")
+                if not cc:
+                    pytest.skip(f"no mpif90.{flav} (gfortran and the {VENDOR[flav]} Fortran bindings)")
+                args = ["-fallow-argument-mismatch"]  # MPICH's `use mpi` has no choice-buffer interfaces
+            p = subprocess.run([cc, "-O1", "-w", *args, str(src), "-o", str(exe)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
             assert p.returncode == 0, p.stdout.decode()
             cache[key] = str(exe)
@@ -142,6 +148,30 @@ def test_p2p_pack_collectives_identical(flav, np_, built, tmp_path):
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+@pytest.mark.parametrize("np_", [2, 3])
+def test_fortran_identical(flav, np_, built, tmp_path):
+    """A `use mpi` program: Open MPI's Fortran layer calls PMPI_* itself, so the shim's own
+    Fortran entry points must catch it (fortran= counts them); MPICH's calls the C MPI_*."""
+    rep = _run_pair(flav, np_, [built(flav, "fort")], tmp_path)
+    t = _report(rep, np_)
+    # per rank: Send, Sendrecv, 6 Isend packed; Recv, Sendrecv, 6 Irecv unpacked; 2 Pack + 2 Unpack
+    assert t["packed_msgs"] == 8 * np_ and t["unpacked_msgs"] == 8 * np_ and t["mpi_pack"] == 4 * np_, t
+    assert t["fortran"] == (19 * np_ if flav == "openmpi" else 0), t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+@pytest.mark.parametrize("np_", [2, 3])
+def test_library_owned_requests_and_receives(flav, np_, built, tmp_path):
+    """Shim-packed messages against what the library handles alone: persistent requests in the
+    same Waitall/Testany/Testall arrays as the shim's, Probe/Iprobe counts, Mprobe/Mrecv and
+    Improbe/Imrecv into the derived type, Sendrecv_replace against the shim's Sendrecv."""
+    rep = _run_pair(flav, np_, [built(flav, "mixed")], tmp_path)
+    t = _report(rep, np_)
+    # per rank 3 + 2 + 2 packed sends and 3 + 1 unpacked receives; odd ranks one Sendrecv more
+    assert t["packed_msgs"] == 7 * np_ + np_ // 2 and t["unpacked_msgs"] == 4 * np_ + np_ // 2, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
 def test_builtin_model_identical(flav, built, tmp_path):
     """The default model (small messages and large blocks pass through) gives the same bytes."""
     rep = _run_pair(flav, 2, [built(flav, "p2p"), str(random.randrange(1, 10**9))], tmp_path, pack_all=False)
@@ -197,7 +227,11 @@ def test_cli_path_and_injection(flav):
     syms = subprocess.run(["nm", "-D", "--defined-only", path], stdout=subprocess.PIPE, text=True).stdout
     exported = {ln.split()[-1] for ln in syms.splitlines() if ln.strip()}
     assert {"MPI_Send", "MPI_Waitall", "MPI_Type_commit", "MPI_Testsome"} <= exported
-    assert all(s.startswith("MPI_") for s in exported), sorted(s for s in exported if not s.startswith("MPI_"))
+    assert all(s.startswith(("MPI_", "mpi_")) for s in exported), sorted(
+        s for s in exported if not s.startswith(("MPI_", "mpi_")))
+    # Fortran names only where the MPI's Fortran layer bypasses the C entry points (Open MPI)
+    fortran = {"mpi_send_", "mpi_send", "mpi_send__", "MPI_SEND", "mpi_waitall_", "mpi_init_"}
+    assert fortran <= exported if flav == "openmpi" else not any(s.startswith("mpi_") for s in exported)
     p = subprocess.run([sys.executable, "-m", "hauler.cli", "run", "--launcher", mpiexec, "--dry-run", "-n", "2",
                         "--", "prog", "arg"], stdout=subprocess.PIPE, text=True, check=True)
     words = p.stdout.split()
@@ -263,3 +297,56 @@ def test_device_buffers_go_to_the_library(flav, built, tmp_path):
     rep = _run_pair(flav, 2, [built(flav, "halo"), "6", "1"], tmp_path, extra={"LD_PRELOAD": str(fake)})
     t = _report(rep, 2)
     assert t["cuda_driver"] == 2 and t["device_passthrough"] == 2 * 52 and t["packed_msgs"] == 0, t
+
+
+@pytest.fixture(scope="session")
+def fake_gpu(tmp_path_factory):
+    """A fake driver (every buffer is "device" memory, allocations are malloc) and the host
+    emulation of the kernels as libhauler_cuda.so: the GPU packing path end to end, no GPU."""
+    d = tmp_path_factory.mktemp("fakegpu")
+    root = HERE.parent.parent
+    subprocess.run(["cc", "-DFAKE_DRIVER", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(d / "libcuda.so.1"),
+                    str(HERE / "fakecuda.c")], check=True, timeout=60)
+    subprocess.run(["c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-I" + str(root / "csrc"), "-Wl,-z,defs",
+                    "-o", str(d / "libhauler_cuda.so"), str(HERE / "emukernels.cpp"),
+                    str(root / "csrc/datatype/pack_emulate.cpp"), str(root / "csrc/gather/gather_emulate.cpp")],
+                   check=True, timeout=300)
+    return {"LD_PRELOAD": str(d / "libcuda.so.1"), "HAULER_CUDA_LIB": str(d / "libhauler_cuda.so")}
+
+
+def _gpu_model(tmp_path, oneshot_max):
+    model = tmp_path / "gpu_model.txt"
+    model.write_text(f"max_block 1000000000\nmin_bytes 0\ngpu_oneshot_max {oneshot_max}\n")
+    return {"HAULER_INTERPOSE_MODEL": str(model)}
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+@pytest.mark.parametrize("method", ["device", "oneshot"])
+def test_device_buffers_packed_by_gpu_kernels(flav, method, built, fake_gpu, tmp_path):
+    """Device buffers with a GPU backend: packed by the (emulated) kernels into device staging or
+    mapped host staging as the model says, unpacked the same way; bytes as with the library alone."""
+    env = dict(fake_gpu, **_gpu_model(tmp_path, 0 if method == "device" else 1 << 40))
+    rep = _run_pair(flav, 2, [built(flav, "halo"), "6", "1"], tmp_path, extra=env)
+    t = _report(rep, 2)
+    # 2 ranks x 26 neighbour messages each way; gpu_device/gpu_oneshot count both sides
+    assert t["gpu_packed"] == 52 and t["gpu_unpacked"] == 52 and t["packed_msgs"] == 52, t
+    assert t[f"gpu_{method}"] == 2 * 52 and t["device_passthrough"] == 0 and t["cuda_driver"] == 2, t
+    other = "oneshot" if method == "device" else "device"
+    assert t[f"gpu_{other}"] == 0, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_device_buffers_gpu_mixed_completions(flav, built, fake_gpu, tmp_path):
+    """GPU-staged messages against library-owned requests and receives (persistent, probes,
+    Mrecv, Sendrecv_replace); the default model (large messages: device staging)."""
+    rep = _run_pair(flav, 2, [built(flav, "mixed")], tmp_path, extra=dict(fake_gpu, **_gpu_model(tmp_path, 65536)))
+    t = _report(rep, 2)
+    assert t["gpu_packed"] == 15 and t["gpu_unpacked"] == 9 and t["packed_msgs"] == 15, t
+
+
+def test_device_buffers_gpu_switch_off(built, fake_gpu, tmp_path):
+    flav = "openmpi" if shutil.which("mpiexec.openmpi") else "mpich"
+    rep = _run_pair(flav, 2, [built(flav, "halo"), "4", "1"], tmp_path,
+                    extra=dict(fake_gpu, HAULER_INTERPOSE_GPU="0"))
+    t = _report(rep, 2)
+    assert t["gpu_packed"] == 0 and t["packed_msgs"] == 0 and t["device_passthrough"] == 2 * 52, t

@@ -35,6 +35,7 @@ struct Loaded {
 };
 
 std::atomic<bool> g_emulation{false};
+std::string g_default_library;  // set_default_library_path, before the first load
 
 const char kAnchor = 0;  // an address inside this module, for dladdr
 
@@ -179,6 +180,7 @@ std::string library_path() {
     if (file_exists(p, &is_dir) && is_dir) p += "/libhauler_cuda.so";
     return p;
   }
+  if (!g_default_library.empty()) return g_default_library;
   Dl_info info;
   std::string dir = ".";
   if (dladdr(&kAnchor, &info) && info.dli_fname && *info.dli_fname) {
@@ -188,6 +190,8 @@ std::string library_path() {
   }
   return dir + "/libhauler_cuda.so";
 }
+
+void set_default_library_path(const std::string& path) { g_default_library = path; }
 
 const Backend* backend() {
   if (g_emulation.load(std::memory_order_acquire)) return &emulation_backend();

@@ -61,6 +61,10 @@ Status status_of(int rc);
 // contains the core (the Python extension _core, or a test executable).
 std::string library_path();
 
+// Where library_path() looks when HAULER_CUDA_LIB is unset, for hosts of the core that do not
+// sit next to libhauler_cuda.so (the MPI interposer lives in a subdirectory). "" = the default.
+void set_default_library_path(const std::string& path);
+
 // The emulation backend, defined beside the emulated kernels
 // (datatype/pack_emulate.cpp).
 const Backend& emulation_backend();

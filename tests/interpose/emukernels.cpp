@@ -1,0 +1,31 @@
+// A stand-in for libhauler_cuda.so on machines without a GPU: the host emulation of the
+// kernels (csrc/datatype/pack_emulate.cpp, csrc/gather/gather_emulate.cpp) under the names the
+// GPU loader binds. With the fake driver (fakecuda.c built with -DFAKE_DRIVER), "device"
+// memory is host memory, so the interposer's GPU path can be compared byte for byte with the
+// MPI library alone.
+#include "datatype/pack_emulate.hpp"
+#include "gather/gather_emulate.hpp"
+
+#define HAULER_CUDA_EXPORT extern "C" __attribute__((visibility("default")))
+
+HAULER_CUDA_EXPORT int hauler_cuda_abi(void) { return hauler_emu_abi(); }
+HAULER_CUDA_EXPORT int hauler_cuda_init(HaulerDeviceInfo* info, char* err, size_t errlen) {
+  return hauler_emu_init(info, err, errlen);
+}
+HAULER_CUDA_EXPORT int hauler_cuda_pack(const HaulerDevLayout* layout, void* origin, void* buf, int64_t pos, int64_t n,
+                                        int pack, void* stream, char* err, size_t errlen) {
+  return hauler_emu_pack(layout, origin, buf, pos, n, pack, stream, err, errlen);
+}
+HAULER_CUDA_EXPORT int hauler_cuda_synchronize(void* stream, char* err, size_t errlen) {
+  return hauler_emu_synchronize(stream, err, errlen);
+}
+HAULER_CUDA_EXPORT int hauler_cuda_gather(const HaulerGatherArgs* args, void* stream, char* err, size_t errlen) {
+  return hauler_emu_gather(args, stream, err, errlen);
+}
+HAULER_CUDA_EXPORT int hauler_cuda_host_register(void* p, size_t n, int readonly, void** device, char* err,
+                                                 size_t errlen) {
+  return hauler_emu_host_register(p, n, readonly, device, err, errlen);
+}
+HAULER_CUDA_EXPORT int hauler_cuda_host_unregister(void* p, char* err, size_t errlen) {
+  return hauler_emu_host_unregister(p, err, errlen);
+}
