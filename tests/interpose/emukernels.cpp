@@ -22,6 +22,9 @@ HAULER_CUDA_EXPORT int hauler_cuda_synchronize(void* stream, char* err, size_t e
 HAULER_CUDA_EXPORT int hauler_cuda_gather(const HaulerGatherArgs* args, void* stream, char* err, size_t errlen) {
   return hauler_emu_gather(args, stream, err, errlen);
 }
+HAULER_CUDA_EXPORT int hauler_cuda_scatter(const HaulerScatterArgs* args, void* stream, char* err, size_t errlen) {
+  return hauler_emu_scatter(args, stream, err, errlen);
+}
 HAULER_CUDA_EXPORT int hauler_cuda_host_register(void* p, size_t n, int readonly, void** device, char* err,
                                                  size_t errlen) {
   return hauler_emu_host_register(p, n, readonly, device, err, errlen);
