@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -92,6 +93,17 @@ def _parse_header(h: bytes, path: str) -> Dict[str, Any]:
     return meta
 
 
+_STORES: "weakref.WeakSet[TensorStore]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._fresh_workers()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class TensorStore:
     """Tensors and numpy arrays on disk by key (see the module doc).
 
@@ -110,13 +122,21 @@ class TensorStore:
         self._direct = direct
         self._sync = bool(sync)
         self._checksum = bool(checksum)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(threads)),
+        self._threads = max(1, int(threads))
+        self._entries: Dict[str, _Entry] = {}
+        self._fresh_workers()
+        self._scan()
+        _STORES.add(self)
+
+    def _fresh_workers(self) -> None:
+        """Worker threads, locks and the bytes of puts in progress, new. Also run in a forked
+        child: the parent's workers do not exist there (a submit would hang), its locks may have
+        been held at fork(), and its puts in progress never finish there."""
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self._threads,
                                                            thread_name_prefix="hauler-ts")
         self._lock = threading.Lock()
         self._key_locks: Dict[str, threading.Lock] = {}
-        self._entries: Dict[str, _Entry] = {}
         self._reserved = 0  # bytes of puts in progress
-        self._scan()
 
     # -- bookkeeping
     def _path(self, key: str) -> str:
