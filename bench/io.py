@@ -238,6 +238,11 @@ def _header(opts: Options, hinfo: Dict[str, Any], mach: Dict[str, Any], backend:
     ]
 
 
+def _task_size() -> int:
+    from hauler import config
+    return int(config.get("HAULER_IO_TASK_SIZE"))
+
+
 def _fs_type(path: str) -> str:
     try:
         best, kind = "", "unknown"
@@ -272,16 +277,22 @@ def run(opts: Options, out: Optional[core.Output] = None) -> Report:
     fio = _fio_version() if opts.fio else None
     if opts.fio and not fio:
         warnings.append("fio is not installed: NO physical-limit column (apt-get install fio)")
+    probe = os.path.join(directory, "probe")
+    with io.File(probe, "w") as f:
+        direct = f.direct
+        direct_text = "O_DIRECT" if direct else f"BUFFERED: {f.direct_reason}"
+        # a bounced write and a request of many tasks: io_uring registration is tried now, so the
+        # banner says whether it worked
+        f.write(np.zeros(8 * _task_size(), np.uint8))
+        f.write(np.ones(100, np.uint8), offset=7)
+    os.unlink(probe)
     backend = io.backend_description()
     if io.backend_is_fallback():
         warnings.append(f"FALLBACK I/O BACKEND: {backend}. These are NOT io_uring numbers.")
     elif io.backend() != "io_uring":
         warnings.append(f"I/O backend {backend}: these are NOT io_uring numbers.")
-    probe = os.path.join(directory, "probe")
-    with io.File(probe, "w") as f:
-        direct = f.direct
-        direct_text = "O_DIRECT" if direct else f"BUFFERED: {f.direct_reason}"
-    os.unlink(probe)
+    elif io.registration_failed():
+        warnings.append(f"io_uring REGISTRATION FAILED, plain ops ran: {io.registration()}")
     if not direct:
         warnings.append(f"the file system refuses O_DIRECT here ({direct_text}): hauler ran BUFFERED; "
                         f"cold-cache figures are page-cache figures")
