@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from . import _buffers
-from .errors import HaulerIOError, InvalidArgument
+from .errors import HaulerIOError, InvalidArgument, OutOfRange
 
 __all__ = ["TensorStore", "CorruptEntry", "CapacityExceeded"]
 
@@ -91,6 +91,14 @@ def _parse_header(h: bytes, path: str) -> Dict[str, Any]:
     except (ValueError, KeyError, UnicodeDecodeError) as e:
         raise CorruptEntry(f"{path}: header does not parse ({e})") from None
     return meta
+
+
+def _read_entry(f: Any, buf: Any, offset: int, key: str) -> None:
+    """f.read_into whose error (EIO, a file shrunk underneath) also names the key."""
+    try:
+        f.read_into(buf, offset=offset)
+    except (HaulerIOError, OutOfRange) as err:
+        raise type(err)(f"TensorStore entry {key!r}: {err}") from err
 
 
 _STORES: "weakref.WeakSet[TensorStore]" = weakref.WeakSet()
@@ -322,7 +330,7 @@ class TensorStore:
             if size < HEADER:
                 raise CorruptEntry(f"{path}: {size} bytes, shorter than the {HEADER}-byte header (key {key!r})")
             h = _aligned_empty(HEADER)
-            f.read_into(h, offset=0)
+            _read_entry(f, h, 0, key)
             meta = _parse_header(h.tobytes(), path)
             if meta["key"] != key:
                 raise CorruptEntry(f"{path}: holds key {meta['key']!r}, not {key!r}")
@@ -332,7 +340,7 @@ class TensorStore:
                                    f"(key {key!r}; truncated or appended to)")
             result, flat = self._allocate(meta, out, path)
             if nbytes:
-                f.read_into(flat, offset=HEADER)
+                _read_entry(f, flat, HEADER, key)
         if meta["crc32"] is None:  # stored by a store with checksum=False
             return result
         crc = _crc(flat)
