@@ -57,10 +57,22 @@ class _Entry:
     last_use: float = 0.0
 
 
-def _aligned_empty(nbytes: int, align: int = 4096) -> np.ndarray:
+def _aligned_empty(nbytes: int, phase: int = 0, align: int = 4096) -> np.ndarray:
+    """nbytes of memory whose address is phase modulo align."""
     raw = np.empty(nbytes + align, dtype=np.uint8)
-    start = (-raw.ctypes.data) % align
+    start = (phase - raw.ctypes.data) % align
     return raw[start:start + nbytes]
+
+
+PHASE_MIN = 1 << 20
+
+
+def _data_offset(flat: np.ndarray) -> int:
+    """Where an entry's data starts in its file: right after the header; for data of PHASE_MIN
+    bytes or more, at the same offset modulo 4096 as the data's address, so that O_DIRECT writes
+    it from the caller's memory (only the two edge blocks bounce) instead of copying all of it
+    through bounce buffers (torch and numpy rarely hand out 4 KiB-aligned memory)."""
+    return HEADER + (flat.ctypes.data % HEADER if flat.nbytes >= PHASE_MIN else 0)
 
 
 def _crc(arr: np.ndarray) -> int:
@@ -71,7 +83,8 @@ def _header(meta: Dict[str, Any]) -> np.ndarray:
     body = json.dumps(meta, sort_keys=True).encode()
     if len(body) + 16 > HEADER:
         raise InvalidArgument(f"entry metadata too long ({len(body)} bytes); use a shorter key or fewer dims")
-    h = np.zeros(HEADER, dtype=np.uint8)
+    h = _aligned_empty(HEADER)   # aligned: written without a bounce
+    h[:] = 0
     raw = MAGIC + VERSION.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
     h[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     return h
@@ -266,8 +279,9 @@ class TensorStore:
 
     def _put(self, key: str, flat: np.ndarray, meta: Dict[str, Any], pin: bool, keep: Any) -> None:
         from .io import File
-        meta = dict(meta, crc32=_crc(flat) if self._checksum else None)
-        file_bytes = HEADER + flat.nbytes
+        data_off = _data_offset(flat)
+        meta = dict(meta, crc32=_crc(flat) if self._checksum else None, offset=data_off)
+        file_bytes = data_off + flat.nbytes
         with self._key_lock(key):
             self._reserve(key, file_bytes, pin)
             final = self._path(key)
@@ -277,7 +291,7 @@ class TensorStore:
                 with File(tmp, "x", direct=self._direct) as f:
                     f.write(_header(meta), offset=0)
                     if flat.nbytes:
-                        f.write(flat, offset=HEADER)
+                        f.write(flat, offset=data_off)
                     if self._sync:
                         f.sync()
                 os.replace(tmp, final)
@@ -335,12 +349,15 @@ class TensorStore:
             if meta["key"] != key:
                 raise CorruptEntry(f"{path}: holds key {meta['key']!r}, not {key!r}")
             nbytes = int(meta["nbytes"])
-            if size != HEADER + nbytes:
-                raise CorruptEntry(f"{path}: {size} bytes on disk, the header says {HEADER + nbytes} "
+            data_off = int(meta.get("offset", HEADER))  # entries from before "offset" start at HEADER
+            if not HEADER <= data_off < 2 * HEADER:
+                raise CorruptEntry(f"{path}: bad data offset {data_off} in the header (key {key!r})")
+            if size != data_off + nbytes:
+                raise CorruptEntry(f"{path}: {size} bytes on disk, the header says {data_off + nbytes} "
                                    f"(key {key!r}; truncated or appended to)")
-            result, flat = self._allocate(meta, out, path)
+            result, flat = self._allocate(meta, out, path, data_off % HEADER)
             if nbytes:
-                _read_entry(f, flat, HEADER, key)
+                _read_entry(f, flat, data_off, key)
         if meta["crc32"] is None:  # stored by a store with checksum=False
             return result
         crc = _crc(flat)
@@ -349,7 +366,7 @@ class TensorStore:
                                f"{int(meta['crc32']):#010x} when written)")
         return result
 
-    def _allocate(self, meta: Dict[str, Any], out: Any, path: str):
+    def _allocate(self, meta: Dict[str, Any], out: Any, path: str, phase: int):
         nbytes = int(meta["nbytes"])
         shape = tuple(int(s) for s in meta["shape"])
         if meta["kind"] == "torch":
@@ -363,7 +380,8 @@ class TensorStore:
                     raise InvalidArgument(f"out must be a contiguous {dtype} tensor of shape {shape}")
                 flat = _buffers.torch_as_numpy(out, True, "out").reshape(-1).view(np.uint8)
                 return out, flat
-            flat = _aligned_empty(nbytes)
+            # the file's phase (no bounce), unless that would misalign the elements
+            flat = _aligned_empty(nbytes, phase if phase % dtype.itemsize == 0 else 0)
             t = torch.from_numpy(flat)
             t = t.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
             return t, flat
@@ -378,7 +396,7 @@ class TensorStore:
             if o.dtype != dtype or o.shape != shape or not o.flags.c_contiguous or not o.flags.writeable:
                 raise InvalidArgument(f"out must be a writable C-contiguous {dtype} array of shape {shape}")
             return o, o.reshape(-1).view(np.uint8)
-        flat = _aligned_empty(nbytes)
+        flat = _aligned_empty(nbytes, phase if phase % dtype.alignment == 0 else 0)
         return flat.view(dtype).reshape(shape), flat
 
     # -- delete / close
@@ -395,10 +413,17 @@ class TensorStore:
                 pass
 
     def discard(self, key: str) -> None:
+        """Removes ``key`` if present."""
         try:
             self.delete(key)
         except KeyError:
             pass
+
+    def discard_later(self, key: str) -> "concurrent.futures.Future":
+        """discard(key) on the store's worker threads (unlinking a large file can take
+        milliseconds: hauler.offload frees its entries this way, off the backward pass). Runs
+        after the puts/gets submitted before it; close() waits for it."""
+        return self._pool.submit(self.discard, key)
 
     def close(self) -> None:
         """Waits for pending puts/gets and stops the worker threads."""
