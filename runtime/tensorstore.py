@@ -155,8 +155,11 @@ class TensorStore:
         been held at fork(), and its puts in progress never finish there."""
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self._threads,
                                                            thread_name_prefix="hauler-ts")
+        # deletions on their own thread: they never delay a get that backward waits for
+        self._deleter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hauler-ts-del")
         self._lock = threading.Lock()
         self._key_locks: Dict[str, threading.Lock] = {}
+        self._deleting: Dict[str, Any] = {}  # key -> discard_later future not done yet
         self._reserved = 0  # bytes of puts in progress
 
     # -- bookkeeping
@@ -256,7 +259,9 @@ class TensorStore:
         if not isinstance(key, str) or not key:
             raise InvalidArgument(f"key must be a non-empty string, got {key!r}")
         arr, meta = self._describe(key, value)
-        return self._pool.submit(self._put, key, arr, meta, bool(pin), value)
+        with self._lock:
+            deleting = self._deleting.get(key)
+        return self._pool.submit(self._put, key, arr, meta, bool(pin), value, deleting)
 
     def _describe(self, key: str, value: Any):
         if _buffers.is_torch_tensor(value):
@@ -277,8 +282,11 @@ class TensorStore:
         meta = {"key": key, "kind": kind, "dtype": dtype, "shape": shape, "nbytes": int(flat.nbytes)}
         return flat, meta
 
-    def _put(self, key: str, flat: np.ndarray, meta: Dict[str, Any], pin: bool, keep: Any) -> None:
+    def _put(self, key: str, flat: np.ndarray, meta: Dict[str, Any], pin: bool, keep: Any,
+             deleting: Any = None) -> None:
         from .io import File
+        if deleting is not None:
+            deleting.result()   # a discard_later of this key submitted before this put
         data_off = _data_offset(flat)
         meta = dict(meta, crc32=_crc(flat) if self._checksum else None, offset=data_off)
         file_bytes = data_off + flat.nbytes
@@ -420,14 +428,24 @@ class TensorStore:
             pass
 
     def discard_later(self, key: str) -> "concurrent.futures.Future":
-        """discard(key) on the store's worker threads (unlinking a large file can take
-        milliseconds: hauler.offload frees its entries this way, off the backward pass). Runs
-        after the puts/gets submitted before it; close() waits for it."""
-        return self._pool.submit(self.discard, key)
+        """discard(key) on a thread of the store's own (unlinking a large file can take
+        milliseconds: hauler.offload frees its entries this way, off the backward pass). A put of
+        the same key submitted after it runs after it; close() waits for it."""
+        fut = self._deleter.submit(self.discard, key)
+        with self._lock:
+            self._deleting[key] = fut
+
+        def forget(f: Any) -> None:
+            with self._lock:
+                if self._deleting.get(key) is f:
+                    del self._deleting[key]
+        fut.add_done_callback(forget)
+        return fut
 
     def close(self) -> None:
-        """Waits for pending puts/gets and stops the worker threads."""
+        """Waits for pending puts/gets/deletions and stops the worker threads."""
         self._pool.shutdown(wait=True)
+        self._deleter.shutdown(wait=True)
 
     def __enter__(self) -> "TensorStore":
         return self

@@ -197,3 +197,15 @@ def test_large_unaligned_value_is_written_from_its_memory(tmp_path):
                 assert after["ops"] - before["ops"] >= 9
     finally:
         config.set("HAULER_IO_TASK_SIZE", None)
+
+
+def test_discard_later_then_put_keeps_the_new_value(tmp_path):
+    with TensorStore(tmp_path / "ts", sync=False) as s:
+        for i in range(20):
+            s.put("k", np.full(50_000, i)).result()
+            d = s.discard_later("k")
+            s.put("k", np.full(50_000, i + 100)).result()   # submitted after: runs after
+            d.result()
+            assert np.array_equal(s.get("k").result(), np.full(50_000, i + 100))
+        s.discard_later("k").result()
+        assert s.keys() == []
