@@ -12,8 +12,9 @@ file fsynced before):
               (1 MiB, depth 32), numpy.fromfile/tofile, torch.load/save and plain Python
               (f.read / f.write), each write followed by fsync.
 * offload  -- a training loop (an MLP, forward + backward) with and without hauler.offload, in
-              fresh processes: s/step, peak RSS, bytes moved, and how much of the I/O time was
-              hidden behind compute.
+              fresh processes: s/step, CPU s/step, peak RSS, bytes moved, and how much of the
+              I/O time was hidden behind compute: 1 - (extra s/step with offload) / (the same
+              writes and reads replayed alone, without compute, in the offload process).
 
 GB/s are decimal (1e9 B/s) of the median round; ratios are medians of within-round ratios.
 A ``# targets`` block reports issue 4's targets against this run.
@@ -238,6 +239,11 @@ def _header(opts: Options, hinfo: Dict[str, Any], mach: Dict[str, Any], backend:
     ]
 
 
+def _task_size() -> int:
+    from hauler import config
+    return int(config.get("HAULER_IO_TASK_SIZE"))
+
+
 def _fs_type(path: str) -> str:
     try:
         best, kind = "", "unknown"
@@ -272,16 +278,22 @@ def run(opts: Options, out: Optional[core.Output] = None) -> Report:
     fio = _fio_version() if opts.fio else None
     if opts.fio and not fio:
         warnings.append("fio is not installed: NO physical-limit column (apt-get install fio)")
+    probe = os.path.join(directory, "probe")
+    with io.File(probe, "w") as f:
+        direct = f.direct
+        direct_text = "O_DIRECT" if direct else f"BUFFERED: {f.direct_reason}"
+        # a bounced write and a request of many tasks: io_uring registration is tried now, so the
+        # banner says whether it worked
+        f.write(np.zeros(8 * _task_size(), np.uint8))
+        f.write(np.ones(100, np.uint8), offset=7)
+    os.unlink(probe)
     backend = io.backend_description()
     if io.backend_is_fallback():
         warnings.append(f"FALLBACK I/O BACKEND: {backend}. These are NOT io_uring numbers.")
     elif io.backend() != "io_uring":
         warnings.append(f"I/O backend {backend}: these are NOT io_uring numbers.")
-    probe = os.path.join(directory, "probe")
-    with io.File(probe, "w") as f:
-        direct = f.direct
-        direct_text = "O_DIRECT" if direct else f"BUFFERED: {f.direct_reason}"
-    os.unlink(probe)
+    elif io.registration_failed():
+        warnings.append(f"io_uring REGISTRATION FAILED, plain ops ran: {io.registration()}")
     if not direct:
         warnings.append(f"the file system refuses O_DIRECT here ({direct_text}): hauler ran BUFFERED; "
                         f"cold-cache figures are page-cache figures")
@@ -588,15 +600,41 @@ OFFLOAD_SCRIPT = textwrap.dedent("""
     except OSError:
         pass
     base = hwm()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     dt = (time.perf_counter() - t0) / steps
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     peak = hwm()
-    res = {"s_per_step": dt, "peak_rss_kib": peak, "warm_rss_kib": base}
+    res = {"s_per_step": dt, "peak_rss_kib": peak, "warm_rss_kib": base,
+           "cpu_s_per_step": (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / steps}
     if off is not None:
         res.update({k: v for k, v in off.stats.items()})
         res["steps_counted"] = steps + 1
+        # The same I/O alone: one step's saved tensors (their sizes recorded by a forward pass)
+        # written as forward does (all queued at once, then waited for), then read back as
+        # backward does (in reverse, prefetch reads ahead), through the same store; no compute.
+        sizes = []
+        def record(t):
+            if not isinstance(t, torch.nn.Parameter) and t.numel() * t.element_size() >= off.min_bytes:
+                sizes.append(t.numel() * t.element_size())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
+            model(x).square().mean()
+        bufs = [torch.empty(n, dtype=torch.uint8) for n in sizes]
+        t0 = time.perf_counter()
+        for fut in [off.store.put(f"alone-{i}", b) for i, b in enumerate(bufs)]:
+            fut.result()
+        t1 = time.perf_counter()
+        pending = {}
+        for i in reversed(range(len(bufs))):
+            for j in range(i, max(-1, i - 1 - off.prefetch), -1):
+                if j not in pending:
+                    pending[j] = off.store.get(f"alone-{j}")
+            pending.pop(i).result()
+        t2 = time.perf_counter()
+        res.update(io_alone_write_s=t1 - t0, io_alone_read_s=t2 - t1, io_alone_bytes=sum(sizes))
     print(json.dumps(res))
 """)
 
@@ -608,34 +646,42 @@ def _offload(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Output) 
         rep.warnings.append("torch is not installed: no offload rows")
         return
     width, depth, batch, steps = (512, 4, 1024, 2) if opts.quick else (1024, 12, 2048, 3)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
+    # Timed runs use the default allocator (what a training job has). Peak RSS comes from one more
+    # pair with MALLOC_MMAP_THRESHOLD_=1 MiB: freed activations go back to the OS, so the peak is
+    # live memory, not heap kept for reuse; that setting also page-faults every activation on
+    # every step (2-3x slower steps here), so it is not used for timing.
+    rss_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
     runs: Dict[str, List[Dict[str, Any]]] = {"plain": [], "offload": []}
-    for r in range(min(opts.repeat, 2)):  # fresh processes, alternating, so a noisy phase hits both
+    rss: Dict[str, Dict[str, Any]] = {}
+    for r in range(min(opts.repeat, 2) + 1):  # fresh processes, alternating, so a noisy phase hits both
         for mode in (("plain", "offload") if r % 2 == 0 else ("offload", "plain")):
+            last = r == min(opts.repeat, 2)
             p = subprocess.run([sys.executable, "-c", OFFLOAD_SCRIPT, mode, os.path.join(ctx["dir"], "acts"),
-                                str(width), str(depth), str(batch), str(steps)],
-                               capture_output=True, text=True, timeout=900, env=env)
+                                str(width), str(depth), str(batch), str(1 if last else steps)],
+                               capture_output=True, text=True, timeout=900, env=rss_env if last else None)
             if p.returncode != 0:
                 rep.warnings.append(f"offload benchmark ({mode}) failed: {p.stderr.strip()[-400:]}")
                 return
-            runs[mode].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            res = json.loads(p.stdout.strip().splitlines()[-1])
+            if last:
+                rss[mode] = res
+            else:
+                runs[mode].append(res)
     pairs = list(zip(runs["plain"], runs["offload"]))
     med = statistics.median
-    plain = {"s_per_step": med([a["s_per_step"] for a, _ in pairs]),
-             "peak_rss_kib": med([a["peak_rss_kib"] for a, _ in pairs])}
+    plain = {"s_per_step": med([a["s_per_step"] for a, _ in pairs]), "peak_rss_kib": rss["plain"]["peak_rss_kib"]}
     off = dict(runs["offload"][0])
     off["s_per_step"] = med([b["s_per_step"] for _, b in pairs])
-    off["peak_rss_kib"] = med([b["peak_rss_kib"] for _, b in pairs])
+    off["peak_rss_kib"] = rss["offload"]["peak_rss_kib"]
     exposed_rounds = [max(0.0, b["s_per_step"] - a["s_per_step"]) for a, b in pairs]
     per_step_w = off["bytes_written"] / off["steps_counted"]
     per_step_r = off["bytes_read"] / off["steps_counted"]
-    wbw = rep.info.get("file_write_hauler_gbps")
-    rbw = rep.info.get("file_read_hauler_gbps")
-    io_time = None
-    if wbw and rbw:
-        io_time = per_step_w / (wbw * 1e9) + per_step_r / (rbw * 1e9)
+    # I/O time alone: the offload process's own replay of one step's writes and reads, no compute
+    io_time = med([b["io_alone_write_s"] + b["io_alone_read_s"] for b in runs["offload"]])
     exposed = med(exposed_rounds)
     hidden = None if not io_time else max(0.0, 1.0 - exposed / io_time)
+    plain["cpu_s_per_step"] = med([a["cpu_s_per_step"] for a, _ in pairs])
+    off["cpu_s_per_step"] = med([b["cpu_s_per_step"] for _, b in pairs])
     row = {"part": "offload", "pattern": "train", "bs": None, "qd": None,
            "hauler_gbps": None, "peer": "no offload", "peer_gbps": None,
            "vs_peer": med([a["s_per_step"] / b["s_per_step"] for a, b in pairs]), "correct": True,
@@ -644,17 +690,19 @@ def _offload(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Output) 
            "s_per_step_offload": off["s_per_step"], "s_per_step_plain": plain["s_per_step"],
            "peak_rss_mib_offload": off["peak_rss_kib"] / 1024, "peak_rss_mib_plain": plain["peak_rss_kib"] / 1024,
            "bytes_written_per_step": per_step_w, "bytes_read_per_step": per_step_r,
-           "io_time_s_per_step": io_time, "hidden_fraction": hidden, "offload_stats": off}
+           "io_time_s_per_step": io_time, "hidden_fraction": hidden, "exposed_s_per_step": exposed,
+           "cpu_s_per_step_plain": plain["cpu_s_per_step"], "cpu_s_per_step_offload": off["cpu_s_per_step"],
+           "offload_stats": off}
     rep.rows.append(row)
     out.row(rep, row)
     rep.footer.append(
         f"offload: {row['model']}, {len(pairs)} alternating process pairs: "
         f"{plain['s_per_step']:.3f} s/step plain, {off['s_per_step']:.3f} s/step offload "
-        f"(h/peer = steps/s ratio); peak RSS {row['peak_rss_mib_plain']:.0f} MiB plain, "
-        f"{row['peak_rss_mib_offload']:.0f} MiB offload; {per_step_w / 1e6:.0f} MB written + "
-        f"{per_step_r / 1e6:.0f} MB read per step"
-        + (f" = {io_time:.3f} s of I/O at this run's hauler file GB/s; {hidden * 100:.0f}% hidden behind compute"
-           if io_time else " (run the 'file' part to estimate the hidden I/O fraction)"))
+        f"(h/peer = steps/s ratio); peak RSS (MALLOC_MMAP_THRESHOLD_=1 MiB run) {row['peak_rss_mib_plain']:.0f} "
+        f"MiB plain, {row['peak_rss_mib_offload']:.0f} MiB offload; {per_step_w / 1e6:.0f} MB written + "
+        f"{per_step_r / 1e6:.0f} MB read per step; CPU {plain['cpu_s_per_step']:.3f} s/step plain, "
+        f"{off['cpu_s_per_step']:.3f} s/step offload; the same I/O alone (no compute) takes {io_time:.3f} s, "
+        f"the step {exposed:.3f} s longer: {hidden * 100:.0f}% hidden behind compute")
 
 
 # -- targets --------------------------------------------------------------------------------------

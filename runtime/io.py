@@ -28,7 +28,7 @@ from . import _buffers
 from .errors import HaulerIOError, InvalidArgument, NoDevice
 
 __all__ = ["File", "Future", "backend", "backend_description", "backend_is_fallback",
-           "cufile_status", "TensorStore", "alignment"]
+           "registration", "registration_failed", "counters", "cufile_status", "TensorStore", "alignment"]
 
 
 def _core():
@@ -49,6 +49,23 @@ def backend_description() -> str:
 def backend_is_fallback() -> bool:
     """True when io_uring was wanted (HAULER_IO_BACKEND=auto) but could not run here."""
     return bool(_core().io_backend_is_fallback())
+
+
+def registration() -> str:
+    """What io_uring registration (HAULER_IO_REGISTER) did, in words: the bounce arena's and the
+    files' state; "FALLBACK: ... NOT registered: <why>" when a registration failed (plain ops run)."""
+    return str(_core().io_registration_description())
+
+
+def registration_failed() -> bool:
+    """True when a registration was wanted and failed (the plain io_uring ops ran instead)."""
+    return bool(_core().io_registration_failed())
+
+
+def counters() -> dict:
+    """Process-wide io_uring counts: ops submitted, of them fixed_buffer_ops (read/write_fixed on
+    the registered bounce arena) and fixed_file_ops (on a registered file)."""
+    return dict(_core().io_counters())
 
 
 def cufile_status() -> str:

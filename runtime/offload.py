@@ -186,10 +186,15 @@ class Offload:
 
 
 def _discard(store: Any, key: str) -> None:
+    # runs when autograd frees a saved tensor, in the middle of backward: the unlink goes to the
+    # store's workers (a stopped store, e.g. at interpreter exit, deletes here)
     try:
-        store.discard(key)
-    except Exception:  # noqa: BLE001 - at interpreter exit
-        pass
+        store.discard_later(key)
+    except (AttributeError, RuntimeError):
+        try:
+            store.discard(key)
+        except Exception:  # noqa: BLE001 - at interpreter exit
+            pass
 
 
 def offload(directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,

@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -30,7 +31,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from . import _buffers
-from .errors import HaulerIOError, InvalidArgument
+from .errors import HaulerIOError, InvalidArgument, OutOfRange
 
 __all__ = ["TensorStore", "CorruptEntry", "CapacityExceeded"]
 
@@ -56,10 +57,22 @@ class _Entry:
     last_use: float = 0.0
 
 
-def _aligned_empty(nbytes: int, align: int = 4096) -> np.ndarray:
+def _aligned_empty(nbytes: int, phase: int = 0, align: int = 4096) -> np.ndarray:
+    """nbytes of memory whose address is phase modulo align."""
     raw = np.empty(nbytes + align, dtype=np.uint8)
-    start = (-raw.ctypes.data) % align
+    start = (phase - raw.ctypes.data) % align
     return raw[start:start + nbytes]
+
+
+PHASE_MIN = 1 << 20
+
+
+def _data_offset(flat: np.ndarray) -> int:
+    """Where an entry's data starts in its file: right after the header; for data of PHASE_MIN
+    bytes or more, at the same offset modulo 4096 as the data's address, so that O_DIRECT writes
+    it from the caller's memory (only the two edge blocks bounce) instead of copying all of it
+    through bounce buffers (torch and numpy rarely hand out 4 KiB-aligned memory)."""
+    return HEADER + (flat.ctypes.data % HEADER if flat.nbytes >= PHASE_MIN else 0)
 
 
 def _crc(arr: np.ndarray) -> int:
@@ -70,7 +83,8 @@ def _header(meta: Dict[str, Any]) -> np.ndarray:
     body = json.dumps(meta, sort_keys=True).encode()
     if len(body) + 16 > HEADER:
         raise InvalidArgument(f"entry metadata too long ({len(body)} bytes); use a shorter key or fewer dims")
-    h = np.zeros(HEADER, dtype=np.uint8)
+    h = _aligned_empty(HEADER)   # aligned: written without a bounce
+    h[:] = 0
     raw = MAGIC + VERSION.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
     h[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     return h
@@ -92,6 +106,25 @@ def _parse_header(h: bytes, path: str) -> Dict[str, Any]:
     return meta
 
 
+def _read_entry(f: Any, buf: Any, offset: int, key: str) -> None:
+    """f.read_into whose error (EIO, a file shrunk underneath) also names the key."""
+    try:
+        f.read_into(buf, offset=offset)
+    except (HaulerIOError, OutOfRange) as err:
+        raise type(err)(f"TensorStore entry {key!r}: {err}") from err
+
+
+_STORES: "weakref.WeakSet[TensorStore]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._fresh_workers()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class TensorStore:
     """Tensors and numpy arrays on disk by key (see the module doc).
 
@@ -110,13 +143,24 @@ class TensorStore:
         self._direct = direct
         self._sync = bool(sync)
         self._checksum = bool(checksum)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, int(threads)),
+        self._threads = max(1, int(threads))
+        self._entries: Dict[str, _Entry] = {}
+        self._fresh_workers()
+        self._scan()
+        _STORES.add(self)
+
+    def _fresh_workers(self) -> None:
+        """Worker threads, locks and the bytes of puts in progress, new. Also run in a forked
+        child: the parent's workers do not exist there (a submit would hang), its locks may have
+        been held at fork(), and its puts in progress never finish there."""
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self._threads,
                                                            thread_name_prefix="hauler-ts")
+        # deletions on their own thread: they never delay a get that backward waits for
+        self._deleter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hauler-ts-del")
         self._lock = threading.Lock()
         self._key_locks: Dict[str, threading.Lock] = {}
-        self._entries: Dict[str, _Entry] = {}
+        self._deleting: Dict[str, Any] = {}  # key -> discard_later future not done yet
         self._reserved = 0  # bytes of puts in progress
-        self._scan()
 
     # -- bookkeeping
     def _path(self, key: str) -> str:
@@ -215,7 +259,9 @@ class TensorStore:
         if not isinstance(key, str) or not key:
             raise InvalidArgument(f"key must be a non-empty string, got {key!r}")
         arr, meta = self._describe(key, value)
-        return self._pool.submit(self._put, key, arr, meta, bool(pin), value)
+        with self._lock:
+            deleting = self._deleting.get(key)
+        return self._pool.submit(self._put, key, arr, meta, bool(pin), value, deleting)
 
     def _describe(self, key: str, value: Any):
         if _buffers.is_torch_tensor(value):
@@ -236,10 +282,14 @@ class TensorStore:
         meta = {"key": key, "kind": kind, "dtype": dtype, "shape": shape, "nbytes": int(flat.nbytes)}
         return flat, meta
 
-    def _put(self, key: str, flat: np.ndarray, meta: Dict[str, Any], pin: bool, keep: Any) -> None:
+    def _put(self, key: str, flat: np.ndarray, meta: Dict[str, Any], pin: bool, keep: Any,
+             deleting: Any = None) -> None:
         from .io import File
-        meta = dict(meta, crc32=_crc(flat) if self._checksum else None)
-        file_bytes = HEADER + flat.nbytes
+        if deleting is not None:
+            deleting.result()   # a discard_later of this key submitted before this put
+        data_off = _data_offset(flat)
+        meta = dict(meta, crc32=_crc(flat) if self._checksum else None, offset=data_off)
+        file_bytes = data_off + flat.nbytes
         with self._key_lock(key):
             self._reserve(key, file_bytes, pin)
             final = self._path(key)
@@ -249,7 +299,7 @@ class TensorStore:
                 with File(tmp, "x", direct=self._direct) as f:
                     f.write(_header(meta), offset=0)
                     if flat.nbytes:
-                        f.write(flat, offset=HEADER)
+                        f.write(flat, offset=data_off)
                     if self._sync:
                         f.sync()
                 os.replace(tmp, final)
@@ -302,17 +352,20 @@ class TensorStore:
             if size < HEADER:
                 raise CorruptEntry(f"{path}: {size} bytes, shorter than the {HEADER}-byte header (key {key!r})")
             h = _aligned_empty(HEADER)
-            f.read_into(h, offset=0)
+            _read_entry(f, h, 0, key)
             meta = _parse_header(h.tobytes(), path)
             if meta["key"] != key:
                 raise CorruptEntry(f"{path}: holds key {meta['key']!r}, not {key!r}")
             nbytes = int(meta["nbytes"])
-            if size != HEADER + nbytes:
-                raise CorruptEntry(f"{path}: {size} bytes on disk, the header says {HEADER + nbytes} "
+            data_off = int(meta.get("offset", HEADER))  # entries from before "offset" start at HEADER
+            if not HEADER <= data_off < 2 * HEADER:
+                raise CorruptEntry(f"{path}: bad data offset {data_off} in the header (key {key!r})")
+            if size != data_off + nbytes:
+                raise CorruptEntry(f"{path}: {size} bytes on disk, the header says {data_off + nbytes} "
                                    f"(key {key!r}; truncated or appended to)")
-            result, flat = self._allocate(meta, out, path)
+            result, flat = self._allocate(meta, out, path, data_off % HEADER)
             if nbytes:
-                f.read_into(flat, offset=HEADER)
+                _read_entry(f, flat, data_off, key)
         if meta["crc32"] is None:  # stored by a store with checksum=False
             return result
         crc = _crc(flat)
@@ -321,7 +374,7 @@ class TensorStore:
                                f"{int(meta['crc32']):#010x} when written)")
         return result
 
-    def _allocate(self, meta: Dict[str, Any], out: Any, path: str):
+    def _allocate(self, meta: Dict[str, Any], out: Any, path: str, phase: int):
         nbytes = int(meta["nbytes"])
         shape = tuple(int(s) for s in meta["shape"])
         if meta["kind"] == "torch":
@@ -335,7 +388,8 @@ class TensorStore:
                     raise InvalidArgument(f"out must be a contiguous {dtype} tensor of shape {shape}")
                 flat = _buffers.torch_as_numpy(out, True, "out").reshape(-1).view(np.uint8)
                 return out, flat
-            flat = _aligned_empty(nbytes)
+            # the file's phase (no bounce), unless that would misalign the elements
+            flat = _aligned_empty(nbytes, phase if phase % dtype.itemsize == 0 else 0)
             t = torch.from_numpy(flat)
             t = t.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
             return t, flat
@@ -350,7 +404,7 @@ class TensorStore:
             if o.dtype != dtype or o.shape != shape or not o.flags.c_contiguous or not o.flags.writeable:
                 raise InvalidArgument(f"out must be a writable C-contiguous {dtype} array of shape {shape}")
             return o, o.reshape(-1).view(np.uint8)
-        flat = _aligned_empty(nbytes)
+        flat = _aligned_empty(nbytes, phase if phase % dtype.alignment == 0 else 0)
         return flat.view(dtype).reshape(shape), flat
 
     # -- delete / close
@@ -367,14 +421,31 @@ class TensorStore:
                 pass
 
     def discard(self, key: str) -> None:
+        """Removes ``key`` if present."""
         try:
             self.delete(key)
         except KeyError:
             pass
 
+    def discard_later(self, key: str) -> "concurrent.futures.Future":
+        """discard(key) on a thread of the store's own (unlinking a large file can take
+        milliseconds: hauler.offload frees its entries this way, off the backward pass). A put of
+        the same key submitted after it runs after it; close() waits for it."""
+        fut = self._deleter.submit(self.discard, key)
+        with self._lock:
+            self._deleting[key] = fut
+
+        def forget(f: Any) -> None:
+            with self._lock:
+                if self._deleting.get(key) is f:
+                    del self._deleting[key]
+        fut.add_done_callback(forget)
+        return fut
+
     def close(self) -> None:
-        """Waits for pending puts/gets and stops the worker threads."""
+        """Waits for pending puts/gets/deletions and stops the worker threads."""
         self._pool.shutdown(wait=True)
+        self._deleter.shutdown(wait=True)
 
     def __enter__(self) -> "TensorStore":
         return self

@@ -55,3 +55,23 @@ def test_fallback_backend_prints_a_banner(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "threads (forced by HAULER_IO_BACKEND=threads)" in p.stdout
     assert "# WARNING: I/O backend threads" in p.stdout
+
+
+def test_registration_fallback_prints_a_banner(tmp_path):
+    """A registration that fails (RLIMIT_MEMLOCK, CAP_IPC_LOCK dropped) is named in the banner."""
+    import resource
+    import shutil
+    from hauler import io
+    if io.backend() != "io_uring":
+        pytest.skip("io_uring unavailable here: " + io.backend_description())
+    cmd = [sys.executable, "-m", "hauler.bench.cli", "io", "--quick", "--dir", str(tmp_path),
+           "--parts", "file", "--file-size", "4M", "--repeat", "1", "--no-fio"]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("setpriv (util-linux) is needed to drop CAP_IPC_LOCK as root")
+        cmd = [shutil.which("setpriv"), "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--"] + cmd
+    p = subprocess.run(cmd, env=dict(os.environ, HAULER_IO_REGISTER="1"), capture_output=True, text=True,
+                       timeout=300,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, 65536)))
+    assert p.returncode == 0, p.stderr
+    assert "# WARNING: io_uring REGISTRATION FAILED" in p.stdout and "ENOMEM" in p.stdout, p.stdout

@@ -168,35 +168,101 @@ def test_close_waits_for_requests_in_flight(tmp_path):
         assert g.read() == data.tobytes()
 
 
-def test_eio_from_a_device_mapper_error_target(tmp_path):
-    """EIO for real: a device-mapper device whose second half is the 'error' target."""
-    if os.geteuid() != 0 or not shutil.which("dmsetup") or not shutil.which("losetup"):
-        pytest.skip("needs root, dmsetup and losetup")
-    r = subprocess.run(["dmsetup", "version"], capture_output=True, text=True)
+@pytest.fixture
+def eio_fs(tmp_path):
+    """A 16 MiB ext4 (no journal) on a loop device whose backing file is read with direct I/O
+    (losetup --direct-io=on). cut(path) truncates the backing file at the first block of path: the
+    loop driver then answers reads of that block and after with EIO (a short read with no data),
+    while blocks before it, the file system's metadata among them, stay readable."""
+    if os.geteuid() != 0:
+        pytest.skip("attaching a loop device needs root")
+    for tool in ("losetup", "mkfs.ext4", "mount"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is not installed")
+    back, mnt = tmp_path / "backing", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(back, "wb") as f:
+        f.truncate(16 << 20)
+    r = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", str(back)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip("device-mapper unavailable in this kernel: " + " ".join(r.stderr.split())[:160])
-    img = tmp_path / "dev.img"
-    with open(img, "wb") as f:
-        f.write(b"\x5a" * (1 << 20))
-    loop = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True, text=True)
-    if loop.returncode != 0:
-        pytest.skip("losetup refused: " + loop.stderr.strip())
-    dev = loop.stdout.strip()
-    name = f"hauler-eio-{os.getpid()}"
+        pytest.skip("losetup --direct-io=on refused here: " + r.stderr.strip())
+    dev = r.stdout.strip()
+    mounted = False
     try:
-        table = f"0 1024 linear {dev} 0\n1024 1024 error\n"
-        r = subprocess.run(["dmsetup", "create", name], input=table, capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip("dmsetup create refused: " + r.stderr.strip())
-        try:
-            with io.File(f"/dev/mapper/{name}", "r") as f:
-                good = np.empty(512 * 1024, np.uint8)
-                f.read_into(good)                       # the linear half reads fine
-                assert (good == 0x5A).all()
-                bad = np.empty(1 << 20, np.uint8)
-                with pytest.raises(HaulerIOError, match="EIO"):
-                    f.pread(bad).result()
-        finally:
-            subprocess.run(["dmsetup", "remove", name], capture_output=True)
+        r = subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^has_journal", dev],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run(["mount", dev, str(mnt)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        mounted = True
+
+        def first_block(path):
+            import fcntl
+            import struct
+            fd = os.open(path, os.O_RDONLY)
+            try:   # FIBMAP: the physical block of logical block 0
+                return struct.unpack("i", fcntl.ioctl(fd, 1, struct.pack("i", 0)))[0]
+            finally:
+                os.close(fd)
+
+        def cut(path, keep=()):
+            os.sync()
+            blk = first_block(path)
+            for k in keep:
+                assert first_block(k) < blk, "the file to keep lies after the one to cut"
+            os.truncate(back, blk * 4096)
+            return blk * 4096
+
+        yield mnt, cut
     finally:
+        if mounted:
+            subprocess.run(["umount", str(mnt)], capture_output=True)
         subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def test_eio_from_a_loop_device_names_errno_offset_and_path(eio_fs, backend):
+    mnt, cut = eio_fs
+    good, bad = mnt / "good", mnt / "bad"
+    g = np.random.default_rng(2).integers(0, 256, 256 * 1024, dtype=np.uint8)
+    b = np.random.default_rng(3).integers(0, 256, 2 << 20, dtype=np.uint8)
+    g.tofile(good)
+    b.tofile(bad)
+    cut(bad, keep=[good])
+    with io.File(bad, "r") as f:
+        assert f.direct, f.direct_reason
+        out = np.zeros(b.nbytes, np.uint8)
+        fut = f.pread(out)
+        err = fut.exception(timeout=60)          # the future carries it
+        assert isinstance(err, HaulerIOError) and not isinstance(err, OutOfRange), repr(err)
+        msg = str(err)
+        assert "EIO" in msg and str(bad) in msg and "at offset 0 " in msg, msg
+        with pytest.raises(HaulerIOError, match="EIO"):
+            fut.result()
+        # unaligned memory (bounced tasks) and a piece in the middle: the same, with its offset
+        odd = np.zeros(100001, np.uint8)
+        with pytest.raises(HaulerIOError, match=r"EIO") as ei:
+            f.read_into(odd[1:], offset=(1 << 20) + 12345)
+        msg = str(ei.value)
+        assert f"at offset {(1 << 20) + 12345}" in msg and str(bad) in msg, msg   # the request
+        assert f"at offset {((1 << 20) + 12345) // 4096 * 4096} of" in msg, msg       # the failed piece
+    with io.File(good, "r") as f:                # what lies before the cut still reads
+        out = np.zeros(g.nbytes, np.uint8)
+        f.read_into(out)
+        assert np.array_equal(out, g)
+
+
+def test_eio_in_a_tensorstore_entry_leaves_the_others_readable(eio_fs):
+    from hauler.io import TensorStore
+    mnt, cut = eio_fs
+    store = TensorStore(mnt / "store")
+    small = np.arange(5000, dtype=np.int64)
+    big = np.random.default_rng(4).standard_normal(300_000).astype(np.float32)
+    store.put("small", small).result()
+    store.put("big", big).result()
+    cut(store._path("big"), keep=[store._path("small")])
+    with pytest.raises(HaulerIOError, match="EIO") as ei:
+        store.get("big").result(timeout=60)
+    msg = str(ei.value)
+    assert "'big'" in msg and store._path("big") in msg and "offset" in msg, msg
+    assert np.array_equal(store.get("small").result(timeout=60), small)
+    store.close()

@@ -133,3 +133,32 @@ def test_inplace_change_after_save_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="in-place"):
         y.backward()
     off.close()
+
+
+def test_entries_are_deleted_after_backward_on_the_store_workers(tmp_path):
+    """Autograd frees saved tensors during backward; their entries' files are unlinked by the
+    store's worker threads (an unlink of a large file can take milliseconds), not on the thread
+    running backward, and all of them are gone once the store's work is done."""
+    import threading
+    store = TensorStore(tmp_path / "s", sync=False)
+    deleters = []
+    plain_discard = store.discard
+
+    def discard(key):
+        deleters.append(threading.get_ident())
+        plain_discard(key)
+    store.discard = discard
+    m = block()
+    x = torch.randn(8, 64, 128)
+    with offload(store=store, min_bytes=16 * 1024) as off:
+        loss = m(x).pow(2).sum()
+    off.wait_writes()
+    saved = off.stats["saved"]
+    assert saved > 0 and len(store.keys()) == saved
+    loss.backward()
+    del loss
+    import gc
+    gc.collect()
+    store.close()                       # waits for the deletions queued on its workers
+    assert store.keys() == [] and not [n for n in os.listdir(tmp_path / "s") if n.endswith(".hts")]
+    assert len(deleters) == saved and threading.get_ident() not in deleters

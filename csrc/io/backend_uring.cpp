@@ -1,10 +1,23 @@
-// The io_uring backend (liburing): one ring per request thread, sized to the
-// queue depth; no SQPOLL (it burns a core). Short transfers are resubmitted
-// for the rest; EAGAIN/EINTR are retried. Built only when liburing is present
-// (setup.py defines HAULER_HAVE_LIBURING and links -luring); otherwise its
-// probe says so and the thread-pool backend runs.
+// The io_uring backend (liburing): one ring per thread that runs requests,
+// sized to the queue depth; no SQPOLL (it burns a core). Short transfers are
+// resubmitted for the rest; EAGAIN/EINTR are retried. Built only when liburing
+// is present (setup.py defines HAULER_HAVE_LIBURING and links -luring);
+// otherwise its probe says so and the thread-pool backend runs.
+//
+// Registration (HAULER_IO_REGISTER): each ring registers the bounce arena
+// (io_uring_register_buffers) the first time it runs a bounced task, which then
+// runs as read_fixed/write_fixed (no per-op page pinning), and a one-slot sparse
+// file table that holds the request's descriptor for requests of many tasks
+// (IOSQE_FIXED_FILE: no per-op file lookup). A registration that fails
+// (RLIMIT_MEMLOCK, ENOMEM, an old kernel) leaves the plain ops running and is
+// reported by registration_description(), never silently.
+//
+// Fork: a ring made before fork() is the parent's (shared memory and fd); a
+// child abandons its copy and makes its own ring on first use.
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -16,31 +29,145 @@
 
 namespace hauler::io {
 
+namespace {
+// What registration did, process-wide (the description and counters read it).
+struct RegState {
+  std::mutex m;
+  int buffers = 0;  // 0 not tried yet, 1 registered (by some ring), -1 failed
+  int files = 0;
+  std::string buffers_why, files_why;
+  int64_t arena_bytes = 0;
+  std::atomic<int64_t> ops{0}, fixed_buffer_ops{0}, fixed_file_ops{0};
+};
+RegState& reg() {
+  static RegState* r = new RegState;  // never destroyed: rings may run during static teardown
+  return *r;
+}
+void note(int RegState::*which, std::string RegState::*why, int rc, const std::string& what) {
+  RegState& r = reg();
+  std::lock_guard<std::mutex> g(r.m);
+  if (rc >= 0) {
+    if (r.*which == 0) r.*which = 1;
+    return;
+  }
+  r.*which = -1;
+  r.*why = what + " failed: " + errno_text(-rc);
+  if (-rc == ENOMEM) r.*why += " (RLIMIT_MEMLOCK too small for the bounce arena? see ulimit -l)";
+}
+}  // namespace
+
+IoCounters io_counters() {
+  RegState& r = reg();
+  return {r.ops.load(), r.fixed_buffer_ops.load(), r.fixed_file_ops.load()};
+}
+
+std::string registration_description() {
+  if (!register_mode()) return "off (HAULER_IO_REGISTER=0)";
+  RegState& r = reg();
+  std::lock_guard<std::mutex> g(r.m);
+  std::string b = r.buffers == 1    ? "bounce arena registered (" + std::to_string(r.arena_bytes >> 20) + " MiB)"
+                  : r.buffers == 0 ? "bounce arena not yet registered (at the first bounced request)"
+                                   : "FALLBACK: bounce arena NOT registered: " + r.buffers_why;
+  std::string f = r.files == 1    ? "file registered per request"
+                  : r.files == 0 ? "files not yet registered (at the first request of many tasks)"
+                                 : "FALLBACK: files NOT registered: " + r.files_why;
+  return b + "; " + f;
+}
+
+bool registration_failed() {
+  if (!register_mode()) return false;
+  RegState& r = reg();
+  std::lock_guard<std::mutex> g(r.m);
+  return r.buffers < 0 || r.files < 0;
+}
+
 #ifdef HAULER_HAVE_LIBURING
 namespace {
+
+// Two register calls per request (set and clear the slot) pay off only over several ops.
+constexpr size_t kFixedFileMinTasks = 8;
 
 struct Ring {
   io_uring ring{};
   unsigned depth = 0;
   bool ok = false;
-  ~Ring() {
-    if (ok) io_uring_queue_exit(&ring);
+  uint64_t gen = 0;
+  int buffers = 0;  // this ring: 0 not tried, 1 registered, -1 failed
+  int files = 0;
+  ~Ring() { drop(); }
+  void drop() {
+    if (ok) io_uring_queue_exit(&ring);  // in a child: only the child's copies of the parent's ring go
+    ok = false;
   }
   int init(unsigned d) {
+    if (ok && gen != fork_generation()) drop();
     if (ok && depth >= d) return 0;
-    if (ok) {
-      io_uring_queue_exit(&ring);
-      ok = false;
-    }
+    drop();
     int rc = io_uring_queue_init(d, &ring, 0);
     if (rc < 0) return rc;
     ok = true;
     depth = d;
+    gen = fork_generation();
+    buffers = files = 0;
     return 0;
+  }
+  bool buffers_registered() {
+    if (buffers == 0) {
+      std::vector<iovec> iov = bounce_arena_iovecs();
+      int rc = iov.empty() ? -EINVAL : io_uring_register_buffers(&ring, iov.data(), static_cast<unsigned>(iov.size()));
+      buffers = rc < 0 ? -1 : 1;
+      int64_t bytes = 0;
+      for (const iovec& v : iov) bytes += static_cast<int64_t>(v.iov_len);
+      note(&RegState::buffers, &RegState::buffers_why, rc,
+           "io_uring_register_buffers of the " + std::to_string(bytes) + "-byte bounce arena");
+      if (rc >= 0) {
+        std::lock_guard<std::mutex> g(reg().m);
+        reg().arena_bytes = bytes;
+      }
+    }
+    return buffers == 1;
+  }
+  bool file_table() {
+    if (files == 0) {
+      int rc = io_uring_register_files_sparse(&ring, 1);
+      files = rc < 0 ? -1 : 1;
+      if (rc < 0) note(&RegState::files, &RegState::files_why, rc, "io_uring_register_files_sparse");
+    }
+    return files == 1;
   }
 };
 
 thread_local Ring t_ring;
+
+// Holds the request's descriptor in slot 0 of the ring's file table while the request runs;
+// clears it after (a kept slot would keep a closed file open in the kernel).
+class FixedFile {
+ public:
+  explicit FixedFile(Ring& r) : r_(r) {}
+  ~FixedFile() {
+    if (fd_ < 0) return;
+    int none = -1;
+    io_uring_register_files_update(&r_.ring, 0, &none, 1);
+  }
+  // Slot 0 for tasks on fd once it is registered, else fd itself (and sets *fixed).
+  int slot(int fd, bool want, bool* fixed) {
+    if (want && fd_ < 0 && !tried_) {
+      tried_ = true;
+      if (r_.file_table()) {
+        int rc = io_uring_register_files_update(&r_.ring, 0, &fd, 1);
+        note(&RegState::files, &RegState::files_why, rc < 0 ? rc : 0, "io_uring_register_files_update");
+        if (rc == 1) fd_ = fd;
+      }
+    }
+    *fixed = fd_ >= 0 && fd == fd_;
+    return *fixed ? 0 : fd;
+  }
+
+ private:
+  Ring& r_;
+  int fd_ = -1;
+  bool tried_ = false;
+};
 
 bool uring_probe(std::string* why) {
   io_uring r;
@@ -53,14 +180,26 @@ bool uring_probe(std::string* why) {
   return true;
 }
 
-void prep(io_uring_sqe* sqe, Task* t, size_t i) {
-  if (t->op == Op::read)
-    io_uring_prep_read(sqe, t->fd, t->buf + t->done, static_cast<unsigned>(t->len - t->done),
-                       static_cast<uint64_t>(t->off + t->done));
-  else
-    io_uring_prep_write(sqe, t->fd, t->buf + t->done, static_cast<unsigned>(t->len - t->done),
-                        static_cast<uint64_t>(t->off + t->done));
+void prep(io_uring_sqe* sqe, Task* t, size_t i, Ring& ring, FixedFile& ff, bool want_files, bool want_buffers) {
+  bool fixed_file = false;
+  int fd = ff.slot(t->fd, want_files, &fixed_file);
+  bool fixed_buf = want_buffers && t->buf_index >= 0 && ring.buffers_registered();
+  uint8_t* p = t->buf + t->done;
+  unsigned len = static_cast<unsigned>(t->len - t->done);
+  uint64_t off = static_cast<uint64_t>(t->off + t->done);
+  if (t->op == Op::read) {
+    if (fixed_buf) io_uring_prep_read_fixed(sqe, fd, p, len, off, t->buf_index);
+    else io_uring_prep_read(sqe, fd, p, len, off);
+  } else {
+    if (fixed_buf) io_uring_prep_write_fixed(sqe, fd, p, len, off, t->buf_index);
+    else io_uring_prep_write(sqe, fd, p, len, off);
+  }
+  if (fixed_file) io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE);
   io_uring_sqe_set_data64(sqe, static_cast<uint64_t>(i));
+  RegState& r = reg();
+  r.ops.fetch_add(1, std::memory_order_relaxed);
+  if (fixed_buf) r.fixed_buffer_ops.fetch_add(1, std::memory_order_relaxed);
+  if (fixed_file) r.fixed_file_ops.fetch_add(1, std::memory_order_relaxed);
 }
 
 void uring_run(Batch& batch, size_t n, int qd) {
@@ -72,6 +211,9 @@ void uring_run(Batch& batch, size_t n, int qd) {
   int rc = t_ring.init(ring_depth);
   if (rc < 0) fail(Status::io_error, std::string("io_uring_queue_init failed: ") + std::strerror(-rc));
   io_uring* ring = &t_ring.ring;
+  bool want_reg = register_mode() != 0;
+  bool want_files = want_reg && n >= kFixedFileMinTasks;
+  FixedFile ff(t_ring);
   std::vector<Task*> tasks(n, nullptr);
   size_t next = 0;
   unsigned inflight = 0;
@@ -93,7 +235,7 @@ void uring_run(Batch& batch, size_t n, int qd) {
       }
       tasks[next] = t;
       io_uring_sqe* sqe = io_uring_get_sqe(ring);
-      prep(sqe, t, next);
+      prep(sqe, t, next, t_ring, ff, want_files, want_reg);
       ++next;
       ++queued;
     }
@@ -149,7 +291,7 @@ void uring_run(Batch& batch, size_t n, int qd) {
     io_uring_cq_advance(ring, seen);
     for (size_t i : resubmit) {
       io_uring_sqe* sqe = io_uring_get_sqe(ring);
-      prep(sqe, tasks[i], i);
+      prep(sqe, tasks[i], i, t_ring, ff, want_files, want_reg);
       ++inflight;
     }
     if (!resubmit.empty()) {

@@ -11,10 +11,13 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <new>
+#include <set>
 #include <thread>
 #include <vector>
 
 #include "../common/checked.hpp"
+#include "fork.hpp"
 #include "io.hpp"
 #include "task_threads.hpp"
 
@@ -34,9 +37,8 @@ struct FileState {
   int queued = 0;    // futures submitted and not yet finished (close waits for them)
   bool closed = false;
 
-  ~FileState() {
-    if (fd >= 0) ::close(fd);
-  }
+  FileState();
+  ~FileState();
   void close() {
     std::unique_lock<std::mutex> l(m);
     cv.wait(l, [this] { return queued == 0; });  // submitted futures run first
@@ -49,7 +51,48 @@ struct FileState {
   }
 };
 
+// Fork: every live FileState's mutex is held across fork() (a child never
+// inherits one locked), and in the child its counts of requests drop to zero:
+// the parent's requests do not run there, so close() must not wait for them.
 namespace {
+struct Registry {
+  std::mutex m;
+  std::set<FileState*> all;
+};
+void files_prepare(Registry& r) {
+  r.m.lock();
+  for (FileState* st : r.all) st->m.lock();
+}
+void files_parent(Registry& r) {
+  for (FileState* st : r.all) st->m.unlock();
+  r.m.unlock();
+}
+void files_child(Registry& r) {
+  for (FileState* st : r.all) {
+    st->inflight = 0;
+    st->queued = 0;
+    new (&st->cv) std::condition_variable();  // the parent's waiters never leave it
+    st->m.unlock();
+  }
+  r.m.unlock();
+}
+Registry& registry() { return fork_safe_singleton<Registry, files_prepare, files_parent, files_child>(); }
+}  // namespace
+
+FileState::FileState() {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> g(r.m);
+  r.all.insert(this);
+}
+
+FileState::~FileState() {
+  {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> g(r.m);
+    r.all.erase(this);
+  }
+  if (fd >= 0) ::close(fd);
+}
 
 std::string errno_text(int e) {
   const char* name = nullptr;
@@ -65,12 +108,16 @@ std::string errno_text(int e) {
     case ENOENT: name = "ENOENT"; break;
     case EEXIST: name = "EEXIST"; break;
     case EISDIR: name = "EISDIR"; break;
+    case ENOMEM: name = "ENOMEM"; break;
+    case EPERM: name = "EPERM"; break;
     default: break;
   }
   std::string s = std::strerror(e);
   if (name) s += std::string(" (") + name + ")";
   return s;
 }
+
+namespace {
 
 // Marks a request in flight on the handle; refuses a closed one.
 class Use {
@@ -168,6 +215,7 @@ class RequestBatch : public Batch {
       t.buf = user;
       t.off = sl.s;
       t.len = sl.e - sl.s;
+      t.buf_index = -1;
       return &t;
     }
     sl.bounced = true;
@@ -191,6 +239,7 @@ class RequestBatch : public Batch {
       return nullptr;
     }
     t.buf = sl.bb.data();
+    t.buf_index = sl.bb.reg_index();
     t.off = sl.a0;
     t.len = a1 - sl.a0;
     return &t;
@@ -459,8 +508,15 @@ void Future::finish(int64_t bytes, std::exception_ptr err, State s) {
   if (cb) cb();
 }
 
+// A request submitted before fork() runs only in the parent: in a child its future is
+// "orphaned" (done, and get() says why) instead of a wait that never ends.
+bool Future::orphaned() const {
+  return gen_ != fork_generation() && state_ != finished && state_ != was_cancelled;
+}
+
 bool Future::wait(double timeout_s) const {
   std::unique_lock<std::mutex> l(m_);
+  if (orphaned()) return true;
   auto ready = [this] { return state_ == finished || state_ == was_cancelled; };
   if (timeout_s < 0) {
     cv_.wait(l, ready);
@@ -470,7 +526,7 @@ bool Future::wait(double timeout_s) const {
 }
 bool Future::done() const {
   std::lock_guard<std::mutex> g(m_);
-  return state_ == finished || state_ == was_cancelled;
+  return state_ == finished || state_ == was_cancelled || orphaned();
 }
 bool Future::cancelled() const {
   std::lock_guard<std::mutex> g(m_);
@@ -484,7 +540,7 @@ bool Future::cancel() {
   std::function<void()> cb;
   {
     std::lock_guard<std::mutex> g(m_);
-    if (state_ == was_cancelled) return true;
+    if (state_ == was_cancelled || orphaned()) return true;
     if (state_ != queued) return false;
     state_ = was_cancelled;
     cb = std::move(on_done_);
@@ -498,6 +554,10 @@ int64_t Future::get() const {
   wait(-1);
   std::lock_guard<std::mutex> g(m_);
   if (state_ == was_cancelled) fail(Status::invalid_argument, "the request was cancelled");
+  if (orphaned())
+    fail(Status::io_error, "the request was submitted before fork() by the parent process (pid " +
+                               std::to_string(pid_) + "); it runs only there, not in this process (pid " +
+                               std::to_string(::getpid()) + ")");
   if (err_) std::rethrow_exception(err_);
   return bytes_;
 }

@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/uio.h>
+
 #include "../common/status.hpp"
 
 namespace hauler::io {
@@ -38,6 +40,7 @@ struct Task {
   int64_t done = 0;  // bytes transferred so far
   int err = 0;       // errno of the first failure, 0 if none
   bool eof = false;  // a read hit the end of the file before len bytes
+  int buf_index = -1;  // buf lies in bounce_arena_iovecs()[buf_index] (io_uring may use fixed ops)
 };
 
 // The work a backend runs: n tasks, prepared lazily (prepare may return
@@ -57,6 +60,13 @@ struct BackendOps {
   void (*run)(Batch& batch, size_t n, int qd);
 };
 
+// Incremented in each forked child (pthread_atfork, installed on first call):
+// per-process engine state (thread pools, io_uring rings) remembers the value it
+// was made under and is rebuilt when it differs. The first call must happen
+// before the state it guards is made; every such state calls it when made.
+uint64_t fork_generation();
+int current_pid();  // getpid(), without <unistd.h> in this header
+
 const BackendOps& uring_backend();    // probe() false when built without liburing
 const BackendOps& threads_backend();
 
@@ -68,6 +78,20 @@ const BackendOps& backend();
 std::string backend_description();
 bool backend_is_fallback();
 
+// strerror text with the errno name, e.g. "Input/output error (EIO)".
+std::string errno_text(int e);
+
+// io_uring registration (backend_uring.cpp). What it did, in words: "off (...)", or the bounce
+// arena's and the files' state, "FALLBACK: ... NOT registered: <why>" when a registration failed.
+std::string registration_description();
+bool registration_failed();
+struct IoCounters {
+  int64_t ops;               // io_uring operations submitted
+  int64_t fixed_buffer_ops;  // of them read_fixed/write_fixed on the registered bounce arena
+  int64_t fixed_file_ops;    // of them on a registered file (IOSQE_FIXED_FILE)
+};
+IoCounters io_counters();
+
 // Settings read by the engine (runtime/config.py holds the table).
 int queue_depth();          // HAULER_IO_QUEUE_DEPTH
 int64_t task_size();        // HAULER_IO_TASK_SIZE
@@ -75,26 +99,41 @@ int64_t bounce_pool_bytes();// HAULER_IO_BOUNCE_POOL
 int io_threads();           // HAULER_IO_THREADS
 int request_threads();      // HAULER_IO_REQUESTS
 int direct_mode();          // HAULER_IO_DIRECT: 0 never, 1 where allowed
+int register_mode();        // HAULER_IO_REGISTER: 0 plain ops, 1 registered buffers and files
 
-// Aligned bounce buffers, pooled process-wide (up to HAULER_IO_BOUNCE_POOL
-// bytes kept for reuse).
+// Aligned bounce buffers from a process-wide arena of HAULER_IO_BOUNCE_POOL
+// bytes (made at first use; io_uring registers it, see reg_index), or a plain
+// aligned allocation when the arena cannot fit one at the moment.
 class BounceBuffer {
  public:
   BounceBuffer() = default;
   explicit BounceBuffer(int64_t size);
   ~BounceBuffer();
-  BounceBuffer(BounceBuffer&& o) noexcept : p_(o.p_), cap_(o.cap_) { o.p_ = nullptr; o.cap_ = 0; }
+  BounceBuffer(BounceBuffer&& o) noexcept : p_(o.p_), cap_(o.cap_), reg_(o.reg_), in_arena_(o.in_arena_) {
+    o.p_ = nullptr;
+    o.cap_ = 0;
+    o.reg_ = -1;
+    o.in_arena_ = false;
+  }
   BounceBuffer& operator=(BounceBuffer&& o) noexcept;
   BounceBuffer(const BounceBuffer&) = delete;
   BounceBuffer& operator=(const BounceBuffer&) = delete;
   uint8_t* data() const { return p_; }
   int64_t capacity() const { return cap_; }
+  // Index into bounce_arena_iovecs() of the piece holding this buffer; -1 when not in the arena.
+  int reg_index() const { return reg_; }
 
  private:
+  void release();
   uint8_t* p_ = nullptr;
   int64_t cap_ = 0;
+  int reg_ = -1;
+  bool in_arena_ = false;
 };
-int64_t bounce_pool_cached();   // bytes cached in the pool now (tests)
+int64_t bounce_pool_cached();   // bytes of the arena free now (tests)
+// The arena as io_uring_register_buffers wants it (pieces of at most 1 GiB); empty when
+// HAULER_IO_BOUNCE_POOL was 0 at first use.
+std::vector<iovec> bounce_arena_iovecs();
 
 constexpr int64_t kAlign = 4096;  // memory, offset and size alignment for O_DIRECT
 
@@ -171,6 +210,9 @@ class Future {
   mutable std::mutex m_;
   mutable std::condition_variable cv_;
   State state_ = queued;
+  const uint64_t gen_ = fork_generation();  // the process that submitted it (see orphaned)
+  const int pid_ = current_pid();
+  bool orphaned() const;                    // under m_
   int64_t bytes_ = 0;
   std::exception_ptr err_;
   std::function<void()> on_done_;  // runs (no lock held) when the request finished or was cancelled

@@ -33,16 +33,21 @@ int64_t task_size() {
 int64_t bounce_pool_bytes() { return read_int("HAULER_IO_BOUNCE_POOL", int64_t(32) << 20, 0, int64_t(1) << 50); }
 int io_threads() { return static_cast<int>(read_int("HAULER_IO_THREADS", 16, 1, 1024)); }
 int request_threads() { return static_cast<int>(read_int("HAULER_IO_REQUESTS", 4, 1, 256)); }
-int direct_mode() {
-  const char* v = std::getenv("HAULER_IO_DIRECT");
+namespace {
+int read_bool(const char* name, int fallback) {
+  const char* v = std::getenv(name);
   if (v != nullptr) {
     std::string s = v;
     for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (s == "true" || s == "yes" || s == "on") return 1;
     if (s == "false" || s == "no" || s == "off") return 0;
   }
-  return static_cast<int>(read_int("HAULER_IO_DIRECT", 1, 0, 1));
+  return static_cast<int>(read_int(name, fallback, 0, 1));
 }
+}  // namespace
+
+int direct_mode() { return read_bool("HAULER_IO_DIRECT", 1); }
+int register_mode() { return read_bool("HAULER_IO_REGISTER", 1); }
 
 namespace {
 std::once_flag g_probe_once;
@@ -88,7 +93,7 @@ std::string backend_description() {
   std::string d = b.name;
   if (want == "threads") return d + " (forced by HAULER_IO_BACKEND=threads)";
   if (backend_is_fallback()) return d + " (FALLBACK: io_uring unavailable: " + g_uring_why + ")";
-  return d;
+  return d + "; registration: " + registration_description();
 }
 
 }  // namespace hauler::io
