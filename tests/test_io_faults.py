@@ -171,9 +171,10 @@ def test_close_waits_for_requests_in_flight(tmp_path):
 @pytest.fixture
 def eio_fs(tmp_path):
     """A 16 MiB ext4 (no journal) on a loop device whose backing file is read with direct I/O
-    (losetup --direct-io=on). cut(path) truncates the backing file at the first block of path: the
-    loop driver then answers reads of that block and after with EIO (a short read with no data),
-    while blocks before it, the file system's metadata among them, stay readable."""
+    (losetup --direct-io=on). cut(path, keep) truncates the backing file at the first block of
+    path, or just past the blocks of the files in keep: the loop driver then answers reads of that
+    block and after with EIO (a short read with no data), while blocks before it, the file
+    system's metadata among them, stay readable."""
     if os.geteuid() != 0:
         pytest.skip("attaching a loop device needs root")
     for tool in ("losetup", "mkfs.ext4", "mount"):
@@ -196,22 +197,26 @@ def eio_fs(tmp_path):
         assert r.returncode == 0, r.stderr
         mounted = True
 
-        def first_block(path):
+        def blocks(path):
             import fcntl
             import struct
             fd = os.open(path, os.O_RDONLY)
-            try:   # FIBMAP: the physical block of logical block 0
-                return struct.unpack("i", fcntl.ioctl(fd, 1, struct.pack("i", 0)))[0]
+            try:   # FIBMAP: the physical block of each logical block
+                n = (os.fstat(fd).st_size + 4095) // 4096
+                return [struct.unpack("i", fcntl.ioctl(fd, 1, struct.pack("i", i)))[0] for i in range(n)]
             finally:
                 os.close(fd)
 
         def cut(path, keep=()):
+            # at the first block of path, or just past every block of the files to keep when they
+            # lie beyond it (a TensorStore entry's header and data are allocated apart, so another
+            # entry's data may sit between them)
             os.sync()
-            blk = first_block(path)
-            for k in keep:
-                assert first_block(k) < blk, "the file to keep lies after the one to cut"
-            os.truncate(back, blk * 4096)
-            return blk * 4096
+            own = blocks(path)
+            at = max([min(own)] + [b + 1 for k in keep for b in blocks(k)])
+            assert max(own) >= at, "every block of the file to cut lies before a file to keep"
+            os.truncate(back, at * 4096)
+            return at * 4096
 
         yield mnt, cut
     finally:
