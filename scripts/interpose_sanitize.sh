@@ -6,14 +6,17 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-OUT="${TMPDIR:-/tmp}/hauler-interpose-sanitize"
-rm -rf "$OUT" && mkdir -p "$OUT/core"
+# a fresh directory per run: two runs at once (CI beside a developer's run) must not delete each other's objects
+OUT="$(mktemp -d "${TMPDIR:-/tmp}/hauler-interpose-sanitize.XXXXXX")"
+trap 'rm -rf "$OUT"' EXIT
+mkdir -p "$OUT/core"
+pids=()
 SAN=(-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -fPIC -fvisibility=hidden)
 for f in $(find csrc -name '*.cpp' -not -path 'csrc/bindings/*' | sort); do
   obj="${f#csrc/}"; obj="${obj//\//_}"  # by path: io/settings.cpp and common/settings.cpp both exist
-  c++ -std=c++17 "${SAN[@]}" -Icsrc -c "$f" -o "$OUT/core/${obj%.cpp}.o" &
+  c++ -std=c++17 "${SAN[@]}" -Icsrc -c "$f" -o "$OUT/core/${obj%.cpp}.o" & pids+=($!)
 done
-wait
+for p in "${pids[@]}"; do wait "$p"; done  # each one: a bare `wait` would hide a failed compile
 # the fake GPU (tests/interpose/fakecuda.c, emukernels.cpp): "device" memory is host memory
 cc -DFAKE_DRIVER -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$OUT/libcuda.so.1" tests/interpose/fakecuda.c
 c++ -std=c++17 -O1 -shared -fPIC -Icsrc -o "$OUT/libhauler_cuda.so" tests/interpose/emukernels.cpp \
