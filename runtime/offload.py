@@ -11,7 +11,7 @@ Inside the context, every tensor autograd saves for backward goes through
 asynchronously, and the in-memory copy is dropped once its write is durable. A tensor saved by
 several operations is stored once. During backward the saved tensors are read back in the
 reverse order of saving, ``prefetch`` ahead of the one autograd asks for. The store made for a
-directory skips fsync and checksums (scratch data: ``verify=True`` turns crc32 checks on; pass
+directory skips fsync and checksums (scratch data: ``verify=True`` turns CRC-32C checks on; pass
 your own ``store`` for other choices). A tensor whose write
 has not finished yet is handed back from memory instead of being read. Entries are deleted when
 autograd frees the saved tensors (after backward).

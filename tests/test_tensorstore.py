@@ -209,3 +209,103 @@ def test_discard_later_then_put_keeps_the_new_value(tmp_path):
             assert np.array_equal(s.get("k").result(), np.full(50_000, i + 100))
         s.discard_later("k").result()
         assert s.keys() == []
+
+
+# -- CRC-32C (the core's crc32c) and the checksum recorded in the header
+
+def _crc32c_reference(data: bytes, crc: int = 0) -> int:
+    """Bitwise CRC-32C (reflected 0x82F63B78), byte by byte through a table built bit by bit."""
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    c = crc ^ 0xFFFFFFFF
+    for b in data:
+        c = (c >> 8) ^ table[(c ^ b) & 0xFF]
+    return c ^ 0xFFFFFFFF
+
+
+def _impls():
+    from hauler import _core
+    return ["auto", "table"] + (["hardware"] if _core.crc32c_implementation() == "sse4.2" else [])
+
+
+@pytest.mark.parametrize("impl", ["auto", "table", "hardware"])
+def test_crc32c_matches_reference(impl):
+    from hauler import _core
+    if impl not in _impls():
+        pytest.skip("this CPU lacks SSE4.2")
+    assert _core.crc32c(b"123456789", impl=impl) == 0xE3069283   # the published check value
+    assert _core.crc32c(b"", impl=impl) == 0
+    rng = np.random.default_rng()
+    buf = rng.integers(0, 256, 3 * 3 * 4096 + 64, dtype=np.uint8)
+    # around the hardware path's 3 x 4096-byte blocks, random ones, at unaligned starts
+    lengths = [1, 7, 8, 9, 4095, 4096, 12287, 12288, 12289, 24577, 36864] + list(rng.integers(0, 36864, 6))
+    for n in lengths:
+        for start in (0, 1, 3, 13):
+            piece = buf[start:start + int(n)]
+            want = _crc32c_reference(piece.tobytes())
+            assert _core.crc32c(piece, impl=impl) == want, (n, start)
+            cut = int(rng.integers(0, len(piece) + 1))
+            assert _core.crc32c(piece[cut:], _core.crc32c(piece[:cut], impl=impl), impl=impl) == want
+
+
+def test_crc32c_bad_arguments():
+    from hauler import _core
+    with pytest.raises(InvalidArgument, match="not a contiguous buffer"):
+        _core.crc32c(np.zeros((4, 4), np.uint8)[:, ::2])
+    with pytest.raises(InvalidArgument, match="impl must be"):
+        _core.crc32c(b"x", impl="zlib")
+
+
+def test_new_entries_record_crc32c(store):
+    import json
+    a = np.random.default_rng(1).standard_normal(100_000)
+    store.put("n", a).result()
+    with open(store._path("n"), "rb") as f:
+        h = f.read(4096)
+    assert int.from_bytes(h[8:12], "little") == 2
+    meta = json.loads(h[16:16 + int.from_bytes(h[12:16], "little")])
+    from hauler import _core
+    assert meta["checksum"] == "crc32c" and meta["crc"] == _core.crc32c(a)
+
+
+def _write_v1_entry(path, key, a, crc):
+    import json
+    body = json.dumps({"key": key, "kind": "numpy", "dtype": a.dtype.str, "shape": list(a.shape),
+                       "nbytes": a.nbytes, "crc32": crc}, sort_keys=True).encode()
+    head = b"HAULERTS" + (1).to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
+    with open(path, "wb") as f:
+        f.write(head.ljust(4096, b"\0") + a.tobytes())
+
+
+def test_version1_entries_with_crc32_still_verify(tmp_path):
+    """Entries written before CRC-32C (header version 1, zlib's crc32) read back and verify."""
+    import zlib
+    d = tmp_path / "ts"
+    a = np.arange(30_000, dtype=np.int32)
+    with TensorStore(d) as s:
+        _write_v1_entry(s._path("old"), "old", a, zlib.crc32(a.tobytes()))
+        _write_v1_entry(s._path("bad"), "bad", a, zlib.crc32(a.tobytes()) ^ 1)
+        _write_v1_entry(s._path("unchecked"), "unchecked", a, None)
+    with TensorStore(d) as s:
+        assert sorted(s.keys()) == ["bad", "old", "unchecked"]
+        assert np.array_equal(s.get("old").result(), a)
+        assert np.array_equal(s.get("unchecked").result(), a)
+        with pytest.raises(CorruptEntry, match=r"checksum mismatch for key 'bad' \(crc32 "):
+            s.get("bad").result()
+
+
+def test_unknown_checksum_algorithm(store):
+    a = np.arange(10)
+    store.put("u", a).result()
+    path = store._path("u")
+    with open(path, "r+b") as f:
+        h = bytearray(f.read(4096))
+        h = h.replace(b'"crc32c"', b'"md5xxx"')
+        f.seek(0)
+        f.write(h)
+    with pytest.raises(CorruptEntry, match="unknown checksum algorithm 'md5xxx'"):
+        store.get("u").result()
