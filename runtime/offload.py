@@ -12,7 +12,9 @@ asynchronously, and the in-memory copy is dropped once its write is durable. A t
 several operations is stored once. During backward the saved tensors are read back in the
 reverse order of saving, ``prefetch`` ahead of the one autograd asks for. The store made for a
 directory skips fsync and checksums (scratch data: ``verify=True`` turns CRC-32C checks on; pass
-your own ``store`` for other choices). A tensor whose write
+your own ``store`` for other choices) and keeps up to ``recycle`` bytes of freed read-back
+tensors for later reads of the same size (no page faults and kernel zeroing of fresh memory on
+every read: ~0.04 s of system time per step on the benchmark's 200 MB/step). A tensor whose write
 has not finished yet is handed back from memory instead of being read. Entries are deleted when
 autograd frees the saved tensors (after backward).
 
@@ -50,7 +52,7 @@ class Offload:
     """The context manager returned by :func:`offload`."""
 
     def __init__(self, directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
-                 prefetch: int = 2, threads: int = 4, verify: bool = False):
+                 prefetch: int = 2, threads: int = 4, verify: bool = False, recycle: int = 64 << 20):
         import torch  # noqa: F401 - fail early without torch
         from .tensorstore import TensorStore
         self._tmp = None
@@ -58,7 +60,7 @@ class Offload:
             if directory is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="hauler-offload-")
                 directory = self._tmp.name
-            store = TensorStore(directory, threads=threads, sync=False, checksum=verify)
+            store = TensorStore(directory, threads=threads, sync=False, checksum=verify, recycle=recycle)
         self.store = store
         self.min_bytes = int(min_bytes)
         self.prefetch = max(0, int(prefetch))
@@ -198,7 +200,7 @@ def _discard(store: Any, key: str) -> None:
 
 
 def offload(directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
-            prefetch: int = 2, threads: int = 4, verify: bool = False) -> Offload:
+            prefetch: int = 2, threads: int = 4, verify: bool = False, recycle: int = 64 << 20) -> Offload:
     """A context offloading saved activations to ``directory`` (default: a temporary directory)
     or to ``store`` (a TensorStore); see the module doc."""
-    return Offload(directory, store, min_bytes, prefetch, threads, verify)
+    return Offload(directory, store, min_bytes, prefetch, threads, verify, recycle)

@@ -309,3 +309,44 @@ def test_unknown_checksum_algorithm(store):
         f.write(h)
     with pytest.raises(CorruptEntry, match="unknown checksum algorithm 'md5xxx'"):
         store.get("u").result()
+
+
+# -- recycle: memory of freed torch values reused by later gets
+
+def test_recycle_reuses_freed_torch_memory_only(tmp_path):
+    torch = pytest.importorskip("torch")
+    with TensorStore(tmp_path / "r", sync=False, recycle=4 << 20) as s:
+        a, b = torch.randn(1000, 300), torch.randn(1000, 300)   # same size: 1.2 MB each
+        s.put("a", a).result()
+        s.put("b", b).result()
+        x = s.get("a").result()
+        view = x[10:20].numpy()        # a view outliving x: the memory stays x's
+        ptr = x.data_ptr()
+        del x
+        y = s.get("b").result()
+        assert torch.equal(y, b) and y.data_ptr() != ptr
+        assert np.array_equal(view, a[10:20].numpy())
+        del view
+        yp = y.data_ptr()
+        del y                          # now both buffers are free: the next gets take them
+        z1, z2 = s.get("a").result(), s.get("b").result()
+        assert {z1.data_ptr() // 4096, z2.data_ptr() // 4096} == {ptr // 4096, yp // 4096}
+        assert torch.equal(z1, a) and torch.equal(z2, b)
+
+
+def test_recycle_keeps_numpy_values_and_bounds_bytes(tmp_path):
+    torch = pytest.importorskip("torch")
+    with TensorStore(tmp_path / "r", sync=False, recycle=2 << 20) as s:
+        arr = np.arange(300_000, dtype=np.float32)
+        s.put("n", arr).result()
+        kept = s.get("n").result()[5:]    # numpy views point to the memory's owner, past the value
+        for _ in range(3):
+            assert np.array_equal(s.get("n").result(), arr)
+        assert np.array_equal(kept, arr[5:])
+        t = torch.randn(1000, 300)
+        s.put("t", t).result()
+        for _ in range(3):
+            s.get("t").result()
+        assert s._recycler._kept <= 2 << 20
+    with pytest.raises(InvalidArgument, match="recycle must be an integer"):
+        TensorStore(tmp_path / "x", recycle=1.5)
