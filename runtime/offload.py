@@ -11,8 +11,12 @@ Inside the context, every tensor autograd saves for backward goes through
 asynchronously, and the in-memory copy is dropped once its write is durable. A tensor saved by
 several operations is stored once. During backward the saved tensors are read back in the
 reverse order of saving, ``prefetch`` ahead of the one autograd asks for. The store made for a
-directory skips fsync and checksums (scratch data: ``verify=True`` turns crc32 checks on; pass
-your own ``store`` for other choices). A tensor whose write
+directory skips fsync and checksums (scratch data: ``verify=True`` turns CRC-32C checks on; pass
+your own ``store`` for other choices) and keeps up to ``recycle`` bytes of freed read-back
+tensors for later reads of the same size (no page faults and kernel zeroing of fresh memory on
+every read: ~0.04 s of system time per step on the benchmark's 200 MB/step), and keeps up to
+``keep_files`` bytes of deleted entries' files for the next step's writes to overwrite (no block
+allocation: half the write time and a third of its CPU here). A tensor whose write
 has not finished yet is handed back from memory instead of being read. Entries are deleted when
 autograd frees the saved tensors (after backward).
 
@@ -50,7 +54,8 @@ class Offload:
     """The context manager returned by :func:`offload`."""
 
     def __init__(self, directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
-                 prefetch: int = 2, threads: int = 4, verify: bool = False):
+                 prefetch: int = 2, threads: int = 4, verify: bool = False, recycle: int = 64 << 20,
+                 keep_files: int = 4 << 30):
         import torch  # noqa: F401 - fail early without torch
         from .tensorstore import TensorStore
         self._tmp = None
@@ -58,7 +63,8 @@ class Offload:
             if directory is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="hauler-offload-")
                 directory = self._tmp.name
-            store = TensorStore(directory, threads=threads, sync=False, checksum=verify)
+            store = TensorStore(directory, threads=threads, sync=False, checksum=verify, recycle=recycle,
+                                keep_files=keep_files)
         self.store = store
         self.min_bytes = int(min_bytes)
         self.prefetch = max(0, int(prefetch))
@@ -198,7 +204,8 @@ def _discard(store: Any, key: str) -> None:
 
 
 def offload(directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
-            prefetch: int = 2, threads: int = 4, verify: bool = False) -> Offload:
+            prefetch: int = 2, threads: int = 4, verify: bool = False, recycle: int = 64 << 20,
+            keep_files: int = 4 << 30) -> Offload:
     """A context offloading saved activations to ``directory`` (default: a temporary directory)
     or to ``store`` (a TensorStore); see the module doc."""
-    return Offload(directory, store, min_bytes, prefetch, threads, verify)
+    return Offload(directory, store, min_bytes, prefetch, threads, verify, recycle, keep_files)

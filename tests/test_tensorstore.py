@@ -209,3 +209,194 @@ def test_discard_later_then_put_keeps_the_new_value(tmp_path):
             assert np.array_equal(s.get("k").result(), np.full(50_000, i + 100))
         s.discard_later("k").result()
         assert s.keys() == []
+
+
+# -- CRC-32C (the core's crc32c) and the checksum recorded in the header
+
+def _crc32c_reference(data: bytes, crc: int = 0) -> int:
+    """Bitwise CRC-32C (reflected 0x82F63B78), byte by byte through a table built bit by bit."""
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    c = crc ^ 0xFFFFFFFF
+    for b in data:
+        c = (c >> 8) ^ table[(c ^ b) & 0xFF]
+    return c ^ 0xFFFFFFFF
+
+
+def _impls():
+    from hauler import _core
+    return ["auto", "table"] + (["hardware"] if _core.crc32c_implementation() == "sse4.2" else [])
+
+
+@pytest.mark.parametrize("impl", ["auto", "table", "hardware"])
+def test_crc32c_matches_reference(impl):
+    from hauler import _core
+    if impl not in _impls():
+        pytest.skip("this CPU lacks SSE4.2")
+    assert _core.crc32c(b"123456789", impl=impl) == 0xE3069283   # the published check value
+    assert _core.crc32c(b"", impl=impl) == 0
+    rng = np.random.default_rng()
+    buf = rng.integers(0, 256, 3 * 3 * 4096 + 64, dtype=np.uint8)
+    # around the hardware path's 3 x 4096-byte blocks, random ones, at unaligned starts
+    lengths = [1, 7, 8, 9, 4095, 4096, 12287, 12288, 12289, 24577, 36864] + list(rng.integers(0, 36864, 6))
+    for n in lengths:
+        for start in (0, 1, 3, 13):
+            piece = buf[start:start + int(n)]
+            want = _crc32c_reference(piece.tobytes())
+            assert _core.crc32c(piece, impl=impl) == want, (n, start)
+            cut = int(rng.integers(0, len(piece) + 1))
+            assert _core.crc32c(piece[cut:], _core.crc32c(piece[:cut], impl=impl), impl=impl) == want
+
+
+def test_crc32c_bad_arguments():
+    from hauler import _core
+    with pytest.raises(InvalidArgument, match="not a contiguous buffer"):
+        _core.crc32c(np.zeros((4, 4), np.uint8)[:, ::2])
+    with pytest.raises(InvalidArgument, match="impl must be"):
+        _core.crc32c(b"x", impl="zlib")
+
+
+def test_new_entries_record_crc32c(store):
+    import json
+    a = np.random.default_rng(1).standard_normal(100_000)
+    store.put("n", a).result()
+    with open(store._path("n"), "rb") as f:
+        h = f.read(4096)
+    assert int.from_bytes(h[8:12], "little") == 2
+    meta = json.loads(h[16:16 + int.from_bytes(h[12:16], "little")])
+    from hauler import _core
+    assert meta["checksum"] == "crc32c" and meta["crc"] == _core.crc32c(a)
+
+
+def _write_v1_entry(path, key, a, crc):
+    import json
+    body = json.dumps({"key": key, "kind": "numpy", "dtype": a.dtype.str, "shape": list(a.shape),
+                       "nbytes": a.nbytes, "crc32": crc}, sort_keys=True).encode()
+    head = b"HAULERTS" + (1).to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
+    with open(path, "wb") as f:
+        f.write(head.ljust(4096, b"\0") + a.tobytes())
+
+
+def test_version1_entries_with_crc32_still_verify(tmp_path):
+    """Entries written before CRC-32C (header version 1, zlib's crc32) read back and verify."""
+    import zlib
+    d = tmp_path / "ts"
+    a = np.arange(30_000, dtype=np.int32)
+    with TensorStore(d) as s:
+        _write_v1_entry(s._path("old"), "old", a, zlib.crc32(a.tobytes()))
+        _write_v1_entry(s._path("bad"), "bad", a, zlib.crc32(a.tobytes()) ^ 1)
+        _write_v1_entry(s._path("unchecked"), "unchecked", a, None)
+    with TensorStore(d) as s:
+        assert sorted(s.keys()) == ["bad", "old", "unchecked"]
+        assert np.array_equal(s.get("old").result(), a)
+        assert np.array_equal(s.get("unchecked").result(), a)
+        with pytest.raises(CorruptEntry, match=r"checksum mismatch for key 'bad' \(crc32 "):
+            s.get("bad").result()
+
+
+def test_unknown_checksum_algorithm(store):
+    a = np.arange(10)
+    store.put("u", a).result()
+    path = store._path("u")
+    with open(path, "r+b") as f:
+        h = bytearray(f.read(4096))
+        h = h.replace(b'"crc32c"', b'"md5xxx"')
+        f.seek(0)
+        f.write(h)
+    with pytest.raises(CorruptEntry, match="unknown checksum algorithm 'md5xxx'"):
+        store.get("u").result()
+
+
+# -- recycle: memory of freed torch values reused by later gets
+
+def test_recycle_reuses_freed_torch_memory_only(tmp_path):
+    torch = pytest.importorskip("torch")
+    with TensorStore(tmp_path / "r", sync=False, recycle=4 << 20) as s:
+        a, b = torch.randn(1000, 300), torch.randn(1000, 300)   # same size: 1.2 MB each
+        s.put("a", a).result()
+        s.put("b", b).result()
+        x = s.get("a").result()
+        view = x[10:20].numpy()        # a view outliving x: the memory stays x's
+        ptr = x.data_ptr()
+        del x
+        y = s.get("b").result()
+        assert torch.equal(y, b) and y.data_ptr() != ptr
+        assert np.array_equal(view, a[10:20].numpy())
+        del view
+        yp = y.data_ptr()
+        del y                          # now both buffers are free: the next gets take them
+        z1, z2 = s.get("a").result(), s.get("b").result()
+        assert {z1.data_ptr() // 4096, z2.data_ptr() // 4096} == {ptr // 4096, yp // 4096}
+        assert torch.equal(z1, a) and torch.equal(z2, b)
+
+
+def test_recycle_keeps_numpy_values_and_bounds_bytes(tmp_path):
+    torch = pytest.importorskip("torch")
+    with TensorStore(tmp_path / "r", sync=False, recycle=2 << 20) as s:
+        arr = np.arange(300_000, dtype=np.float32)
+        s.put("n", arr).result()
+        kept = s.get("n").result()[5:]    # numpy views point to the memory's owner, past the value
+        for _ in range(3):
+            assert np.array_equal(s.get("n").result(), arr)
+        assert np.array_equal(kept, arr[5:])
+        t = torch.randn(1000, 300)
+        s.put("t", t).result()
+        for _ in range(3):
+            s.get("t").result()
+        assert s._recycler._kept <= 2 << 20
+    with pytest.raises(InvalidArgument, match="recycle must be an integer"):
+        TensorStore(tmp_path / "x", recycle=1.5)
+
+
+# -- keep_files: files of deleted entries overwritten by later puts
+
+def _spares(d):
+    return sorted(n for n in os.listdir(d) if n.endswith(".spare"))
+
+
+def test_keep_files_reuses_deleted_entries_files(tmp_path):
+    d = tmp_path / "k"
+    s = TensorStore(d, sync=False, keep_files=1 << 20)
+    a = np.arange(60_000, dtype=np.int64)              # 480 KB
+    s.put("a", a).result()
+    ino = os.stat(s._path("a")).st_ino
+    s.delete("a")
+    assert len(_spares(d)) == 1 and "a" not in s
+    s.put("b", a[:1000] * 3).result()                  # smaller: the spare is cut to size
+    assert _spares(d) == [] and os.stat(s._path("b")).st_ino == ino
+    assert os.path.getsize(s._path("b")) == 4096 + 8000
+    assert np.array_equal(s.get("b").result(), a[:1000] * 3)
+    s.discard_later("b").result()
+    big = np.arange(100_000, dtype=np.int64)           # larger than the spare: extended
+    s.put("c", big).result()
+    assert os.stat(s._path("c")).st_ino == ino and np.array_equal(s.get("c").result(), big)
+    s.put("x", big).result()
+    s.delete("x")
+    s.delete("c")                                      # over keep_files: unlinked, not kept
+    assert len(_spares(d)) == 1
+    s.close()
+    assert _spares(d) == [] and os.listdir(d) == []
+
+
+def test_keep_files_spares_left_by_a_process_are_removed_on_open(tmp_path):
+    d = tmp_path / "k"
+    code = textwrap.dedent(f"""
+        import os, numpy as np
+        from hauler.io import TensorStore
+        s = TensorStore({str(d)!r}, keep_files=1 << 20)
+        s.put("a", np.arange(1000)).result()
+        s.put("b", np.arange(10)).result()
+        s.delete("a")
+        os._exit(0)     # no close: the spare stays
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(_spares(d)) == 1
+    with TensorStore(d) as s:           # a spare still holds a's header: never taken for an entry
+        assert s.keys() == ["b"] and _spares(d) == []
+    with pytest.raises(InvalidArgument, match="keep_files must be an integer"):
+        TensorStore(tmp_path / "y", keep_files="1M")

@@ -14,21 +14,10 @@
 #include "datatype/layout.hpp"
 #include "datatype/pack.hpp"
 #include "datatype/type.hpp"
+#include "check.hpp"
 
 using namespace hauler;
 using namespace hauler::dt;
-
-static int g_pass = 0, g_fail = 0;
-#define CHECK(cond, ...)                                    \
-  do {                                                      \
-    if (!(cond)) {                                          \
-      std::printf("FAIL %s:%d: ", __FILE__, __LINE__);      \
-      std::printf(__VA_ARGS__);                             \
-      std::printf("\n");                                    \
-      ++g_fail;                                             \
-      return false;                                         \
-    }                                                       \
-  } while (0)
 
 // Reference type map: every primitive byte range, in order, by direct recursion.
 static void walk(const TypeRef& t, int64_t at, std::vector<Run>& out) {

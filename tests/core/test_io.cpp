@@ -16,20 +16,9 @@
 
 #include "common/status.hpp"
 #include "io/io.hpp"
+#include "check.hpp"
 
 using namespace hauler;
-
-static int g_pass = 0, g_fail = 0;
-#define CHECK(cond, ...)                               \
-  do {                                                 \
-    if (!(cond)) {                                     \
-      std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::printf(__VA_ARGS__);                        \
-      std::printf("\n");                               \
-      ++g_fail;                                        \
-      return false;                                    \
-    }                                                  \
-  } while (0)
 
 static std::mt19937_64 rng(12345);
 static int64_t rnd(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); }
