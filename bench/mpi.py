@@ -55,7 +55,7 @@ static double timed(void (*fn)(int, void *), void *arg) {
   double one = MPI_Wtime() - t0;
   int iters = one > 0 ? (int)(budget / one) : 1000;
   if (iters < 2) iters = 2;
-  if (iters > 2000) iters = 2000;
+  if (iters > 20000) iters = 20000;
   MPI_Bcast(&iters, 1, MPI_INT, 0, MPI_COMM_WORLD);
   double best[3];
   for (int r = 0; r < 3; ++r) {
@@ -67,6 +67,18 @@ static double timed(void (*fn)(int, void *), void *arg) {
   }
   double a = best[0], b = best[1], c = best[2]; /* median of 3 */
   return a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
+}
+
+/* `bytes` data bytes as a vector of MPI_BYTE blocks at a stride of 2 x block, or contiguous
+ * (block 0); returns the count to send it with. */
+static int message_type(long block, long bytes, MPI_Datatype *t) {
+  if (block <= 0) {
+    *t = MPI_BYTE;
+    return (int)bytes;
+  }
+  MPI_Type_vector((int)(bytes / block), (int)block, (int)(2 * block), MPI_BYTE, t);
+  MPI_Type_commit(t);
+  return 1;
 }
 
 typedef struct { unsigned char *src, *dst; MPI_Datatype t; int count; } Ping;
@@ -93,6 +105,20 @@ static void halo(int iters, void *arg) {
     for (int i = 0; i < 26; ++i) MPI_Irecv(h->a, 1, h->rt[i], h->from[i], i, h->cart, &rq[i]);
     for (int i = 0; i < 26; ++i) MPI_Isend(h->a, 1, h->st[i], h->to[i], i, h->cart, &rq[26 + i]);
     MPI_Waitall(52, rq, MPI_STATUSES_IGNORE);
+  }
+}
+
+/* Pass-through cost: 16 Irecv + 16 Isend of a small message to this rank itself, then one
+ * Waitall (33 calls), so the per-call cost is not hidden behind a peer's latency. */
+typedef struct { unsigned char *src, *dst; MPI_Datatype t; int count; long span; } Calls;
+
+static void calls(int iters, void *arg) {
+  Calls *c = arg;
+  MPI_Request rq[32];
+  for (int it = 0; it < iters; ++it) {
+    for (int i = 0; i < 16; ++i) MPI_Irecv(c->dst + i * c->span, c->count, c->t, rank, i, MPI_COMM_WORLD, &rq[i]);
+    for (int i = 0; i < 16; ++i) MPI_Isend(c->src, c->count, c->t, rank, i, MPI_COMM_WORLD, &rq[16 + i]);
+    MPI_Waitall(32, rq, MPI_STATUSES_IGNORE);
   }
 }
 
@@ -144,20 +170,29 @@ int main(int argc, char **argv) {
       free(h.a);
       continue;
     }
+    if (strcmp(kind, "calls") == 0) { /* see message_type() */
+      Calls c;
+      c.span = block > 0 ? 2 * bytes : bytes;
+      c.src = malloc(c.span);
+      c.dst = calloc(16, c.span);
+      for (long i = 0; i < c.span; ++i) c.src[i] = (unsigned char)(i * 29 + rank);
+      c.count = message_type(block, bytes, &c.t);
+      double t = timed(calls, &c) / 33;
+      if (rank == 0)
+        printf("row calls %ld %ld %.9e 1 %016llx\n", block, bytes, t,
+               (unsigned long long)fnv(c.dst, 16 * c.span));
+      if (block > 0) MPI_Type_free(&c.t);
+      free(c.src);
+      free(c.dst);
+      continue;
+    }
     /* vector of MPI_BYTE blocks, stride 2 x block; or the same bytes contiguous (block 0) */
     Ping p;
     long span = block > 0 ? 2 * bytes : bytes;
     p.src = malloc(span);
     p.dst = malloc(span);
     for (long i = 0; i < span; ++i) { p.src[i] = (unsigned char)(i * 131 + 7); p.dst[i] = 0xEE; }
-    if (block > 0) {
-      MPI_Type_vector((int)(bytes / block), (int)block, (int)(2 * block), MPI_BYTE, &p.t);
-      MPI_Type_commit(&p.t);
-      p.count = 1;
-    } else {
-      p.t = MPI_BYTE;
-      p.count = (int)bytes;
-    }
+    p.count = message_type(block, bytes, &p.t);
     double t = timed(pingpong, &p);
     int ok = 1;
     if (rank == 0)
@@ -198,6 +233,7 @@ COLUMNS = [
     Column("shim_gbps", "+hauler", "GB/s", _fx),
     Column("speedup", "speedup", "x", _fx),
     Column("vs_contig", "vs contig", "x", _fx, width=9),
+    Column("extra_ns", "+call", "ns", lambda v: f"{v:.0f}", width=6),
     Column("correct_text", "correct", "", left=True, width=7),
 ]
 
@@ -209,6 +245,8 @@ TARGETS = [
      lambda r: r["case"] == "vector" and r["block"] == 1 and r["bytes"] == 1 << 20, "vs_contig", "<=", 2.0),
     ("halo-2x", "3D halo exchange (26 subarray neighbours) at least 2x faster",
      lambda r: r["case"] == "halo", "speedup", ">=", 2.0),
+    ("passthrough-1us", "a call the shim passes through costs under a microsecond more (Isend/Irecv/Waitall)",
+     lambda r: r["case"] == "calls", "extra_ns", "<=", 1000.0),
     ("no-slowdown", "contiguous and 4 KiB-block messages no more than 5% slower (speedup >= 0.95)",
      lambda r: r["case"] == "contig" or (r["case"] == "vector" and r["block"] >= 4096), "speedup", ">=", 0.95),
 ]
@@ -219,8 +257,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=0.05,
                    help="seconds per timed batch (3 batches per case, median); default 0.05")
     p.add_argument("--rounds", type=int, default=2,
-                   help="launches of each side, alternated; each case keeps its fastest (default 2)")
+                   help="launches of each side, alternated; medians over them (default 2)")
     p.add_argument("--quick", action="store_true", help="1 B, 64 B and 4 KiB blocks; 1 KiB, 1 MiB messages")
+    p.add_argument("--model", default=None, help="HAULER_INTERPOSE_MODEL file for the runs with the shim")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--csv", action="store_true", help="CSV rows")
 
@@ -228,7 +267,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     fmt = "json" if args.json else "csv" if args.csv else "table"
     flavours = None if args.mpi == "all" else [f.strip() for f in args.mpi.split(",") if f.strip()]
-    rep = run(flavours, args.budget, args.quick, core.Output(fmt), args.rounds)
+    rep = run(flavours, args.budget, args.quick, core.Output(fmt), args.rounds, args.model)
     return 0 if rep.rows and all(r["correct"] for r in rep.rows) else 1
 
 
@@ -290,7 +329,7 @@ def _launch(flav: str, mpiexec: str, lib: Optional[str], argv: List[str],
 
 
 def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: bool = False,
-        out: Optional[core.Output] = None, rounds: int = 2) -> Report:
+        out: Optional[core.Output] = None, rounds: int = 2, model: Optional[str] = None) -> Report:
     hinfo = core.hauler_info()
     mach = core.machine_info()
     found, warnings = _flavours(flavours)
@@ -299,6 +338,7 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
     halos = HALO_SIZES[:1] if quick else HALO_SIZES
     specs = [f"vector:{b}:{m}" for m in messages for b in blocks if b <= m]
     specs += [f"contig:0:{m}" for m in messages] + [f"halo:{n}:0" for n in halos]
+    specs += ["calls:0:8", "calls:8:64"]  # pass-through cost: 8 contiguous bytes; 8 blocks of 8 B (< min_bytes)
     header = [
         ("hauler", f"{hinfo['version']} ({hinfo['core']}); build: {hinfo['build_summary']}"),
         ("MPI", ", ".join(f"{f}: {cc}" for f, cc, _, _ in found) or "none"),
@@ -306,8 +346,11 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                     f"{mach['host']}, {mach['os']}; {mach['date']}"),
         ("ranks", "2 on this machine (shared memory); library alone, then with libhauler_interpose.so "
                   "(LD_PRELOAD as `hauler run` injects it), same binary, same run"),
-        ("timing", f"median of 3 batches of ~{budget:g} s each, best of {rounds} alternated launches per side; ping-pong: one-way time = round trip / 2; "
-                   f"halo: one 26-neighbour exchange"),
+        ("timing", f"median of 3 batches of ~{budget:g} s each; {rounds} alternated launches per side, times are "
+                   f"their medians and speedups the median of each round's ratio; ping-pong: one-way time = round "
+                   f"trip / 2; halo: one 26-neighbour exchange; calls: per MPI call of 16 Irecv + 16 Isend to "
+                   f"self + Waitall, +call = the shim's extra ns per call"),
+        ("model", model or "the shim's built-in model (HAULER_INTERPOSE_MODEL unset)"),
         ("GB/s", "data bytes of the message (halo: all 26 faces) / one-way time / 1e9"),
         ("x", "speedup = library time / +hauler time; vs contig = +hauler time of the vector / the library's "
               "time for the same bytes contiguous"),
@@ -333,34 +376,39 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                 rep.warnings.append(f"{flav}: compiling the benchmark failed: {p.stdout.decode()[-500:]}")
                 continue
             argv = [exe, str(budget)] + specs
-            try:  # alternate the two (A B A B), keep each case's faster launch: a noisy phase hits both
-                alone, shim = {}, {}
+            try:  # alternate the two (A B A B ...): a noisy phase hits both sides of a round
+                alone: Dict[Tuple, List] = {}
+                shim: Dict[Tuple, List] = {}
                 for _ in range(rounds):
                     for dest, use in ((alone, None), (shim, lib)):
-                        for k, v in _launch(flav, mpiexec, use, argv).items():
-                            if k not in dest or v[0] < dest[k][0]:
-                                dest[k] = (v[0], v[1] and dest.get(k, v)[1], v[2])
+                        extra = {"HAULER_INTERPOSE_MODEL": os.path.abspath(model)} if use and model else None
+                        for k, v in _launch(flav, mpiexec, use, argv, extra).items():
+                            dest.setdefault(k, []).append(v)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 rep.warnings.append(f"{flav}: {e}")
                 continue
-            contig = {k[2]: v[0] for k, v in alone.items() if k[0] == "contig"}
+            med = lambda vs: statistics.median(v[0] for v in vs)  # noqa: E731
+            contig = {k[2]: med(v) for k, v in alone.items() if k[0] == "contig"}
             for key in alone:
                 if key not in shim:
                     continue
                 kind, a, b = key
-                (tl, okl, hl), (ts, oks, hs) = alone[key], shim[key]
-                one_l, one_s = (tl / 2, ts / 2) if kind != "halo" else (tl, ts)
+                la, sa = alone[key], shim[key]
+                tl, ts = med(la), med(sa)
+                one_l, one_s = (tl / 2, ts / 2) if kind in ("vector", "contig") else (tl, ts)
                 nbytes = b
-                row = {"mpi": flav, "case": kind, "block": a if kind == "vector" else (a if kind == "halo" else 0),
+                # speedup: the median of the rounds' own ratios (each round's launches ran back to back)
+                ratios = [x[0] / y[0] for x, y in zip(la, sa) if y[0] > 0]
+                row = {"mpi": flav, "case": kind, "block": a if kind in ("vector", "calls") else 0,
                        "bytes": nbytes, "lib_us": one_l * 1e6, "shim_us": one_s * 1e6,
-                       "lib_gbps": core.gbps(nbytes, one_l), "shim_gbps": core.gbps(nbytes, one_s),
-                       "speedup": tl / ts if ts > 0 else None,
+                       "lib_gbps": core.gbps(nbytes, one_l) if kind != "calls" else None,
+                       "shim_gbps": core.gbps(nbytes, one_s) if kind != "calls" else None,
+                       "speedup": statistics.median(ratios) if ratios else None,
                        "vs_contig": (ts / contig[b]) if kind == "vector" and b in contig else None,
-                       "correct": bool(okl and oks and hl == hs)}
+                       "extra_ns": (ts - tl) * 1e9 if kind == "calls" else None,
+                       "correct": all(v[1] for v in la + sa) and len({v[2] for v in la + sa}) == 1}
                 row["correct_text"] = "yes" if row["correct"] else "NO"
                 if kind == "halo":
-                    row["block"] = 0
-                    row["case"] = f"halo"
                     row["halo_n"] = a
                 rep.rows.append(row)
                 out.row(rep, row)
@@ -386,7 +434,7 @@ def evaluate_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 t["status"] = "MISS" if bad else "PASS"
                 t["worst"] = worst[0]
                 t["measured"] = (f"{len(bad)} of {len(vals)} rows miss; " if bad else f"all {len(vals)} met; ") + \
-                    f"worst {worst[0]:.2f}x ({worst[1]['case']} block {format_size(worst[1]['block'])} " \
+                    f"worst {worst[0]:.2f}{'ns' if value == 'extra_ns' else 'x'} ({worst[1]['case']} block {format_size(worst[1]['block'])} " \
                     f"{format_size(worst[1]['bytes'])})"
             out.append(t)
     return out

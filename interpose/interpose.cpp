@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -151,20 +152,57 @@ void configure() {
 }
 
 // ---------------------------------------------------------------- counters
-struct Stats {
-  std::atomic<int64_t> calls{0}, packed_msgs{0}, unpacked_msgs{0}, passthrough{0}, contiguous{0},
-      bytes_packed{0}, bytes_unpacked{0}, pack_ns{0}, types_decoded{0}, types_refused{0},
-      mpi_pack_calls{0}, coll_passthrough{0}, coll_packed{0}, fortran{0}, gpu_packed{0}, gpu_unpacked{0},
-      gpu_device{0}, gpu_oneshot{0};
+// Each thread counts into its own Stats (single writer: a relaxed load and store, no locked
+// instruction on the pass-through path); the report sums every thread's.
+struct Counter {
+  std::atomic<int64_t> v{0};
+  void operator++(int) { v.store(v.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
+  void operator+=(int64_t n) { v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
 };
-Stats st;
+#define HAULER_STATS(X)                                                                                      \
+  X(calls) X(packed_msgs) X(unpacked_msgs) X(passthrough) X(contiguous) X(bytes_packed) X(bytes_unpacked)   \
+  X(pack_ns) X(types_decoded) X(types_refused) X(mpi_pack_calls) X(coll_passthrough) X(coll_packed)         \
+  X(fortran) X(gpu_packed) X(gpu_unpacked) X(gpu_device) X(gpu_oneshot)
+struct Stats {
+#define HAULER_FIELD(n) Counter n;
+  HAULER_STATS(HAULER_FIELD)
+#undef HAULER_FIELD
+};
+struct Totals {
+#define HAULER_FIELD(n) long long n = 0;
+  HAULER_STATS(HAULER_FIELD)
+#undef HAULER_FIELD
+};
+std::mutex g_stats_mu;
+std::vector<Stats*> g_stats_all;  // never freed: a thread's counts outlive it
 
-void count_fortran() { st.fortran++; }
+Stats& stats() {
+  thread_local Stats* mine = [] {
+    auto* s = new Stats;
+    std::lock_guard<std::mutex> lk(g_stats_mu);
+    g_stats_all.push_back(s);
+    return s;
+  }();
+  return *mine;
+}
+
+Totals totals() {
+  Totals t;
+  std::lock_guard<std::mutex> lk(g_stats_mu);
+  for (Stats* s : g_stats_all) {
+#define HAULER_FIELD(n) t.n += s->n.v.load(std::memory_order_relaxed);
+    HAULER_STATS(HAULER_FIELD)
+#undef HAULER_FIELD
+  }
+  return t;
+}
+
+void count_fortran() { stats().fortran++; }
 
 struct Timer {
   Clock::time_point t0 = Clock::now();
   ~Timer() {
-    st.pack_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+    stats().pack_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
   }
 };
 
@@ -192,6 +230,7 @@ using TypeInfoRef = std::shared_ptr<TypeInfo>;
 
 std::mutex g_types_mu;
 std::unordered_map<MPI_Datatype, TypeInfoRef> g_types;
+std::atomic<uint64_t> g_types_gen{1};  // bumped by every change to g_types (see brief())
 std::vector<std::pair<MPI_Datatype, std::string>> g_named;
 
 void init_named() {
@@ -329,18 +368,19 @@ void commit_type(MPI_Datatype t) {
     info->contiguous = info->one.empty() ||
                        (info->one.strided() && info->one.dims.empty() && info->one.runs[0].offset == 0 &&
                         info->one.runs[0].length == info->extent);
-    st.types_decoded++;
+    stats().types_decoded++;
   } catch (const Refused& r) {
-    st.types_refused++;
+    stats().types_refused++;
     logf(kInfo, "type 0x%llx left to the library: %s", handle_bits(t), r.why.c_str());
     return;
   } catch (const std::exception& e) {
-    st.types_refused++;
+    stats().types_refused++;
     logf(kInfo, "type 0x%llx left to the library: %s", handle_bits(t), e.what());
     return;
   }
   std::lock_guard<std::mutex> lk(g_types_mu);
   g_types[t] = info;
+  g_types_gen.fetch_add(1, std::memory_order_release);
 }
 
 TypeInfoRef lookup(MPI_Datatype t) {
@@ -348,6 +388,36 @@ TypeInfoRef lookup(MPI_Datatype t) {
   if (g_types.empty()) return nullptr;
   auto it = g_types.find(t);
   return it == g_types.end() ? nullptr : it->second;
+}
+
+// What choose() needs of a type, copied into a small per-thread cache so that a message the shim
+// passes through takes no lock and touches no shared cache line (the mutex, the map and the
+// shared_ptr count cost ~100 ns a call). Every commit/free bumps g_types_gen, which invalidates
+// all copies (handles are reused after MPI_Type_free).
+struct Brief {
+  MPI_Datatype t{};
+  uint64_t gen = 0;  // 0: empty slot
+  bool known = false;
+  bool contiguous = false;
+  int64_t size = 0;
+  int64_t mean_block = 0;
+};
+
+const Brief& brief(MPI_Datatype t) {
+  constexpr unsigned kSlots = 32;
+  thread_local Brief slots[kSlots];
+  uint64_t gen = g_types_gen.load(std::memory_order_acquire);
+  unsigned long long h = handle_bits(t);
+  Brief& b = slots[((h >> 4) ^ (h >> 12) ^ h) % kSlots];
+  if (b.gen == gen && b.t == t) return b;
+  TypeInfoRef info = lookup(t);
+  b.t = t;
+  b.gen = gen;
+  b.known = info != nullptr;
+  b.contiguous = info && info->contiguous;
+  b.size = info ? info->size : 0;
+  b.mean_block = info ? info->mean_block : 0;
+  return b;
 }
 
 // ---------------------------------------------------------------- device buffers
@@ -464,18 +534,23 @@ enum class Where : uint8_t { host, device, oneshot };
 // Decide whether a (buffer, count, type) message is packed by hauler. Returns the plan if so.
 std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep) {
   if (count <= 0) return nullptr;
-  TypeInfoRef info = lookup(t);
-  if (!info) {
-    st.passthrough++;
+  const Brief& b = brief(t);
+  if (!b.known) {
+    stats().passthrough++;
     return nullptr;
   }
-  if (info->contiguous || info->size == 0) {
-    st.contiguous++;
+  if (b.contiguous || b.size == 0) {
+    stats().contiguous++;
     return nullptr;
   }
-  int64_t bytes = info->size * count;
-  if (info->mean_block > g.max_block || bytes < g.min_bytes) {
-    st.passthrough++;
+  int64_t bytes = b.size * count;
+  if (b.mean_block > g.max_block || bytes < g.min_bytes) {
+    stats().passthrough++;
+    return nullptr;
+  }
+  TypeInfoRef info = lookup(t);  // packing: keep the type alive while a request uses it
+  if (!info) {  // freed by another thread since
+    stats().passthrough++;
     return nullptr;
   }
   *keep = info;
@@ -639,6 +714,7 @@ std::mutex g_req_mu;
 std::unordered_map<MPI_Request, Pending> g_reqs;
 std::atomic<int64_t> g_nreqs{0};
 std::vector<MPI_Request> g_orphans;  // freed by the application, completed by us
+std::atomic<int64_t> g_norphans{0};  // g_orphans.size(): completion calls skip the lock at 0
 
 void remember(MPI_Request r, Pending p) {
   std::lock_guard<std::mutex> lk(g_req_mu);
@@ -698,10 +774,10 @@ void unpack_arrived(Pending& p, MPI_Status* status) {
     dt::unpack(*p.plan, p.origin, p.buf, 0, n);
   } else {
     if (!gpu_run(false, *p.plan, p.origin, p, n)) return;
-    st.gpu_unpacked++;
+    stats().gpu_unpacked++;
   }
-  st.bytes_unpacked += n;
-  st.unpacked_msgs++;
+  stats().bytes_unpacked += n;
+  stats().unpacked_msgs++;
 }
 
 void finish(Pending& p, MPI_Status* status) {
@@ -716,11 +792,13 @@ void finish_request(MPI_Request real, MPI_Status* status) {
 
 // Requests the application freed: completed here as calls go by and at MPI_Finalize.
 void progress_orphans(bool block) {
+  if (g_norphans.load(std::memory_order_relaxed) == 0) return;
   std::vector<MPI_Request> mine;
   {
     std::lock_guard<std::mutex> lk(g_req_mu);
     if (g_orphans.empty()) return;
     mine.swap(g_orphans);
+    g_norphans = 0;
   }
   std::vector<MPI_Request> left;
   for (MPI_Request r : mine) {
@@ -738,6 +816,7 @@ void progress_orphans(bool block) {
   }
   std::lock_guard<std::mutex> lk(g_req_mu);
   g_orphans.insert(g_orphans.end(), left.begin(), left.end());
+  g_norphans = static_cast<int64_t>(g_orphans.size());
 }
 
 // ---------------------------------------------------------------- point to point
@@ -764,8 +843,8 @@ bool stage(const void* buf, int count, MPI_Datatype t, int peer, bool recv, Pend
     if (!ok) return false;
     p->buf = b.mpi;
     p->dev = b.dev;
-    if (where == Where::device) st.gpu_device++;
-    else st.gpu_oneshot++;
+    if (where == Where::device) stats().gpu_device++;
+    else stats().gpu_oneshot++;
   }
   if (!p->buf) return false;
   p->where = where;
@@ -784,10 +863,10 @@ bool stage(const void* buf, int count, MPI_Datatype t, int peer, bool recv, Pend
       release(*p);
       return false;  // nothing was sent: the library takes the message as it is
     }
-    st.gpu_packed++;
+    stats().gpu_packed++;
   }
-  st.packed_msgs++;
-  st.bytes_packed += plan->total;
+  stats().packed_msgs++;
+  stats().bytes_packed += plan->total;
   return true;
 }
 
@@ -803,7 +882,7 @@ int nbytes(const Pending& p) { return static_cast<int>(p.bytes); }
 using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
 
 int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
-  st.calls++;
+  stats().calls++;
   Pending p;
   if (!stage(buf, count, t, dest, false, &p)) return fn(buf, count, t, dest, tag, comm);
   int rc = fn(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm);
@@ -812,7 +891,7 @@ int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest,
 }
 
 int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
-  st.calls++;
+  stats().calls++;
   Pending p;
   if (!stage(buf, count, t, source, true, &p)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   MPI_Status local;
@@ -823,14 +902,14 @@ int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm com
 }
 
 int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
-  st.calls++;
+  stats().calls++;
   Pending p;
   if (!stage(buf, count, t, dest, false, &p)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
   return keep(PMPI_Isend(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm, req), req, std::move(p));
 }
 
 int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
-  st.calls++;
+  stats().calls++;
   Pending p;
   if (!stage(buf, count, t, source, true, &p)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
   return keep(PMPI_Irecv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, req), req, std::move(p));
@@ -839,7 +918,7 @@ int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm co
 // Each side is staged (or not) on its own.
 int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int stag, void* rbuf, int rcount,
              MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status) {
-  st.calls++;
+  stats().calls++;
   Pending sp, rp;
   bool s_on = stage(sbuf, scount, stype, dest, false, &sp);
   bool r_on = stage(rbuf, rcount, rtype, source, true, &rp);
@@ -878,104 +957,115 @@ int test(MPI_Request* req, int* flag, MPI_Status* status) {
   return rc;
 }
 
-bool any_ours(int n, const MPI_Request* reqs) {
-  if (g_nreqs.load(std::memory_order_relaxed) == 0) return false;
+// A request of the shim's among an array, with its index: looked up before the call nulls it.
+struct Mine {
+  int i;
+  MPI_Request r;
+};
+
+// The shim's requests among reqs[0..n), in index order: one pass under the lock, and nothing at
+// all while the shim has no request pending (the pass-through case). Per-thread storage, reused.
+const std::vector<Mine>& mine_among(int n, const MPI_Request* reqs) {
+  thread_local std::vector<Mine> mine;
+  mine.clear();
+  if (n <= 0 || g_nreqs.load(std::memory_order_relaxed) == 0) return mine;
   std::lock_guard<std::mutex> lk(g_req_mu);
   for (int i = 0; i < n; ++i)
-    if (reqs[i] != MPI_REQUEST_NULL && g_reqs.count(reqs[i])) return true;
-  return false;
+    if (reqs[i] != MPI_REQUEST_NULL && g_reqs.count(reqs[i])) mine.push_back(Mine{i, reqs[i]});
+  return mine;
 }
 
-// After a call that completed all of `before` (Waitall, Testall with flag).
-void finish_all(int n, const std::vector<MPI_Request>& before, MPI_Status* statuses, int rc) {
-  for (int i = 0; i < n; ++i) {
-    MPI_Status* s = &statuses[i];
-    if (rc == MPI_ERR_IN_STATUS && s->MPI_ERROR == MPI_ERR_PENDING) continue;
-    finish_request(before[i], s);
-  }
-}
-
-// The statuses array a call writes: the application's, or `local` when it passed
+// The statuses array a call writes: the application's, or per-thread scratch when it passed
 // MPI_STATUSES_IGNORE (the shim needs each byte count).
-MPI_Status* statuses_for(MPI_Status* statuses, int n, std::vector<MPI_Status>& local) {
+MPI_Status* statuses_for(MPI_Status* statuses, int n) {
   if (statuses != MPI_STATUSES_IGNORE) return statuses;
-  local.resize(n);
+  thread_local std::vector<MPI_Status> local;
+  if (local.size() < static_cast<size_t>(n)) local.resize(n);
   return local.data();
 }
 
+bool pending_in(int rc, const MPI_Status& s) { return rc == MPI_ERR_IN_STATUS && s.MPI_ERROR == MPI_ERR_PENDING; }
+
 // Waitall, and Testall (flag: all of them completed).
 template <typename F>
-int all(int n, MPI_Request* reqs, const int* flag, MPI_Status* statuses, F call) {
-  std::vector<MPI_Request> before(reqs, reqs + n);
-  std::vector<MPI_Status> local;
-  MPI_Status* s = statuses_for(statuses, n, local);
+int all(int n, const int* flag, MPI_Status* statuses, const std::vector<Mine>& mine, F call) {
+  MPI_Status* s = statuses_for(statuses, n);
   int rc = call(s);
-  if (flag == nullptr || *flag) finish_all(n, before, s, rc);
+  if (flag == nullptr || *flag)
+    for (const Mine& m : mine)
+      if (!pending_in(rc, s[m.i])) finish_request(m.r, &s[m.i]);
   return rc;
 }
 
 int waitall(int n, MPI_Request* reqs, MPI_Status* statuses) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitall(n, reqs, statuses);
-  return all(n, reqs, nullptr, statuses, [&](MPI_Status* s) { return PMPI_Waitall(n, reqs, s); });
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Waitall(n, reqs, statuses);
+  return all(n, nullptr, statuses, mine, [&](MPI_Status* s) { return PMPI_Waitall(n, reqs, s); });
 }
 
 int testall(int n, MPI_Request* reqs, int* flag, MPI_Status* statuses) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testall(n, reqs, flag, statuses);
-  return all(n, reqs, flag, statuses, [&](MPI_Status* s) { return PMPI_Testall(n, reqs, flag, s); });
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Testall(n, reqs, flag, statuses);
+  return all(n, flag, statuses, mine, [&](MPI_Status* s) { return PMPI_Testall(n, reqs, flag, s); });
+}
+
+// The shim's request that was at index i, if any.
+const Mine* mine_at(const std::vector<Mine>& mine, int i) {
+  auto it = std::lower_bound(mine.begin(), mine.end(), i, [](const Mine& m, int k) { return m.i < k; });
+  return it != mine.end() && it->i == i ? &*it : nullptr;
 }
 
 // Waitany, and Testany (flag: one completed).
 template <typename F>
-int any(int n, MPI_Request* reqs, int* index, const int* flag, MPI_Status* status, F call) {
-  std::vector<MPI_Request> before(reqs, reqs + n);
+int any(int* index, const int* flag, MPI_Status* status, const std::vector<Mine>& mine, F call) {
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = call(s);
-  if ((flag == nullptr || *flag) && *index != MPI_UNDEFINED && *index >= 0 && *index < n)
-    finish_request(before[*index], s);
+  if ((flag == nullptr || *flag) && *index != MPI_UNDEFINED)
+    if (const Mine* m = mine_at(mine, *index)) finish_request(m->r, s);
   return rc;
 }
 
 int waitany(int n, MPI_Request* reqs, int* index, MPI_Status* status) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitany(n, reqs, index, status);
-  return any(n, reqs, index, nullptr, status, [&](MPI_Status* s) { return PMPI_Waitany(n, reqs, index, s); });
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Waitany(n, reqs, index, status);
+  return any(index, nullptr, status, mine, [&](MPI_Status* s) { return PMPI_Waitany(n, reqs, index, s); });
 }
 
 int testany(int n, MPI_Request* reqs, int* index, int* flag, MPI_Status* status) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testany(n, reqs, index, flag, status);
-  return any(n, reqs, index, flag, status, [&](MPI_Status* s) { return PMPI_Testany(n, reqs, index, flag, s); });
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Testany(n, reqs, index, flag, status);
+  return any(index, flag, status, mine, [&](MPI_Status* s) { return PMPI_Testany(n, reqs, index, flag, s); });
 }
 
 template <typename F>
-int some(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses, F call) {
-  std::vector<MPI_Request> before(reqs, reqs + n);
-  std::vector<MPI_Status> local;
-  MPI_Status* s = statuses_for(statuses, n, local);
+int some(int n, int* outcount, int* indices, MPI_Status* statuses, const std::vector<Mine>& mine, F call) {
+  MPI_Status* s = statuses_for(statuses, n);
   int rc = call(s);
   if (*outcount != MPI_UNDEFINED)
-    for (int k = 0; k < *outcount; ++k) {
-      int i = indices[k];
-      if (rc == MPI_ERR_IN_STATUS && s[k].MPI_ERROR == MPI_ERR_PENDING) continue;
-      if (i >= 0 && i < n) finish_request(before[i], &s[k]);
-    }
+    for (int k = 0; k < *outcount; ++k)
+      if (!pending_in(rc, s[k]))
+        if (const Mine* m = mine_at(mine, indices[k])) finish_request(m->r, &s[k]);
   return rc;
 }
 
 int waitsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitsome(n, reqs, outcount, indices, statuses);
-  return some(n, reqs, outcount, indices, statuses,
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Waitsome(n, reqs, outcount, indices, statuses);
+  return some(n, outcount, indices, statuses, mine,
               [&](MPI_Status* s) { return PMPI_Waitsome(n, reqs, outcount, indices, s); });
 }
 
 int testsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testsome(n, reqs, outcount, indices, statuses);
-  return some(n, reqs, outcount, indices, statuses,
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Testsome(n, reqs, outcount, indices, statuses);
+  return some(n, outcount, indices, statuses, mine,
               [&](MPI_Status* s) { return PMPI_Testsome(n, reqs, outcount, indices, s); });
 }
 
@@ -1002,6 +1092,7 @@ int request_free(MPI_Request* req) {
   {
     std::lock_guard<std::mutex> lk(g_req_mu);
     g_orphans.push_back(r);
+    g_norphans = static_cast<int64_t>(g_orphans.size());
   }
   *req = MPI_REQUEST_NULL;
   return MPI_SUCCESS;
@@ -1013,7 +1104,7 @@ int request_free(MPI_Request* req) {
 template <typename Fwd>
 int pack_common(bool pack, const void* user, int count, MPI_Datatype t, const void* packed, int size, int* position,
                 Fwd fwd) {
-  st.calls++;
+  stats().calls++;
   TypeInfoRef info;
   if (count <= 0 || position == nullptr || packed == nullptr) return fwd();
   auto plan = choose_buf(user, count, t, &info);
@@ -1024,8 +1115,8 @@ int pack_common(bool pack, const void* user, int count, MPI_Datatype t, const vo
     if (pack) dt::pack(*plan, user, at, 0, plan->total);
     else dt::unpack(*plan, const_cast<void*>(user), at, 0, plan->total);
   }
-  st.mpi_pack_calls++;
-  (pack ? st.bytes_packed : st.bytes_unpacked) += plan->total;
+  stats().mpi_pack_calls++;
+  (pack ? stats().bytes_packed : stats().bytes_unpacked) += plan->total;
   *position += static_cast<int>(plan->total);
   return MPI_SUCCESS;
 }
@@ -1115,21 +1206,21 @@ int coll_exchange(bool neighbor, MPI_Comm comm, const void* sbuf, const std::vec
   coll_choose(sbuf, sp, s);
   coll_choose(rbuf, rp, r);
   if (!s.any && !r.any) {
-    st.coll_passthrough++;
+    stats().coll_passthrough++;
     return forward();
   }
   if (!neighbor) {  // Alltoallw takes int displacements
     for (size_t i = 0; i < sp.size(); ++i)
-      if (!s.plans[i] && (sp[i].disp > INT32_MAX || sp[i].disp < INT32_MIN)) { st.coll_passthrough++; return forward(); }
+      if (!s.plans[i] && (sp[i].disp > INT32_MAX || sp[i].disp < INT32_MIN)) { stats().coll_passthrough++; return forward(); }
     for (size_t i = 0; i < rp.size(); ++i)
-      if (!r.plans[i] && (rp[i].disp > INT32_MAX || rp[i].disp < INT32_MIN)) { st.coll_passthrough++; return forward(); }
+      if (!r.plans[i] && (rp[i].disp > INT32_MAX || rp[i].disp < INT32_MIN)) { stats().coll_passthrough++; return forward(); }
   }
   s.stage = s.total ? buf_get(s.total) : nullptr;
   r.stage = r.total ? buf_get(r.total) : nullptr;
   if ((s.total && !s.stage) || (r.total && !r.stage)) {
     buf_put(s.stage, s.total);
     buf_put(r.stage, r.total);
-    st.coll_passthrough++;
+    stats().coll_passthrough++;
     return forward();
   }
   {
@@ -1138,7 +1229,7 @@ int coll_exchange(bool neighbor, MPI_Comm comm, const void* sbuf, const std::vec
       if (s.plans[i]) {
         dt::pack(*s.plans[i], static_cast<const uint8_t*>(sbuf) + sp[i].disp, static_cast<uint8_t*>(s.stage) + s.off[i],
                  0, s.plans[i]->total);
-        st.bytes_packed += s.plans[i]->total;
+        stats().bytes_packed += s.plans[i]->total;
       }
   }
   std::vector<int> sc, rc;
@@ -1158,13 +1249,13 @@ int coll_exchange(bool neighbor, MPI_Comm comm, const void* sbuf, const std::vec
         if (r.plans[i]) {
           dt::unpack(*r.plans[i], static_cast<uint8_t*>(rbuf) + rp[i].disp, static_cast<uint8_t*>(r.stage) + r.off[i], 0,
                      r.plans[i]->total);
-          st.bytes_unpacked += r.plans[i]->total;
+          stats().bytes_unpacked += r.plans[i]->total;
         }
     }
-    st.coll_packed++;
+    stats().coll_packed++;
   } else {
     rc_ = forward();
-    st.coll_passthrough++;
+    stats().coll_passthrough++;
   }
   for (MPI_Datatype& t : made) PMPI_Type_free(&t);
   buf_put(s.stage, s.total);
@@ -1215,10 +1306,10 @@ bool coll_peers(const void* sbuf, MPI_Comm comm, bool neighbor, int* ns, int* nr
 // The v and w forms differ only in how a peer's (count, type, displacement) is read.
 template <typename Fwd, typename Pieces>
 int alltoall_common(const void* sbuf, void* rbuf, MPI_Comm comm, bool neighbor, Fwd fwd, Pieces pieces) {
-  st.calls++;
+  stats().calls++;
   int ns = 0, nr = 0;
   if (!coll_peers(sbuf, comm, neighbor, &ns, &nr)) {
-    st.coll_passthrough++;
+    stats().coll_passthrough++;
     return fwd();
   }
   std::vector<Piece> sp(ns), rp(nr);
@@ -1290,20 +1381,21 @@ static void write_report() {
     }
     close = true;
   }
+  Totals t = totals();
   std::fprintf(f,
                "hauler-interpose rank %d: calls=%lld packed_msgs=%lld unpacked_msgs=%lld bytes_packed=%lld "
                "bytes_unpacked=%lld pack_ms=%.3f passthrough=%lld contiguous=%lld mpi_pack=%lld "
                "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
                "cuda_driver=%d fortran=%lld gpu_packed=%lld gpu_unpacked=%lld gpu_device=%lld gpu_oneshot=%lld\n",
-               g_rank, (long long)st.calls.load(), (long long)st.packed_msgs.load(),
-               (long long)st.unpacked_msgs.load(), (long long)st.bytes_packed.load(),
-               (long long)st.bytes_unpacked.load(), st.pack_ns.load() / 1e6, (long long)st.passthrough.load(),
-               (long long)st.contiguous.load(), (long long)st.mpi_pack_calls.load(),
-               (long long)st.coll_packed.load(), (long long)st.coll_passthrough.load(),
-               (long long)st.types_decoded.load(), (long long)st.types_refused.load(),
+               g_rank, t.calls, t.packed_msgs,
+               t.unpacked_msgs, t.bytes_packed,
+               t.bytes_unpacked, t.pack_ns / 1e6, t.passthrough,
+               t.contiguous, t.mpi_pack_calls,
+               t.coll_packed, t.coll_passthrough,
+               t.types_decoded, t.types_refused,
                (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0,
-               (long long)st.fortran.load(), (long long)st.gpu_packed.load(), (long long)st.gpu_unpacked.load(),
-               (long long)st.gpu_device.load(), (long long)st.gpu_oneshot.load());
+               t.fortran, t.gpu_packed, t.gpu_unpacked,
+               t.gpu_device, t.gpu_oneshot);
   if (close) std::fclose(f);
 }
 
@@ -1326,7 +1418,7 @@ HAULER_EXPORT int MPI_Type_commit(MPI_Datatype* t) {
 HAULER_EXPORT int MPI_Type_free(MPI_Datatype* t) {
   if (g.on && t) {
     std::lock_guard<std::mutex> lk(g_types_mu);
-    g_types.erase(*t);
+    if (g_types.erase(*t)) g_types_gen.fetch_add(1, std::memory_order_release);
   }
   return PMPI_Type_free(t);
 }
