@@ -71,6 +71,9 @@ struct Config {
   int64_t gpu_oneshot_max = 65536;
 };
 Config g;
+// Time spent packing is for the report only: two clock reads per message are a measurable part of
+// a small message's cost, so nothing is timed unless a report was asked for.
+bool g_timing = false;
 #if defined(OPEN_MPI)
 constexpr const char* kFlavour = "openmpi";
 #elif defined(MPICH_VERSION)
@@ -143,11 +146,22 @@ void configure() {
   for (int i = 0; i < 5; ++i)
     if (lv == names[i]) g.log = i;
   g.report = env_str("HAULER_INTERPOSE_REPORT");
+  g_timing = !g.report.empty() && g.report != "0";
   g.model = env_str("HAULER_INTERPOSE_MODEL");
   if (!g.model.empty()) load_model(g.model);
   // One packing thread per rank unless HAULER_THREADS says otherwise: ranks share the cores.
   const char* t = std::getenv("HAULER_THREADS");
   if (t == nullptr || *t == '\0') hauler::settings::set_override("HAULER_THREADS", 1);
+  // The engine reads its settings from the environment on every pack (getenv: ~40 ns, a tenth of
+  // a small message's cost); the shim's environment is fixed at launch, so read them once.
+  try {
+    namespace hs = hauler::settings;
+    hs::set_override("HAULER_THREADS", hs::threads());
+    hs::set_override("HAULER_PACK_PARALLEL_MIN", hs::pack_parallel_min());
+    hs::set_override("HAULER_PACK_STREAM_MIN", hs::pack_stream_min());
+  } catch (const std::exception& e) {
+    logf(kWarning, "%s; built-in defaults", e.what());
+  }
   g.on = env_bool("HAULER_INTERPOSE", true);
 }
 
@@ -200,9 +214,10 @@ Totals totals() {
 void count_fortran() { stats().fortran++; }
 
 struct Timer {
-  Clock::time_point t0 = Clock::now();
+  Clock::time_point t0 = g_timing ? Clock::now() : Clock::time_point();
   ~Timer() {
-    stats().pack_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+    if (g_timing)
+      stats().pack_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
   }
 };
 
@@ -213,6 +228,7 @@ struct TypeInfo {
   int64_t extent = 0;
   int64_t mean_block = 0;  // bytes per contiguous run of one element
   bool contiguous = false; // one dense run starting at 0 whose length is the extent
+  bool single_run = false; // one element is one dense run (anywhere): count 1 is contiguous for the library too
   std::mutex mu;
   int64_t last_count = -1;
   std::shared_ptr<const dt::Plan> last_plan;
@@ -365,9 +381,9 @@ void commit_type(MPI_Datatype t) {
     info->extent = node->b.extent();
     int64_t nruns = static_cast<int64_t>(info->one.runs.size()) * std::max<int64_t>(1, info->one.repeats());
     info->mean_block = nruns > 0 ? info->size / nruns : 0;
+    info->single_run = info->one.empty() || (info->one.strided() && info->one.dims.empty());
     info->contiguous = info->one.empty() ||
-                       (info->one.strided() && info->one.dims.empty() && info->one.runs[0].offset == 0 &&
-                        info->one.runs[0].length == info->extent);
+                       (info->single_run && info->one.runs[0].offset == 0 && info->one.runs[0].length == info->extent);
     stats().types_decoded++;
   } catch (const Refused& r) {
     stats().types_refused++;
@@ -390,33 +406,31 @@ TypeInfoRef lookup(MPI_Datatype t) {
   return it == g_types.end() ? nullptr : it->second;
 }
 
-// What choose() needs of a type, copied into a small per-thread cache so that a message the shim
-// passes through takes no lock and touches no shared cache line (the mutex, the map and the
-// shared_ptr count cost ~100 ns a call). Every commit/free bumps g_types_gen, which invalidates
-// all copies (handles are reused after MPI_Type_free).
+// The type cache as each thread sees it: a small direct-mapped per-thread copy, so that choosing
+// takes no lock and touches no shared cache line (the mutex, the map and the shared_ptr count
+// cost ~100 ns a call; a packed message also reuses its thread's plan for the same count).
+// Every commit/free bumps g_types_gen, which invalidates all copies (handles are reused after
+// MPI_Type_free); a copy keeps its TypeInfo alive until then.
 struct Brief {
   MPI_Datatype t{};
   uint64_t gen = 0;  // 0: empty slot
-  bool known = false;
-  bool contiguous = false;
-  int64_t size = 0;
-  int64_t mean_block = 0;
+  TypeInfoRef info;  // nullptr: not a type the shim decoded
+  int64_t plan_count = -1;
+  std::shared_ptr<const dt::Plan> plan;
 };
 
-const Brief& brief(MPI_Datatype t) {
+Brief& brief(MPI_Datatype t) {
   constexpr unsigned kSlots = 32;
   thread_local Brief slots[kSlots];
   uint64_t gen = g_types_gen.load(std::memory_order_acquire);
   unsigned long long h = handle_bits(t);
   Brief& b = slots[((h >> 4) ^ (h >> 12) ^ h) % kSlots];
   if (b.gen == gen && b.t == t) return b;
-  TypeInfoRef info = lookup(t);
   b.t = t;
   b.gen = gen;
-  b.known = info != nullptr;
-  b.contiguous = info && info->contiguous;
-  b.size = info ? info->size : 0;
-  b.mean_block = info ? info->mean_block : 0;
+  b.info = lookup(t);
+  b.plan_count = -1;
+  b.plan.reset();
   return b;
 }
 
@@ -534,27 +548,29 @@ enum class Where : uint8_t { host, device, oneshot };
 // Decide whether a (buffer, count, type) message is packed by hauler. Returns the plan if so.
 std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep) {
   if (count <= 0) return nullptr;
-  const Brief& b = brief(t);
-  if (!b.known) {
+  Brief& b = brief(t);
+  const TypeInfo* info = b.info.get();
+  if (!info) {
     stats().passthrough++;
     return nullptr;
   }
-  if (b.contiguous || b.size == 0) {
+  // One dense run (a contiguous type, or a single element that is one block, e.g. a halo edge
+  // or corner): the library sends it as it is, with no copy.
+  if (info->contiguous || info->size == 0 || (count == 1 && info->single_run)) {
     stats().contiguous++;
     return nullptr;
   }
-  int64_t bytes = b.size * count;
-  if (b.mean_block > g.max_block || bytes < g.min_bytes) {
+  int64_t bytes = info->size * count;
+  if (info->mean_block > g.max_block || bytes < g.min_bytes) {
     stats().passthrough++;
     return nullptr;
   }
-  TypeInfoRef info = lookup(t);  // packing: keep the type alive while a request uses it
-  if (!info) {  // freed by another thread since
-    stats().passthrough++;
-    return nullptr;
+  if (b.plan_count != count) {
+    b.plan = b.info->plan(count);
+    b.plan_count = count;
   }
-  *keep = info;
-  return info->plan(count);
+  *keep = b.info;  // keeps the type alive while a request uses it
+  return b.plan;
 }
 
 // choose() for a buffer: device buffers (see above) are never packed on the host. Callers that
@@ -587,8 +603,31 @@ size_t size_class(size_t n) {
   return c;
 }
 
+// Staging up to kLocalMax bytes is kept per thread first (a message's staging is usually taken
+// and given back by the thread that posts and completes it), so a small message takes no lock
+// here: at most kLocalPerClass buffers per size class, ~4 MiB per thread at worst.
+constexpr size_t kLocalMax = size_t(256) << 10;
+constexpr size_t kLocalPerClass = 8;
+struct LocalPool {
+  std::vector<void*> cls[13];  // size classes 64 B .. 256 KiB
+  ~LocalPool() {
+    for (auto& v : cls)
+      for (void* p : v) std::free(p);
+  }
+  std::vector<void*>* at(size_t c) {
+    if (c > kLocalMax) return nullptr;
+    return &cls[__builtin_ctzll(c) - 6];
+  }
+};
+thread_local LocalPool tl_pool;
+
 void* buf_get(size_t n) {
   size_t c = size_class(n);
+  if (auto* v = tl_pool.at(c); v && !v->empty()) {
+    void* p = v->back();
+    v->pop_back();
+    return p;
+  }
   {
     std::lock_guard<std::mutex> lk(g_pool_mu);
     auto it = g_pool.find(c);
@@ -607,6 +646,10 @@ void* buf_get(size_t n) {
 void buf_put(void* p, size_t n) {
   if (!p) return;
   size_t c = size_class(n);
+  if (auto* v = tl_pool.at(c); v && v->size() < kLocalPerClass) {
+    v->push_back(p);
+    return;
+  }
   std::lock_guard<std::mutex> lk(g_pool_mu);
   if (g_pool_bytes + c > kPoolMax) {
     std::free(p);
