@@ -29,7 +29,7 @@ HELP = "MPI ping-pong and 3D halo exchange: the library alone vs with hauler's i
 
 BLOCKS = (1, 8, 64, 512, 4096)
 MESSAGES = (1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20)
-HALO_SIZES = (16, 48)
+HALO_SIZES = (16, 48, 96)
 
 PROGRAM = r"""
 #include <mpi.h>
@@ -70,13 +70,17 @@ static double timed(void (*fn)(int, void *), void *arg) {
 }
 
 /* `bytes` data bytes as a vector of MPI_BYTE blocks at a stride of 2 x block, or contiguous
- * (block 0); returns the count to send it with. */
-static int message_type(long block, long bytes, MPI_Datatype *t) {
+ * (block 0); of MPI_DOUBLEs (`dbl`, block a multiple of 8) the way scientific codes describe
+ * theirs (libraries move typed blocks faster than byte blocks); returns the count to send. */
+static int message_type(long block, long bytes, int dbl, MPI_Datatype *t) {
   if (block <= 0) {
     *t = MPI_BYTE;
     return (int)bytes;
   }
-  MPI_Type_vector((int)(bytes / block), (int)block, (int)(2 * block), MPI_BYTE, t);
+  if (dbl && block % 8 == 0)
+    MPI_Type_vector((int)(bytes / block), (int)(block / 8), (int)(2 * block / 8), MPI_DOUBLE, t);
+  else
+    MPI_Type_vector((int)(bytes / block), (int)block, (int)(2 * block), MPI_BYTE, t);
   MPI_Type_commit(t);
   return 1;
 }
@@ -93,6 +97,18 @@ static void pingpong(int iters, void *arg) {
       MPI_Recv(p->dst, p->count, p->t, 0, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
       MPI_Send(p->dst, p->count, p->t, 0, 2, MPI_COMM_WORLD);
     }
+  }
+}
+
+/* The same message to this rank itself (the library copies it in process), twice per
+ * iteration like a round trip. */
+static void selfping(int iters, void *arg) {
+  Ping *p = arg;
+  for (int i = 0; i < 2 * iters; ++i) {
+    MPI_Request r;
+    MPI_Irecv(p->dst, p->count, p->t, rank, 3, MPI_COMM_WORLD, &r);
+    MPI_Send(p->src, p->count, p->t, rank, 3, MPI_COMM_WORLD);
+    MPI_Wait(&r, MPI_STATUS_IGNORE);
   }
 }
 
@@ -176,7 +192,7 @@ int main(int argc, char **argv) {
       c.src = malloc(c.span);
       c.dst = calloc(16, c.span);
       for (long i = 0; i < c.span; ++i) c.src[i] = (unsigned char)(i * 29 + rank);
-      c.count = message_type(block, bytes, &c.t);
+      c.count = message_type(block, bytes, 0, &c.t);
       double t = timed(calls, &c) / 33;
       if (rank == 0)
         printf("row calls %ld %ld %.9e 1 %016llx\n", block, bytes, t,
@@ -192,8 +208,11 @@ int main(int argc, char **argv) {
     p.src = malloc(span);
     p.dst = malloc(span);
     for (long i = 0; i < span; ++i) { p.src[i] = (unsigned char)(i * 131 + 7); p.dst[i] = 0xEE; }
-    p.count = message_type(block, bytes, &p.t);
-    double t = timed(pingpong, &p);
+    /* kinds: vector (to the other rank), self (to this rank); a "d" prefix: MPI_DOUBLE blocks */
+    int dbl = kind[0] == 'd';
+    p.count = message_type(block, bytes, dbl, &p.t);
+    int self = strcmp(kind + dbl, "self") == 0;
+    double t = timed(self ? selfping : pingpong, &p);
     int ok = 1;
     if (rank == 0)
       for (long i = 0; i < span && ok; ++i) {
@@ -201,7 +220,7 @@ int main(int argc, char **argv) {
         ok = inside ? p.dst[i] == p.src[i] : p.dst[i] == 0xEE;
       }
     if (rank == 0)
-      printf("row %s %ld %ld %.9e %d %016llx\n", block > 0 ? "vector" : "contig", block, bytes, t, ok,
+      printf("row %s %ld %ld %.9e %d %016llx\n", block > 0 ? kind : "contig", block, bytes, t, ok,
              (unsigned long long)fnv(p.dst, span));
     if (block > 0) MPI_Type_free(&p.t);
     free(p.src);
@@ -328,6 +347,30 @@ def _launch(flav: str, mpiexec: str, lib: Optional[str], argv: List[str],
     return rows
 
 
+def alternate(flav: str, mpiexec: str, lib: str, argv: List[str], rounds: int,
+              shim_env: Optional[Dict[str, str]] = None) -> Tuple[Dict[Tuple, List], Dict[Tuple, List]]:
+    """Launches the library alone and with the shim alternately (A B A B ...: a noisy phase hits
+    both sides of a round); each case's results, one per round, per side."""
+    alone: Dict[Tuple, List] = {}
+    shim: Dict[Tuple, List] = {}
+    for _ in range(rounds):
+        for dest, use in ((alone, None), (shim, lib)):
+            for k, v in _launch(flav, mpiexec, use, argv, shim_env if use else None).items():
+                dest.setdefault(k, []).append(v)
+    return alone, shim
+
+
+def summary(alone: List[Tuple], shim: List[Tuple]) -> Tuple[float, float, Optional[float], bool]:
+    """(library time, shim time, speedup, correct) of one case: median times over the rounds, the
+    median of each round's own ratio (its two launches ran back to back), and whether every
+    launch checked out and left the same receive checksum."""
+    tl = statistics.median(v[0] for v in alone)
+    ts = statistics.median(v[0] for v in shim)
+    ratios = [x[0] / y[0] for x, y in zip(alone, shim) if y[0] > 0]
+    correct = all(v[1] for v in alone + shim) and len({v[2] for v in alone + shim}) == 1
+    return tl, ts, (statistics.median(ratios) if ratios else None), correct
+
+
 def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: bool = False,
         out: Optional[core.Output] = None, rounds: int = 2, model: Optional[str] = None) -> Report:
     hinfo = core.hauler_info()
@@ -376,37 +419,28 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                 rep.warnings.append(f"{flav}: compiling the benchmark failed: {p.stdout.decode()[-500:]}")
                 continue
             argv = [exe, str(budget)] + specs
-            try:  # alternate the two (A B A B ...): a noisy phase hits both sides of a round
-                alone: Dict[Tuple, List] = {}
-                shim: Dict[Tuple, List] = {}
-                for _ in range(rounds):
-                    for dest, use in ((alone, None), (shim, lib)):
-                        extra = {"HAULER_INTERPOSE_MODEL": os.path.abspath(model)} if use and model else None
-                        for k, v in _launch(flav, mpiexec, use, argv, extra).items():
-                            dest.setdefault(k, []).append(v)
+            extra = {"HAULER_INTERPOSE_MODEL": os.path.abspath(model)} if model else None
+            try:
+                alone, shim = alternate(flav, mpiexec, lib, argv, rounds, extra)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 rep.warnings.append(f"{flav}: {e}")
                 continue
-            med = lambda vs: statistics.median(v[0] for v in vs)  # noqa: E731
-            contig = {k[2]: med(v) for k, v in alone.items() if k[0] == "contig"}
+            contig = {k[2]: summary(v, v)[0] for k, v in alone.items() if k[0] == "contig"}
             for key in alone:
                 if key not in shim:
                     continue
                 kind, a, b = key
-                la, sa = alone[key], shim[key]
-                tl, ts = med(la), med(sa)
+                tl, ts, speedup, correct = summary(alone[key], shim[key])
                 one_l, one_s = (tl / 2, ts / 2) if kind in ("vector", "contig") else (tl, ts)
                 nbytes = b
-                # speedup: the median of the rounds' own ratios (each round's launches ran back to back)
-                ratios = [x[0] / y[0] for x, y in zip(la, sa) if y[0] > 0]
                 row = {"mpi": flav, "case": kind, "block": a if kind in ("vector", "calls") else 0,
                        "bytes": nbytes, "lib_us": one_l * 1e6, "shim_us": one_s * 1e6,
                        "lib_gbps": core.gbps(nbytes, one_l) if kind != "calls" else None,
                        "shim_gbps": core.gbps(nbytes, one_s) if kind != "calls" else None,
-                       "speedup": statistics.median(ratios) if ratios else None,
+                       "speedup": speedup,
                        "vs_contig": (ts / contig[b]) if kind == "vector" and b in contig else None,
                        "extra_ns": (ts - tl) * 1e9 if kind == "calls" else None,
-                       "correct": all(v[1] for v in la + sa) and len({v[2] for v in la + sa}) == 1}
+                       "correct": correct}
                 row["correct_text"] = "yes" if row["correct"] else "NO"
                 if kind == "halo":
                     row["halo_n"] = a

@@ -69,6 +69,14 @@ struct Config {
   // host memory (TEMPI's one-shot: no device-to-host copy, the library sends host bytes), larger
   // ones in device memory (the CUDA-aware library moves them at device bandwidth).
   int64_t gpu_oneshot_max = 65536;
+  // Measured by `hauler-bench calibrate`: point-to-point speedups of packing over the library,
+  // by (mean block, message bytes), for messages to another rank [0] and to the rank itself [1]
+  // (the library copies those in process, so packing pays far less often). When present, a
+  // point-to-point message is packed only where the nearest measured cells say packing won.
+  struct Cell {
+    double log_block, log_bytes, speedup;
+  };
+  std::vector<Cell> grid[2];
 };
 Config g;
 // Time spent packing is for the report only: two clock reads per message are a measurable part of
@@ -108,6 +116,14 @@ void logf(int level, const char* fmt, ...) {
   std::fprintf(stderr, "hauler-interpose[%d] %s: %s\n", g_rank, names[level], buf);
 }
 
+// log2(x) for x >= 1, linear between powers of two: enough to find the nearest measured cell
+// (and no libm for the shim to link).
+double octaves(int64_t x) {
+  if (x < 1) x = 1;
+  int e = 63 - __builtin_clzll(static_cast<unsigned long long>(x));
+  return e + (double(x) / double(1ull << e) - 1.0);
+}
+
 void load_model(const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "r");
   if (!f) {
@@ -118,8 +134,8 @@ void load_model(const std::string& path) {
   long long val;
   char line[512];
   while (std::fgets(line, sizeof line, f)) {
-    if (line[0] == '#') continue;
-    if (std::sscanf(line, "%127s %lld", key, &val) != 2) continue;
+    if (line[0] == '#' || std::sscanf(line, "%127s", key) != 1) continue;
+    bool number = std::sscanf(line, "%*s %lld", &val) == 1;
     // "key value" for every flavour, "<flavour>.key value" for this one (hauler-bench calibrate)
     const char* k = key;
     const char* dot = std::strchr(key, '.');
@@ -127,13 +143,24 @@ void load_model(const std::string& path) {
       if (std::strncmp(key, kFlavour, static_cast<size_t>(dot - key)) != 0 || kFlavour[dot - key] != '\0') continue;
       k = dot + 1;
     }
+    char where[16];
+    long long block = 0, bytes = 0;
+    double speedup = 0;
+    if (std::strcmp(k, "grid") == 0) {  // grid peer|self BLOCK BYTES SPEEDUP
+      if (std::sscanf(line, "%*s %15s %lld %lld %lf", where, &block, &bytes, &speedup) == 4 && block > 0 &&
+          bytes > 0 && (std::strcmp(where, "peer") == 0 || std::strcmp(where, "self") == 0))
+        g.grid[where[0] == 's'].push_back(Config::Cell{octaves(block), octaves(bytes), speedup});
+      continue;
+    }
+    if (!number) continue;
     if (std::strcmp(k, "max_block") == 0) g.max_block = val;
     else if (std::strcmp(k, "min_bytes") == 0) g.min_bytes = val;
     else if (std::strcmp(k, "gpu_oneshot_max") == 0) g.gpu_oneshot_max = val;
   }
   std::fclose(f);
-  logf(kInfo, "model %s: max_block=%lld min_bytes=%lld gpu_oneshot_max=%lld", path.c_str(),
-       (long long)g.max_block, (long long)g.min_bytes, (long long)g.gpu_oneshot_max);
+  logf(kInfo, "model %s: max_block=%lld min_bytes=%lld gpu_oneshot_max=%lld grid peer=%zu self=%zu cells",
+       path.c_str(), (long long)g.max_block, (long long)g.min_bytes, (long long)g.gpu_oneshot_max,
+       g.grid[0].size(), g.grid[1].size());
 }
 
 void configure() {
@@ -417,6 +444,12 @@ struct Brief {
   TypeInfoRef info;  // nullptr: not a type the shim decoded
   int64_t plan_count = -1;
   std::shared_ptr<const dt::Plan> plan;
+  // the model's last answer for this type, by (count, communicator, peer): a halo asks the same
+  // questions every step
+  int64_t asked_count = -1;
+  MPI_Comm asked_comm = MPI_COMM_NULL;
+  int asked_rank = MPI_PROC_NULL;
+  bool answer = false;
 };
 
 Brief& brief(MPI_Datatype t) {
@@ -431,6 +464,7 @@ Brief& brief(MPI_Datatype t) {
   b.info = lookup(t);
   b.plan_count = -1;
   b.plan.reset();
+  b.asked_count = -1;
   return b;
 }
 
@@ -546,7 +580,45 @@ const Gpu& gpu() {
 enum class Where : uint8_t { host, device, oneshot };
 
 // Decide whether a (buffer, count, type) message is packed by hauler. Returns the plan if so.
-std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep) {
+// Who a point-to-point message goes to or comes from (comm MPI_COMM_NULL: MPI_Pack and the
+// collectives, which the model's max_block/min_bytes decide).
+struct Peer {
+  MPI_Comm comm = MPI_COMM_NULL;
+  int rank = MPI_ANY_SOURCE;
+};
+
+// Whether packing a message of `bytes` with mean contiguous blocks of `block` bytes pays.
+bool pays(const Peer& to, int64_t block, int64_t bytes) {
+  if (to.comm == MPI_COMM_NULL || (g.grid[0].empty() && g.grid[1].empty()))
+    return block <= g.max_block && bytes >= g.min_bytes;
+  // A message to this rank itself (in an intercommunicator the rank names the other group, so
+  // this can only misjudge speed, never results).
+  int me = -1;
+  bool self = to.rank >= 0 && PMPI_Comm_rank(to.comm, &me) == MPI_SUCCESS && me == to.rank;
+  const auto& cells = g.grid[self && !g.grid[1].empty() ? 1 : g.grid[0].empty() ? 1 : 0];
+  double lb = octaves(block), lm = octaves(bytes);
+  // the median of the 3 nearest measured cells (in octaves): one cell a noisy machine spoiled
+  // does not flip the answer
+  struct Near {
+    double d, speedup;
+  } near[3];
+  int k = 0;
+  for (const auto& c : cells) {
+    double d = (c.log_block - lb) * (c.log_block - lb) + (c.log_bytes - lm) * (c.log_bytes - lm);
+    int at = k < 3 ? k++ : 3;
+    while (at > 0 && near[at - 1].d > d) {
+      if (at < 3) near[at] = near[at - 1];
+      --at;
+    }
+    if (at < 3) near[at] = Near{d, c.speedup};
+  }
+  double x[3];
+  for (int i = 0; i < k; ++i) x[i] = near[i].speedup;
+  std::sort(x, x + k);
+  return x[k / 2] > 1.0;
+}
+
+std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep, const Peer& to) {
   if (count <= 0) return nullptr;
   Brief& b = brief(t);
   const TypeInfo* info = b.info.get();
@@ -560,8 +632,13 @@ std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* k
     stats().contiguous++;
     return nullptr;
   }
-  int64_t bytes = info->size * count;
-  if (info->mean_block > g.max_block || bytes < g.min_bytes) {
+  if (b.asked_count != count || b.asked_comm != to.comm || b.asked_rank != to.rank) {
+    b.answer = pays(to, info->mean_block, info->size * count);
+    b.asked_count = count;
+    b.asked_comm = to.comm;
+    b.asked_rank = to.rank;
+  }
+  if (!b.answer) {
     stats().passthrough++;
     return nullptr;
   }
@@ -576,8 +653,8 @@ std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* k
 // choose() for a buffer: device buffers (see above) are never packed on the host. Callers that
 // can stage on the GPU pass `where` and get Where::device/oneshot for them when a backend exists.
 std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datatype t, TypeInfoRef* keep,
-                                           Where* where = nullptr) {
-  auto plan = choose(count, t, keep);
+                                           Where* where = nullptr, const Peer& to = Peer()) {
+  auto plan = choose(count, t, keep, to);
   if (where) *where = Where::host;
   if (plan && buf != nullptr && device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo)) {
     if (where && g.gpu && gpu().backend) {
@@ -870,11 +947,12 @@ void progress_orphans(bool block) {
 bool fits_int(const dt::Plan& p) { return p.total <= INT32_MAX; }
 
 // Stages (buf, count, t) in *p when the shim takes this side of a message; false: the library does.
-bool stage(const void* buf, int count, MPI_Datatype t, int peer, bool recv, Pending* p) {
+bool stage(const void* buf, int count, MPI_Datatype t, int peer, MPI_Comm comm, bool recv, Pending* p) {
+  if (peer == MPI_PROC_NULL) return false;
   TypeInfoRef info;
   Where where = Where::host;
-  auto plan = choose_buf(buf, count, t, &info, &where);
-  if (!plan || peer == MPI_PROC_NULL || !fits_int(*plan)) return false;
+  auto plan = choose_buf(buf, count, t, &info, &where, Peer{comm, peer});
+  if (!plan || !fits_int(*plan)) return false;
   p->bytes = static_cast<size_t>(plan->total);
   if (where == Where::host) {
     p->buf = buf_get(p->bytes);
@@ -927,7 +1005,7 @@ using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
 int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
   stats().calls++;
   Pending p;
-  if (!stage(buf, count, t, dest, false, &p)) return fn(buf, count, t, dest, tag, comm);
+  if (!stage(buf, count, t, dest, comm, false, &p)) return fn(buf, count, t, dest, tag, comm);
   int rc = fn(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm);
   release(p);
   return rc;
@@ -936,7 +1014,7 @@ int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest,
 int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
   stats().calls++;
   Pending p;
-  if (!stage(buf, count, t, source, true, &p)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
+  if (!stage(buf, count, t, source, comm, true, &p)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Recv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, s);
@@ -947,14 +1025,14 @@ int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm com
 int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
   stats().calls++;
   Pending p;
-  if (!stage(buf, count, t, dest, false, &p)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
+  if (!stage(buf, count, t, dest, comm, false, &p)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
   return keep(PMPI_Isend(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm, req), req, std::move(p));
 }
 
 int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
   stats().calls++;
   Pending p;
-  if (!stage(buf, count, t, source, true, &p)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  if (!stage(buf, count, t, source, comm, true, &p)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
   return keep(PMPI_Irecv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, req), req, std::move(p));
 }
 
@@ -963,8 +1041,8 @@ int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int sta
              MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status) {
   stats().calls++;
   Pending sp, rp;
-  bool s_on = stage(sbuf, scount, stype, dest, false, &sp);
-  bool r_on = stage(rbuf, rcount, rtype, source, true, &rp);
+  bool s_on = stage(sbuf, scount, stype, dest, comm, false, &sp);
+  bool r_on = stage(rbuf, rcount, rtype, source, comm, true, &rp);
   if (!s_on && !r_on)
     return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
   MPI_Status local;

@@ -278,12 +278,34 @@ def test_calibrate_writes_a_model_the_shim_reads(built, tmp_path):
     assert p.returncode == 0, p.stdout[-3000:]
     text = model.read_text()
     assert re.search(rf"^{flav}\.max_block \d+$", text, re.M) and re.search(rf"^{flav}\.min_bytes \d+$", text, re.M)
+    assert re.search(rf"^{flav}\.grid peer \d+ \d+ [\d.]+$", text, re.M), text
+    assert re.search(rf"^{flav}\.grid self \d+ \d+ [\d.]+$", text, re.M), text
     # a model for another flavour only must not change this one's choices: pack nothing here
     model.write_text("max_block 0\nmin_bytes 0\nother.max_block 1000000\n")
     rep = _run_pair(flav, 2, [built(flav, "halo"), "5", "1"], tmp_path, pack_all=False,
                     extra={"HAULER_INTERPOSE_MODEL": str(model)})
     t = _report(rep, 2)
     assert t["packed_msgs"] == 0 and t["passthrough"] > 0, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_model_grid_chooses_per_peer(flav, built, tmp_path):
+    """With a measured grid, messages to the rank itself and to the other rank are decided apart
+    (2 ranks of the periodic halo: the faces along the first dimension go to the other rank, the
+    rest to the rank itself); max_block/min_bytes no longer decide point-to-point messages."""
+    packed = {}
+    for wins in ("peer", "self"):
+        model = tmp_path / f"grid_{wins}.txt"
+        loses = "self" if wins == "peer" else "peer"
+        model.write_text(f"max_block 0\nmin_bytes 1000000000\n{flav}.grid {wins} 8 1024 2.0\n"
+                         f"{flav}.grid {loses} 8 1024 0.5\nother.grid {loses} 8 1024 9.0\n")
+        (tmp_path / wins).mkdir()  # reports are appended to: one folder per run
+        rep = _run_pair(flav, 2, [built(flav, "halo"), "5", "1"], tmp_path / wins, pack_all=False,
+                        extra={"HAULER_INTERPOSE_MODEL": str(model)})
+        t = _report(rep, 2)
+        assert 0 < t["packed_msgs"] < 2 * HALO_PACKED and t["packed_msgs"] == t["unpacked_msgs"], t
+        packed[wins] = t["packed_msgs"]
+    assert packed["peer"] + packed["self"] == 2 * HALO_PACKED, packed
 
 
 def test_choose_model():
