@@ -453,11 +453,13 @@ struct Brief {
 };
 
 Brief& brief(MPI_Datatype t) {
-  constexpr unsigned kSlots = 32;
-  thread_local Brief slots[kSlots];
+  // 256 slots (~25 KiB a thread): a 3D halo alone uses 52 types, and a slot two of them share
+  // sends both back to the locked map on every call
+  constexpr unsigned kSlotBits = 8;
+  thread_local Brief slots[1u << kSlotBits];
   uint64_t gen = g_types_gen.load(std::memory_order_acquire);
-  unsigned long long h = handle_bits(t);
-  Brief& b = slots[((h >> 4) ^ (h >> 12) ^ h) % kSlots];
+  unsigned long long h = handle_bits(t) * 0x9E3779B97F4A7C15ull;  // Fibonacci hashing: top bits
+  Brief& b = slots[h >> (64 - kSlotBits)];
   if (b.gen == gen && b.t == t) return b;
   b.t = t;
   b.gen = gen;
