@@ -217,14 +217,19 @@ struct Totals {
 std::mutex g_stats_mu;
 std::vector<Stats*> g_stats_all;  // never freed: a thread's counts outlive it
 
+// The shim is preloaded, so its thread-locals can sit in the static TLS block (initial-exec: a
+// plain %fs-relative load, not a __tls_get_addr call and an init guard on every MPI call).
+#define HAULER_TLS __thread __attribute__((tls_model("initial-exec")))
+HAULER_TLS Stats* tl_stats = nullptr;
+
 Stats& stats() {
-  thread_local Stats* mine = [] {
+  if (__builtin_expect(tl_stats == nullptr, 0)) {
     auto* s = new Stats;
     std::lock_guard<std::mutex> lk(g_stats_mu);
     g_stats_all.push_back(s);
-    return s;
-  }();
-  return *mine;
+    tl_stats = s;
+  }
+  return *tl_stats;
 }
 
 Totals totals() {
@@ -452,11 +457,23 @@ struct Brief {
   bool answer = false;
 };
 
+HAULER_TLS Brief* tl_slots = nullptr;
+
 Brief& brief(MPI_Datatype t) {
   // 256 slots (~25 KiB a thread): a 3D halo alone uses 52 types, and a slot two of them share
   // sends both back to the locked map on every call
   constexpr unsigned kSlotBits = 8;
-  thread_local Brief slots[1u << kSlotBits];
+  // owned by a thread_local that frees them at thread exit; reached through an initial-exec pointer
+  struct Owner {
+    std::unique_ptr<Brief[]> p;
+    ~Owner() { tl_slots = nullptr; }
+  };
+  if (__builtin_expect(tl_slots == nullptr, 0)) {
+    thread_local Owner owner;  // declared here: its init guard is checked on this path only
+    owner.p.reset(new Brief[1u << kSlotBits]);
+    tl_slots = owner.p.get();
+  }
+  Brief* slots = tl_slots;
   uint64_t gen = g_types_gen.load(std::memory_order_acquire);
   unsigned long long h = handle_bits(t) * 0x9E3779B97F4A7C15ull;  // Fibonacci hashing: top bits
   Brief& b = slots[h >> (64 - kSlotBits)];
