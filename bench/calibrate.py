@@ -1,9 +1,13 @@
 """``hauler-bench calibrate``: measure when the interposer's packing pays, write a model file.
 
-For each installed MPI with a built interposer, 2 ranks ping-pong vector types (MPI_BYTE
-blocks, stride 2 x block) with the library alone and with the interposer packing every
-non-contiguous message (a pack-everything model), alternating launches. From the speedups it
-picks, per flavour:
+For each installed MPI with a built interposer, 2 ranks ping-pong vector types (blocks of
+MPI_DOUBLEs, MPI_BYTEs below 8 bytes; stride 2 x block) with the library alone and with the interposer packing every
+non-contiguous message (a pack-everything model), alternating launches; and each rank sends the
+same messages to itself (the library copies those in process, where packing pays far less
+often). Every (peer or self, block, message) speedup is written as a ``<flavour>.grid`` line:
+the shim packs a point-to-point message only where the median of its 3 nearest measured cells
+was faster packed.
+For MPI_Pack and the collectives it also picks, per flavour:
 
   max_block  the largest block size (bytes) at which packing is faster for messages of 16 KiB
              and more (and at every smaller block size);
@@ -25,7 +29,7 @@ from typing import Any, Dict, List, Optional
 
 from . import core
 from .core import Column, Report, format_size
-from .mpi import PROGRAM, _flavours, _launch
+from .mpi import PROGRAM, _flavours, alternate, summary
 
 NAME = "calibrate"
 HELP = "measure pack vs pass-through per block and message size; write the interposer's model file"
@@ -37,6 +41,7 @@ DEFAULT_OUT = os.path.join(os.path.expanduser("~"), ".config", "hauler", "interp
 
 COLUMNS = [
     Column("mpi", "mpi", "", left=True, width=7),
+    Column("to", "to", "", left=True, width=4),
     Column("block", "block", "B", format_size, width=5),
     Column("bytes", "message", "B", format_size, width=7),
     Column("lib_us", "library", "us", lambda v: f"{v:.1f}", width=8),
@@ -89,17 +94,20 @@ def run(flavours: Optional[List[str]], budget: float, rounds: int, out_path: str
     found, warnings = _flavours(flavours)
     blocks = (1, 8, 256, 4096) if quick else BLOCKS
     messages = (1 << 10, 256 << 10) if quick else MESSAGES
-    specs = [f"vector:{b}:{m}" for m in messages for b in blocks if b <= m]
+    # blocks of 8 bytes and more as MPI_DOUBLEs, as scientific codes send them
+    specs = [f"{kind}:{b}:{m}" for kind in ("dvector", "dself") for m in messages for b in blocks if b <= m]
     header = [("MPI", ", ".join(f"{f}: {cc}" for f, cc, _, _ in found) or "none"),
               ("machine", f"{mach['cpu']}, {mach['cores_usable']} usable cores; {mach['host']}; {mach['date']}"),
               ("method", f"2-rank ping-pong, library alone vs interposer packing everything; median of 3 batches "
-                         f"of ~{budget:g} s, best of {rounds} alternated launches"),
+                         f"of ~{budget:g} s; {rounds} alternated launches per side, median times and the median of the "
+                         f"rounds' own ratios"),
               ("model", f"written to {out_path}")]
     rep = Report(benchmark=NAME, config={"budget": budget, "rounds": rounds, "out": out_path, "cases": specs},
                  header=header, columns=COLUMNS, warnings=warnings, info={"machine": mach})
     out = out or core.Output("table")
     out.begin(rep)
     models: Dict[str, Dict[str, int]] = {}
+    grids: Dict[str, List[Any]] = {}
     with tempfile.TemporaryDirectory(prefix="hauler-calibrate-") as tmp:
         src = os.path.join(tmp, "pingpong.c")
         with open(src, "w") as f:
@@ -114,30 +122,24 @@ def run(flavours: Optional[List[str]], budget: float, rounds: int, out_path: str
                 rep.warnings.append(f"{flav}: compiling failed: {p.stdout.decode()[-300:]}")
                 continue
             argv = [exe, str(budget)] + specs
-            alone: Dict[Any, Any] = {}
-            shim: Dict[Any, Any] = {}
             try:
-                for _ in range(rounds):
-                    for dest, use, extra in ((alone, None, None),
-                                             (shim, lib, {"HAULER_INTERPOSE_MODEL": pack_all})):
-                        for k, v in _launch(flav, mpiexec, use, argv, extra).items():
-                            if k not in dest or v[0] < dest[k][0]:
-                                dest[k] = v
+                alone, shim = alternate(flav, mpiexec, lib, argv, rounds, {"HAULER_INTERPOSE_MODEL": pack_all})
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 rep.warnings.append(f"{flav}: {e}")
                 continue
             rows = []
-            for key in sorted(alone, key=lambda k: (k[1], k[2])):
+            for key in sorted(alone, key=lambda k: (k[0], k[1], k[2])):
                 if key not in shim:
                     continue
-                (tl, okl, hl), (ts, oks, hs) = alone[key], shim[key]
-                row = {"mpi": flav, "block": key[1], "bytes": key[2], "lib_us": tl / 2 * 1e6, "shim_us": ts / 2 * 1e6,
-                       "speedup": tl / ts if ts > 0 else 0.0, "correct": bool(okl and oks and hl == hs)}
+                tl, ts, speedup, correct = summary(alone[key], shim[key])
+                row = {"mpi": flav, "to": "self" if key[0] == "dself" else "peer", "block": key[1], "bytes": key[2],
+                       "lib_us": tl / 2 * 1e6, "shim_us": ts / 2 * 1e6, "speedup": speedup or 0.0, "correct": correct}
                 row["correct_text"] = "yes" if row["correct"] else "NO"
                 rows.append(row)
                 rep.rows.append(row)
                 out.row(rep, row)
-            models[flav] = choose_model(rows)
+            models[flav] = choose_model([r for r in rows if r["to"] == "peer"])
+            grids[flav] = [(r["to"], r["block"], r["bytes"], r["speedup"]) for r in rows if r["correct"]]
     if models:
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
         with open(out_path, "w") as f:
@@ -145,9 +147,12 @@ def run(flavours: Optional[List[str]], budget: float, rounds: int, out_path: str
                     f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}\n")
             f.write("# <flavour>.max_block: pack when the mean contiguous block is at most this many bytes\n")
             f.write("# <flavour>.min_bytes: pass messages smaller than this through\n")
+            f.write("# <flavour>.grid peer|self BLOCK BYTES SPEEDUP: point-to-point, packed over the library alone\n")
             for flav, m in models.items():
                 for k, v in m.items():
                     f.write(f"{flav}.{k} {v}\n")
+                for to, b, n, x in grids.get(flav, []):
+                    f.write(f"{flav}.grid {to} {b} {n} {x:.3f}\n")
         rep.info["model"] = models
         for flav, m in models.items():
             rep.footer.append(f"model {flav}: max_block {m['max_block']} B, min_bytes {m['min_bytes']} B")

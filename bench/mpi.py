@@ -29,7 +29,7 @@ HELP = "MPI ping-pong and 3D halo exchange: the library alone vs with hauler's i
 
 BLOCKS = (1, 8, 64, 512, 4096)
 MESSAGES = (1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20)
-HALO_SIZES = (16, 48)
+HALO_SIZES = (16, 48, 96)
 
 PROGRAM = r"""
 #include <mpi.h>
@@ -55,7 +55,7 @@ static double timed(void (*fn)(int, void *), void *arg) {
   double one = MPI_Wtime() - t0;
   int iters = one > 0 ? (int)(budget / one) : 1000;
   if (iters < 2) iters = 2;
-  if (iters > 2000) iters = 2000;
+  if (iters > 20000) iters = 20000;
   MPI_Bcast(&iters, 1, MPI_INT, 0, MPI_COMM_WORLD);
   double best[3];
   for (int r = 0; r < 3; ++r) {
@@ -67,6 +67,22 @@ static double timed(void (*fn)(int, void *), void *arg) {
   }
   double a = best[0], b = best[1], c = best[2]; /* median of 3 */
   return a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
+}
+
+/* `bytes` data bytes as a vector of MPI_BYTE blocks at a stride of 2 x block, or contiguous
+ * (block 0); of MPI_DOUBLEs (`dbl`, block a multiple of 8) the way scientific codes describe
+ * theirs (libraries move typed blocks faster than byte blocks); returns the count to send. */
+static int message_type(long block, long bytes, int dbl, MPI_Datatype *t) {
+  if (block <= 0) {
+    *t = MPI_BYTE;
+    return (int)bytes;
+  }
+  if (dbl && block % 8 == 0)
+    MPI_Type_vector((int)(bytes / block), (int)(block / 8), (int)(2 * block / 8), MPI_DOUBLE, t);
+  else
+    MPI_Type_vector((int)(bytes / block), (int)block, (int)(2 * block), MPI_BYTE, t);
+  MPI_Type_commit(t);
+  return 1;
 }
 
 typedef struct { unsigned char *src, *dst; MPI_Datatype t; int count; } Ping;
@@ -84,6 +100,18 @@ static void pingpong(int iters, void *arg) {
   }
 }
 
+/* The same message to this rank itself (the library copies it in process), twice per
+ * iteration like a round trip. */
+static void selfping(int iters, void *arg) {
+  Ping *p = arg;
+  for (int i = 0; i < 2 * iters; ++i) {
+    MPI_Request r;
+    MPI_Irecv(p->dst, p->count, p->t, rank, 3, MPI_COMM_WORLD, &r);
+    MPI_Send(p->src, p->count, p->t, rank, 3, MPI_COMM_WORLD);
+    MPI_Wait(&r, MPI_STATUS_IGNORE);
+  }
+}
+
 typedef struct { double *a; MPI_Datatype st[26], rt[26]; int to[26], from[26]; MPI_Comm cart; } Halo;
 
 static void halo(int iters, void *arg) {
@@ -93,6 +121,20 @@ static void halo(int iters, void *arg) {
     for (int i = 0; i < 26; ++i) MPI_Irecv(h->a, 1, h->rt[i], h->from[i], i, h->cart, &rq[i]);
     for (int i = 0; i < 26; ++i) MPI_Isend(h->a, 1, h->st[i], h->to[i], i, h->cart, &rq[26 + i]);
     MPI_Waitall(52, rq, MPI_STATUSES_IGNORE);
+  }
+}
+
+/* Pass-through cost: 16 Irecv + 16 Isend of a small message to this rank itself, then one
+ * Waitall (33 calls), so the per-call cost is not hidden behind a peer's latency. */
+typedef struct { unsigned char *src, *dst; MPI_Datatype t; int count; long span; } Calls;
+
+static void calls(int iters, void *arg) {
+  Calls *c = arg;
+  MPI_Request rq[32];
+  for (int it = 0; it < iters; ++it) {
+    for (int i = 0; i < 16; ++i) MPI_Irecv(c->dst + i * c->span, c->count, c->t, rank, i, MPI_COMM_WORLD, &rq[i]);
+    for (int i = 0; i < 16; ++i) MPI_Isend(c->src, c->count, c->t, rank, i, MPI_COMM_WORLD, &rq[16 + i]);
+    MPI_Waitall(32, rq, MPI_STATUSES_IGNORE);
   }
 }
 
@@ -144,21 +186,33 @@ int main(int argc, char **argv) {
       free(h.a);
       continue;
     }
+    if (strcmp(kind, "calls") == 0) { /* see message_type() */
+      Calls c;
+      c.span = block > 0 ? 2 * bytes : bytes;
+      c.src = malloc(c.span);
+      c.dst = calloc(16, c.span);
+      for (long i = 0; i < c.span; ++i) c.src[i] = (unsigned char)(i * 29 + rank);
+      c.count = message_type(block, bytes, 0, &c.t);
+      double t = timed(calls, &c) / 33;
+      if (rank == 0)
+        printf("row calls %ld %ld %.9e 1 %016llx\n", block, bytes, t,
+               (unsigned long long)fnv(c.dst, 16 * c.span));
+      if (block > 0) MPI_Type_free(&c.t);
+      free(c.src);
+      free(c.dst);
+      continue;
+    }
     /* vector of MPI_BYTE blocks, stride 2 x block; or the same bytes contiguous (block 0) */
     Ping p;
     long span = block > 0 ? 2 * bytes : bytes;
     p.src = malloc(span);
     p.dst = malloc(span);
     for (long i = 0; i < span; ++i) { p.src[i] = (unsigned char)(i * 131 + 7); p.dst[i] = 0xEE; }
-    if (block > 0) {
-      MPI_Type_vector((int)(bytes / block), (int)block, (int)(2 * block), MPI_BYTE, &p.t);
-      MPI_Type_commit(&p.t);
-      p.count = 1;
-    } else {
-      p.t = MPI_BYTE;
-      p.count = (int)bytes;
-    }
-    double t = timed(pingpong, &p);
+    /* kinds: vector (to the other rank), self (to this rank); a "d" prefix: MPI_DOUBLE blocks */
+    int dbl = kind[0] == 'd';
+    p.count = message_type(block, bytes, dbl, &p.t);
+    int self = strcmp(kind + dbl, "self") == 0;
+    double t = timed(self ? selfping : pingpong, &p);
     int ok = 1;
     if (rank == 0)
       for (long i = 0; i < span && ok; ++i) {
@@ -166,7 +220,7 @@ int main(int argc, char **argv) {
         ok = inside ? p.dst[i] == p.src[i] : p.dst[i] == 0xEE;
       }
     if (rank == 0)
-      printf("row %s %ld %ld %.9e %d %016llx\n", block > 0 ? "vector" : "contig", block, bytes, t, ok,
+      printf("row %s %ld %ld %.9e %d %016llx\n", block > 0 ? kind : "contig", block, bytes, t, ok,
              (unsigned long long)fnv(p.dst, span));
     if (block > 0) MPI_Type_free(&p.t);
     free(p.src);
@@ -198,6 +252,7 @@ COLUMNS = [
     Column("shim_gbps", "+hauler", "GB/s", _fx),
     Column("speedup", "speedup", "x", _fx),
     Column("vs_contig", "vs contig", "x", _fx, width=9),
+    Column("extra_ns", "+call", "ns", lambda v: f"{v:.0f}", width=6),
     Column("correct_text", "correct", "", left=True, width=7),
 ]
 
@@ -209,6 +264,8 @@ TARGETS = [
      lambda r: r["case"] == "vector" and r["block"] == 1 and r["bytes"] == 1 << 20, "vs_contig", "<=", 2.0),
     ("halo-2x", "3D halo exchange (26 subarray neighbours) at least 2x faster",
      lambda r: r["case"] == "halo", "speedup", ">=", 2.0),
+    ("passthrough-1us", "a call the shim passes through costs under a microsecond more (Isend/Irecv/Waitall)",
+     lambda r: r["case"] == "calls", "extra_ns", "<=", 1000.0),
     ("no-slowdown", "contiguous and 4 KiB-block messages no more than 5% slower (speedup >= 0.95)",
      lambda r: r["case"] == "contig" or (r["case"] == "vector" and r["block"] >= 4096), "speedup", ">=", 0.95),
 ]
@@ -219,8 +276,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=0.05,
                    help="seconds per timed batch (3 batches per case, median); default 0.05")
     p.add_argument("--rounds", type=int, default=2,
-                   help="launches of each side, alternated; each case keeps its fastest (default 2)")
+                   help="launches of each side, alternated; medians over them (default 2)")
     p.add_argument("--quick", action="store_true", help="1 B, 64 B and 4 KiB blocks; 1 KiB, 1 MiB messages")
+    p.add_argument("--model", default=None, help="HAULER_INTERPOSE_MODEL file for the runs with the shim")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--csv", action="store_true", help="CSV rows")
 
@@ -228,7 +286,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     fmt = "json" if args.json else "csv" if args.csv else "table"
     flavours = None if args.mpi == "all" else [f.strip() for f in args.mpi.split(",") if f.strip()]
-    rep = run(flavours, args.budget, args.quick, core.Output(fmt), args.rounds)
+    rep = run(flavours, args.budget, args.quick, core.Output(fmt), args.rounds, args.model)
     return 0 if rep.rows and all(r["correct"] for r in rep.rows) else 1
 
 
@@ -289,8 +347,32 @@ def _launch(flav: str, mpiexec: str, lib: Optional[str], argv: List[str],
     return rows
 
 
+def alternate(flav: str, mpiexec: str, lib: str, argv: List[str], rounds: int,
+              shim_env: Optional[Dict[str, str]] = None) -> Tuple[Dict[Tuple, List], Dict[Tuple, List]]:
+    """Launches the library alone and with the shim alternately (A B A B ...: a noisy phase hits
+    both sides of a round); each case's results, one per round, per side."""
+    alone: Dict[Tuple, List] = {}
+    shim: Dict[Tuple, List] = {}
+    for _ in range(rounds):
+        for dest, use in ((alone, None), (shim, lib)):
+            for k, v in _launch(flav, mpiexec, use, argv, shim_env if use else None).items():
+                dest.setdefault(k, []).append(v)
+    return alone, shim
+
+
+def summary(alone: List[Tuple], shim: List[Tuple]) -> Tuple[float, float, Optional[float], bool]:
+    """(library time, shim time, speedup, correct) of one case: median times over the rounds, the
+    median of each round's own ratio (its two launches ran back to back), and whether every
+    launch checked out and left the same receive checksum."""
+    tl = statistics.median(v[0] for v in alone)
+    ts = statistics.median(v[0] for v in shim)
+    ratios = [x[0] / y[0] for x, y in zip(alone, shim) if y[0] > 0]
+    correct = all(v[1] for v in alone + shim) and len({v[2] for v in alone + shim}) == 1
+    return tl, ts, (statistics.median(ratios) if ratios else None), correct
+
+
 def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: bool = False,
-        out: Optional[core.Output] = None, rounds: int = 2) -> Report:
+        out: Optional[core.Output] = None, rounds: int = 2, model: Optional[str] = None) -> Report:
     hinfo = core.hauler_info()
     mach = core.machine_info()
     found, warnings = _flavours(flavours)
@@ -299,6 +381,7 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
     halos = HALO_SIZES[:1] if quick else HALO_SIZES
     specs = [f"vector:{b}:{m}" for m in messages for b in blocks if b <= m]
     specs += [f"contig:0:{m}" for m in messages] + [f"halo:{n}:0" for n in halos]
+    specs += ["calls:0:8", "calls:8:64"]  # pass-through cost: 8 contiguous bytes; 8 blocks of 8 B (< min_bytes)
     header = [
         ("hauler", f"{hinfo['version']} ({hinfo['core']}); build: {hinfo['build_summary']}"),
         ("MPI", ", ".join(f"{f}: {cc}" for f, cc, _, _ in found) or "none"),
@@ -306,8 +389,11 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                     f"{mach['host']}, {mach['os']}; {mach['date']}"),
         ("ranks", "2 on this machine (shared memory); library alone, then with libhauler_interpose.so "
                   "(LD_PRELOAD as `hauler run` injects it), same binary, same run"),
-        ("timing", f"median of 3 batches of ~{budget:g} s each, best of {rounds} alternated launches per side; ping-pong: one-way time = round trip / 2; "
-                   f"halo: one 26-neighbour exchange"),
+        ("timing", f"median of 3 batches of ~{budget:g} s each; {rounds} alternated launches per side, times are "
+                   f"their medians and speedups the median of each round's ratio; ping-pong: one-way time = round "
+                   f"trip / 2; halo: one 26-neighbour exchange; calls: per MPI call of 16 Irecv + 16 Isend to "
+                   f"self + Waitall, +call = the shim's extra ns per call"),
+        ("model", model or "the shim's built-in model (HAULER_INTERPOSE_MODEL unset)"),
         ("GB/s", "data bytes of the message (halo: all 26 faces) / one-way time / 1e9"),
         ("x", "speedup = library time / +hauler time; vs contig = +hauler time of the vector / the library's "
               "time for the same bytes contiguous"),
@@ -333,34 +419,30 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                 rep.warnings.append(f"{flav}: compiling the benchmark failed: {p.stdout.decode()[-500:]}")
                 continue
             argv = [exe, str(budget)] + specs
-            try:  # alternate the two (A B A B), keep each case's faster launch: a noisy phase hits both
-                alone, shim = {}, {}
-                for _ in range(rounds):
-                    for dest, use in ((alone, None), (shim, lib)):
-                        for k, v in _launch(flav, mpiexec, use, argv).items():
-                            if k not in dest or v[0] < dest[k][0]:
-                                dest[k] = (v[0], v[1] and dest.get(k, v)[1], v[2])
+            extra = {"HAULER_INTERPOSE_MODEL": os.path.abspath(model)} if model else None
+            try:
+                alone, shim = alternate(flav, mpiexec, lib, argv, rounds, extra)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 rep.warnings.append(f"{flav}: {e}")
                 continue
-            contig = {k[2]: v[0] for k, v in alone.items() if k[0] == "contig"}
+            contig = {k[2]: summary(v, v)[0] for k, v in alone.items() if k[0] == "contig"}
             for key in alone:
                 if key not in shim:
                     continue
                 kind, a, b = key
-                (tl, okl, hl), (ts, oks, hs) = alone[key], shim[key]
-                one_l, one_s = (tl / 2, ts / 2) if kind != "halo" else (tl, ts)
+                tl, ts, speedup, correct = summary(alone[key], shim[key])
+                one_l, one_s = (tl / 2, ts / 2) if kind in ("vector", "contig") else (tl, ts)
                 nbytes = b
-                row = {"mpi": flav, "case": kind, "block": a if kind == "vector" else (a if kind == "halo" else 0),
+                row = {"mpi": flav, "case": kind, "block": a if kind in ("vector", "calls") else 0,
                        "bytes": nbytes, "lib_us": one_l * 1e6, "shim_us": one_s * 1e6,
-                       "lib_gbps": core.gbps(nbytes, one_l), "shim_gbps": core.gbps(nbytes, one_s),
-                       "speedup": tl / ts if ts > 0 else None,
+                       "lib_gbps": core.gbps(nbytes, one_l) if kind != "calls" else None,
+                       "shim_gbps": core.gbps(nbytes, one_s) if kind != "calls" else None,
+                       "speedup": speedup,
                        "vs_contig": (ts / contig[b]) if kind == "vector" and b in contig else None,
-                       "correct": bool(okl and oks and hl == hs)}
+                       "extra_ns": (ts - tl) * 1e9 if kind == "calls" else None,
+                       "correct": correct}
                 row["correct_text"] = "yes" if row["correct"] else "NO"
                 if kind == "halo":
-                    row["block"] = 0
-                    row["case"] = f"halo"
                     row["halo_n"] = a
                 rep.rows.append(row)
                 out.row(rep, row)
@@ -386,7 +468,7 @@ def evaluate_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 t["status"] = "MISS" if bad else "PASS"
                 t["worst"] = worst[0]
                 t["measured"] = (f"{len(bad)} of {len(vals)} rows miss; " if bad else f"all {len(vals)} met; ") + \
-                    f"worst {worst[0]:.2f}x ({worst[1]['case']} block {format_size(worst[1]['block'])} " \
+                    f"worst {worst[0]:.2f}{'ns' if value == 'extra_ns' else 'x'} ({worst[1]['case']} block {format_size(worst[1]['block'])} " \
                     f"{format_size(worst[1]['bytes'])})"
             out.append(t)
     return out

@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -68,8 +69,19 @@ struct Config {
   // host memory (TEMPI's one-shot: no device-to-host copy, the library sends host bytes), larger
   // ones in device memory (the CUDA-aware library moves them at device bandwidth).
   int64_t gpu_oneshot_max = 65536;
+  // Measured by `hauler-bench calibrate`: point-to-point speedups of packing over the library,
+  // by (mean block, message bytes), for messages to another rank [0] and to the rank itself [1]
+  // (the library copies those in process, so packing pays far less often). When present, a
+  // point-to-point message is packed only where the nearest measured cells say packing won.
+  struct Cell {
+    double log_block, log_bytes, speedup;
+  };
+  std::vector<Cell> grid[2];
 };
 Config g;
+// Time spent packing is for the report only: two clock reads per message are a measurable part of
+// a small message's cost, so nothing is timed unless a report was asked for.
+bool g_timing = false;
 #if defined(OPEN_MPI)
 constexpr const char* kFlavour = "openmpi";
 #elif defined(MPICH_VERSION)
@@ -104,6 +116,14 @@ void logf(int level, const char* fmt, ...) {
   std::fprintf(stderr, "hauler-interpose[%d] %s: %s\n", g_rank, names[level], buf);
 }
 
+// log2(x) for x >= 1, linear between powers of two: enough to find the nearest measured cell
+// (and no libm for the shim to link).
+double octaves(int64_t x) {
+  if (x < 1) x = 1;
+  int e = 63 - __builtin_clzll(static_cast<unsigned long long>(x));
+  return e + (double(x) / double(1ull << e) - 1.0);
+}
+
 void load_model(const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "r");
   if (!f) {
@@ -114,8 +134,8 @@ void load_model(const std::string& path) {
   long long val;
   char line[512];
   while (std::fgets(line, sizeof line, f)) {
-    if (line[0] == '#') continue;
-    if (std::sscanf(line, "%127s %lld", key, &val) != 2) continue;
+    if (line[0] == '#' || std::sscanf(line, "%127s", key) != 1) continue;
+    bool number = std::sscanf(line, "%*s %lld", &val) == 1;
     // "key value" for every flavour, "<flavour>.key value" for this one (hauler-bench calibrate)
     const char* k = key;
     const char* dot = std::strchr(key, '.');
@@ -123,13 +143,24 @@ void load_model(const std::string& path) {
       if (std::strncmp(key, kFlavour, static_cast<size_t>(dot - key)) != 0 || kFlavour[dot - key] != '\0') continue;
       k = dot + 1;
     }
+    char where[16];
+    long long block = 0, bytes = 0;
+    double speedup = 0;
+    if (std::strcmp(k, "grid") == 0) {  // grid peer|self BLOCK BYTES SPEEDUP
+      if (std::sscanf(line, "%*s %15s %lld %lld %lf", where, &block, &bytes, &speedup) == 4 && block > 0 &&
+          bytes > 0 && (std::strcmp(where, "peer") == 0 || std::strcmp(where, "self") == 0))
+        g.grid[where[0] == 's'].push_back(Config::Cell{octaves(block), octaves(bytes), speedup});
+      continue;
+    }
+    if (!number) continue;
     if (std::strcmp(k, "max_block") == 0) g.max_block = val;
     else if (std::strcmp(k, "min_bytes") == 0) g.min_bytes = val;
     else if (std::strcmp(k, "gpu_oneshot_max") == 0) g.gpu_oneshot_max = val;
   }
   std::fclose(f);
-  logf(kInfo, "model %s: max_block=%lld min_bytes=%lld gpu_oneshot_max=%lld", path.c_str(),
-       (long long)g.max_block, (long long)g.min_bytes, (long long)g.gpu_oneshot_max);
+  logf(kInfo, "model %s: max_block=%lld min_bytes=%lld gpu_oneshot_max=%lld grid peer=%zu self=%zu cells",
+       path.c_str(), (long long)g.max_block, (long long)g.min_bytes, (long long)g.gpu_oneshot_max,
+       g.grid[0].size(), g.grid[1].size());
 }
 
 void configure() {
@@ -142,29 +173,83 @@ void configure() {
   for (int i = 0; i < 5; ++i)
     if (lv == names[i]) g.log = i;
   g.report = env_str("HAULER_INTERPOSE_REPORT");
+  g_timing = !g.report.empty() && g.report != "0";
   g.model = env_str("HAULER_INTERPOSE_MODEL");
   if (!g.model.empty()) load_model(g.model);
   // One packing thread per rank unless HAULER_THREADS says otherwise: ranks share the cores.
   const char* t = std::getenv("HAULER_THREADS");
   if (t == nullptr || *t == '\0') hauler::settings::set_override("HAULER_THREADS", 1);
+  // The engine reads its settings from the environment on every pack (getenv: ~40 ns, a tenth of
+  // a small message's cost); the shim's environment is fixed at launch, so read them once.
+  try {
+    namespace hs = hauler::settings;
+    hs::set_override("HAULER_THREADS", hs::threads());
+    hs::set_override("HAULER_PACK_PARALLEL_MIN", hs::pack_parallel_min());
+    hs::set_override("HAULER_PACK_STREAM_MIN", hs::pack_stream_min());
+  } catch (const std::exception& e) {
+    logf(kWarning, "%s; built-in defaults", e.what());
+  }
   g.on = env_bool("HAULER_INTERPOSE", true);
 }
 
 // ---------------------------------------------------------------- counters
-struct Stats {
-  std::atomic<int64_t> calls{0}, packed_msgs{0}, unpacked_msgs{0}, passthrough{0}, contiguous{0},
-      bytes_packed{0}, bytes_unpacked{0}, pack_ns{0}, types_decoded{0}, types_refused{0},
-      mpi_pack_calls{0}, coll_passthrough{0}, coll_packed{0}, fortran{0}, gpu_packed{0}, gpu_unpacked{0},
-      gpu_device{0}, gpu_oneshot{0};
+// Each thread counts into its own Stats (single writer: a relaxed load and store, no locked
+// instruction on the pass-through path); the report sums every thread's.
+struct Counter {
+  std::atomic<int64_t> v{0};
+  void operator++(int) { v.store(v.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
+  void operator+=(int64_t n) { v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
 };
-Stats st;
+#define HAULER_STATS(X)                                                                                      \
+  X(calls) X(packed_msgs) X(unpacked_msgs) X(passthrough) X(contiguous) X(bytes_packed) X(bytes_unpacked)   \
+  X(pack_ns) X(types_decoded) X(types_refused) X(mpi_pack_calls) X(coll_passthrough) X(coll_packed)         \
+  X(fortran) X(gpu_packed) X(gpu_unpacked) X(gpu_device) X(gpu_oneshot)
+struct Stats {
+#define HAULER_FIELD(n) Counter n;
+  HAULER_STATS(HAULER_FIELD)
+#undef HAULER_FIELD
+};
+struct Totals {
+#define HAULER_FIELD(n) long long n = 0;
+  HAULER_STATS(HAULER_FIELD)
+#undef HAULER_FIELD
+};
+std::mutex g_stats_mu;
+std::vector<Stats*> g_stats_all;  // never freed: a thread's counts outlive it
 
-void count_fortran() { st.fortran++; }
+// The shim is preloaded, so its thread-locals can sit in the static TLS block (initial-exec: a
+// plain %fs-relative load, not a __tls_get_addr call and an init guard on every MPI call).
+#define HAULER_TLS __thread __attribute__((tls_model("initial-exec")))
+HAULER_TLS Stats* tl_stats = nullptr;
+
+Stats& stats() {
+  if (__builtin_expect(tl_stats == nullptr, 0)) {
+    auto* s = new Stats;
+    std::lock_guard<std::mutex> lk(g_stats_mu);
+    g_stats_all.push_back(s);
+    tl_stats = s;
+  }
+  return *tl_stats;
+}
+
+Totals totals() {
+  Totals t;
+  std::lock_guard<std::mutex> lk(g_stats_mu);
+  for (Stats* s : g_stats_all) {
+#define HAULER_FIELD(n) t.n += s->n.v.load(std::memory_order_relaxed);
+    HAULER_STATS(HAULER_FIELD)
+#undef HAULER_FIELD
+  }
+  return t;
+}
+
+void count_fortran() { stats().fortran++; }
 
 struct Timer {
-  Clock::time_point t0 = Clock::now();
+  Clock::time_point t0 = g_timing ? Clock::now() : Clock::time_point();
   ~Timer() {
-    st.pack_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+    if (g_timing)
+      stats().pack_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
   }
 };
 
@@ -175,6 +260,7 @@ struct TypeInfo {
   int64_t extent = 0;
   int64_t mean_block = 0;  // bytes per contiguous run of one element
   bool contiguous = false; // one dense run starting at 0 whose length is the extent
+  bool single_run = false; // one element is one dense run (anywhere): count 1 is contiguous for the library too
   std::mutex mu;
   int64_t last_count = -1;
   std::shared_ptr<const dt::Plan> last_plan;
@@ -192,6 +278,7 @@ using TypeInfoRef = std::shared_ptr<TypeInfo>;
 
 std::mutex g_types_mu;
 std::unordered_map<MPI_Datatype, TypeInfoRef> g_types;
+std::atomic<uint64_t> g_types_gen{1};  // bumped by every change to g_types (see brief())
 std::vector<std::pair<MPI_Datatype, std::string>> g_named;
 
 void init_named() {
@@ -326,21 +413,22 @@ void commit_type(MPI_Datatype t) {
     info->extent = node->b.extent();
     int64_t nruns = static_cast<int64_t>(info->one.runs.size()) * std::max<int64_t>(1, info->one.repeats());
     info->mean_block = nruns > 0 ? info->size / nruns : 0;
+    info->single_run = info->one.empty() || (info->one.strided() && info->one.dims.empty());
     info->contiguous = info->one.empty() ||
-                       (info->one.strided() && info->one.dims.empty() && info->one.runs[0].offset == 0 &&
-                        info->one.runs[0].length == info->extent);
-    st.types_decoded++;
+                       (info->single_run && info->one.runs[0].offset == 0 && info->one.runs[0].length == info->extent);
+    stats().types_decoded++;
   } catch (const Refused& r) {
-    st.types_refused++;
+    stats().types_refused++;
     logf(kInfo, "type 0x%llx left to the library: %s", handle_bits(t), r.why.c_str());
     return;
   } catch (const std::exception& e) {
-    st.types_refused++;
+    stats().types_refused++;
     logf(kInfo, "type 0x%llx left to the library: %s", handle_bits(t), e.what());
     return;
   }
   std::lock_guard<std::mutex> lk(g_types_mu);
   g_types[t] = info;
+  g_types_gen.fetch_add(1, std::memory_order_release);
 }
 
 TypeInfoRef lookup(MPI_Datatype t) {
@@ -348,6 +436,55 @@ TypeInfoRef lookup(MPI_Datatype t) {
   if (g_types.empty()) return nullptr;
   auto it = g_types.find(t);
   return it == g_types.end() ? nullptr : it->second;
+}
+
+// The type cache as each thread sees it: a small direct-mapped per-thread copy, so that choosing
+// takes no lock and touches no shared cache line (the mutex, the map and the shared_ptr count
+// cost ~100 ns a call; a packed message also reuses its thread's plan for the same count).
+// Every commit/free bumps g_types_gen, which invalidates all copies (handles are reused after
+// MPI_Type_free); a copy keeps its TypeInfo alive until then.
+struct Brief {
+  MPI_Datatype t{};
+  uint64_t gen = 0;  // 0: empty slot
+  TypeInfoRef info;  // nullptr: not a type the shim decoded
+  int64_t plan_count = -1;
+  std::shared_ptr<const dt::Plan> plan;
+  // the model's last answer for this type, by (count, communicator, peer): a halo asks the same
+  // questions every step
+  int64_t asked_count = -1;
+  MPI_Comm asked_comm = MPI_COMM_NULL;
+  int asked_rank = MPI_PROC_NULL;
+  bool answer = false;
+};
+
+HAULER_TLS Brief* tl_slots = nullptr;
+
+Brief& brief(MPI_Datatype t) {
+  // 256 slots (~25 KiB a thread): a 3D halo alone uses 52 types, and a slot two of them share
+  // sends both back to the locked map on every call
+  constexpr unsigned kSlotBits = 8;
+  // owned by a thread_local that frees them at thread exit; reached through an initial-exec pointer
+  struct Owner {
+    std::unique_ptr<Brief[]> p;
+    ~Owner() { tl_slots = nullptr; }
+  };
+  if (__builtin_expect(tl_slots == nullptr, 0)) {
+    thread_local Owner owner;  // declared here: its init guard is checked on this path only
+    owner.p.reset(new Brief[1u << kSlotBits]);
+    tl_slots = owner.p.get();
+  }
+  Brief* slots = tl_slots;
+  uint64_t gen = g_types_gen.load(std::memory_order_acquire);
+  unsigned long long h = handle_bits(t) * 0x9E3779B97F4A7C15ull;  // Fibonacci hashing: top bits
+  Brief& b = slots[h >> (64 - kSlotBits)];
+  if (b.gen == gen && b.t == t) return b;
+  b.t = t;
+  b.gen = gen;
+  b.info = lookup(t);
+  b.plan_count = -1;
+  b.plan.reset();
+  b.asked_count = -1;
+  return b;
 }
 
 // ---------------------------------------------------------------- device buffers
@@ -462,31 +599,81 @@ const Gpu& gpu() {
 enum class Where : uint8_t { host, device, oneshot };
 
 // Decide whether a (buffer, count, type) message is packed by hauler. Returns the plan if so.
-std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep) {
+// Who a point-to-point message goes to or comes from (comm MPI_COMM_NULL: MPI_Pack and the
+// collectives, which the model's max_block/min_bytes decide).
+struct Peer {
+  MPI_Comm comm = MPI_COMM_NULL;
+  int rank = MPI_ANY_SOURCE;
+};
+
+// Whether packing a message of `bytes` with mean contiguous blocks of `block` bytes pays.
+bool pays(const Peer& to, int64_t block, int64_t bytes) {
+  if (to.comm == MPI_COMM_NULL || (g.grid[0].empty() && g.grid[1].empty()))
+    return block <= g.max_block && bytes >= g.min_bytes;
+  // A message to this rank itself (in an intercommunicator the rank names the other group, so
+  // this can only misjudge speed, never results).
+  int me = -1;
+  bool self = to.rank >= 0 && PMPI_Comm_rank(to.comm, &me) == MPI_SUCCESS && me == to.rank;
+  const auto& cells = g.grid[self && !g.grid[1].empty() ? 1 : g.grid[0].empty() ? 1 : 0];
+  double lb = octaves(block), lm = octaves(bytes);
+  // the median of the 3 nearest measured cells (in octaves): one cell a noisy machine spoiled
+  // does not flip the answer
+  struct Near {
+    double d, speedup;
+  } near[3];
+  int k = 0;
+  for (const auto& c : cells) {
+    double d = (c.log_block - lb) * (c.log_block - lb) + (c.log_bytes - lm) * (c.log_bytes - lm);
+    int at = k < 3 ? k++ : 3;
+    while (at > 0 && near[at - 1].d > d) {
+      if (at < 3) near[at] = near[at - 1];
+      --at;
+    }
+    if (at < 3) near[at] = Near{d, c.speedup};
+  }
+  double x[3];
+  for (int i = 0; i < k; ++i) x[i] = near[i].speedup;
+  std::sort(x, x + k);
+  return x[k / 2] > 1.0;
+}
+
+std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep, const Peer& to) {
   if (count <= 0) return nullptr;
-  TypeInfoRef info = lookup(t);
+  Brief& b = brief(t);
+  const TypeInfo* info = b.info.get();
   if (!info) {
-    st.passthrough++;
+    stats().passthrough++;
     return nullptr;
   }
-  if (info->contiguous || info->size == 0) {
-    st.contiguous++;
+  // One dense run (a contiguous type, or a single element that is one block, e.g. a halo edge
+  // or corner): the library sends it as it is, with no copy.
+  if (info->contiguous || info->size == 0 || (count == 1 && info->single_run)) {
+    stats().contiguous++;
     return nullptr;
   }
-  int64_t bytes = info->size * count;
-  if (info->mean_block > g.max_block || bytes < g.min_bytes) {
-    st.passthrough++;
+  if (b.asked_count != count || b.asked_comm != to.comm || b.asked_rank != to.rank) {
+    b.answer = pays(to, info->mean_block, info->size * count);
+    b.asked_count = count;
+    b.asked_comm = to.comm;
+    b.asked_rank = to.rank;
+  }
+  if (!b.answer) {
+    stats().passthrough++;
     return nullptr;
   }
-  *keep = info;
-  return info->plan(count);
+  if (b.plan_count != count) {
+    b.plan = b.info->plan(count);
+    b.plan_count = count;
+  }
+  *keep = b.info;  // keeps the type alive while a request uses it
+  return b.plan;
 }
 
 // choose() for a buffer: device buffers (see above) are never packed on the host. Callers that
 // can stage on the GPU pass `where` and get Where::device/oneshot for them when a backend exists.
 std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datatype t, TypeInfoRef* keep,
-                                           Where* where = nullptr) {
-  auto plan = choose(count, t, keep);
+                                           Where* where = nullptr, const Peer& to = Peer()) {
+  auto plan = choose(count, t, keep, to);
   if (where) *where = Where::host;
   if (plan && buf != nullptr && device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo)) {
     if (where && g.gpu && gpu().backend) {
@@ -512,8 +699,31 @@ size_t size_class(size_t n) {
   return c;
 }
 
+// Staging up to kLocalMax bytes is kept per thread first (a message's staging is usually taken
+// and given back by the thread that posts and completes it), so a small message takes no lock
+// here: at most kLocalPerClass buffers per size class, ~4 MiB per thread at worst.
+constexpr size_t kLocalMax = size_t(256) << 10;
+constexpr size_t kLocalPerClass = 8;
+struct LocalPool {
+  std::vector<void*> cls[13];  // size classes 64 B .. 256 KiB
+  ~LocalPool() {
+    for (auto& v : cls)
+      for (void* p : v) std::free(p);
+  }
+  std::vector<void*>* at(size_t c) {
+    if (c > kLocalMax) return nullptr;
+    return &cls[__builtin_ctzll(c) - 6];
+  }
+};
+thread_local LocalPool tl_pool;
+
 void* buf_get(size_t n) {
   size_t c = size_class(n);
+  if (auto* v = tl_pool.at(c); v && !v->empty()) {
+    void* p = v->back();
+    v->pop_back();
+    return p;
+  }
   {
     std::lock_guard<std::mutex> lk(g_pool_mu);
     auto it = g_pool.find(c);
@@ -532,6 +742,10 @@ void* buf_get(size_t n) {
 void buf_put(void* p, size_t n) {
   if (!p) return;
   size_t c = size_class(n);
+  if (auto* v = tl_pool.at(c); v && v->size() < kLocalPerClass) {
+    v->push_back(p);
+    return;
+  }
   std::lock_guard<std::mutex> lk(g_pool_mu);
   if (g_pool_bytes + c > kPoolMax) {
     std::free(p);
@@ -639,6 +853,7 @@ std::mutex g_req_mu;
 std::unordered_map<MPI_Request, Pending> g_reqs;
 std::atomic<int64_t> g_nreqs{0};
 std::vector<MPI_Request> g_orphans;  // freed by the application, completed by us
+std::atomic<int64_t> g_norphans{0};  // g_orphans.size(): completion calls skip the lock at 0
 
 void remember(MPI_Request r, Pending p) {
   std::lock_guard<std::mutex> lk(g_req_mu);
@@ -698,10 +913,10 @@ void unpack_arrived(Pending& p, MPI_Status* status) {
     dt::unpack(*p.plan, p.origin, p.buf, 0, n);
   } else {
     if (!gpu_run(false, *p.plan, p.origin, p, n)) return;
-    st.gpu_unpacked++;
+    stats().gpu_unpacked++;
   }
-  st.bytes_unpacked += n;
-  st.unpacked_msgs++;
+  stats().bytes_unpacked += n;
+  stats().unpacked_msgs++;
 }
 
 void finish(Pending& p, MPI_Status* status) {
@@ -716,11 +931,13 @@ void finish_request(MPI_Request real, MPI_Status* status) {
 
 // Requests the application freed: completed here as calls go by and at MPI_Finalize.
 void progress_orphans(bool block) {
+  if (g_norphans.load(std::memory_order_relaxed) == 0) return;
   std::vector<MPI_Request> mine;
   {
     std::lock_guard<std::mutex> lk(g_req_mu);
     if (g_orphans.empty()) return;
     mine.swap(g_orphans);
+    g_norphans = 0;
   }
   std::vector<MPI_Request> left;
   for (MPI_Request r : mine) {
@@ -738,6 +955,7 @@ void progress_orphans(bool block) {
   }
   std::lock_guard<std::mutex> lk(g_req_mu);
   g_orphans.insert(g_orphans.end(), left.begin(), left.end());
+  g_norphans = static_cast<int64_t>(g_orphans.size());
 }
 
 // ---------------------------------------------------------------- point to point
@@ -748,11 +966,12 @@ void progress_orphans(bool block) {
 bool fits_int(const dt::Plan& p) { return p.total <= INT32_MAX; }
 
 // Stages (buf, count, t) in *p when the shim takes this side of a message; false: the library does.
-bool stage(const void* buf, int count, MPI_Datatype t, int peer, bool recv, Pending* p) {
+bool stage(const void* buf, int count, MPI_Datatype t, int peer, MPI_Comm comm, bool recv, Pending* p) {
+  if (peer == MPI_PROC_NULL) return false;
   TypeInfoRef info;
   Where where = Where::host;
-  auto plan = choose_buf(buf, count, t, &info, &where);
-  if (!plan || peer == MPI_PROC_NULL || !fits_int(*plan)) return false;
+  auto plan = choose_buf(buf, count, t, &info, &where, Peer{comm, peer});
+  if (!plan || !fits_int(*plan)) return false;
   p->bytes = static_cast<size_t>(plan->total);
   if (where == Where::host) {
     p->buf = buf_get(p->bytes);
@@ -764,8 +983,8 @@ bool stage(const void* buf, int count, MPI_Datatype t, int peer, bool recv, Pend
     if (!ok) return false;
     p->buf = b.mpi;
     p->dev = b.dev;
-    if (where == Where::device) st.gpu_device++;
-    else st.gpu_oneshot++;
+    if (where == Where::device) stats().gpu_device++;
+    else stats().gpu_oneshot++;
   }
   if (!p->buf) return false;
   p->where = where;
@@ -784,10 +1003,10 @@ bool stage(const void* buf, int count, MPI_Datatype t, int peer, bool recv, Pend
       release(*p);
       return false;  // nothing was sent: the library takes the message as it is
     }
-    st.gpu_packed++;
+    stats().gpu_packed++;
   }
-  st.packed_msgs++;
-  st.bytes_packed += plan->total;
+  stats().packed_msgs++;
+  stats().bytes_packed += plan->total;
   return true;
 }
 
@@ -803,18 +1022,18 @@ int nbytes(const Pending& p) { return static_cast<int>(p.bytes); }
 using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
 
 int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
-  st.calls++;
+  stats().calls++;
   Pending p;
-  if (!stage(buf, count, t, dest, false, &p)) return fn(buf, count, t, dest, tag, comm);
+  if (!stage(buf, count, t, dest, comm, false, &p)) return fn(buf, count, t, dest, tag, comm);
   int rc = fn(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm);
   release(p);
   return rc;
 }
 
 int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
-  st.calls++;
+  stats().calls++;
   Pending p;
-  if (!stage(buf, count, t, source, true, &p)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
+  if (!stage(buf, count, t, source, comm, true, &p)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Recv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, s);
@@ -823,26 +1042,26 @@ int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm com
 }
 
 int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
-  st.calls++;
+  stats().calls++;
   Pending p;
-  if (!stage(buf, count, t, dest, false, &p)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
+  if (!stage(buf, count, t, dest, comm, false, &p)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
   return keep(PMPI_Isend(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm, req), req, std::move(p));
 }
 
 int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
-  st.calls++;
+  stats().calls++;
   Pending p;
-  if (!stage(buf, count, t, source, true, &p)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  if (!stage(buf, count, t, source, comm, true, &p)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
   return keep(PMPI_Irecv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, req), req, std::move(p));
 }
 
 // Each side is staged (or not) on its own.
 int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int stag, void* rbuf, int rcount,
              MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status) {
-  st.calls++;
+  stats().calls++;
   Pending sp, rp;
-  bool s_on = stage(sbuf, scount, stype, dest, false, &sp);
-  bool r_on = stage(rbuf, rcount, rtype, source, true, &rp);
+  bool s_on = stage(sbuf, scount, stype, dest, comm, false, &sp);
+  bool r_on = stage(rbuf, rcount, rtype, source, comm, true, &rp);
   if (!s_on && !r_on)
     return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
   MPI_Status local;
@@ -878,104 +1097,115 @@ int test(MPI_Request* req, int* flag, MPI_Status* status) {
   return rc;
 }
 
-bool any_ours(int n, const MPI_Request* reqs) {
-  if (g_nreqs.load(std::memory_order_relaxed) == 0) return false;
+// A request of the shim's among an array, with its index: looked up before the call nulls it.
+struct Mine {
+  int i;
+  MPI_Request r;
+};
+
+// The shim's requests among reqs[0..n), in index order: one pass under the lock, and nothing at
+// all while the shim has no request pending (the pass-through case). Per-thread storage, reused.
+const std::vector<Mine>& mine_among(int n, const MPI_Request* reqs) {
+  thread_local std::vector<Mine> mine;
+  mine.clear();
+  if (n <= 0 || g_nreqs.load(std::memory_order_relaxed) == 0) return mine;
   std::lock_guard<std::mutex> lk(g_req_mu);
   for (int i = 0; i < n; ++i)
-    if (reqs[i] != MPI_REQUEST_NULL && g_reqs.count(reqs[i])) return true;
-  return false;
+    if (reqs[i] != MPI_REQUEST_NULL && g_reqs.count(reqs[i])) mine.push_back(Mine{i, reqs[i]});
+  return mine;
 }
 
-// After a call that completed all of `before` (Waitall, Testall with flag).
-void finish_all(int n, const std::vector<MPI_Request>& before, MPI_Status* statuses, int rc) {
-  for (int i = 0; i < n; ++i) {
-    MPI_Status* s = &statuses[i];
-    if (rc == MPI_ERR_IN_STATUS && s->MPI_ERROR == MPI_ERR_PENDING) continue;
-    finish_request(before[i], s);
-  }
-}
-
-// The statuses array a call writes: the application's, or `local` when it passed
+// The statuses array a call writes: the application's, or per-thread scratch when it passed
 // MPI_STATUSES_IGNORE (the shim needs each byte count).
-MPI_Status* statuses_for(MPI_Status* statuses, int n, std::vector<MPI_Status>& local) {
+MPI_Status* statuses_for(MPI_Status* statuses, int n) {
   if (statuses != MPI_STATUSES_IGNORE) return statuses;
-  local.resize(n);
+  thread_local std::vector<MPI_Status> local;
+  if (local.size() < static_cast<size_t>(n)) local.resize(n);
   return local.data();
 }
 
+bool pending_in(int rc, const MPI_Status& s) { return rc == MPI_ERR_IN_STATUS && s.MPI_ERROR == MPI_ERR_PENDING; }
+
 // Waitall, and Testall (flag: all of them completed).
 template <typename F>
-int all(int n, MPI_Request* reqs, const int* flag, MPI_Status* statuses, F call) {
-  std::vector<MPI_Request> before(reqs, reqs + n);
-  std::vector<MPI_Status> local;
-  MPI_Status* s = statuses_for(statuses, n, local);
+int all(int n, const int* flag, MPI_Status* statuses, const std::vector<Mine>& mine, F call) {
+  MPI_Status* s = statuses_for(statuses, n);
   int rc = call(s);
-  if (flag == nullptr || *flag) finish_all(n, before, s, rc);
+  if (flag == nullptr || *flag)
+    for (const Mine& m : mine)
+      if (!pending_in(rc, s[m.i])) finish_request(m.r, &s[m.i]);
   return rc;
 }
 
 int waitall(int n, MPI_Request* reqs, MPI_Status* statuses) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitall(n, reqs, statuses);
-  return all(n, reqs, nullptr, statuses, [&](MPI_Status* s) { return PMPI_Waitall(n, reqs, s); });
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Waitall(n, reqs, statuses);
+  return all(n, nullptr, statuses, mine, [&](MPI_Status* s) { return PMPI_Waitall(n, reqs, s); });
 }
 
 int testall(int n, MPI_Request* reqs, int* flag, MPI_Status* statuses) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testall(n, reqs, flag, statuses);
-  return all(n, reqs, flag, statuses, [&](MPI_Status* s) { return PMPI_Testall(n, reqs, flag, s); });
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Testall(n, reqs, flag, statuses);
+  return all(n, flag, statuses, mine, [&](MPI_Status* s) { return PMPI_Testall(n, reqs, flag, s); });
+}
+
+// The shim's request that was at index i, if any.
+const Mine* mine_at(const std::vector<Mine>& mine, int i) {
+  auto it = std::lower_bound(mine.begin(), mine.end(), i, [](const Mine& m, int k) { return m.i < k; });
+  return it != mine.end() && it->i == i ? &*it : nullptr;
 }
 
 // Waitany, and Testany (flag: one completed).
 template <typename F>
-int any(int n, MPI_Request* reqs, int* index, const int* flag, MPI_Status* status, F call) {
-  std::vector<MPI_Request> before(reqs, reqs + n);
+int any(int* index, const int* flag, MPI_Status* status, const std::vector<Mine>& mine, F call) {
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = call(s);
-  if ((flag == nullptr || *flag) && *index != MPI_UNDEFINED && *index >= 0 && *index < n)
-    finish_request(before[*index], s);
+  if ((flag == nullptr || *flag) && *index != MPI_UNDEFINED)
+    if (const Mine* m = mine_at(mine, *index)) finish_request(m->r, s);
   return rc;
 }
 
 int waitany(int n, MPI_Request* reqs, int* index, MPI_Status* status) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitany(n, reqs, index, status);
-  return any(n, reqs, index, nullptr, status, [&](MPI_Status* s) { return PMPI_Waitany(n, reqs, index, s); });
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Waitany(n, reqs, index, status);
+  return any(index, nullptr, status, mine, [&](MPI_Status* s) { return PMPI_Waitany(n, reqs, index, s); });
 }
 
 int testany(int n, MPI_Request* reqs, int* index, int* flag, MPI_Status* status) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testany(n, reqs, index, flag, status);
-  return any(n, reqs, index, flag, status, [&](MPI_Status* s) { return PMPI_Testany(n, reqs, index, flag, s); });
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Testany(n, reqs, index, flag, status);
+  return any(index, flag, status, mine, [&](MPI_Status* s) { return PMPI_Testany(n, reqs, index, flag, s); });
 }
 
 template <typename F>
-int some(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses, F call) {
-  std::vector<MPI_Request> before(reqs, reqs + n);
-  std::vector<MPI_Status> local;
-  MPI_Status* s = statuses_for(statuses, n, local);
+int some(int n, int* outcount, int* indices, MPI_Status* statuses, const std::vector<Mine>& mine, F call) {
+  MPI_Status* s = statuses_for(statuses, n);
   int rc = call(s);
   if (*outcount != MPI_UNDEFINED)
-    for (int k = 0; k < *outcount; ++k) {
-      int i = indices[k];
-      if (rc == MPI_ERR_IN_STATUS && s[k].MPI_ERROR == MPI_ERR_PENDING) continue;
-      if (i >= 0 && i < n) finish_request(before[i], &s[k]);
-    }
+    for (int k = 0; k < *outcount; ++k)
+      if (!pending_in(rc, s[k]))
+        if (const Mine* m = mine_at(mine, indices[k])) finish_request(m->r, &s[k]);
   return rc;
 }
 
 int waitsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Waitsome(n, reqs, outcount, indices, statuses);
-  return some(n, reqs, outcount, indices, statuses,
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Waitsome(n, reqs, outcount, indices, statuses);
+  return some(n, outcount, indices, statuses, mine,
               [&](MPI_Status* s) { return PMPI_Waitsome(n, reqs, outcount, indices, s); });
 }
 
 int testsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
   progress_orphans(false);
-  if (n <= 0 || !any_ours(n, reqs)) return PMPI_Testsome(n, reqs, outcount, indices, statuses);
-  return some(n, reqs, outcount, indices, statuses,
+  const auto& mine = mine_among(n, reqs);
+  if (mine.empty()) return PMPI_Testsome(n, reqs, outcount, indices, statuses);
+  return some(n, outcount, indices, statuses, mine,
               [&](MPI_Status* s) { return PMPI_Testsome(n, reqs, outcount, indices, s); });
 }
 
@@ -1002,6 +1232,7 @@ int request_free(MPI_Request* req) {
   {
     std::lock_guard<std::mutex> lk(g_req_mu);
     g_orphans.push_back(r);
+    g_norphans = static_cast<int64_t>(g_orphans.size());
   }
   *req = MPI_REQUEST_NULL;
   return MPI_SUCCESS;
@@ -1013,7 +1244,7 @@ int request_free(MPI_Request* req) {
 template <typename Fwd>
 int pack_common(bool pack, const void* user, int count, MPI_Datatype t, const void* packed, int size, int* position,
                 Fwd fwd) {
-  st.calls++;
+  stats().calls++;
   TypeInfoRef info;
   if (count <= 0 || position == nullptr || packed == nullptr) return fwd();
   auto plan = choose_buf(user, count, t, &info);
@@ -1024,8 +1255,8 @@ int pack_common(bool pack, const void* user, int count, MPI_Datatype t, const vo
     if (pack) dt::pack(*plan, user, at, 0, plan->total);
     else dt::unpack(*plan, const_cast<void*>(user), at, 0, plan->total);
   }
-  st.mpi_pack_calls++;
-  (pack ? st.bytes_packed : st.bytes_unpacked) += plan->total;
+  stats().mpi_pack_calls++;
+  (pack ? stats().bytes_packed : stats().bytes_unpacked) += plan->total;
   *position += static_cast<int>(plan->total);
   return MPI_SUCCESS;
 }
@@ -1115,21 +1346,21 @@ int coll_exchange(bool neighbor, MPI_Comm comm, const void* sbuf, const std::vec
   coll_choose(sbuf, sp, s);
   coll_choose(rbuf, rp, r);
   if (!s.any && !r.any) {
-    st.coll_passthrough++;
+    stats().coll_passthrough++;
     return forward();
   }
   if (!neighbor) {  // Alltoallw takes int displacements
     for (size_t i = 0; i < sp.size(); ++i)
-      if (!s.plans[i] && (sp[i].disp > INT32_MAX || sp[i].disp < INT32_MIN)) { st.coll_passthrough++; return forward(); }
+      if (!s.plans[i] && (sp[i].disp > INT32_MAX || sp[i].disp < INT32_MIN)) { stats().coll_passthrough++; return forward(); }
     for (size_t i = 0; i < rp.size(); ++i)
-      if (!r.plans[i] && (rp[i].disp > INT32_MAX || rp[i].disp < INT32_MIN)) { st.coll_passthrough++; return forward(); }
+      if (!r.plans[i] && (rp[i].disp > INT32_MAX || rp[i].disp < INT32_MIN)) { stats().coll_passthrough++; return forward(); }
   }
   s.stage = s.total ? buf_get(s.total) : nullptr;
   r.stage = r.total ? buf_get(r.total) : nullptr;
   if ((s.total && !s.stage) || (r.total && !r.stage)) {
     buf_put(s.stage, s.total);
     buf_put(r.stage, r.total);
-    st.coll_passthrough++;
+    stats().coll_passthrough++;
     return forward();
   }
   {
@@ -1138,7 +1369,7 @@ int coll_exchange(bool neighbor, MPI_Comm comm, const void* sbuf, const std::vec
       if (s.plans[i]) {
         dt::pack(*s.plans[i], static_cast<const uint8_t*>(sbuf) + sp[i].disp, static_cast<uint8_t*>(s.stage) + s.off[i],
                  0, s.plans[i]->total);
-        st.bytes_packed += s.plans[i]->total;
+        stats().bytes_packed += s.plans[i]->total;
       }
   }
   std::vector<int> sc, rc;
@@ -1158,13 +1389,13 @@ int coll_exchange(bool neighbor, MPI_Comm comm, const void* sbuf, const std::vec
         if (r.plans[i]) {
           dt::unpack(*r.plans[i], static_cast<uint8_t*>(rbuf) + rp[i].disp, static_cast<uint8_t*>(r.stage) + r.off[i], 0,
                      r.plans[i]->total);
-          st.bytes_unpacked += r.plans[i]->total;
+          stats().bytes_unpacked += r.plans[i]->total;
         }
     }
-    st.coll_packed++;
+    stats().coll_packed++;
   } else {
     rc_ = forward();
-    st.coll_passthrough++;
+    stats().coll_passthrough++;
   }
   for (MPI_Datatype& t : made) PMPI_Type_free(&t);
   buf_put(s.stage, s.total);
@@ -1215,10 +1446,10 @@ bool coll_peers(const void* sbuf, MPI_Comm comm, bool neighbor, int* ns, int* nr
 // The v and w forms differ only in how a peer's (count, type, displacement) is read.
 template <typename Fwd, typename Pieces>
 int alltoall_common(const void* sbuf, void* rbuf, MPI_Comm comm, bool neighbor, Fwd fwd, Pieces pieces) {
-  st.calls++;
+  stats().calls++;
   int ns = 0, nr = 0;
   if (!coll_peers(sbuf, comm, neighbor, &ns, &nr)) {
-    st.coll_passthrough++;
+    stats().coll_passthrough++;
     return fwd();
   }
   std::vector<Piece> sp(ns), rp(nr);
@@ -1290,20 +1521,21 @@ static void write_report() {
     }
     close = true;
   }
+  Totals t = totals();
   std::fprintf(f,
                "hauler-interpose rank %d: calls=%lld packed_msgs=%lld unpacked_msgs=%lld bytes_packed=%lld "
                "bytes_unpacked=%lld pack_ms=%.3f passthrough=%lld contiguous=%lld mpi_pack=%lld "
                "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
                "cuda_driver=%d fortran=%lld gpu_packed=%lld gpu_unpacked=%lld gpu_device=%lld gpu_oneshot=%lld\n",
-               g_rank, (long long)st.calls.load(), (long long)st.packed_msgs.load(),
-               (long long)st.unpacked_msgs.load(), (long long)st.bytes_packed.load(),
-               (long long)st.bytes_unpacked.load(), st.pack_ns.load() / 1e6, (long long)st.passthrough.load(),
-               (long long)st.contiguous.load(), (long long)st.mpi_pack_calls.load(),
-               (long long)st.coll_packed.load(), (long long)st.coll_passthrough.load(),
-               (long long)st.types_decoded.load(), (long long)st.types_refused.load(),
+               g_rank, t.calls, t.packed_msgs,
+               t.unpacked_msgs, t.bytes_packed,
+               t.bytes_unpacked, t.pack_ns / 1e6, t.passthrough,
+               t.contiguous, t.mpi_pack_calls,
+               t.coll_packed, t.coll_passthrough,
+               t.types_decoded, t.types_refused,
                (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0,
-               (long long)st.fortran.load(), (long long)st.gpu_packed.load(), (long long)st.gpu_unpacked.load(),
-               (long long)st.gpu_device.load(), (long long)st.gpu_oneshot.load());
+               t.fortran, t.gpu_packed, t.gpu_unpacked,
+               t.gpu_device, t.gpu_oneshot);
   if (close) std::fclose(f);
 }
 
@@ -1326,7 +1558,7 @@ HAULER_EXPORT int MPI_Type_commit(MPI_Datatype* t) {
 HAULER_EXPORT int MPI_Type_free(MPI_Datatype* t) {
   if (g.on && t) {
     std::lock_guard<std::mutex> lk(g_types_mu);
-    g_types.erase(*t);
+    if (g_types.erase(*t)) g_types_gen.fetch_add(1, std::memory_order_release);
   }
   return PMPI_Type_free(t);
 }
