@@ -217,7 +217,10 @@ def test_mpi4py_under_hauler_run(tmp_path):
     lib, shim = str(tmp_path / "lib"), str(tmp_path / "shim")
     rep = str(tmp_path / "report.%r")
     _launch("openmpi", 2, prog + [lib], shim=False)
-    _launch("openmpi", 2, prog + [shim], shim=True, env_extra={"HAULER_INTERPOSE_REPORT": rep})
+    model = tmp_path / "model.txt"   # every non-contiguous message packed, whatever the default model
+    model.write_text("max_block 1000000000\nmin_bytes 0\n")
+    _launch("openmpi", 2, prog + [shim], shim=True,
+            env_extra={"HAULER_INTERPOSE_REPORT": rep, "HAULER_INTERPOSE_MODEL": str(model)})
     _compare(lib, shim, 2)
     t = _report(rep, 2)
     assert t["packed_msgs"] >= 6 and t["mpi_pack"] >= 2, t
