@@ -330,7 +330,10 @@ def test_recycle_reuses_freed_torch_memory_only(tmp_path):
         yp = y.data_ptr()
         del y                          # now both buffers are free: the next gets take them
         z1, z2 = s.get("a").result(), s.get("b").result()
-        assert {z1.data_ptr() // 4096, z2.data_ptr() // 4096} == {ptr // 4096, yp // 4096}
+        # each value starts within its buffer's first 4 KiB (at its entry's file phase), so a
+        # reused buffer puts it less than 4096 bytes from where the earlier value started
+        near = [q for z in (z1, z2) for q in (ptr, yp) if abs(z.data_ptr() - q) < 4096]
+        assert sorted(near) == sorted([ptr, yp]), (z1.data_ptr(), z2.data_ptr(), ptr, yp)
         assert torch.equal(z1, a) and torch.equal(z2, b)
 
 
