@@ -483,3 +483,22 @@ def _env_with_path():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     return env
+
+
+def test_unpack_of_tiny_blocks_at_every_small_stride_writes_only_the_blocks():
+    """Blocks of 1..7 bytes at strides up to 64 over runs of several KiB take the vector expand
+    path on CPUs that have it (64 destination bytes per step, phase kept modulo the stride):
+    every block lands where numpy puts it and the poisoned gaps stay as they were."""
+    rng = np.random.default_rng(11)
+    for b in range(1, 8):
+        blk = Datatype.contiguous(b, BYTE)
+        for stride in range(b + 1, 65):
+            for n in (4096 // stride + 1, 5000 + int(rng.integers(0, 64))):
+                t = Datatype.hvector(n, 1, stride, blk)
+                span = (n - 1) * stride + b
+                packed = rng.integers(0, 256, n * b, dtype=np.uint8)
+                dst = np.full(span + 64, 0xA5, np.uint8)
+                t.unpack(packed, dst)
+                want = np.full(span + 64, 0xA5, np.uint8)
+                want[(np.arange(n)[:, None] * stride + np.arange(b)[None, :]).ravel()] = packed
+                assert np.array_equal(dst, want), (b, stride, n)

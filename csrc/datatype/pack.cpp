@@ -84,13 +84,15 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi2"))) int64_t expand_unpack(co
                                                                               const uint8_t* in, int64_t n) {
   const int64_t end = (n - 1) * stride + b;  // bytes of the run, from dst
   int64_t at = 0, used = 0, phase = 0;
+  const int64_t step = 64 % stride;  // phase advance per window: a compare, not a division per window
   while (at + 64 <= end) {
     __mmask64 m = sh.window_mask[phase];
     __m512i v = _mm512_maskz_expandloadu_epi8(m, in + used);
     _mm512_mask_storeu_epi8(dst + at, m, v);
     used += sh.window_bytes[phase];
     at += 64;
-    phase = (phase + 64) % stride;
+    phase += step;
+    if (phase >= stride) phase -= stride;
   }
   int64_t k = used / b, r = used % b;
   if (r != 0) {
