@@ -12,35 +12,13 @@ from hypothesis import given, settings, strategies as st
 import hauler
 from hauler import config, io
 from hauler.errors import BufferTooSmall, HaulerIOError, InvalidArgument, NoDevice, OutOfRange, ReadOnlyBuffer
-
-BACKENDS = ["io_uring", "threads"]
-
+from support.io_backends import BACKENDS, disk_bytes, using
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    if request.param == "io_uring":
-        config.set("HAULER_IO_BACKEND", "auto")
-        if io.backend() != "io_uring":
-            pytest.skip("io_uring unavailable here: " + io.backend_description())
-    config.set("HAULER_IO_BACKEND", request.param)
     # small tasks so that modest requests split into many in flight
-    config.set("HAULER_IO_TASK_SIZE", 64 * 1024)
-    config.set("HAULER_IO_QUEUE_DEPTH", 8)
-    try:
-        yield request.param
-    finally:
-        for n in ("HAULER_IO_BACKEND", "HAULER_IO_TASK_SIZE", "HAULER_IO_QUEUE_DEPTH"):
-            config.set(n, None)
-
-
-def disk_bytes(path, off=0, n=None):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if n is None:
-            n = os.fstat(fd).st_size - off
-        return os.pread(fd, n, off)
-    finally:
-        os.close(fd)
+    with using(request.param, HAULER_IO_TASK_SIZE=64 * 1024, HAULER_IO_QUEUE_DEPTH=8) as name:
+        yield name
 
 
 def rand(n, seed=0):

@@ -12,23 +12,15 @@ import textwrap
 import numpy as np
 import pytest
 
-from hauler import config, io
+from hauler import io
 from hauler.errors import HaulerIOError, OutOfRange
+from support.io_backends import BACKENDS, using
 
 
-@pytest.fixture(params=["io_uring", "threads"])
+@pytest.fixture(params=BACKENDS)
 def backend(request):
-    if request.param == "io_uring":
-        config.set("HAULER_IO_BACKEND", "auto")
-        if io.backend() != "io_uring":
-            pytest.skip("io_uring unavailable here: " + io.backend_description())
-    config.set("HAULER_IO_BACKEND", request.param)
-    config.set("HAULER_IO_TASK_SIZE", 64 * 1024)
-    try:
-        yield request.param
-    finally:
-        config.set("HAULER_IO_BACKEND", None)
-        config.set("HAULER_IO_TASK_SIZE", None)
+    with using(request.param, HAULER_IO_TASK_SIZE=64 * 1024) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

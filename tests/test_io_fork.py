@@ -12,7 +12,8 @@ import textwrap
 
 import pytest
 
-from hauler import config, io
+from hauler import io
+from support.io_backends import BACKENDS, require
 
 TIMEOUT = 120
 
@@ -157,15 +158,9 @@ CASES = {
 }
 
 
-@pytest.fixture(params=["io_uring", "threads"])
+@pytest.fixture(params=BACKENDS)
 def backend(request):
-    if request.param == "io_uring":
-        config.set("HAULER_IO_BACKEND", "auto")
-        try:
-            if io.backend() != "io_uring":
-                pytest.skip("io_uring unavailable here: " + io.backend_description())
-        finally:
-            config.set("HAULER_IO_BACKEND", None)
+    require(request.param)
     return request.param
 
 

@@ -15,29 +15,16 @@ import numpy as np
 import pytest
 
 from hauler import config, io
+from support.io_backends import disk_bytes, using
 
 
 @pytest.fixture
 def uring():
-    config.set("HAULER_IO_BACKEND", "auto")
-    if io.backend() != "io_uring":
-        config.set("HAULER_IO_BACKEND", None)
-        pytest.skip("io_uring unavailable here: " + io.backend_description())
-    config.set("HAULER_IO_BACKEND", "io_uring")
-    config.set("HAULER_IO_TASK_SIZE", 64 * 1024)
-    try:
-        yield
-    finally:
-        for n in ("HAULER_IO_BACKEND", "HAULER_IO_TASK_SIZE", "HAULER_IO_REGISTER"):
-            config.set(n, None)
-
-
-def disk_bytes(path, off, n):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.pread(fd, n, off)
-    finally:
-        os.close(fd)
+    with using("io_uring", HAULER_IO_TASK_SIZE=64 * 1024):
+        try:
+            yield
+        finally:
+            config.set("HAULER_IO_REGISTER", None)
 
 
 def exercise(path, seed):
