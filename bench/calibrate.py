@@ -23,13 +23,12 @@ import argparse
 import datetime
 import os
 import statistics
-import subprocess
 import tempfile
 from typing import Any, Dict, List, Optional
 
 from . import core
 from .core import Column, Report, format_size
-from .mpi import PROGRAM, _flavours, alternate, summary
+from .mpi import _flavours, measured, summary
 
 NAME = "calibrate"
 HELP = "measure pack vs pass-through per block and message size; write the interposer's model file"
@@ -57,14 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=2, help="alternated launches per side (default 2)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"model file to write (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="fewer block and message sizes")
-    p.add_argument("--json", action="store_true", help="one JSON object")
-    p.add_argument("--csv", action="store_true", help="CSV rows")
+    core.add_format_args(p)
 
 
 def main(args: argparse.Namespace) -> int:
-    fmt = "json" if args.json else "csv" if args.csv else "table"
-    flavours = None if args.mpi == "all" else [f.strip() for f in args.mpi.split(",") if f.strip()]
-    rep = run(flavours, args.budget, args.rounds, args.out, args.quick, core.Output(fmt))
+    flavours = core.flavours_arg(args.mpi)
+    rep = run(flavours, args.budget, args.rounds, args.out, args.quick, core.output_of(args))
     return 0 if rep.rows and all(r["correct"] for r in rep.rows) else 1
 
 
@@ -109,24 +106,11 @@ def run(flavours: Optional[List[str]], budget: float, rounds: int, out_path: str
     models: Dict[str, Dict[str, int]] = {}
     grids: Dict[str, List[Any]] = {}
     with tempfile.TemporaryDirectory(prefix="hauler-calibrate-") as tmp:
-        src = os.path.join(tmp, "pingpong.c")
-        with open(src, "w") as f:
-            f.write(PROGRAM)
         pack_all = os.path.join(tmp, "pack-all.txt")
         with open(pack_all, "w") as f:
             f.write(PACK_ALL)
-        for flav, cc, mpiexec, lib in found:
-            exe = os.path.join(tmp, f"pingpong_{flav}")
-            p = subprocess.run([cc, "-O2", "-w", src, "-o", exe], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            if p.returncode != 0:
-                rep.warnings.append(f"{flav}: compiling failed: {p.stdout.decode()[-300:]}")
-                continue
-            argv = [exe, str(budget)] + specs
-            try:
-                alone, shim = alternate(flav, mpiexec, lib, argv, rounds, {"HAULER_INTERPOSE_MODEL": pack_all})
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
-                rep.warnings.append(f"{flav}: {e}")
-                continue
+        for flav, alone, shim in measured(found, budget, specs, rounds, {"HAULER_INTERPOSE_MODEL": pack_all},
+                                          rep.warnings):
             rows = []
             for key in sorted(alone, key=lambda k: (k[0], k[1], k[2])):
                 if key not in shim:

@@ -377,6 +377,22 @@ def list_arg(allowed: Sequence[str]) -> Callable[[str], Tuple[str, ...]]:
         return items
     return parse
 
+def add_format_args(p: argparse.ArgumentParser) -> None:
+    """--json / --csv, one of them at most; output_of(args) turns them into an Output."""
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    fmt.add_argument("--csv", action="store_true", help="print CSV rows (with the '#' header) instead of the table")
+
+
+def output_of(args: argparse.Namespace) -> Output:
+    return Output("json" if args.json else "csv" if args.csv else "table")
+
+
+def flavours_arg(text: str) -> Optional[List[str]]:
+    """--mpi: "all" (None: every installed flavour) or a comma-separated list."""
+    return None if text == "all" else [f.strip() for f in text.split(",") if f.strip()]
+
+
 def size_arg(text: str) -> int:
     try:
         return parse_size(text)

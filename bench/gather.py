@@ -113,9 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"row sizes of the NVMe block (default {','.join(map(str, NVME_ROWS))})")
     p.add_argument("--quick", action="store_true", help="small table, three row sizes, three rounds (for tests)")
     p.add_argument("--seed", type=int, default=12345)
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    fmt.add_argument("--csv", action="store_true", help="print CSV rows (with the '#' header)")
+    core.add_format_args(p)
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -130,8 +128,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 
 def main(args: argparse.Namespace) -> int:
-    fmt = "json" if args.json else "csv" if args.csv else "table"
-    rep = run(options_from_args(args), core.Output(fmt))
+    rep = run(options_from_args(args), core.output_of(args))
     return 0 if all(r["correct"] for r in rep.rows + rep.info.get("nvme", [])) else 1
 
 

@@ -109,9 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fio", action="store_true", help="do not run fio")
     p.add_argument("--quick", action="store_true", help="small files and few cases (for tests)")
     p.add_argument("--seed", type=int, default=12345)
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    fmt.add_argument("--csv", action="store_true", help="print CSV rows instead of the table")
+    core.add_format_args(p)
 
 
 def options_from_args(a: argparse.Namespace) -> Options:
@@ -124,8 +122,7 @@ def options_from_args(a: argparse.Namespace) -> Options:
 
 
 def main(args: argparse.Namespace) -> int:
-    fmt = "json" if args.json else "csv" if args.csv else "table"
-    rep = run(options_from_args(args), core.Output(fmt))
+    rep = run(options_from_args(args), core.output_of(args))
     return 0 if all(r.get("correct", True) is not False for r in rep.rows) else 1
 
 

@@ -279,14 +279,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="launches of each side, alternated; medians over them (default 2)")
     p.add_argument("--quick", action="store_true", help="1 B, 64 B and 4 KiB blocks; 1 KiB, 1 MiB messages")
     p.add_argument("--model", default=None, help="HAULER_INTERPOSE_MODEL file for the runs with the shim")
-    p.add_argument("--json", action="store_true", help="one JSON object")
-    p.add_argument("--csv", action="store_true", help="CSV rows")
+    core.add_format_args(p)
 
 
 def main(args: argparse.Namespace) -> int:
-    fmt = "json" if args.json else "csv" if args.csv else "table"
-    flavours = None if args.mpi == "all" else [f.strip() for f in args.mpi.split(",") if f.strip()]
-    rep = run(flavours, args.budget, args.quick, core.Output(fmt), args.rounds, args.model)
+    flavours = core.flavours_arg(args.mpi)
+    rep = run(flavours, args.budget, args.quick, core.output_of(args), args.rounds, args.model)
     return 0 if rep.rows and all(r["correct"] for r in rep.rows) else 1
 
 
@@ -360,6 +358,29 @@ def alternate(flav: str, mpiexec: str, lib: str, argv: List[str], rounds: int,
     return alone, shim
 
 
+def measured(found: Sequence[Tuple[str, str, str, str]], budget: float, specs: List[str], rounds: int,
+             shim_env: Optional[Dict[str, str]], warnings: List[str]):
+    """Compiles the ping-pong program with each flavour's mpicc and runs `specs` alone and with the
+    shim (alternate); yields (flavour, alone, shim). A flavour that fails to compile or run is a
+    warning, not a row."""
+    with tempfile.TemporaryDirectory(prefix="hauler-bench-mpi-") as tmp:
+        src = os.path.join(tmp, "pingpong.c")
+        with open(src, "w") as f:
+            f.write(PROGRAM)
+        for flav, cc, mpiexec, lib in found:
+            exe = os.path.join(tmp, f"pingpong_{flav}")
+            p = subprocess.run([cc, "-O2", "-w", src, "-o", exe], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            if p.returncode != 0:
+                warnings.append(f"{flav}: compiling the benchmark failed: {p.stdout.decode()[-500:]}")
+                continue
+            try:
+                alone, shim = alternate(flav, mpiexec, lib, [exe, str(budget)] + specs, rounds, shim_env)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                warnings.append(f"{flav}: {e}")
+                continue
+            yield flav, alone, shim
+
+
 def summary(alone: List[Tuple], shim: List[Tuple]) -> Tuple[float, float, Optional[float], bool]:
     """(library time, shim time, speedup, correct) of one case: median times over the rounds, the
     median of each round's own ratio (its two launches ran back to back), and whether every
@@ -408,44 +429,29 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
     if not found:
         rep.warnings.append("no MPI flavour with a built interposer found: nothing measured")
     out.begin(rep)
-    with tempfile.TemporaryDirectory(prefix="hauler-bench-mpi-") as tmp:
-        src = os.path.join(tmp, "pingpong.c")
-        with open(src, "w") as f:
-            f.write(PROGRAM)
-        for flav, cc, mpiexec, lib in found:
-            exe = os.path.join(tmp, f"pingpong_{flav}")
-            p = subprocess.run([cc, "-O2", "-w", src, "-o", exe], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            if p.returncode != 0:
-                rep.warnings.append(f"{flav}: compiling the benchmark failed: {p.stdout.decode()[-500:]}")
+    extra = {"HAULER_INTERPOSE_MODEL": os.path.abspath(model)} if model else None
+    for flav, alone, shim in measured(found, budget, specs, rounds, extra, rep.warnings):
+        contig = {k[2]: summary(v, v)[0] for k, v in alone.items() if k[0] == "contig"}
+        for key in alone:
+            if key not in shim:
                 continue
-            argv = [exe, str(budget)] + specs
-            extra = {"HAULER_INTERPOSE_MODEL": os.path.abspath(model)} if model else None
-            try:
-                alone, shim = alternate(flav, mpiexec, lib, argv, rounds, extra)
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
-                rep.warnings.append(f"{flav}: {e}")
-                continue
-            contig = {k[2]: summary(v, v)[0] for k, v in alone.items() if k[0] == "contig"}
-            for key in alone:
-                if key not in shim:
-                    continue
-                kind, a, b = key
-                tl, ts, speedup, correct = summary(alone[key], shim[key])
-                one_l, one_s = (tl / 2, ts / 2) if kind in ("vector", "contig") else (tl, ts)
-                nbytes = b
-                row = {"mpi": flav, "case": kind, "block": a if kind in ("vector", "calls") else 0,
-                       "bytes": nbytes, "lib_us": one_l * 1e6, "shim_us": one_s * 1e6,
-                       "lib_gbps": core.gbps(nbytes, one_l) if kind != "calls" else None,
-                       "shim_gbps": core.gbps(nbytes, one_s) if kind != "calls" else None,
-                       "speedup": speedup,
-                       "vs_contig": (ts / contig[b]) if kind == "vector" and b in contig else None,
-                       "extra_ns": (ts - tl) * 1e9 if kind == "calls" else None,
-                       "correct": correct}
-                row["correct_text"] = "yes" if row["correct"] else "NO"
-                if kind == "halo":
-                    row["halo_n"] = a
-                rep.rows.append(row)
-                out.row(rep, row)
+            kind, a, b = key
+            tl, ts, speedup, correct = summary(alone[key], shim[key])
+            one_l, one_s = (tl / 2, ts / 2) if kind in ("vector", "contig") else (tl, ts)
+            nbytes = b
+            row = {"mpi": flav, "case": kind, "block": a if kind in ("vector", "calls") else 0,
+                   "bytes": nbytes, "lib_us": one_l * 1e6, "shim_us": one_s * 1e6,
+                   "lib_gbps": core.gbps(nbytes, one_l) if kind != "calls" else None,
+                   "shim_gbps": core.gbps(nbytes, one_s) if kind != "calls" else None,
+                   "speedup": speedup,
+                   "vs_contig": (ts / contig[b]) if kind == "vector" and b in contig else None,
+                   "extra_ns": (ts - tl) * 1e9 if kind == "calls" else None,
+                   "correct": correct}
+            row["correct_text"] = "yes" if row["correct"] else "NO"
+            if kind == "halo":
+                row["halo_n"] = a
+            rep.rows.append(row)
+            out.row(rep, row)
     rep.footer.append("halo rows: the message column is the bytes moved per exchange by one rank (26 faces of an "
                       "(n+2)^3 box of doubles); n = " + ", ".join(str(n) for n in halos))
     rep.targets = evaluate_targets(rep.rows)

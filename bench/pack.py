@@ -220,9 +220,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"blocks {','.join(format_size(b) for b in QUICK_BLOCKS)}, {' and '.join(QUICK_SUBARRAYS)}")
     p.add_argument("--no-mpi", action="store_true", help="skip MPI_Pack/MPI_Unpack (do not import mpi4py)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the random source data")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    fmt.add_argument("--csv", action="store_true", help="print CSV rows (with the '#' header) instead of the table")
+    core.add_format_args(p)
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -233,8 +231,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 
 def main(args: argparse.Namespace) -> int:
-    fmt = "json" if args.json else "csv" if args.csv else "table"
-    rep = run(options_from_args(args), core.Output(fmt))
+    rep = run(options_from_args(args), core.output_of(args))
     return 0 if all(r["correct"] for r in rep.rows) else 1
 
 
