@@ -60,6 +60,15 @@ int64_t resolve_size(const HeldBuffer& b, py::object size, const char* what) {
   return n;
 }
 
+// pread/pwrite: the request submitted; the future keeps the buffer alive until it completes.
+std::unique_ptr<PyFuture> start(const io::File& f, py::object buf, py::object size, int64_t offset, io::Op op) {
+  auto b = std::make_unique<HeldBuffer>(buf, op == io::Op::read, "buf");
+  int64_t n = resolve_size(*b, size, "buf");
+  uint8_t* p = b->data();
+  auto fut = io::submit(f.state(), op, p, n, offset);
+  return std::make_unique<PyFuture>(std::move(fut), std::move(b), n);
+}
+
 int64_t many(const io::File& f, py::object buf, const std::vector<int64_t>& offsets, int64_t size, io::Op op) {
   HeldBuffer b(buf, op == io::Op::read, "buf");
   if (size < 0) fail(Status::invalid_argument, "size must be >= 0, got " + std::to_string(size));
@@ -156,20 +165,12 @@ void register_io(py::module_& m) {
            py::arg("buf"), py::arg("size") = py::none(), py::arg("offset") = 0)
       .def("pread",
            [](const io::File& f, py::object buf, py::object size, int64_t offset) {
-             auto b = std::make_unique<HeldBuffer>(buf, true, "buf");
-             int64_t n = resolve_size(*b, size, "buf");
-             uint8_t* p = b->data();
-             auto fut = io::submit(f.state(), io::Op::read, p, n, offset);
-             return std::make_unique<PyFuture>(std::move(fut), std::move(b), n);
+             return start(f, buf, size, offset, io::Op::read);
            },
            py::arg("buf"), py::arg("size") = py::none(), py::arg("offset") = 0)
       .def("pwrite",
            [](const io::File& f, py::object buf, py::object size, int64_t offset) {
-             auto b = std::make_unique<HeldBuffer>(buf, false, "buf");
-             int64_t n = resolve_size(*b, size, "buf");
-             uint8_t* p = b->data();
-             auto fut = io::submit(f.state(), io::Op::write, p, n, offset);
-             return std::make_unique<PyFuture>(std::move(fut), std::move(b), n);
+             return start(f, buf, size, offset, io::Op::write);
            },
            py::arg("buf"), py::arg("size") = py::none(), py::arg("offset") = 0)
       .def("read_many",
