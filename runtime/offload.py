@@ -149,17 +149,24 @@ class Offload:
         return t
 
     def _prefetch_before(self, index: int) -> None:
-        """Starts reads of the `prefetch` handles saved just before `index` (backward goes in reverse)."""
+        """Starts reads of the `prefetch` handles saved just before `index` (backward goes in
+        reverse) that are not in memory or in flight yet. The window is those handles, not the next
+        `prefetch` unread ones: walking past reads in flight would start two reads per tensor used
+        and keep every read-ahead tensor alive until backward reaches it."""
         if not self.prefetch:
             return
         with self._lock:
             todo = []
+            seen = 0
             i = index - 1
-            while i >= 0 and len(todo) < self.prefetch:
+            while i >= 0 and seen < self.prefetch:
                 h = self._handles[i]()
-                if h is not None and h.tensor is None and h.get is None:
-                    todo.append(h)
                 i -= 1
+                if h is None:
+                    continue   # freed (its node already ran): not part of the window
+                seen += 1
+                if h.tensor is None and h.get is None:
+                    todo.append(h)
         for h in todo:
             h.get = self.store.get(h.key)
 

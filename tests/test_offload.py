@@ -162,3 +162,40 @@ def test_entries_are_deleted_after_backward_on_the_store_workers(tmp_path):
     store.close()                       # waits for the deletions queued on its workers
     assert store.keys() == [] and not [n for n in os.listdir(tmp_path / "s") if n.endswith(".hts")]
     assert len(deleters) == saved and threading.get_ident() not in deleters
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_read_ahead_stays_within_the_prefetch_window(tmp_path, prefetch):
+    # backward reads each offloaded tensor once, at most `prefetch` ahead of the one autograd
+    # asks for: a read-ahead that runs further keeps every early-read tensor alive until backward
+    # gets to it (memory growing through backward instead of shrinking)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()) for _ in range(8)])
+    x = torch.randn(256, 64)
+    off = offload(tmp_path / "acts", min_bytes=1024, prefetch=prefetch)
+    started, consumed, ahead = [], [], []
+    get = off.store.get
+
+    def counting_get(key, *a, **kw):
+        started.append(key)
+        return get(key, *a, **kw)
+
+    off.store.get = counting_get
+    unpack = off._unpack
+
+    def counting_unpack(h):
+        t = unpack(h)
+        if hasattr(h, "key"):
+            consumed.append(h.key)
+            ahead.append(len(started) - len(consumed))
+        return t
+
+    off._unpack = counting_unpack
+    with off:
+        loss = model(x).square().mean()
+    off.wait_writes()   # all on disk: every unpack is a read
+    loss.backward()
+    assert off.stats["saved"] == len(consumed) == 17 and off.stats["in_memory_hits"] == 0
+    assert sorted(started) == sorted(consumed)           # each read exactly once
+    assert max(ahead) == min(prefetch, len(consumed) - 1)  # the window is full, and never more
+    off.close()
