@@ -39,6 +39,22 @@ def test_rows_correct_and_complete(quick):
     assert keys == {"fio_1M_qd32", "cold_1G", "offload_hidden"}
 
 
+def test_offload_row_measures_a_training_loop(tmp_path):
+    pytest.importorskip("torch")
+    rep = json.loads(bench("--quick", "--json", "--dir", str(tmp_path), "--parts", "offload"))
+    (row,) = [r for r in rep["rows"] if r["part"] == "offload"]
+    assert row["correct"] is True and row["torch_threads"] >= 1
+    assert len(row["rounds"]["plain"]) == len(row["rounds"]["offload"]) == 3
+    # the quick model saves 9 tensors of 2 MiB per step (4 x (Linear input, GELU input), and the
+    # loss's square), each written once and read back unless still in memory
+    assert row["bytes_written_per_step"] == 9 * (2 << 20)
+    assert 0 < row["bytes_read_per_step"] <= row["bytes_written_per_step"]
+    assert row["io_time_s_per_step"] > 0 and 0 <= row["hidden_fraction"] <= 1
+    assert row["peak_rss_mib_plain"] > 0 and row["peak_rss_mib_offload"] > 0
+    (t,) = [t for t in rep["targets"] if t["key"] == "offload_hidden"]
+    assert t["status"] in ("PASS", "MISS") and t["worst"] == row["hidden_fraction"]
+
+
 def test_table_has_header_and_targets(tmp_path):
     out = bench("--quick", "--dir", str(tmp_path), "--parts", "file", "--file-size", "4M", "--repeat", "1",
                 "--no-fio")
