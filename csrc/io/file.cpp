@@ -1,5 +1,6 @@
 // The file handle, request execution (split into tasks, aligned or through
 // bounce buffers, read-modify-write of partial edge blocks) and futures.
+#include <atomic>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
@@ -180,18 +181,26 @@ struct Chunk {
   int64_t s, e;  // file range
 };
 
+std::atomic<int64_t> g_bounced_bytes{0};
+
 class RequestBatch : public Batch {
  public:
   // segments: (user memory, file offset, length); each is cut at multiples of ts in the file
   // (direct: so partial blocks only occur at a segment's two ends) or every ts bytes (buffered).
+  // Direct, with memory at the file's phase modulo 4 KiB: a partial block at either end is a
+  // task of its own, so only those blocks bounce and the rest goes straight from user memory
+  // (the whole first and last tasks bounced before: up to 2 task sizes copied per request).
   RequestBatch(FileState& st, Op op, const std::vector<Segment>& segs, int64_t ts, std::string what)
       : st_(st), op_(op), ts_(ts), what_(std::move(what)) {
     for (const Segment& g : segs) {
       if (g.len == 0) continue;
       int64_t end = g.off + g.len;
+      bool phased = st_.direct && (reinterpret_cast<uintptr_t>(g.buf) - static_cast<uintptr_t>(g.off)) % kAlign == 0;
       int64_t s = g.off;
       while (s < end) {
         int64_t e = st_.direct ? std::min(end, (s / ts_ + 1) * ts_) : std::min(end, s + ts_);
+        if (phased && s % kAlign && up(s) < e) e = up(s);             // the partial head block
+        else if (phased && e % kAlign && down(e) > s) e = down(e);   // the aligned part before a partial tail
         chunks_.push_back({g.buf + (s - g.off), s, e});
         s = e;
       }
@@ -238,6 +247,7 @@ class RequestBatch : public Batch {
       sl.bb = BounceBuffer();
       return nullptr;
     }
+    g_bounced_bytes.fetch_add(a1 - sl.a0, std::memory_order_relaxed);
     t.buf = sl.bb.data();
     t.buf_index = sl.bb.reg_index();
     t.off = sl.a0;
@@ -300,6 +310,8 @@ class RequestBatch : public Batch {
 };
 
 }  // namespace
+
+int64_t bounced_bytes() { return g_bounced_bytes.load(std::memory_order_relaxed); }
 
 int64_t execute(const std::shared_ptr<FileState>& stp, Op op, uint8_t* buf, int64_t len, int64_t off) {
   if (len < 0) fail(Status::invalid_argument, "size must be >= 0, got " + std::to_string(len));

@@ -91,6 +91,8 @@ struct IoCounters {
   int64_t fixed_file_ops;    // of them on a registered file (IOSQE_FIXED_FILE)
 };
 IoCounters io_counters();
+// Bytes moved through bounce buffers (whole aligned blocks), any backend, process-wide.
+int64_t bounced_bytes();
 
 // Settings read by the engine (runtime/config.py holds the table).
 int queue_depth();          // HAULER_IO_QUEUE_DEPTH
