@@ -190,8 +190,10 @@ class RequestBatch : public Batch {
   // Direct, with memory at the file's phase modulo 4 KiB: a partial block at either end is a
   // task of its own, so only those blocks bounce and the rest goes straight from user memory
   // (the whole first and last tasks bounced before: up to 2 task sizes copied per request).
-  RequestBatch(FileState& st, Op op, const std::vector<Segment>& segs, int64_t ts, std::string what)
-      : st_(st), op_(op), ts_(ts), what_(std::move(what)) {
+  // size_before: the file's size when the request started (edge blocks past it are not read).
+  RequestBatch(FileState& st, Op op, const std::vector<Segment>& segs, int64_t ts, std::string what,
+               int64_t size_before)
+      : st_(st), op_(op), ts_(ts), what_(std::move(what)), size_before_(size_before) {
     for (const Segment& g : segs) {
       if (g.len == 0) continue;
       int64_t end = g.off + g.len;
@@ -233,11 +235,12 @@ class RequestBatch : public Batch {
     try {
       sl.bb = BounceBuffer(a1 - sl.a0);
       if (op_ == Op::write) {
-        // read-modify-write of the partial head and tail blocks
+        // read-modify-write of the partial head and tail blocks; where the file has no bytes
+        // to keep around the data (past its end when the request started), zeros, not a read
         bool head = sl.s != sl.a0, tail = sl.e != a1;
-        if (head) pread_fill(st_, sl.bb.data(), kAlign, sl.a0);
+        if (head) keep_block(sl.bb.data(), sl.a0, sl.a0 < size_before_);
         if (tail && !(head && a1 - kAlign == sl.a0))
-          pread_fill(st_, sl.bb.data() + (a1 - kAlign - sl.a0), kAlign, a1 - kAlign);
+          keep_block(sl.bb.data() + (a1 - kAlign - sl.a0), a1 - kAlign, sl.e < size_before_);
         std::memcpy(sl.bb.data() + (sl.s - sl.a0), user, static_cast<size_t>(sl.e - sl.s));
         std::lock_guard<std::mutex> g(m_);
         max_bounced_end_ = std::max(max_bounced_end_, a1);
@@ -295,10 +298,16 @@ class RequestBatch : public Batch {
     failed_.store(true, std::memory_order_release);
   }
 
+  void keep_block(uint8_t* p, int64_t off, bool read) {
+    if (read) pread_fill(st_, p, kAlign, off);
+    else std::memset(p, 0, kAlign);
+  }
+
   FileState& st_;
   Op op_;
   int64_t ts_;
   std::string what_;
+  int64_t size_before_;
   std::vector<Chunk> chunks_;
   size_t n_ = 0;
   std::vector<Slot> slots_;
@@ -366,7 +375,7 @@ int64_t execute_segments(const std::shared_ptr<FileState>& stp, Op op, const std
                                            ") overlap or share a 4 KiB block of an O_DIRECT file");
   }
   int64_t ts = std::max<int64_t>(task_size(), 1);
-  RequestBatch batch(st, op, segs, ts, what);
+  RequestBatch batch(st, op, segs, ts, what, size_before);
   const BackendOps& be = backend();
   int qd = queue_depth();
   if (st.direct && misaligned) {
