@@ -188,7 +188,8 @@ class TensorStore:
     that get keeps for later gets of the same size (0: none; hauler.offload keeps some).
     ``keep_files``: bytes of files of deleted entries kept (renamed aside) and overwritten by later
     puts: writing over allocated blocks takes half the time and a third of the CPU of a new file
-    here (no block allocation, no io_uring worker hand-off). Gets and deletes of one key take
+    here (no block allocation, no io_uring worker hand-off); with a capacity they count against it
+    and go before any entry is evicted. Gets and deletes of one key take
     its lock, so a file is never reused under a get still reading it."""
 
     def __init__(self, directory: Any, capacity: Optional[int] = None, threads: int = 4,
@@ -283,14 +284,19 @@ class TensorStore:
         self.pin(key, False)
 
     def _reserve(self, key: str, nbytes: int, pin: bool) -> List[str]:
-        """Makes room for nbytes (evicting LRU unpinned entries); returns the keys evicted."""
+        """Makes room for nbytes (dropping spare files first, then evicting LRU unpinned
+        entries); returns the keys evicted."""
         if self.capacity is None:
             return []
         with self._lock:
             old = self._entries.get(key)
-            used = sum(e.file_bytes for e in self._entries.values()) + self._reserved
+            used = sum(e.file_bytes for e in self._entries.values()) + self._reserved + self._spare_bytes
             need = used - (old.file_bytes if old else 0) + nbytes - self.capacity
-            victims = []
+            victims, dropped = [], []
+            while need > 0 and self._spares:   # spare files count against capacity; they go first
+                dropped.append(self._spares.pop())
+                self._spare_bytes -= dropped[-1][1]
+                need -= dropped[-1][1]
             if need > 0:
                 cands = sorted((e for e in self._entries.values() if not e.pinned and e.key != key),
                                key=lambda e: e.last_use)
@@ -308,9 +314,9 @@ class TensorStore:
                 for e in victims:
                     del self._entries[e.key]
             self._reserved += nbytes
-        for e in victims:
+        for path in [sp[0] for sp in dropped] + [self._path(e.key) for e in victims]:
             try:
-                os.unlink(self._path(e.key))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
         return [e.key for e in victims]
@@ -355,12 +361,20 @@ class TensorStore:
                     crc=_checksum("crc32c", flat) if self._checksum else None)
         file_bytes = data_off + flat.nbytes
         with self._key_lock(key):
-            self._reserve(key, file_bytes, pin)
+            spare = self._take_spare(file_bytes)   # before _reserve: it becomes this put's bytes
+            try:
+                self._reserve(key, file_bytes, pin)
+            except BaseException:
+                if spare is not None:
+                    with self._lock:
+                        self._spares.append(spare)
+                        self._spare_bytes += spare[1]
+                raise
             final = self._path(key)
             tmp = f"{final[:-len(SUFFIX)]}.tmp.{uuid.uuid4().hex[:8]}{SUFFIX}"
             ok = False
             try:
-                with self._file_for(tmp, file_bytes) as f:
+                with self._file_for(tmp, file_bytes, spare) as f:
                     f.write(_header(meta), offset=0)
                     if flat.nbytes:
                         f.write(flat, offset=data_off)
@@ -388,9 +402,8 @@ class TensorStore:
                                                     time.monotonic())
         del keep
 
-    def _file_for(self, tmp: str, file_bytes: int) -> Any:
-        """A new file at tmp, or a spare file renamed there, cut to file_bytes if longer."""
-        from .io import File
+    def _take_spare(self, file_bytes: int) -> Any:
+        """The spare file (path, bytes) a put of file_bytes overwrites, taken off the list; or None."""
         with self._lock:
             spare = min((sp for sp in self._spares if sp[1] >= file_bytes), key=lambda sp: sp[1], default=None)
             if spare is None and self._spares:
@@ -398,6 +411,11 @@ class TensorStore:
             if spare is not None:
                 self._spares.remove(spare)
                 self._spare_bytes -= spare[1]
+        return spare
+
+    def _file_for(self, tmp: str, file_bytes: int, spare: Any) -> Any:
+        """A new file at tmp, or the spare file renamed there, cut to file_bytes if longer."""
+        from .io import File
         if spare is not None:
             try:
                 os.rename(spare[0], tmp)
@@ -418,7 +436,9 @@ class TensorStore:
             except FileNotFoundError:
                 return
             with self._lock:
-                keep = self._spare_bytes + size <= self._keep_files
+                keep = self._spare_bytes + size <= self._keep_files and (
+                    self.capacity is None or sum(e.file_bytes for e in self._entries.values()) + self._reserved
+                    + self._spare_bytes + size <= self.capacity)
                 if keep:
                     self._spare_bytes += size
             if keep:

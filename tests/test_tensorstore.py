@@ -385,6 +385,42 @@ def test_keep_files_reuses_deleted_entries_files(tmp_path):
     assert _spares(d) == [] and os.listdir(d) == []
 
 
+def test_keep_files_count_against_capacity(tmp_path):
+    # spare files are disk the store holds: with a capacity, they go before any entry is evicted,
+    # and a deleted entry's file is kept only while entries + spares fit
+    d = tmp_path / "kc"
+    one = 4096 + 8 * 10_000
+    s = TensorStore(d, sync=False, capacity=3 * one, keep_files=10 * one)
+
+    def disk():
+        return sum(os.path.getsize(d / n) for n in os.listdir(d))
+
+    try:
+        for k in "abc":
+            s.put(k, np.full(10_000, ord(k), np.int64)).result()
+        s.delete("a")
+        assert len(_spares(d)) == 1 and disk() == 3 * one
+        s.put("d", np.full(20_000, 1, np.int64)).result()     # a's file, extended: b is evicted
+        assert sorted(s.keys()) == ["c", "d"] and _spares(d) == [] and disk() <= 3 * one
+        s2 = TensorStore(tmp_path / "kc2", sync=False, capacity=3 * one, keep_files=10 * one)
+        try:
+            for k in "abc":
+                s2.put(k, np.full(10_000, ord(k), np.int64)).result()
+            s2.delete("a")                                     # kept: 2 entries + 1 spare fit
+            s2.put("e", np.full(10_000, 5, np.int64)).result()  # takes the spare, evicts nothing
+            assert sorted(s2.keys()) == ["b", "c", "e"] and _spares(tmp_path / "kc2") == []
+            s2.delete("b")
+            s2.delete("c")                                     # entries + 2 spares = capacity: kept
+            assert len(_spares(tmp_path / "kc2")) == 2
+            s2.put("g", np.full(20_000, 7, np.int64)).result()  # takes one spare, the other goes
+            assert sorted(s2.keys()) == ["e", "g"] and _spares(tmp_path / "kc2") == []
+            assert np.array_equal(s2.get("g").result(), np.full(20_000, 7, np.int64))
+        finally:
+            s2.close()
+    finally:
+        s.close()
+
+
 def test_keep_files_spares_left_by_a_process_are_removed_on_open(tmp_path):
     d = tmp_path / "k"
     code = textwrap.dedent(f"""
