@@ -620,7 +620,8 @@ OFFLOAD_SCRIPT = textwrap.dedent("""
            "threads": torch.get_num_threads()}
     # The same I/O alone: one step's saved tensors (their sizes recorded by a forward pass)
     # written as forward does (all queued at once, then waited for), then read back as
-    # backward does (in reverse, prefetch reads ahead), through the same store; no compute.
+    # backward does (in reverse, prefetch reads ahead; the last keep_last stay in memory),
+    # through the same store; no compute.
     sizes = []
     def record(t):
         if not isinstance(t, torch.nn.Parameter) and t.numel() * t.element_size() >= off.min_bytes:
@@ -636,7 +637,7 @@ OFFLOAD_SCRIPT = textwrap.dedent("""
             fut.result()
         t1 = time.perf_counter()
         pending = {}
-        for i in reversed(range(len(bufs))):
+        for i in reversed(range(max(0, len(bufs) - off.keep_last))):
             for j in range(i, max(-1, i - 1 - off.prefetch), -1):
                 if j not in pending:
                     pending[j] = off.store.get(f"alone-{j}")

@@ -10,7 +10,9 @@ Inside the context, every tensor autograd saves for backward goes through
 ``min_bytes`` stay in memory; the others are written to a :class:`hauler.io.TensorStore`
 asynchronously, and the in-memory copy is dropped once its write is durable. A tensor saved by
 several operations is stored once. During backward the saved tensors are read back in the
-reverse order of saving, ``prefetch`` ahead of the one autograd asks for. The store made for a
+reverse order of saving, ``prefetch`` ahead of the one autograd asks for; the last ``keep_last``
+tensors saved keep their memory even once written (backward needs them first: reading them back
+would stall its start). The store made for a
 directory skips fsync and checksums (scratch data: ``verify=True`` turns CRC-32C checks on; pass
 your own ``store`` for other choices) and keeps up to ``recycle`` bytes of freed read-back
 tensors for later reads of the same size (no page faults and kernel zeroing of fresh memory on
@@ -39,7 +41,8 @@ _ids = itertools.count()
 
 
 class _Handle:
-    __slots__ = ("key", "tensor", "put", "get", "index", "owner", "ident", "source", "version", "__weakref__")
+    __slots__ = ("key", "tensor", "put", "get", "index", "owner", "ident", "source", "version", "written",
+                 "__weakref__")
 
     def __init__(self, key: str, tensor: Any, index: int, owner: "Offload"):
         self.key = key
@@ -48,6 +51,7 @@ class _Handle:
         self.get = None           # a prefetch in flight
         self.index = index
         self.owner = owner
+        self.written = False      # durable on disk (the memory may still be kept: keep_last)
 
 
 class Offload:
@@ -55,7 +59,7 @@ class Offload:
 
     def __init__(self, directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
                  prefetch: int = 2, threads: int = 4, verify: bool = False, recycle: int = 64 << 20,
-                 keep_files: int = 4 << 30):
+                 keep_files: int = 4 << 30, keep_last: int = 2):
         import torch  # noqa: F401 - fail early without torch
         from .tensorstore import TensorStore
         self._tmp = None
@@ -68,8 +72,10 @@ class Offload:
         self.store = store
         self.min_bytes = int(min_bytes)
         self.prefetch = max(0, int(prefetch))
+        self.keep_last = max(0, int(keep_last))
         self._lock = threading.Lock()
-        self._handles: List["weakref.ref"] = []  # pack order
+        self._handles: List["weakref.ref"] = []  # pack order, from index self._base on
+        self._base = 0
         self._shared: Dict[Any, "weakref.ref"] = {}
         self._hooks = None
         self._run = next(_ids)
@@ -97,14 +103,19 @@ class Offload:
             if h is not None:
                 self.stats["shared"] += 1
                 return h
-            key = f"act-{self._run}-{len(self._handles)}"
-            h = _Handle(key, t.detach(), len(self._handles), self)
+            index = self._base + len(self._handles)
+            key = f"act-{self._run}-{index}"
+            h = _Handle(key, t.detach(), index, self)
             h.ident = ident
             h.source = weakref.ref(t)   # to notice in-place changes after saving, as autograd does
             h.version = t._version
             self._handles.append(weakref.ref(h))
             self._shared[ident] = weakref.ref(h)
             weakref.finalize(h, _discard, self.store, key)
+            # the handle keep_last places back is no longer among the last: written, it lets go
+            old = self._handle(index - self.keep_last)
+            if old is not None and old.written:
+                self._release(old)
         self.stats["saved"] += 1
         self.stats["bytes_written"] += nbytes
         h.put = self.store.put(key, h.tensor)
@@ -114,14 +125,25 @@ class Offload:
         def written(fut, href=href):
             hh = href()
             if hh is not None and fut.exception() is None:
-                # durable on disk: drop the memory; its address may be reused from now on, so
-                # the handle no longer stands for "the tensor at this address"
                 with self._lock:
-                    if self._shared.get(hh.ident) is href:
-                        del self._shared[hh.ident]
-                    hh.tensor = None
+                    hh.written = True
+                    if hh.index < self._base + len(self._handles) - self.keep_last:
+                        self._release(hh)
         h.put.add_done_callback(written)
         return h
+
+    def _handle(self, index: int) -> Optional[_Handle]:
+        """The live handle saved at index, or None (under self._lock)."""
+        i = index - self._base
+        return self._handles[i]() if 0 <= i < len(self._handles) else None
+
+    def _release(self, h: _Handle) -> None:
+        """Drops a written handle's memory (under self._lock). Its address may be reused from now
+        on, so the handle no longer stands for "the tensor at this address"."""
+        ref = self._shared.get(h.ident)
+        if ref is not None and ref() is h:
+            del self._shared[h.ident]
+        h.tensor = None
 
     def _unpack(self, h: Any) -> Any:
         if not isinstance(h, _Handle):
@@ -159,8 +181,8 @@ class Offload:
             todo = []
             seen = 0
             i = index - 1
-            while i >= 0 and seen < self.prefetch:
-                h = self._handles[i]()
+            while i >= self._base and seen < self.prefetch:
+                h = self._handle(i)
                 i -= 1
                 if h is None:
                     continue   # freed (its node already ran): not part of the window
@@ -173,6 +195,10 @@ class Offload:
     # -- context
     def __enter__(self) -> "Offload":
         import torch
+        with self._lock:   # handles of earlier steps that autograd freed: forgotten (indices go on)
+            dead = next((i for i, r in enumerate(self._handles) if r() is not None), len(self._handles))
+            del self._handles[:dead]
+            self._base += dead
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._hooks.__enter__()
         return self
@@ -212,7 +238,7 @@ def _discard(store: Any, key: str) -> None:
 
 def offload(directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
             prefetch: int = 2, threads: int = 4, verify: bool = False, recycle: int = 64 << 20,
-            keep_files: int = 4 << 30) -> Offload:
+            keep_files: int = 4 << 30, keep_last: int = 2) -> Offload:
     """A context offloading saved activations to ``directory`` (default: a temporary directory)
     or to ``store`` (a TensorStore); see the module doc."""
-    return Offload(directory, store, min_bytes, prefetch, threads, verify, recycle, keep_files)
+    return Offload(directory, store, min_bytes, prefetch, threads, verify, recycle, keep_files, keep_last)

@@ -48,7 +48,7 @@ def test_offload_row_measures_a_training_loop(tmp_path):
     # the quick model saves 9 tensors of 2 MiB per step (4 x (Linear input, GELU input), and the
     # loss's square), each written once and read back unless still in memory
     assert row["bytes_written_per_step"] == 9 * (2 << 20)
-    assert 0 < row["bytes_read_per_step"] <= row["bytes_written_per_step"]
+    assert 0 < row["bytes_read_per_step"] <= row["bytes_written_per_step"] - 2 * (2 << 20)  # keep_last=2
     assert row["io_time_s_per_step"] > 0 and 0 <= row["hidden_fraction"] <= 1
     assert row["peak_rss_mib_plain"] > 0 and row["peak_rss_mib_offload"] > 0
     (t,) = [t for t in rep["targets"] if t["key"] == "offload_hidden"]

@@ -39,7 +39,7 @@ def test_gradients_bit_identical(tmp_path, wait):
     m = block()
     x = torch.randn(8, 64, 128)
     ref = grads(m, x)
-    off = offload(tmp_path / "acts", min_bytes=16 * 1024)
+    off = offload(tmp_path / "acts", min_bytes=16 * 1024, keep_last=0 if wait else 2)
     model = m
     model.zero_grad(set_to_none=True)
     xx = x.clone().requires_grad_(True)
@@ -172,7 +172,7 @@ def test_read_ahead_stays_within_the_prefetch_window(tmp_path, prefetch):
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()) for _ in range(8)])
     x = torch.randn(256, 64)
-    off = offload(tmp_path / "acts", min_bytes=1024, prefetch=prefetch)
+    off = offload(tmp_path / "acts", min_bytes=1024, prefetch=prefetch, keep_last=0)
     started, consumed, ahead = [], [], []
     get = off.store.get
 
@@ -198,4 +198,35 @@ def test_read_ahead_stays_within_the_prefetch_window(tmp_path, prefetch):
     assert off.stats["saved"] == len(consumed) == 17 and off.stats["in_memory_hits"] == 0
     assert sorted(started) == sorted(consumed)           # each read exactly once
     assert max(ahead) == min(prefetch, len(consumed) - 1)  # the window is full, and never more
+    off.close()
+
+
+@pytest.mark.parametrize("keep_last", [0, 1, 3])
+def test_last_saved_tensors_keep_their_memory_across_steps(tmp_path, keep_last):
+    # backward needs the last saved tensors first: those keep_last stay in memory once written,
+    # every other one is read back; over several steps the bookkeeping of freed handles is dropped
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()) for _ in range(8)])
+    x = torch.randn(256, 64)
+    ref = None
+    off = offload(tmp_path / "acts", min_bytes=1024, keep_last=keep_last)
+    for step in range(3):
+        model.zero_grad(set_to_none=True)
+        before = dict(off.stats)
+        with off:
+            loss = model(x).square().mean()
+        off.wait_writes()
+        held = sum(1 for r in off._handles if r() is not None and r().tensor is not None)
+        assert held == keep_last                            # all written; the last keep_last kept
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        ref = ref or grads
+        assert all(torch.equal(a, b) for a, b in zip(ref, grads))
+        hits = off.stats["in_memory_hits"] - before["in_memory_hits"]
+        read = off.stats["bytes_read"] - before["bytes_read"]
+        assert hits == keep_last and read == (17 - keep_last) * 256 * 64 * 4
+        del loss
+        with off:
+            pass
+        assert len(off._handles) == 0                      # freed handles forgotten at the next step
     off.close()
