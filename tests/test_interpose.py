@@ -267,7 +267,8 @@ def test_bench_mpi_quick_rows_correct():
     assert p.returncode == 0, p.stdout[-3000:]
     rep = json.loads(p.stdout)
     assert rep["rows"] and all(r["correct"] for r in rep["rows"])
-    assert {r["case"] for r in rep["rows"]} == {"vector", "contig", "halo", "calls"}
+    assert {r["case"] for r in rep["rows"]} == {"vector", "contig", "halo", "halobytes", "calls"}
+    assert all(r["bound"] > 0 for r in rep["rows"] if r["case"] == "halo")
     assert all(r["extra_ns"] is not None for r in rep["rows"] if r["case"] == "calls")
     assert {t["key"] for t in rep["targets"]} == {"byte-vector-10x", "byte-vector-contig", "halo-2x",
                                                   "passthrough-1us", "no-slowdown"}
