@@ -64,8 +64,9 @@ def registration_failed() -> bool:
 
 def counters() -> dict:
     """Process-wide counts: io_uring ops submitted, of them fixed_buffer_ops (read/write_fixed on
-    the registered bounce arena) and fixed_file_ops (on a registered file); bounced_bytes (any
-    backend): bytes that went through bounce buffers (whole 4 KiB blocks)."""
+    the registered bounce arena) and fixed_file_ops (on a registered file); waits (times an
+    io_uring thread slept for completions: once per request whose tasks all fit the queue);
+    bounced_bytes (any backend): bytes that went through bounce buffers (whole 4 KiB blocks)."""
     return dict(_core().io_counters())
 
 

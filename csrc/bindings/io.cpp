@@ -216,6 +216,7 @@ void register_io(py::module_& m) {
     d["ops"] = c.ops;
     d["fixed_buffer_ops"] = c.fixed_buffer_ops;
     d["fixed_file_ops"] = c.fixed_file_ops;
+    d["waits"] = c.waits;
     d["bounced_bytes"] = io::bounced_bytes();
     return d;
   });

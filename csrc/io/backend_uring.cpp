@@ -37,7 +37,7 @@ struct RegState {
   int files = 0;
   std::string buffers_why, files_why;
   int64_t arena_bytes = 0;
-  std::atomic<int64_t> ops{0}, fixed_buffer_ops{0}, fixed_file_ops{0};
+  std::atomic<int64_t> ops{0}, fixed_buffer_ops{0}, fixed_file_ops{0}, waits{0};
 };
 RegState& reg() {
   static RegState* r = new RegState;  // never destroyed: rings may run during static teardown
@@ -58,7 +58,7 @@ void note(int RegState::*which, std::string RegState::*why, int rc, const std::s
 
 IoCounters io_counters() {
   RegState& r = reg();
-  return {r.ops.load(), r.fixed_buffer_ops.load(), r.fixed_file_ops.load()};
+  return {r.ops.load(), r.fixed_buffer_ops.load(), r.fixed_file_ops.load(), r.waits.load()};
 }
 
 std::string registration_description() {
@@ -256,8 +256,13 @@ void uring_run(Batch& batch, size_t n, int qd) {
       }
     }
     if (inflight == 0) break;
+    // Nothing left to queue: sleep until every task in flight is done (one wake-up per request,
+    // not one per task: each wake-up preempts whatever computes on that core, and a preempted
+    // thread of a parallel region stalls its siblings). Otherwise wake per completion to refill.
+    unsigned wait_nr = (stop || next >= n) ? inflight : 1;
     io_uring_cqe* cqe = nullptr;
-    int w = io_uring_wait_cqe(ring, &cqe);
+    reg().waits.fetch_add(1, std::memory_order_relaxed);
+    int w = io_uring_wait_cqe_nr(ring, &cqe, wait_nr);
     if (w == -EINTR) continue;
     if (w < 0) fail(Status::io_error, std::string("io_uring_wait_cqe failed: ") + std::strerror(-w));
     // reap every ready completion

@@ -89,6 +89,7 @@ struct IoCounters {
   int64_t ops;               // io_uring operations submitted
   int64_t fixed_buffer_ops;  // of them read_fixed/write_fixed on the registered bounce arena
   int64_t fixed_file_ops;    // of them on a registered file (IOSQE_FIXED_FILE)
+  int64_t waits;             // times a thread slept for completions (io_uring_wait_cqe_nr)
 };
 IoCounters io_counters();
 // Bytes moved through bounce buffers (whole aligned blocks), any backend, process-wide.
