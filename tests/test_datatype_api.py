@@ -486,9 +486,11 @@ def _env_with_path():
 
 
 def test_unpack_of_tiny_blocks_at_every_small_stride_writes_only_the_blocks():
-    """Blocks of 1..7 bytes at strides up to 64 over runs of several KiB take the vector expand
-    path on CPUs that have it (64 destination bytes per step, phase kept modulo the stride):
-    every block lands where numpy puts it and the poisoned gaps stay as they were."""
+    """Blocks of 1..7 bytes at strides up to 64 over runs of several KiB take the vector unpack
+    paths on CPUs that have them (64 destination bytes per step: a byte permute where the stride
+    divides 64, else an expand-load with the phase kept modulo the stride): every block lands
+    where numpy puts it and the poisoned gaps stay as they were. Packing it back (byte shuffles
+    for blocks of 1, 2 and 4 bytes, one to four loads per 16 output bytes) gives the bytes again."""
     rng = np.random.default_rng(11)
     for b in range(1, 8):
         blk = Datatype.contiguous(b, BYTE)
@@ -502,3 +504,40 @@ def test_unpack_of_tiny_blocks_at_every_small_stride_writes_only_the_blocks():
                 want = np.full(span + 64, 0xA5, np.uint8)
                 want[(np.arange(n)[:, None] * stride + np.arange(b)[None, :]).ravel()] = packed
                 assert np.array_equal(dst, want), (b, stride, n)
+                assert np.array_equal(t.pack(dst, threads=1), packed), (b, stride, n)
+
+
+@pytest.mark.parametrize("stride", [2, 4, 8, 16, 32, 64])
+def test_unpack_at_strides_dividing_64_writes_only_the_blocks(stride, parallel_always):
+    """A stride that divides 64 puts every 64-byte window of the destination at the same phase:
+    on CPUs with AVX-512 VBMI each window is one masked load, one byte permute and one masked
+    store. Every block size below the stride, destinations at unaligned addresses, spans that
+    are not a multiple of 64, windows of the packed bytes that start and end inside a block, and
+    a thread split: the blocks land where numpy puts them, the poisoned gaps and the bytes
+    around the type stay as they were."""
+    rng = np.random.default_rng(stride)
+    for b in range(1, stride):
+        blk = Datatype.contiguous(b, BYTE)
+        n = int(rng.integers(128 // stride + 2, 12000 // stride + 40))
+        if ((n - 1) * stride + b) % 64 == 0:
+            n += 1
+        t = Datatype.hvector(n, 1, stride, blk)
+        span = (n - 1) * stride + b
+        where = (np.arange(n)[:, None] * stride + np.arange(b)[None, :]).ravel()
+        packed = rng.integers(0, 256, n * b, dtype=np.uint8)
+        pos = int(rng.integers(0, min(n * b, 3 * b + 1)))
+        nb = n * b - pos - int(rng.integers(0, min(n * b - pos, 2 * b + 1)))
+        for off, fill, threads in ((1 + int(rng.integers(0, 63)), POISONS[0], 1), (0, POISONS[1], 2)):
+            dst = poisoned(off + span + 67, fill)
+            t.unpack(packed[pos:pos + nb], dst, position=pos, offset=off, nbytes=nb, threads=threads)
+            want = poisoned(off + span + 67, fill)
+            want[off + where[pos:pos + nb]] = packed[pos:pos + nb]
+            assert np.array_equal(dst, want), (b, stride, n, off, pos, nb, first_diff(dst, want))
+            # and back: pack of the same window from the unaligned source
+            src_off = off + 3
+            src = poisoned(src_off + span + 5, fill)
+            src[src_off + where] = packed
+            out = poisoned(nb + 16, fill)
+            t.pack(src, out=out, position=pos, offset=src_off, nbytes=nb, threads=threads)
+            assert np.array_equal(out[:nb], packed[pos:pos + nb]), (b, stride, n, src_off, pos, nb)
+            assert np.all(out[nb:] == fill), (b, stride, n)

@@ -51,20 +51,39 @@ struct Shuffler {
   int64_t advance = 0; // source bytes per 16 output bytes
   bool stream = false; // non-temporal stores where the output is 16-byte aligned
   __m128i mask[4];
-  // Unpack: AVX-512 expand-load + masked store over 64-byte windows of the
-  // destination. A masked store writes only the mask's bytes, so the gaps
-  // between blocks are never touched (not even rewritten with their own value).
-  bool expand = false;
+  // Unpack: AVX-512 masked stores over 64-byte windows of the destination. A
+  // masked store writes only the mask's bytes, so the gaps between blocks are
+  // never touched (not even rewritten with their own value).
+  bool expand = false;   // any stride up to 64: expand-load by the window's phase
+  bool permute = false;  // stride divides 64: every window alike, one vpermb
   uint64_t window_mask[64];  // by phase: window start offset modulo the stride
   int window_bytes[64];      // popcount of each mask
+  uint8_t perm_index[64];    // permute: window byte o <- packed byte perm_index[o]
 };
 
-// Unpack of blocks of 1..7 bytes at a stride of at most 64 bytes.
-Shuffler make_expander(int64_t b, int64_t stride) {
+// Unpack of blocks shorter than the stride, the stride at most 64 bytes, over
+// `nb` blocks. A stride that divides 64 puts every 64-byte window at the same
+// phase: one index vector and one mask (cheap to build) serve all windows.
+// Other strides (blocks of 1..7 bytes only) need a mask per phase, a few
+// microseconds to build: only worth it for a few KiB. Blocks of 8, 16 or 32
+// bytes keep their single-move copy, which is as fast or faster (AMD EPYC).
+Shuffler make_expander(int64_t b, int64_t stride, int64_t nb) {
   Shuffler sh;
-  if (b >= 8 || stride <= b || stride > 64 || !__builtin_cpu_supports("avx512bw") ||
-      !__builtin_cpu_supports("avx512vbmi2"))
+  if (stride <= b || stride > 64 || (b >= 8 && (b & (b - 1)) == 0) || !__builtin_cpu_supports("avx512bw"))
     return sh;
+  if (64 % stride == 0 && __builtin_cpu_supports("avx512vbmi")) {
+    sh.permute = true;
+    uint64_t m = 0;
+    for (int o = 0; o < 64; ++o) {
+      const int64_t blk = o / stride, in = o % stride;
+      sh.perm_index[o] = static_cast<uint8_t>(in < b ? blk * b + in : 0);
+      if (in < b) m |= uint64_t(1) << o;
+    }
+    sh.window_mask[0] = m;
+    sh.window_bytes[0] = __builtin_popcountll(m);
+    return sh;
+  }
+  if (b >= 8 || nb * stride < 4096 || !__builtin_cpu_supports("avx512vbmi2")) return sh;
   sh.expand = true;
   for (int64_t p = 0; p < stride; ++p) {
     uint64_t m = 0;
@@ -76,9 +95,20 @@ Shuffler make_expander(int64_t b, int64_t stride) {
   return sh;
 }
 
+// After the windows of an unpack: `used` packed bytes are in place, the last
+// window may have cut a block; finishes that block and returns how many
+// blocks are done (the caller copies the rest).
+inline int64_t finish_cut_block(uint8_t* dst, int64_t stride, int64_t b, const uint8_t* in, int64_t used) {
+  int64_t k = used / b, r = used % b;
+  if (r != 0) {
+    std::memcpy(dst + k * stride + r, in + used, static_cast<size_t>(b - r));
+    ++k;
+  }
+  return k;
+}
+
 // Unpacks `n` blocks to `dst`, 64 destination bytes per step while a whole
-// window lies inside the run; finishes the block the last window cut and
-// returns how many blocks are done (the caller copies the rest).
+// window lies inside the run.
 __attribute__((target("avx512f,avx512bw,avx512vbmi2"))) int64_t expand_unpack(const Shuffler& sh, uint8_t* dst,
                                                                               int64_t stride, int64_t b,
                                                                               const uint8_t* in, int64_t n) {
@@ -94,12 +124,27 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi2"))) int64_t expand_unpack(co
     phase += step;
     if (phase >= stride) phase -= stride;
   }
-  int64_t k = used / b, r = used % b;
-  if (r != 0) {
-    std::memcpy(dst + k * stride + r, in + used, static_cast<size_t>(b - r));
-    ++k;
+  return finish_cut_block(dst, stride, b, in, used);
+}
+
+// The same for a stride that divides 64: each window takes the next `per`
+// packed bytes (a masked load: never past the packed input's end), spreads
+// them with one byte permute and stores them under the one block mask. Index,
+// masks and count stay in registers (the destination's byte stores could
+// alias a struct member, forcing a reload per window).
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) int64_t permute_unpack(const Shuffler& sh, uint8_t* dst,
+                                                                             int64_t stride, int64_t b,
+                                                                             const uint8_t* in, int64_t n) {
+  const int64_t windows = ((n - 1) * stride + b) / 64;
+  const __m512i idx = _mm512_loadu_si512(sh.perm_index);
+  const __mmask64 store = sh.window_mask[0];
+  const int64_t per = sh.window_bytes[0];  // < 64: the stride is longer than the block
+  const __mmask64 load = (uint64_t(1) << per) - 1;
+  for (int64_t w = 0; w < windows; ++w) {
+    const __m512i v = _mm512_maskz_loadu_epi8(load, in + w * per);
+    _mm512_mask_storeu_epi8(dst + 64 * w, store, _mm512_maskz_permutexvar_epi8(store, idx, v));
   }
-  return k;
+  return finish_cut_block(dst, stride, b, in, windows * per);
 }
 
 Shuffler make_shuffler(int64_t b, int64_t stride) {
@@ -122,27 +167,50 @@ Shuffler make_shuffler(int64_t b, int64_t stride) {
   return sh;
 }
 
+// `chunks` times: 16 output bytes from L 16-byte loads. The masks are copied
+// into locals so they live in registers: through the uint8_t* output (which
+// may alias anything) the compiler would otherwise reload them from `sh`
+// after every store. L is a template parameter so the loads unroll.
+template <int L, bool kStream>
+__attribute__((target("ssse3"))) void shuffle_chunks(const Shuffler& sh, const uint8_t* src, uint8_t* out,
+                                                     int64_t chunks) {
+  __m128i mask[L];
+  for (int k = 0; k < L; ++k) mask[k] = sh.mask[k];
+  const int64_t advance = sh.advance;
+  for (int64_t c = 0; c < chunks; ++c, src += advance, out += 16) {
+    __m128i v = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)), mask[0]);
+    for (int k = 1; k < L; ++k)
+      v = _mm_or_si128(v, _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16 * k)),
+                                           mask[k]));
+    if constexpr (kStream) _mm_stream_si128(reinterpret_cast<__m128i*>(out), v);
+    else _mm_storeu_si128(reinterpret_cast<__m128i*>(out), v);
+  }
+}
+
+template <int L>
+void shuffle_chunks_to(const Shuffler& sh, const uint8_t* src, uint8_t* out, int64_t chunks, bool nt) {
+  if (nt) shuffle_chunks<L, true>(sh, src, out, chunks);
+  else shuffle_chunks<L, false>(sh, src, out, chunks);
+}
+
 // Packs `n` blocks starting at `src`; returns how many it did (the rest,
 // near the end of the run, is left to the scalar loop so no load reads past
 // the last block).
 __attribute__((target("ssse3"))) int64_t shuffle_pack(const Shuffler& sh, const uint8_t* src, int64_t stride,
                                                       int64_t b, uint8_t* out, int64_t n) {
   const bool nt = sh.stream && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  const uint8_t* end = src + (n - 1) * stride + b;  // one past the last byte the run may read
-  const int64_t reach = 16 * sh.loads;
-  int64_t done = 0;
-  while (done + sh.per_chunk <= n && src + reach <= end) {
-    __m128i v = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)), sh.mask[0]);
-    for (int k = 1; k < sh.loads; ++k)
-      v = _mm_or_si128(v, _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16 * k)),
-                                           sh.mask[k]));
-    if (nt) _mm_stream_si128(reinterpret_cast<__m128i*>(out), v);
-    else _mm_storeu_si128(reinterpret_cast<__m128i*>(out), v);
-    src += sh.advance;
-    out += 16;
-    done += sh.per_chunk;
+  // Chunk c reads [c * advance, c * advance + 16 * loads) from src, inside the run's
+  // (n - 1) * stride + b bytes, and packs blocks [c * per_chunk, (c + 1) * per_chunk).
+  const int64_t room = (n - 1) * stride + b - 16 * sh.loads;
+  if (room < 0) return 0;
+  const int64_t chunks = std::min(n / sh.per_chunk, room / sh.advance + 1);
+  switch (sh.loads) {
+    case 1: shuffle_chunks_to<1>(sh, src, out, chunks, nt); break;
+    case 2: shuffle_chunks_to<2>(sh, src, out, chunks, nt); break;
+    case 3: shuffle_chunks_to<3>(sh, src, out, chunks, nt); break;
+    default: shuffle_chunks_to<4>(sh, src, out, chunks, nt); break;
   }
-  return done;
+  return chunks * sh.per_chunk;
 }
 #else
 struct Shuffler {
@@ -150,11 +218,13 @@ struct Shuffler {
   int per_chunk = 0;
   bool stream = false;
   bool expand = false;
+  bool permute = false;
 };
 Shuffler make_shuffler(int64_t, int64_t) { return {}; }
-Shuffler make_expander(int64_t, int64_t) { return {}; }
+Shuffler make_expander(int64_t, int64_t, int64_t) { return {}; }
 int64_t shuffle_pack(const Shuffler&, const uint8_t*, int64_t, int64_t, uint8_t*, int64_t) { return 0; }
 int64_t expand_unpack(const Shuffler&, uint8_t*, int64_t, int64_t, const uint8_t*, int64_t) { return 0; }
+int64_t permute_unpack(const Shuffler&, uint8_t*, int64_t, int64_t, const uint8_t*, int64_t) { return 0; }
 #endif
 
 // Block copies. Small blocks copy as fixed-size memcpy (compiled to single
@@ -263,8 +333,9 @@ inline void inner_run(const C& c, const Shuffler& sh, uint8_t* m, int64_t s, uin
       run -= done;
     }
   } else {
-    if (sh.expand && run * s >= 128) {
-      int64_t done = expand_unpack(sh, m, s, b, stream, run);
+    if ((sh.expand || sh.permute) && run * s >= 128) {
+      int64_t done = sh.permute ? permute_unpack(sh, m, s, b, stream, run)
+                                : expand_unpack(sh, m, s, b, stream, run);
       m += done * s;
       stream += done * b;
       run -= done;
@@ -280,11 +351,8 @@ void strided_blocks(const C& c, const Dim* dims, int nd, uint8_t* base, uint8_t*
                     int64_t nb, bool nt) {
   if (nb <= 0) return;
   const int64_t inner_stride = dims[nd - 1].stride;
-  // The expander's 64 masks cost a few microseconds: only worth it for a few KiB.
-  Shuffler sh = c.bytes() >= 8                   ? Shuffler{}
-                : kPack                          ? make_shuffler(c.bytes(), inner_stride)
-                : nb * inner_stride >= 4096 ? make_expander(c.bytes(), inner_stride)
-                                                 : Shuffler{};
+  Shuffler sh = kPack ? (c.bytes() < 8 ? make_shuffler(c.bytes(), inner_stride) : Shuffler{})
+                      : make_expander(c.bytes(), inner_stride, nb);
   sh.stream = nt && stream_pays(c.bytes(), inner_stride);
   if (nd == 1) {
     inner_run<kPack>(c, sh, base + k0 * dims[0].stride, dims[0].stride, stream, nb);
