@@ -289,8 +289,7 @@ TARGETS = [
     ("passthrough-1us", "a call the shim passes through costs under a microsecond more (Isend/Irecv/Waitall)",
      lambda r: r["case"] == "calls", "extra_ns", "<=", 1000.0),
     ("no-slowdown", "contiguous and 4 KiB-block messages no more than 5% slower (speedup >= 0.95)",
-     lambda r: r["case"] in ("contig", "halobytes") or (r["case"] == "vector" and r["block"] >= 4096),
-     "speedup", ">=", 0.95),
+     lambda r: r["case"] == "contig" or (r["case"] == "vector" and r["block"] >= 4096), "speedup", ">=", 0.95),
 ]
 
 
@@ -474,6 +473,9 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                    "bound": (tl / faces[a]) if kind == "halo" and faces.get(a) else None,
                    "correct": correct}
             row["correct_text"] = "yes" if row["correct"] else "NO"
+            half = 2 if kind in ("vector", "contig") else 1   # per launch, in launch order (JSON/CSV)
+            row["lib_rounds_us"] = [v[0] / half * 1e6 for v in alone[key]]
+            row["shim_rounds_us"] = [v[0] / half * 1e6 for v in shim[key]]
             if kind in ("halo", "halobytes"):
                 row["halo_n"] = a
             rep.rows.append(row)
