@@ -184,9 +184,12 @@ int main(int argc, char **argv) {
         MPI_Type_commit(&h.rt[m]);
         h.n[m] = sub[0] * sub[1] * sub[2];
         moved += 8L * h.n[m];
-        h.sb[m] = malloc(8L * h.n[m]);
-        h.rb[m] = malloc(8L * h.n[m]);
-        for (int i = 0; i < h.n[m]; ++i) h.sb[m][i] = rank * 1e7 + m * 1e5 + i;
+        h.sb[m] = h.rb[m] = NULL;
+        if (h.bytes) {
+          h.sb[m] = malloc(8L * h.n[m]);
+          h.rb[m] = malloc(8L * h.n[m]);
+          for (int i = 0; i < h.n[m]; ++i) h.sb[m][i] = rank * 1e7 + m * 1e5 + i;
+        }
         for (int i = 0; i < 3; ++i) c[i] = coords[i] + d[i];
         MPI_Cart_rank(h.cart, c, &h.to[m]);
         for (int i = 0; i < 3; ++i) c[i] = coords[i] - d[i];
@@ -461,7 +464,8 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                 continue
             kind, a, b = key
             tl, ts, speedup, correct = summary(alone[key], shim[key])
-            one_l, one_s = (tl / 2, ts / 2) if kind in ("vector", "contig") else (tl, ts)
+            half = 2 if kind in ("vector", "contig") else 1   # ping-pong: one way is half a round trip
+            one_l, one_s = tl / half, ts / half
             nbytes = b
             row = {"mpi": flav, "case": kind, "block": a if kind in ("vector", "calls") else 0,
                    "bytes": nbytes, "lib_us": one_l * 1e6, "shim_us": one_s * 1e6,
@@ -473,7 +477,6 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                    "bound": (tl / faces[a]) if kind == "halo" and faces.get(a) else None,
                    "correct": correct}
             row["correct_text"] = "yes" if row["correct"] else "NO"
-            half = 2 if kind in ("vector", "contig") else 1   # per launch, in launch order (JSON/CSV)
             row["lib_rounds_us"] = [v[0] / half * 1e6 for v in alone[key]]
             row["shim_rounds_us"] = [v[0] / half * 1e6 for v in shim[key]]
             if kind in ("halo", "halobytes"):

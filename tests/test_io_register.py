@@ -123,12 +123,11 @@ def test_memlock_too_small_falls_back_and_says_so(tmp_path, uring):
 
 
 @pytest.mark.parametrize("qd", [32, 4])
-def test_a_request_within_the_queue_depth_sleeps_once(tmp_path, uring, qd):
+def test_a_request_within_the_queue_depth_sleeps_once(tmp_path, qd):
     """16 tasks of 64 KiB: with all of them in the queue (qd 32) the thread sleeps once for the
     whole request, not once per completion; with qd 4 it wakes to refill the queue (at least 4
     times). The bytes read are the file's either way."""
-    config.set("HAULER_IO_QUEUE_DEPTH", qd)
-    try:
+    with using("io_uring", HAULER_IO_TASK_SIZE=64 * 1024, HAULER_IO_QUEUE_DEPTH=qd):
         data = np.random.default_rng(qd).integers(0, 256, 1 << 20, dtype=np.uint8)
         path = tmp_path / "f"
         path.write_bytes(data.tobytes())
@@ -143,5 +142,3 @@ def test_a_request_within_the_queue_depth_sleeps_once(tmp_path, uring, qd):
             assert waits == 1 if f.direct else waits >= 1   # buffered reads may come back short
         else:
             assert waits >= 4
-    finally:
-        config.set("HAULER_IO_QUEUE_DEPTH", None)
