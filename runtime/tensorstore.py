@@ -33,14 +33,16 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import _buffers
+from . import _buffers, _entry_io
 from .errors import HaulerIOError, InvalidArgument, OutOfRange
 
 __all__ = ["TensorStore", "CorruptEntry", "CapacityExceeded"]
 
 MAGIC = b"HAULERTS"
 VERSION = 2       # 2: "checksum" names the algorithm ("crc32c" or null), "crc" holds it
-VERSIONS = (1, 2)  # 1: "crc32" holds zlib's crc32 (or null); still read
+PADDED = 3        # 3: as 2, the file padded with zeros to whole 4 KiB blocks (inline puts)
+VERSIONS = (1, 2, 3)  # 1: "crc32" holds zlib's crc32 (or null); still read
+DRIVE_S = 0.05    # how often a thread of the store's polls inline requests nobody waits for
 HEADER = 4096
 SUFFIX = ".hts"
 SPARE = ".spare"  # files of deleted entries kept for reuse (keep_files); never entries
@@ -60,6 +62,7 @@ class _Entry:
     file_bytes: int
     pinned: bool = False
     last_use: float = 0.0
+    meta: Optional[Dict[str, Any]] = None  # the header of a padded (version 3) entry: gets go inline
 
 
 def _aligned_empty(nbytes: int, phase: int = 0, align: int = 4096) -> np.ndarray:
@@ -125,13 +128,13 @@ def _checksum(algorithm: str, flat: np.ndarray) -> int:
     return zlib.crc32(memoryview(flat)) & 0xFFFFFFFF  # "crc32": entries of version 1
 
 
-def _header(meta: Dict[str, Any]) -> np.ndarray:
+def _header(meta: Dict[str, Any], version: int = VERSION) -> np.ndarray:
     body = json.dumps(meta, sort_keys=True).encode()
     if len(body) + 16 > HEADER:
         raise InvalidArgument(f"entry metadata too long ({len(body)} bytes); use a shorter key or fewer dims")
     h = _aligned_empty(HEADER)   # aligned: written without a bounce
     h[:] = 0
-    raw = MAGIC + VERSION.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
+    raw = MAGIC + version.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
     h[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
     return h
 
@@ -149,6 +152,7 @@ def _parse_header(h: bytes, path: str) -> Dict[str, Any]:
             meta[k]
     except (ValueError, KeyError, UnicodeDecodeError) as e:
         raise CorruptEntry(f"{path}: header does not parse ({e})") from None
+    meta["version"] = ver
     if ver == 1:
         meta["checksum"] = None if meta["crc32"] is None else "crc32"
         meta["crc"] = meta["crc32"]
@@ -163,6 +167,56 @@ def _read_entry(f: Any, buf: Any, offset: int, key: str) -> None:
         f.read_into(buf, offset=offset)
     except (HaulerIOError, OutOfRange) as err:
         raise type(err)(f"TensorStore entry {key!r}: {err}") from err
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+INLINE_DEPTH = 256  # tasks of an inline ring in the kernel at once (a step's puts, without waiting)
+
+
+class _PolledFuture(concurrent.futures.Future):
+    """The future of an inline request: done(), result() and exception() drive its I/O."""
+
+    def __init__(self, store: "TensorStore", op: "_Op"):
+        super().__init__()
+        self.set_running_or_notify_cancel()  # in the kernel already: cancel() is refused
+        self._store, self._op = store, op
+
+    def done(self) -> bool:
+        if not super().done():
+            self._store._poll()
+        return super().done()
+
+    def _drive(self, timeout: Optional[float]) -> None:
+        op = self._op   # None once finished (then super() has, or is about to have, the outcome)
+        if op is not None and not super().done() and not self._store._wait(op, timeout):
+            raise concurrent.futures.TimeoutError(f"the TensorStore request did not finish within {timeout} s")
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        self._drive(timeout)
+        return super().result()
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        self._drive(timeout)
+        return super().exception()
+
+
+class _Op:
+    """An inline put or get in flight."""
+
+    def __init__(self, store: "TensorStore", kind: str, key: str, rid: int, file: Any, keep: Any = None,
+                 **kw: Any):
+        self.kind, self.key, self.rid, self.file, self.keep = kind, key, rid, file, keep
+        self.tmp = self.final = self.meta = self.result = self.finish = None
+        self.file_bytes, self.pin = 0, False
+        for k, v in kw.items():
+            setattr(self, k, v)
+        self.fut = _PolledFuture(store, self)
 
 
 _STORES: "weakref.WeakSet[TensorStore]" = weakref.WeakSet()
@@ -190,11 +244,20 @@ class TensorStore:
     puts: writing over allocated blocks takes half the time and a third of the CPU of a new file
     here (no block allocation, no io_uring worker hand-off); with a capacity they count against it
     and go before any entry is evicted. Gets and deletes of one key take
-    its lock, so a file is never reused under a get still reading it."""
+    its lock, so a file is never reused under a get still reading it.
+
+    ``inline``: with ``sync`` and ``checksum`` off (None, the default, then means True; hauler.offload's
+    scratch store), a put or a get is submitted by the calling thread as one request on a polled
+    io_uring and finished by whichever thread next calls the store or waits on a future (or, for
+    futures nobody waits on, by a thread of the store's every DRIVE_S): no worker thread wakes per
+    request, and a worker's wake-up preempts a computing thread when all cores compute. Such
+    entries are padded to whole 4 KiB blocks (header version 3). Entries put another way, a get
+    into ``out`` and a put or get of a key with a request in flight take the worker threads.
+    ``io_path`` says which path puts take and why."""
 
     def __init__(self, directory: Any, capacity: Optional[int] = None, threads: int = 4,
                  direct: Optional[bool] = None, sync: bool = True, checksum: bool = True,
-                 recycle: int = 0, keep_files: int = 0):
+                 recycle: int = 0, keep_files: int = 0, inline: Optional[bool] = None):
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         self.capacity = None if capacity is None else _buffers.as_int("capacity", capacity, 0)
@@ -204,6 +267,10 @@ class TensorStore:
         self._recycle = _buffers.as_int("recycle", recycle, 0)
         self._keep_files = _buffers.as_int("keep_files", keep_files, 0)
         self._threads = max(1, int(threads))
+        if inline and (self._sync or self._checksum):
+            raise InvalidArgument("inline=True needs sync=False and checksum=False (an fsync or a checksum "
+                                  "per entry runs on the worker threads)")
+        self._inline = (not self._sync and not self._checksum) if inline is None else bool(inline)
         self._entries: Dict[str, _Entry] = {}
         self._fresh_workers()
         self._scan()
@@ -220,11 +287,20 @@ class TensorStore:
         self._lock = threading.Lock()
         self._key_locks: Dict[str, threading.Lock] = {}
         self._deleting: Dict[str, Any] = {}  # key -> discard_later future not done yet
+        self._putting: Dict[str, Any] = {}   # key -> put on the worker threads not done yet
         self._reserved = 0  # bytes of puts in progress
         self._recycler = _Recycler(self._recycle)  # its lock too
         # (path, bytes) of spare files; a forked child starts without (the parent reuses them)
         self._spares: List[Any] = []
         self._spare_bytes = 0
+        # inline requests (the parent's never finish in a forked child: they are dropped)
+        self._entry_io: Any = None
+        self._inline_why = "" if self._inline else "inline=False, sync=True or checksum=True"
+        self._ops_lock = threading.Lock()
+        self._ops: Dict[int, _Op] = {}        # request id -> op, until finished
+        self._inflight: Dict[str, _Op] = {}   # key -> its inline op
+        self._driver: Optional[threading.Thread] = None
+        self._wake = threading.Event()        # set by close(): the polling thread ends at once
 
     # -- bookkeeping
     def _path(self, key: str) -> str:
@@ -247,7 +323,8 @@ class TensorStore:
                 size = os.path.getsize(p)
             except (OSError, CorruptEntry):
                 continue  # reported when read by key
-            self._entries[meta["key"]] = _Entry(meta["key"], size, False, time.monotonic())
+            self._entries[meta["key"]] = _Entry(meta["key"], size, False, time.monotonic(),
+                                                meta if meta["version"] == PADDED else None)
 
     def _key_lock(self, key: str) -> threading.Lock:
         with self._lock:
@@ -259,18 +336,22 @@ class TensorStore:
     @property
     def used_bytes(self) -> int:
         """Bytes the stored entries take (headers included)."""
+        self._poll()
         with self._lock:
             return sum(e.file_bytes for e in self._entries.values())
 
     def keys(self) -> List[str]:
+        self._poll()
         with self._lock:
             return list(self._entries)
 
     def __contains__(self, key: str) -> bool:
+        self._poll()
         with self._lock:
             return key in self._entries
 
     def __len__(self) -> int:
+        self._poll()
         with self._lock:
             return len(self._entries)
 
@@ -328,9 +409,25 @@ class TensorStore:
         if not isinstance(key, str) or not key:
             raise InvalidArgument(f"key must be a non-empty string, got {key!r}")
         arr, meta = self._describe(key, value)
+        self._poll()
         with self._lock:
             deleting = self._deleting.get(key)
-        return self._pool.submit(self._put, key, arr, meta, bool(pin), value, deleting)
+        if deleting is None and self._inline_free(key):
+            return self._put_inline(key, arr, meta, bool(pin), value)
+        fut = self._pool.submit(self._put, key, arr, meta, bool(pin), value, deleting)
+        self._track(self._putting, key, fut)
+        return fut
+
+    def _track(self, table: Dict[str, Any], key: str, fut: Any) -> None:
+        """table[key] = fut until it is done (a later request of key's waits for it)."""
+        with self._lock:
+            table[key] = fut
+
+        def forget(f: Any) -> None:
+            with self._lock:
+                if table.get(key) is f:
+                    del table[key]
+        fut.add_done_callback(forget)
 
     def _describe(self, key: str, value: Any):
         if _buffers.is_torch_tensor(value):
@@ -356,6 +453,7 @@ class TensorStore:
         from .io import File
         if deleting is not None:
             deleting.result()   # a discard_later of this key submitted before this put
+        self._settle(key)
         data_off = _data_offset(flat)
         meta = dict(meta, checksum="crc32c" if self._checksum else None, offset=data_off,
                     crc=_checksum("crc32c", flat) if self._checksum else None)
@@ -462,12 +560,28 @@ class TensorStore:
         """Reads ``key`` back, asynchronously: the future gives a new numpy array or torch tensor
         (as stored), or ``out`` filled (same dtype size and byte count). Raises KeyError for a
         missing key, CorruptEntry when the header, size or checksum does not match."""
+        self._poll()
+        with self._lock:
+            putting = self._putting.get(key)
+        if putting is not None:   # read your writes: after the put of key submitted before
+            return self._pool.submit(self._get_after, putting, key, out)
+        if out is None and self._inline_free(key):
+            with self._lock:
+                e = self._entries.get(key)
+                meta = e.meta if e is not None else None
+            if meta is not None:
+                return self._get_inline(key, meta)
         return self._pool.submit(self._get, key, out)
+
+    def _get_after(self, putting: Any, key: str, out: Any) -> Any:
+        putting.exception()   # submitted earlier to the same FIFO pool: running already, or done
+        return self._get(key, out)
 
     def get_now(self, key: str, out: Any = None) -> Any:
         return self._get(key, out)
 
     def _get(self, key: str, out: Any = None) -> Any:
+        self._settle(key)
         with self._key_lock(key):  # a delete waits: the file may be reused once deleted
             return self._get_locked(key, out)
 
@@ -497,8 +611,9 @@ class TensorStore:
             data_off = int(meta.get("offset", HEADER))  # entries from before "offset" start at HEADER
             if not HEADER <= data_off < 2 * HEADER:
                 raise CorruptEntry(f"{path}: bad data offset {data_off} in the header (key {key!r})")
-            if size != data_off + nbytes:
-                raise CorruptEntry(f"{path}: {size} bytes on disk, the header says {data_off + nbytes} "
+            want = data_off + nbytes if meta["version"] != PADDED else _entry_io.padded(data_off + nbytes)
+            if size != want:
+                raise CorruptEntry(f"{path}: {size} bytes on disk, the header says {want} "
                                    f"(key {key!r}; truncated or appended to)")
             result, flat = self._allocate(meta, out, path, data_off % HEADER)
             if nbytes:
@@ -545,9 +660,220 @@ class TensorStore:
         flat = _aligned_empty(nbytes, phase if phase % dtype.alignment == 0 else 0)
         return flat.view(dtype).reshape(shape), flat
 
+    # -- inline requests (see the class doc)
+    @property
+    def io_path(self) -> str:
+        """How puts go: "inline io_uring (polled by the calling threads)", or "worker threads: <why>"."""
+        if self._inline and self._io() is not None:
+            return "inline io_uring (polled by the calling threads)"
+        return f"worker threads: {self._inline_why}"
+
+    def _io(self) -> Any:
+        """The polled ring, made at first use; None when inline I/O cannot run (the reason kept)."""
+        if self._entry_io is None and not self._inline_why:
+            from . import io as hio
+            if hio.backend() != "io_uring":
+                self._inline_why = f"no io_uring ({hio.backend_description()})"
+            else:
+                try:
+                    self._entry_io = _entry_io.EntryIO(INLINE_DEPTH)
+                except HaulerIOError as e:
+                    self._inline_why = f"io_uring poller: {e}"
+        return self._entry_io
+
+    def _inline_free(self, key: str) -> bool:
+        """True when a request on key may go inline now: inline I/O runs, nothing of key's is in
+        flight inline and no worker holds its lock."""
+        if not self._inline or self._io() is None or key in self._inflight or key in self._putting:
+            return False
+        lk = self._key_locks.get(key)
+        return lk is None or not lk.locked()
+
+    def _start(self, op: "_Op") -> "_PolledFuture":
+        with self._ops_lock:
+            self._ops[op.rid] = op
+            self._inflight[op.key] = op
+            if self._driver is None:
+                # not a daemon: at exit it finishes what is in flight (a daemon thread stopped by
+                # interpreter shutdown inside a GIL-releasing call would abort the process)
+                self._driver = threading.Thread(target=self._drive_loop, name="hauler-ts-poll")
+                self._driver.start()
+        return op.fut
+
+    def _put_inline(self, key: str, flat: np.ndarray, meta: Dict[str, Any], pin: bool, keep: Any) -> Any:
+        from .io import File
+        data_off = HEADER + flat.ctypes.data % HEADER
+        meta = dict(meta, checksum=None, offset=data_off, crc=None)
+        header = _header(meta, PADDED)
+        file_bytes = _entry_io.padded(data_off + flat.nbytes)
+        spare = self._take_spare(file_bytes)
+        try:
+            self._reserve(key, file_bytes, pin)
+        except BaseException as e:  # noqa: BLE001 - the future carries it, as from a worker
+            if spare is not None:
+                with self._lock:
+                    self._spares.append(spare)
+                    self._spare_bytes += spare[1]
+            fut = concurrent.futures.Future()
+            fut.set_exception(e)
+            return fut
+        final = self._path(key)
+        tmp = f"{final[:-len(SUFFIX)]}.tmp.{uuid.uuid4().hex[:8]}{SUFFIX}"
+        f = None
+        try:
+            f = self._file_for(tmp, file_bytes, spare)
+            rid, bufs = self._entry_io.write(f.fileno(), header, flat, data_off, repr(tmp))
+        except BaseException as e:  # noqa: BLE001
+            if f is not None:
+                f.close()
+            _unlink(tmp)
+            with self._lock:
+                self._reserved -= file_bytes
+            fut = concurrent.futures.Future()
+            fut.set_exception(e)
+            return fut
+        meta["version"] = PADDED
+        return self._start(_Op(self, "put", key, rid, f, keep=(bufs, keep), tmp=tmp, final=final,
+                               file_bytes=file_bytes, pin=pin, meta=meta))
+
+    def _get_inline(self, key: str, meta: Dict[str, Any]) -> Any:
+        from .io import File
+        path = self._path(key)
+        with self._lock:
+            e = self._entries.get(key)
+            if e is not None:
+                e.last_use = time.monotonic()
+        fut = concurrent.futures.Future()
+        data_off = int(meta["offset"])
+        f = None
+        try:
+            try:
+                f = File(path, "r", direct=self._direct)
+            except HaulerIOError:
+                if not os.path.exists(path):
+                    raise KeyError(key) from None
+                raise
+            size, want = f.size(), _entry_io.padded(data_off + int(meta["nbytes"]))
+            if size != want:
+                raise CorruptEntry(f"{path}: {size} bytes on disk, the header says {want} "
+                                   f"(key {key!r}; truncated or appended to)")
+            result, flat = self._allocate(meta, None, path, data_off % HEADER)
+            if not _entry_io.phase_matches(flat, data_off):  # an element alignment the phase breaks
+                f.close()
+                return self._pool.submit(self._get, key, None)
+            rid, finish = self._entry_io.read(f.fileno(), flat, data_off, repr(path))
+        except BaseException as err:  # noqa: BLE001
+            if f is not None:
+                f.close()
+            fut.set_exception(err)
+            return fut
+        return self._start(_Op(self, "get", key, rid, f, keep=flat, meta=meta, result=result, finish=finish))
+
+    def _finish(self, op: "_Op") -> None:
+        """Completes op (its request has finished): renames a put into place, checks a get's header."""
+        try:
+            self._entry_io.poller.take(op.rid)
+        except BaseException as err:  # noqa: BLE001
+            error: Optional[BaseException] = type(err)(f"TensorStore entry {op.key!r}: {err}") \
+                if isinstance(err, (HaulerIOError, OutOfRange)) else err
+        else:
+            error = None
+        try:
+            op.file.close()
+        except HaulerIOError as err:
+            error = error or err
+        if op.kind == "put":
+            if error is None:
+                try:
+                    os.replace(op.tmp, op.final)
+                except OSError as err:
+                    error = HaulerIOError(f"TensorStore put of {op.key!r}: rename into place failed: {err}")
+            if error is not None:
+                _unlink(op.tmp)
+            with self._lock:
+                self._reserved -= op.file_bytes
+                if error is None:
+                    old = self._entries.get(op.key)
+                    self._entries[op.key] = _Entry(op.key, op.file_bytes, op.pin or bool(old and old.pinned),
+                                                   time.monotonic(), op.meta)
+        elif error is None:
+            path = self._path(op.key)
+            try:
+                got = _parse_header(op.finish(), path)
+                if got["key"] != op.key or int(got["nbytes"]) != int(op.meta["nbytes"]) or \
+                        int(got["offset"]) != int(op.meta["offset"]) or got["version"] != PADDED:
+                    raise CorruptEntry(f"{path}: its header (key {got['key']!r}, {got['nbytes']} bytes at "
+                                       f"{got['offset']}) is not the one stored for key {op.key!r}")
+            except CorruptEntry as err:
+                error = err
+        with self._ops_lock:
+            if self._inflight.get(op.key) is op:
+                del self._inflight[op.key]
+        fut, result = op.fut, op.result
+        # no cycle op <-> future: a get's memory must go back (to the recycler) when its tensor
+        # dies, not when the cyclic garbage collector runs
+        op.keep = op.result = op.finish = op.fut = fut._op = None
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    def _claim(self, op: "_Op") -> bool:
+        """Takes op off the list of unfinished ones; True for the one caller that finishes it."""
+        with self._ops_lock:
+            return self._ops.pop(op.rid, None) is op
+
+    def _poll(self) -> None:
+        """Finishes every inline request whose I/O is over (never sleeps)."""
+        if not self._ops:
+            return
+        io = self._entry_io
+        with self._ops_lock:
+            ops = list(self._ops.values())
+        for op in ops:
+            if io.poller.done(op.rid) and self._claim(op):
+                self._finish(op)
+
+    def _wait(self, op: "_Op", timeout: Optional[float]) -> bool:
+        """Waits up to timeout for op's I/O and finishes it (or lets the thread that claimed it,
+        and super().result() waits for that one); False when the time ran out."""
+        if not self._entry_io.poller.wait(op.rid, -1.0 if timeout is None else max(0.0, timeout)):
+            return False
+        if self._claim(op):
+            self._finish(op)
+        return True
+
+    def _settle(self, key: str) -> None:
+        """Waits until key has no inline request in flight."""
+        op = self._inflight.get(key)
+        fut = op.fut if op is not None else None
+        if fut is not None:
+            fut.exception()
+
+    def _settle_all(self) -> None:
+        with self._ops_lock:
+            ops = list(self._ops.values())
+        for fut in [op.fut for op in ops]:
+            if fut is not None:
+                fut.exception()
+
+    def _drive_loop(self) -> None:
+        # finishes requests nobody waits for (their futures' callbacks, concurrent.futures.wait)
+        while True:
+            self._wake.wait(DRIVE_S)
+            with self._ops_lock:
+                if not self._ops:
+                    self._driver = None
+                    return
+            try:
+                self._poll()
+            except Exception:  # noqa: BLE001 - a request's error belongs to its future
+                pass
+
     # -- delete / close
     def delete(self, key: str) -> None:
         """Removes ``key`` (KeyError if absent)."""
+        self._settle(key)
         with self._key_lock(key):
             with self._lock:
                 if key not in self._entries:
@@ -565,20 +891,34 @@ class TensorStore:
     def discard_later(self, key: str) -> "concurrent.futures.Future":
         """discard(key) on a thread of the store's own (unlinking a large file can take
         milliseconds: hauler.offload frees its entries this way, off the backward pass). A put of
-        the same key submitted after it runs after it; close() waits for it."""
-        fut = self._deleter.submit(self.discard, key)
-        with self._lock:
-            self._deleting[key] = fut
-
-        def forget(f: Any) -> None:
+        the same key submitted after it runs after it; close() waits for it. With keep_files and
+        nothing in flight on the key, the entry is set aside here and now (a rename: cheaper than
+        waking the deleting thread)."""
+        if self._keep_files and self._inline_free(key):
             with self._lock:
-                if self._deleting.get(key) is f:
-                    del self._deleting[key]
-        fut.add_done_callback(forget)
+                idle = key not in self._deleting
+            if idle:
+                fut = concurrent.futures.Future()
+                try:
+                    self.discard(key)
+                except BaseException as e:  # noqa: BLE001 - carried by the future, as on the thread
+                    fut.set_exception(e)
+                else:
+                    fut.set_result(None)
+                return fut
+        fut = self._deleter.submit(self.discard, key)
+        self._track(self._deleting, key, fut)
         return fut
 
     def close(self) -> None:
         """Waits for pending puts/gets/deletions, stops the worker threads, removes spare files."""
+        self._settle_all()
+        with self._ops_lock:
+            driver = self._driver
+        if driver is not None:
+            self._wake.set()
+            driver.join()
+            self._wake.clear()
         self._pool.shutdown(wait=True)
         self._deleter.shutdown(wait=True)
         with self._lock:

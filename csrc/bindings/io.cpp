@@ -2,9 +2,12 @@
 // Thin: hold the Python buffer, release the GIL, call the core.
 #include "../common/checked.hpp"
 #include "../io/io.hpp"
+#include "../io/poller.hpp"
 #include "bindings.hpp"
 
+#include <map>
 #include <memory>
+#include <tuple>
 
 namespace hauler::bind {
 
@@ -108,6 +111,76 @@ int64_t extents(const io::File& f, py::object buf, const std::vector<int64_t>& o
   return io::execute_segments(f.state(), op, segs);
 }
 
+
+// The polled ring (io/poller.hpp) with the buffers of each request held until it is taken.
+// A piece: (write, fd, buffer, offset in the buffer, bytes, offset in the file).
+class PyPoller {
+ public:
+  explicit PyPoller(unsigned depth) {
+    py::gil_scoped_release nogil;
+    p_ = std::make_unique<io::Poller>(depth);
+  }
+  ~PyPoller() {
+    {
+      py::gil_scoped_release nogil;
+      p_.reset();  // waits for requests in flight: their buffers are held below
+    }
+    held_.clear();
+  }
+  uint64_t submit(const std::vector<std::tuple<bool, int, py::object, int64_t, int64_t, int64_t>>& pieces,
+                  const std::string& what) {
+    std::vector<std::unique_ptr<HeldBuffer>> held;
+    std::vector<io::PollPiece> ps;
+    std::map<PyObject*, HeldBuffer*> seen;
+    for (const auto& [write, fd, obj, at, len, off] : pieces) {
+      auto it = seen.find(obj.ptr());
+      HeldBuffer* b;
+      if (it == seen.end()) {
+        held.push_back(std::make_unique<HeldBuffer>(obj, !write, "buf"));
+        b = seen[obj.ptr()] = held.back().get();
+      } else {
+        b = it->second;
+      }
+      if (at < 0 || len < 0 || at > b->size() || len > b->size() - at)
+        fail(Status::buffer_too_small, "a piece of " + what + " (" + std::to_string(len) + " bytes at " +
+                                           std::to_string(at) + ") lies outside its buffer of " +
+                                           std::to_string(b->size()) + " bytes");
+      ps.push_back({write, fd, b->data() + at, len, off});
+    }
+    uint64_t id;
+    {
+      py::gil_scoped_release nogil;
+      id = p_->submit(ps, what);
+    }
+    held_[id] = std::move(held);
+    return id;
+  }
+  bool done(uint64_t id) { return p_->done(id); }
+  bool wait(uint64_t id, double timeout) {
+    py::gil_scoped_release nogil;
+    return p_->wait(id, timeout);
+  }
+  int64_t take(uint64_t id) {
+    struct Drop {  // the buffers go once the request is over, however take ends
+      PyPoller& p;
+      uint64_t id;
+      ~Drop() { p.held_.erase(id); }
+    };
+    {
+      py::gil_scoped_release nogil;
+      p_->wait(id, -1);
+    }
+    Drop d{*this, id};
+    return p_->take(id);
+  }
+  size_t poll() { return p_->poll(); }
+  bool usable() const { return p_->usable(); }
+
+ private:
+  std::unique_ptr<io::Poller> p_;
+  std::map<uint64_t, std::vector<std::unique_ptr<HeldBuffer>>> held_;
+};
+
 }  // namespace
 
 void register_io(py::module_& m) {
@@ -121,6 +194,16 @@ void register_io(py::module_& m) {
       .def("get", &PyFuture::get, "Waits, then the byte count or the request's error")
       .def("release_buffer", &PyFuture::release_buffer)
       .def_property_readonly("nbytes", &PyFuture::nbytes);
+
+  py::class_<PyPoller>(m, "IOPoller")
+      .def(py::init<unsigned>(), py::arg("depth"))
+      .def("submit", &PyPoller::submit, py::arg("pieces"), py::arg("what"),
+           "Starts a request of pieces (write, fd, buffer, offset in buffer, bytes, file offset); its id")
+      .def("done", &PyPoller::done, "True when the request finished (reaps what is ready; never sleeps)")
+      .def("wait", &PyPoller::wait, py::arg("id"), py::arg("timeout") = -1.0)
+      .def("take", &PyPoller::take, "Waits; the bytes moved or the request's error; forgets the request")
+      .def("poll", &PyPoller::poll, "Reaps what is ready; the number of unfinished requests")
+      .def("usable", &PyPoller::usable);
 
   py::class_<io::File>(m, "IOFile")
       .def(py::init([](const std::string& path, const std::string& mode, int direct) {
