@@ -87,24 +87,6 @@ namespace {
 // Two register calls per request (set and clear the slot) pay off only over several ops.
 constexpr size_t kFixedFileMinTasks = 8;
 
-// A ring used by one thread only (t_ring): completions wait until that thread asks for them
-// (DEFER_TASKRUN, Linux 6.1) instead of waking it once per completion to run its task work
-// (io-wq punts of extending O_DIRECT writes and block-device completions each woke it: ~10
-// sleeps per 8 MiB request where one will do). Kernels without these flags get a plain ring.
-int queue_init(unsigned depth, io_uring* ring) {
-#if defined(IORING_SETUP_DEFER_TASKRUN) && defined(IORING_SETUP_SINGLE_ISSUER)
-  static std::atomic<bool> deferred_ok{true};
-  if (deferred_ok.load(std::memory_order_relaxed)) {
-    io_uring_params p{};
-    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-    int rc = io_uring_queue_init_params(depth, ring, &p);
-    if (rc != -EINVAL) return rc;
-    deferred_ok.store(false, std::memory_order_relaxed);
-  }
-#endif
-  return io_uring_queue_init(depth, ring, 0);
-}
-
 struct Ring {
   io_uring ring{};
   unsigned depth = 0;
@@ -121,7 +103,7 @@ struct Ring {
     if (ok && gen != fork_generation()) drop();
     if (ok && depth >= d) return 0;
     drop();
-    int rc = queue_init(d, &ring);
+    int rc = io_uring_queue_init(d, &ring, 0);
     if (rc < 0) return rc;
     ok = true;
     depth = d;
