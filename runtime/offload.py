@@ -18,7 +18,9 @@ your own ``store`` for other choices) and keeps up to ``recycle`` bytes of freed
 tensors for later reads of the same size (no page faults and kernel zeroing of fresh memory on
 every read: ~0.04 s of system time per step on the benchmark's 200 MB/step), and keeps up to
 ``keep_files`` bytes of deleted entries' files for the next step's writes to overwrite (no block
-allocation: half the write time and a third of its CPU here). A tensor whose write
+allocation: half the write time and a third of its CPU here). ``inline=True`` makes that store
+submit its I/O from the thread running forward/backward (TensorStore's inline path: no worker
+wake-ups, but the submission work lands on that thread; see the README). A tensor whose write
 has not finished yet is handed back from memory instead of being read. Entries are deleted when
 autograd frees the saved tensors (after backward).
 
@@ -59,7 +61,7 @@ class Offload:
 
     def __init__(self, directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
                  prefetch: int = 2, threads: int = 4, verify: bool = False, recycle: int = 64 << 20,
-                 keep_files: int = 4 << 30, keep_last: int = 2):
+                 keep_files: int = 4 << 30, keep_last: int = 2, inline: bool = False):
         import torch  # noqa: F401 - fail early without torch
         from .tensorstore import TensorStore
         self._tmp = None
@@ -68,7 +70,7 @@ class Offload:
                 self._tmp = tempfile.TemporaryDirectory(prefix="hauler-offload-")
                 directory = self._tmp.name
             store = TensorStore(directory, threads=threads, sync=False, checksum=verify, recycle=recycle,
-                                keep_files=keep_files)
+                                keep_files=keep_files, inline=inline)
         self.store = store
         self.min_bytes = int(min_bytes)
         self.prefetch = max(0, int(prefetch))
@@ -238,7 +240,7 @@ def _discard(store: Any, key: str) -> None:
 
 def offload(directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,
             prefetch: int = 2, threads: int = 4, verify: bool = False, recycle: int = 64 << 20,
-            keep_files: int = 4 << 30, keep_last: int = 2) -> Offload:
+            keep_files: int = 4 << 30, keep_last: int = 2, inline: bool = False) -> Offload:
     """A context offloading saved activations to ``directory`` (default: a temporary directory)
     or to ``store`` (a TensorStore); see the module doc."""
-    return Offload(directory, store, min_bytes, prefetch, threads, verify, recycle, keep_files, keep_last)
+    return Offload(directory, store, min_bytes, prefetch, threads, verify, recycle, keep_files, keep_last, inline)

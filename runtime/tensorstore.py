@@ -246,18 +246,18 @@ class TensorStore:
     and go before any entry is evicted. Gets and deletes of one key take
     its lock, so a file is never reused under a get still reading it.
 
-    ``inline``: with ``sync`` and ``checksum`` off (None, the default, then means True; hauler.offload's
-    scratch store), a put or a get is submitted by the calling thread as one request on a polled
-    io_uring and finished by whichever thread next calls the store or waits on a future (or, for
-    futures nobody waits on, by a thread of the store's every DRIVE_S): no worker thread wakes per
-    request, and a worker's wake-up preempts a computing thread when all cores compute. Such
-    entries are padded to whole 4 KiB blocks (header version 3). Entries put another way, a get
-    into ``out`` and a put or get of a key with a request in flight take the worker threads.
-    ``io_path`` says which path puts take and why."""
+    ``inline=True`` (needs ``sync`` and ``checksum`` off): a put or a get is submitted by the calling
+    thread as one request on a polled io_uring and finished by whichever thread next calls the
+    store or waits on a future (or, for futures nobody waits on, by a thread of the store's every
+    DRIVE_S): no worker thread wakes per request. Such entries are padded to whole 4 KiB blocks
+    (header version 3). Entries put another way, a get into ``out`` and a put or get of a key with
+    a request in flight take the worker threads. Off by default: the I/O alone is faster and
+    cheaper inline, but its submission runs on the calling thread, so with a core free the worker
+    threads hide it better (see the README). ``io_path`` says which path puts take and why."""
 
     def __init__(self, directory: Any, capacity: Optional[int] = None, threads: int = 4,
                  direct: Optional[bool] = None, sync: bool = True, checksum: bool = True,
-                 recycle: int = 0, keep_files: int = 0, inline: Optional[bool] = None):
+                 recycle: int = 0, keep_files: int = 0, inline: bool = False):
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         self.capacity = None if capacity is None else _buffers.as_int("capacity", capacity, 0)
@@ -270,7 +270,7 @@ class TensorStore:
         if inline and (self._sync or self._checksum):
             raise InvalidArgument("inline=True needs sync=False and checksum=False (an fsync or a checksum "
                                   "per entry runs on the worker threads)")
-        self._inline = (not self._sync and not self._checksum) if inline is None else bool(inline)
+        self._inline = bool(inline)
         self._entries: Dict[str, _Entry] = {}
         self._fresh_workers()
         self._scan()
@@ -295,7 +295,7 @@ class TensorStore:
         self._spare_bytes = 0
         # inline requests (the parent's never finish in a forked child: they are dropped)
         self._entry_io: Any = None
-        self._inline_why = "" if self._inline else "inline=False, sync=True or checksum=True"
+        self._inline_why = "" if self._inline else "inline=False"
         self._ops_lock = threading.Lock()
         self._ops: Dict[int, _Op] = {}        # request id -> op, until finished
         self._inflight: Dict[str, _Op] = {}   # key -> its inline op
@@ -891,9 +891,9 @@ class TensorStore:
     def discard_later(self, key: str) -> "concurrent.futures.Future":
         """discard(key) on a thread of the store's own (unlinking a large file can take
         milliseconds: hauler.offload frees its entries this way, off the backward pass). A put of
-        the same key submitted after it runs after it; close() waits for it. With keep_files and
-        nothing in flight on the key, the entry is set aside here and now (a rename: cheaper than
-        waking the deleting thread)."""
+        the same key submitted after it runs after it; close() waits for it. In an inline store with
+        keep_files and nothing in flight on the key, the entry is set aside here and now (a rename:
+        cheaper than waking the deleting thread)."""
         if self._keep_files and self._inline_free(key):
             with self._lock:
                 idle = key not in self._deleting

@@ -34,12 +34,14 @@ def grads(model, x, ctx=None):
     return [p.grad.clone() for p in model.parameters()] + [x.grad.clone()]
 
 
+@pytest.mark.parametrize("inline", [False, True])
 @pytest.mark.parametrize("wait", [False, True])
-def test_gradients_bit_identical(tmp_path, wait):
+def test_gradients_bit_identical(tmp_path, wait, inline):
     m = block()
     x = torch.randn(8, 64, 128)
     ref = grads(m, x)
-    off = offload(tmp_path / "acts", min_bytes=16 * 1024, keep_last=0 if wait else 2)
+    off = offload(tmp_path / "acts", min_bytes=16 * 1024, keep_last=0 if wait else 2, inline=inline)
+    assert off.store.io_path.startswith("inline" if inline else "worker")
     model = m
     model.zero_grad(set_to_none=True)
     xx = x.clone().requires_grad_(True)

@@ -1,4 +1,4 @@
-"""TensorStore's inline path (sync and checksum off: puts and gets submitted by the calling thread
+"""TensorStore's inline path (inline=True, sync and checksum off: puts and gets submitted by the calling thread
 on a polled io_uring, csrc/io/poller.cpp) and the poller itself: bytes on disk and values read
 back against numpy, padded version-3 files, ordering with the worker path, futures nobody waits
 on, damaged files and real write failures (RLIMIT_FSIZE)."""
@@ -38,7 +38,8 @@ def _unaligned(n, seed, shift):
 
 @pytest.fixture
 def store(tmp_path):
-    s = TensorStore(tmp_path / "ts", sync=False, checksum=False, recycle=16 << 20, keep_files=64 << 20)
+    s = TensorStore(tmp_path / "ts", sync=False, checksum=False, recycle=16 << 20, keep_files=64 << 20,
+                    inline=True)
     assert s.io_path.startswith("inline"), s.io_path
     yield s
     s.close()
@@ -95,7 +96,7 @@ def test_many_in_flight_and_reopen(tmp_path, store):
     for k, f in gets.items():
         assert np.array_equal(f.result(), vals[k])
     store.close()
-    again = TensorStore(tmp_path / "ts", sync=False, checksum=False)   # found again: read inline
+    again = TensorStore(tmp_path / "ts", sync=False, checksum=False, inline=True)   # found again: read inline
     assert sorted(again.keys()) == sorted(vals)
     for k, v in vals.items():
         assert np.array_equal(again.get(k).result(), v)
@@ -162,7 +163,7 @@ def test_failed_put_keeps_the_previous_value(tmp_path):
         import resource, numpy as np
         from hauler.tensorstore import TensorStore
         from hauler.errors import HaulerIOError
-        s = TensorStore({str(tmp_path / "ts")!r}, sync=False, checksum=False)
+        s = TensorStore({str(tmp_path / "ts")!r}, sync=False, checksum=False, inline=True)
         old = np.arange(1000, dtype=np.int32)
         s.put("k", old).result()
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
@@ -184,8 +185,8 @@ def test_failed_put_keeps_the_previous_value(tmp_path):
 def test_inline_needs_sync_and_checksum_off(tmp_path):
     with pytest.raises(InvalidArgument, match="inline=True needs"):
         TensorStore(tmp_path, inline=True)
-    s = TensorStore(tmp_path, sync=False, checksum=False, inline=False)
-    assert s.io_path.startswith("worker threads: inline=False")
+    s = TensorStore(tmp_path, sync=False, checksum=False)   # off by default
+    assert s.io_path == "worker threads: inline=False"
     s.put("k", np.arange(10)).result()
     assert _header(s._path("k"))[0] == 2   # exact-size files on the worker path
     s.close()
