@@ -7,9 +7,9 @@
 // which applies the kill switches. The set is closed under completion: every Fortran call that
 // can complete a request the shim posted (Wait*, Test*, Request_free, Request_get_status) is
 // here too, or a packed receive would never be unpacked. MPICH's Fortran layer calls the C MPI_*
-// functions, which the shim already intercepts, so nothing here is built for it. mpi_f08 (Open
-// MPI: MPI_Send_f08 -> PMPI_Send) is not covered: such programs bypass the shim entirely, which
-// is safe because their sends, receives and completions all bypass it together.
+// functions, which the shim already intercepts, so nothing here is built for it. Open MPI's
+// mpi_f08 layer reaches the same bodies through the names it calls (ompi_x_f, pmpi_test_ ...;
+// listed at the end).
 #define OMPI_SKIP_MPICXX 1
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
@@ -326,5 +326,36 @@ HAULER_FORTRAN(hauler_f_request_free, mpi_request_free, MPI_REQUEST_FREE)
 HAULER_FORTRAN(hauler_f_request_get_status, mpi_request_get_status, MPI_REQUEST_GET_STATUS)
 HAULER_FORTRAN(hauler_f_pack, mpi_pack, MPI_PACK)
 HAULER_FORTRAN(hauler_f_unpack, mpi_unpack, MPI_UNPACK)
+
+// mpi_f08: Open MPI's MPI_X_f08 wrappers (libmpi_usempif08) call ompi_x_f, the C function behind
+// mpi_x_ in libmpi_mpifh, and for Test, Testall, Testany, Testsome and Request_get_status the
+// Fortran profiling name pmpi_x_, each with mpi_x_'s arguments (handles as their MPI_VAL integers,
+// statuses as Fortran integer arrays). The shim defines those names too, so an mpi_f08 program
+// reaches it the way a `use mpi` one does.
+HAULER_F_ALIAS(hauler_f_init, ompi_init_f)
+HAULER_F_ALIAS(hauler_f_init_thread, ompi_init_thread_f)
+HAULER_F_ALIAS(hauler_f_finalize, ompi_finalize_f)
+HAULER_F_ALIAS(hauler_f_type_commit, ompi_type_commit_f)
+HAULER_F_ALIAS(hauler_f_type_free, ompi_type_free_f)
+HAULER_F_ALIAS(hauler_f_send, ompi_send_f)
+HAULER_F_ALIAS(hauler_f_ssend, ompi_ssend_f)
+HAULER_F_ALIAS(hauler_f_bsend, ompi_bsend_f)
+HAULER_F_ALIAS(hauler_f_rsend, ompi_rsend_f)
+HAULER_F_ALIAS(hauler_f_isend, ompi_isend_f)
+HAULER_F_ALIAS(hauler_f_irecv, ompi_irecv_f)
+HAULER_F_ALIAS(hauler_f_recv, ompi_recv_f)
+HAULER_F_ALIAS(hauler_f_sendrecv, ompi_sendrecv_f)
+HAULER_F_ALIAS(hauler_f_wait, ompi_wait_f)
+HAULER_F_ALIAS(hauler_f_waitall, ompi_waitall_f)
+HAULER_F_ALIAS(hauler_f_waitany, ompi_waitany_f)
+HAULER_F_ALIAS(hauler_f_waitsome, ompi_waitsome_f)
+HAULER_F_ALIAS(hauler_f_request_free, ompi_request_free_f)
+HAULER_F_ALIAS(hauler_f_pack, ompi_pack_f)
+HAULER_F_ALIAS(hauler_f_unpack, ompi_unpack_f)
+HAULER_F_ALIAS(hauler_f_test, pmpi_test_)
+HAULER_F_ALIAS(hauler_f_testall, pmpi_testall_)
+HAULER_F_ALIAS(hauler_f_testany, pmpi_testany_)
+HAULER_F_ALIAS(hauler_f_testsome, pmpi_testsome_)
+HAULER_F_ALIAS(hauler_f_request_get_status, pmpi_request_get_status_)
 
 #endif  // OPEN_MPI

@@ -37,7 +37,8 @@ for flav in openmpi mpich; do
   for prog in p2p halo mixed; do "mpicc.$flav" -O1 -w "tests/interpose/$prog.c" -o "$d/$prog"; done
   progs=(mixed)
   if command -v "mpif90.$flav" >/dev/null; then
-    "mpif90.$flav" -O1 -w -fallow-argument-mismatch tests/interpose/fort.f90 -o "$d/fort"; progs+=(fort)
+    "mpif90.$flav" -O1 -w -fallow-argument-mismatch tests/interpose/fort.F90 -o "$d/fort"; progs+=(fort)
+    "mpif90.$flav" -O1 -w -DHAULER_F08 tests/interpose/fort.F90 -o "$d/fort08"; progs+=(fort08)
   fi
   if [ "$flav" = openmpi ]; then
     run() { timeout 300 mpiexec.openmpi --oversubscribe --bind-to none -n "$1" "${@:2}"; }

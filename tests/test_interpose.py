@@ -48,10 +48,11 @@ def built(tmp_path_factory):
             exe = out / f"{prog}_{flav}"
             src, args = HERE / f"{prog}.c", []
             if not src.exists():  # a Fortran program: the flavour's mpif90
-                src, cc = HERE / f"{prog}.f90", shutil.which(f"mpif90.{flav}")
+                src, cc = HERE / "fort.F90", shutil.which(f"mpif90.{flav}")
                 if not cc:
                     pytest.skip(f"no mpif90.{flav} (gfortran and the {VENDOR[flav]} Fortran bindings)")
-                args = ["-fallow-argument-mismatch"]  # MPICH's `use mpi` has no choice-buffer interfaces
+                # fort: `use mpi` (MPICH's has no choice-buffer interfaces); fort08: `use mpi_f08`
+                args = ["-DHAULER_F08"] if prog == "fort08" else ["-fallow-argument-mismatch"]
             p = subprocess.run([cc, "-O1", "-w", *args, str(src), "-o", str(exe)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
             assert p.returncode == 0, p.stdout.decode()
@@ -160,6 +161,21 @@ def test_fortran_identical(flav, np_, built, tmp_path):
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_fortran_f08_identical(flav, built, tmp_path):
+    """The same program with `use mpi_f08`, identical results. Open MPI's f08 layer calls
+    ompi_x_f / pmpi_test_ ..., which the shim defines too (same counts as `use mpi`). MPICH's f08
+    MPI_Init calls PMPI_Init itself: the shim never switches on, and every call goes straight to
+    the library (no report), never half through the shim."""
+    rep = _run_pair(flav, 2, [built(flav, "fort08")], tmp_path)
+    if flav == "mpich":
+        assert not os.path.exists(rep.replace("%r", "0")) and not os.path.exists(rep.replace("%r", "1"))
+        return
+    t = _report(rep, 2)
+    assert t["packed_msgs"] == 16 and t["unpacked_msgs"] == 16 and t["mpi_pack"] == 8, t
+    assert t["fortran"] == 38, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
 @pytest.mark.parametrize("np_", [2, 3])
 def test_library_owned_requests_and_receives(flav, np_, built, tmp_path):
     """Shim-packed messages against what the library handles alone: persistent requests in the
@@ -236,11 +252,15 @@ def test_cli_path_and_injection(flav):
     syms = subprocess.run(["nm", "-D", "--defined-only", path], stdout=subprocess.PIPE, text=True).stdout
     exported = {ln.split()[-1] for ln in syms.splitlines() if ln.strip()}
     assert {"MPI_Send", "MPI_Waitall", "MPI_Type_commit", "MPI_Testsome"} <= exported
-    assert all(s.startswith(("MPI_", "mpi_")) for s in exported), sorted(
-        s for s in exported if not s.startswith(("MPI_", "mpi_")))
+    def mpi_name(s):   # C, Fortran, and Open MPI's mpi_f08 targets (ompi_x_f, pmpi_x_)
+        return s.startswith(("MPI_", "mpi_")) or (s.startswith("ompi_") and s.endswith("_f")) or \
+            (s.startswith("pmpi_") and s.endswith("_"))
+    assert all(mpi_name(s) for s in exported), sorted(s for s in exported if not mpi_name(s))
     # Fortran names only where the MPI's Fortran layer bypasses the C entry points (Open MPI)
-    fortran = {"mpi_send_", "mpi_send", "mpi_send__", "MPI_SEND", "mpi_waitall_", "mpi_init_"}
-    assert fortran <= exported if flav == "openmpi" else not any(s.startswith("mpi_") for s in exported)
+    fortran = {"mpi_send_", "mpi_send", "mpi_send__", "MPI_SEND", "mpi_waitall_", "mpi_init_",
+               "ompi_send_f", "ompi_waitall_f", "pmpi_test_"}
+    assert fortran <= exported if flav == "openmpi" else \
+        not any(s.startswith(("mpi_", "ompi_", "pmpi_")) for s in exported)
     p = subprocess.run([sys.executable, "-m", "hauler.cli", "run", "--launcher", mpiexec, "--dry-run", "-n", "2",
                         "--", "prog", "arg"], stdout=subprocess.PIPE, text=True, check=True)
     words = p.stdout.split()

@@ -1,15 +1,41 @@
-! A Fortran MPI program (`use mpi`) run with and without the interposer: derived vector and
-! subarray types through Send/Recv, Sendrecv, Isend/Irecv completed by Waitall, Waitany, Wait,
-! Test, Testall and Waitsome loops (and seen done by Request_get_status), and MPI_Pack/MPI_Unpack. Every rank writes what it received and the statuses it
-! saw to <prefix>.<rank>; the files must be byte-identical with and without the shim.
+! A Fortran MPI program run with and without the interposer, built twice: `use mpi` and, with
+! -DHAULER_F08, `use mpi_f08` (handles and statuses are derived types there; Open MPI's f08 layer
+! calls ompi_x_f and pmpi_test_ ..., not the mpi_x_ names). Derived vector and subarray types go
+! through Send/Recv, Sendrecv, Isend/Irecv completed by Waitall, Waitany, Wait, Test, Testall and
+! Waitsome loops (and seen done by Request_get_status), and MPI_Pack/MPI_Unpack. Every rank writes
+! what it received and the statuses it saw to <prefix>.<rank>; the files must be byte-identical
+! with and without the shim.
+#ifdef HAULER_F08
+#define SOURCE(s) s%MPI_SOURCE
+#define TAG(s) s%MPI_TAG
+#define SOURCES(s, r) s(r)%MPI_SOURCE
+#define TAGS(s, r) s(r)%MPI_TAG
+#define VAL(h) h%MPI_VAL
+#else
+#define SOURCE(s) s(MPI_SOURCE)
+#define TAG(s) s(MPI_TAG)
+#define SOURCES(s, r) s(MPI_SOURCE, r)
+#define TAGS(s, r) s(MPI_TAG, r)
+#define VAL(h) h
+#endif
 program fort
+#ifdef HAULER_F08
+  use mpi_f08
+#else
   use mpi
+#endif
   implicit none
   integer, parameter :: n = 48
   double precision :: a(n, n), b(n, n)
   integer :: cube(12, 10, 8), got(12, 10, 8)
   integer :: rank, nprocs, ierr, right, left, u, i, j, k, idx, cnt, pos, outc, idxs(2)
+#ifdef HAULER_F08
+  type(MPI_Datatype) :: row1, rowt, subt
+  type(MPI_Request) :: reqs(4)
+  type(MPI_Status) :: sts(4), st
+#else
   integer :: row1, rowt, subt, reqs(4), sts(MPI_STATUS_SIZE, 4), st(MPI_STATUS_SIZE)
+#endif
   integer :: sizes(3), subs(3), starts(3)
   integer(kind=MPI_ADDRESS_KIND) :: lb, ext
   logical :: done
@@ -63,13 +89,13 @@ program fort
     call MPI_Send(a(3, 1), 3, rowt, right, 11, MPI_COMM_WORLD, ierr)
   end if
   call MPI_Get_count(st, rowt, cnt, ierr)
-  write (u) b, st(MPI_SOURCE), st(MPI_TAG), cnt
+  write (u) b, SOURCE(st), TAG(st), cnt
 
   ! Sendrecv of one subarray each way
   got = -1
   call MPI_Sendrecv(cube, 1, subt, right, 12, got, 1, subt, left, 12, MPI_COMM_WORLD, st, ierr)
   call MPI_Get_count(st, subt, cnt, ierr)
-  write (u) got, st(MPI_SOURCE), st(MPI_TAG), cnt
+  write (u) got, SOURCE(st), TAG(st), cnt
 
   ! non-blocking, completed by Waitall
   b = -2d0
@@ -79,7 +105,7 @@ program fort
   call MPI_Isend(a(10, 1), 2, rowt, right, 21, MPI_COMM_WORLD, reqs(3), ierr)
   call MPI_Isend(cube, 1, subt, right, 22, MPI_COMM_WORLD, reqs(4), ierr)
   call MPI_Waitall(4, reqs, sts, ierr)
-  write (u) b, got, sts(MPI_SOURCE, 1:2), sts(MPI_TAG, 1:2), reqs
+  write (u) b, got, SOURCES(sts, 1:2), TAGS(sts, 1:2), VAL(reqs)
 
   ! non-blocking, completed by Waitany and then by a Testall loop
   call post_rows(20, 30, 4, 31)
@@ -89,7 +115,7 @@ program fort
   do while (.not. done)
     call MPI_Testall(2, reqs, done, MPI_STATUSES_IGNORE, ierr)
   end do
-  write (u) b, reqs(1:2)
+  write (u) b, VAL(reqs(1:2))
 
   ! a Test loop and a Wait
   call post_rows(5, 7, 3, 51)
@@ -98,7 +124,7 @@ program fort
     call MPI_Test(reqs(1), done, st, ierr)
   end do
   call MPI_Wait(reqs(2), MPI_STATUS_IGNORE, ierr)
-  write (u) b, st(MPI_SOURCE), st(MPI_TAG), reqs(1:2)
+  write (u) b, SOURCE(st), TAG(st), VAL(reqs(1:2))
 
   ! a Waitsome loop
   got = -5
@@ -109,7 +135,7 @@ program fort
     call MPI_Waitsome(2, reqs, outc, idxs, sts, ierr)
     if (outc /= MPI_UNDEFINED) cnt = cnt + outc
   end do
-  write (u) got, reqs(1:2)
+  write (u) got, VAL(reqs(1:2))
 
   ! Request_get_status says done (the data must be there), then Waitall frees the requests
   call post_rows(2, 12, 2, 61)
@@ -117,9 +143,9 @@ program fort
   do while (.not. done)
     call MPI_Request_get_status(reqs(1), done, st, ierr)
   end do
-  write (u) b, st(MPI_SOURCE), st(MPI_TAG)
+  write (u) b, SOURCE(st), TAG(st)
   call MPI_Waitall(2, reqs, MPI_STATUSES_IGNORE, ierr)
-  write (u) b, reqs(1:2)
+  write (u) b, VAL(reqs(1:2))
 
   ! MPI_Pack / MPI_Unpack of a subarray and two rows, exchanged as MPI_PACKED
   allocate (packed(8 * (60 + 2 * n) + 64))
