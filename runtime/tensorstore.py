@@ -701,7 +701,6 @@ class TensorStore:
         return op.fut
 
     def _put_inline(self, key: str, flat: np.ndarray, meta: Dict[str, Any], pin: bool, keep: Any) -> Any:
-        from .io import File
         data_off = HEADER + flat.ctypes.data % HEADER
         meta = dict(meta, checksum=None, offset=data_off, crc=None)
         header = _header(meta, PADDED)
