@@ -647,7 +647,7 @@ OFFLOAD_SCRIPT = textwrap.dedent("""
     # The limit of hiding this I/O here: fio moves the same bytes (the writes, then the reads, in
     # 8 MiB O_DIRECT requests paced over about a step) in its own process beside a plain step;
     # whatever that step loses is what the machine charges the computation for the I/O itself.
-    fio = os.environ.get("HAULER_BENCH_FIO")
+    fio = sys.argv[8] if len(sys.argv) > 8 else ""   # fio's path, or "": no such rows
     if fio:
         import subprocess
         wb, rb = sum(sizes), res["stats"]["bytes_read"] // max(1, pairs)
@@ -704,12 +704,10 @@ def _offload(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Output) 
     cores = len(os.sched_getaffinity(0))
     # torch's default threads (all cores compute, the I/O threads compete with them), then one
     # core left to the I/O threads (as on a GPU machine, where the CPU does not compute)
-    env = dict(os.environ)
-    if ctx["fio"] and not opts.quick:
-        env["HAULER_BENCH_FIO"] = shutil.which("fio") or ""
+    fio = (shutil.which("fio") or "") if ctx["fio"] and not opts.quick else ""
     for threads in ([0, cores - 1] if cores > 1 and not opts.quick else [0]):
         try:
-            r = _offload_process(["time", *shape, str(pairs), str(threads)], env)
+            r = _offload_process(["time", *shape, str(pairs), str(threads), fio])
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             rep.warnings.append(f"offload benchmark (timing, {threads or 'default'} threads) failed: {e}")
             return
