@@ -48,33 +48,33 @@ class EntryIO:
         from . import _require_core
         self.poller = _require_core().IOPoller(int(depth))
 
-    def write(self, fd: int, header: np.ndarray, flat: np.ndarray, data_off: int, what: str) -> Tuple[int, Any]:
-        """Starts writing header + data; returns (request id, the buffers to keep until it is over)."""
+    @staticmethod
+    def _pieces(write: bool, fd: int, flat: np.ndarray, data_off: int):
+        """The request's pieces over the entry's layout: (pieces, first, last, head, middle, tail);
+        first (header block + the data's first block) and last (its last block) are zeroed."""
         head, middle, tail = _layout(flat, data_off)
         first = aligned_zeros(2 * BLOCK if data_off % BLOCK else BLOCK)
+        pieces: List[Tuple[bool, int, Any, int, int, int]] = [(write, fd, first, 0, first.nbytes, 0)]
+        if middle:
+            pieces.append((write, fd, flat, head, middle, data_off + head))
+        last = aligned_zeros(BLOCK) if tail else None
+        if tail:
+            pieces.append((write, fd, last, 0, BLOCK, data_off + head + middle))
+        return pieces, first, last, head, middle, tail
+
+    def write(self, fd: int, header: np.ndarray, flat: np.ndarray, data_off: int, what: str) -> Tuple[int, Any]:
+        """Starts writing header + data; returns (request id, the buffers to keep until it is over)."""
+        pieces, first, last, head, middle, tail = self._pieces(True, fd, flat, data_off)
         first[:BLOCK] = header
         first[data_off:data_off + head] = flat[:head]   # data_off < 2 blocks: the head ends block 1
-        pieces: List[Tuple[bool, int, Any, int, int, int]] = [(True, fd, first, 0, first.nbytes, 0)]
-        if middle:
-            pieces.append((True, fd, flat, head, middle, data_off + head))
-        last = None
         if tail:
-            last = aligned_zeros(BLOCK)
             last[:tail] = flat[head + middle:]
-            pieces.append((True, fd, last, 0, BLOCK, data_off + head + middle))
         return self.poller.submit(pieces, what), (first, last, flat)
 
     def read(self, fd: int, flat: np.ndarray, data_off: int, what: str) -> Tuple[int, Callable[[], bytes]]:
         """Starts reading an entry into flat (phase-matched); returns (request id, finish), where
         finish() - once the request is over - copies the edge bytes into flat and gives the header."""
-        head, middle, tail = _layout(flat, data_off)
-        first = aligned_zeros(2 * BLOCK if data_off % BLOCK else BLOCK)
-        pieces: List[Tuple[bool, int, Any, int, int, int]] = [(False, fd, first, 0, first.nbytes, 0)]
-        if middle:
-            pieces.append((False, fd, flat, head, middle, data_off + head))
-        last = aligned_zeros(BLOCK) if tail else None
-        if tail:
-            pieces.append((False, fd, last, 0, BLOCK, data_off + head + middle))
+        pieces, first, last, head, middle, tail = self._pieces(False, fd, flat, data_off)
 
         def finish() -> bytes:
             if head:
