@@ -400,7 +400,8 @@ dt::TypeRef decode(MPI_Datatype t, int depth) {
   return with_library_bounds(node, t);
 }
 
-unsigned long long handle_bits(MPI_Datatype t) {
+template <typename Handle>  // an MPI handle as a number, whether the MPI makes it an int or a pointer
+unsigned long long handle_bits(Handle t) {
   unsigned long long v = 0;
   std::memcpy(&v, &t, sizeof t < sizeof v ? sizeof t : sizeof v);
   return v;
@@ -857,10 +858,42 @@ std::atomic<int64_t> g_nreqs{0};
 std::vector<MPI_Request> g_orphans;  // freed by the application, completed by us
 std::atomic<int64_t> g_norphans{0};  // g_orphans.size(): completion calls skip the lock at 0
 
+// Point-to-point staging buffers taken and not yet given back (the report's staging_held: 0 at
+// MPI_Finalize once the program completed every request).
+std::atomic<int64_t> g_staging_held{0};
+
+void release(Pending& p);
+
+// A handle the library gives to every request that completed at once: MPICH hands each send that
+// finished inside the call the one predefined request 0x6c000001 (handle kind "builtin"), so such
+// a handle names no request the shim could complete later.
+bool predefined_complete(MPI_Request r) {
+#if defined(MPICH_VERSION)
+  return (static_cast<unsigned>(r) >> 30) == 1u;
+#else
+  (void)r;
+  return false;
+#endif
+}
+
 void remember(MPI_Request r, Pending p) {
-  std::lock_guard<std::mutex> lk(g_req_mu);
-  g_reqs[r] = std::move(p);
-  g_nreqs++;
+  Pending earlier;
+  bool shared = false;
+  {
+    std::lock_guard<std::mutex> lk(g_req_mu);
+    auto [it, fresh] = g_reqs.try_emplace(r);
+    if (fresh) g_nreqs++;
+    else earlier = std::move(it->second), shared = true;
+    it->second = std::move(p);
+  }
+  if (!shared) return;
+  // No two live requests share a handle unless it is one the library gives to completed
+  // requests (predefined_complete() knows MPICH's): the earlier one is finished. A send's staging
+  // goes back; a receive's bytes cannot be unpacked without its status.
+  if (earlier.recv && !earlier.unpacked)
+    logf(kError, "the library gave handle 0x%llx to two requests at once; an earlier receive of %zu packed bytes "
+         "was not unpacked", handle_bits(r), earlier.bytes);
+  release(earlier);
 }
 
 bool take(MPI_Request r, Pending* out) {
@@ -897,9 +930,11 @@ bool gpu_run(bool pack, const dt::Plan& plan, const void* origin, const Pending&
 
 // Gives p's staging back to its pool.
 void release(Pending& p) {
+  if (!p.buf) return;
   if (p.where == Where::host) buf_put(p.buf, p.bytes);
-  else if (p.buf) gpu_put(p.where, p.bytes, GpuBuf{p.buf, p.dev});
+  else gpu_put(p.where, p.bytes, GpuBuf{p.buf, p.dev});
   p.buf = nullptr;
+  g_staging_held.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // Unpacks what arrived (the byte count in the status) into the application's buffer, once.
@@ -989,6 +1024,7 @@ bool stage(const void* buf, int count, MPI_Datatype t, int peer, MPI_Comm comm, 
     else stats().gpu_oneshot++;
   }
   if (!p->buf) return false;
+  g_staging_held.fetch_add(1, std::memory_order_relaxed);
   p->where = where;
   p->recv = recv;
   if (recv) {
@@ -1015,6 +1051,7 @@ bool stage(const void* buf, int count, MPI_Datatype t, int peer, MPI_Comm comm, 
 // A non-blocking call posted bytes from/to p's staging: the request now owns it.
 int keep(int rc, MPI_Request* req, Pending p) {
   if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) release(p);
+  else if (!p.recv && predefined_complete(*req)) release(p);  // already sent
   else remember(*req, std::move(p));
   return rc;
 }
@@ -1528,7 +1565,8 @@ static void write_report() {
                "hauler-interpose rank %d: calls=%lld packed_msgs=%lld unpacked_msgs=%lld bytes_packed=%lld "
                "bytes_unpacked=%lld pack_ms=%.3f passthrough=%lld contiguous=%lld mpi_pack=%lld "
                "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
-               "cuda_driver=%d fortran=%lld gpu_packed=%lld gpu_unpacked=%lld gpu_device=%lld gpu_oneshot=%lld\n",
+               "cuda_driver=%d fortran=%lld gpu_packed=%lld gpu_unpacked=%lld gpu_device=%lld gpu_oneshot=%lld "
+               "staging_held=%lld\n",
                g_rank, t.calls, t.packed_msgs,
                t.unpacked_msgs, t.bytes_packed,
                t.bytes_unpacked, t.pack_ns / 1e6, t.passthrough,
@@ -1537,7 +1575,7 @@ static void write_report() {
                t.types_decoded, t.types_refused,
                (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0,
                t.fortran, t.gpu_packed, t.gpu_unpacked,
-               t.gpu_device, t.gpu_oneshot);
+               t.gpu_device, t.gpu_oneshot, (long long)g_staging_held.load());
   if (close) std::fclose(f);
 }
 

@@ -107,6 +107,11 @@ def _report(path_pattern, np_):
         for kv in m.group(2).split():
             k, v = kv.split("=")
             total[k] = total.get(k, 0) + float(v)
+            # every program here completes (or frees) each request before MPI_Finalize, so each
+            # staging buffer the shim took must have been given back
+            if k == "staging_held":
+                assert v == "0", f"rank {r}: {v} staging buffers never given back:\n{text}"
+    assert "staging_held" in total, text
     return total
 
 
