@@ -275,6 +275,7 @@ COLUMNS = [
     Column("lib_gbps", "library", "GB/s", _fx),
     Column("shim_gbps", "+hauler", "GB/s", _fx),
     Column("speedup", "speedup", "x", _fx),
+    Column("spread", "rounds", "x", lambda v: v or "-", width=11),
     Column("vs_contig", "vs contig", "x", _fx, width=9),
     Column("bound", "bound", "x", _fx),
     Column("extra_ns", "+call", "ns", lambda v: f"{v:.0f}", width=6),
@@ -300,8 +301,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mpi", default="all", help="flavours to run: all, openmpi, mpich (comma-separated)")
     p.add_argument("--budget", type=float, default=0.05,
                    help="seconds per timed batch (3 batches per case, median); default 0.05")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="launches of each side, alternated; medians over them (default 2)")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="launches of each side, alternated; medians over them (default 4)")
     p.add_argument("--quick", action="store_true", help="1 B, 64 B and 4 KiB blocks; 1 KiB, 1 MiB messages")
     p.add_argument("--model", default=None, help="HAULER_INTERPOSE_MODEL file for the runs with the shim")
     core.add_format_args(p)
@@ -406,19 +407,24 @@ def measured(found: Sequence[Tuple[str, str, str, str]], budget: float, specs: L
             yield flav, alone, shim
 
 
+def round_ratios(alone: List[Tuple], shim: List[Tuple]) -> List[float]:
+    """Each round's library time over its shim time (its two launches ran back to back)."""
+    return [x[0] / y[0] for x, y in zip(alone, shim) if y[0] > 0]
+
+
 def summary(alone: List[Tuple], shim: List[Tuple]) -> Tuple[float, float, Optional[float], bool]:
     """(library time, shim time, speedup, correct) of one case: median times over the rounds, the
-    median of each round's own ratio (its two launches ran back to back), and whether every
-    launch checked out and left the same receive checksum."""
+    median of each round's own ratio, and whether every launch checked out and left the same
+    receive checksum."""
     tl = statistics.median(v[0] for v in alone)
     ts = statistics.median(v[0] for v in shim)
-    ratios = [x[0] / y[0] for x, y in zip(alone, shim) if y[0] > 0]
+    ratios = round_ratios(alone, shim)
     correct = all(v[1] for v in alone + shim) and len({v[2] for v in alone + shim}) == 1
     return tl, ts, (statistics.median(ratios) if ratios else None), correct
 
 
 def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: bool = False,
-        out: Optional[core.Output] = None, rounds: int = 2, model: Optional[str] = None) -> Report:
+        out: Optional[core.Output] = None, rounds: int = 4, model: Optional[str] = None) -> Report:
     hinfo = core.hauler_info()
     mach = core.machine_info()
     found, warnings = _flavours(flavours)
@@ -441,7 +447,8 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                    f"self + Waitall, +call = the shim's extra ns per call"),
         ("model", model or "the shim's built-in model (HAULER_INTERPOSE_MODEL unset)"),
         ("GB/s", "data bytes of the message (halo: all 26 faces) / one-way time / 1e9"),
-        ("x", "speedup = library time / +hauler time; vs contig = +hauler time of the vector / the library's "
+        ("x", "speedup = library time / +hauler time (rounds: the lowest and highest of the rounds' own "
+              "ratios, the spread a noisy machine gives between launches); vs contig = +hauler time of the vector / the library's "
               "time for the same bytes contiguous; bound (halo) = the library's halo time / its time for the same "
               "exchange of faces already contiguous (halobytes rows): the most any packing can gain, packing for free"),
         ("correct", "ping-pong data came back exactly (gaps untouched) and the receive buffers' checksums agree "
@@ -471,12 +478,15 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                    "bytes": nbytes, "lib_us": one_l * 1e6, "shim_us": one_s * 1e6,
                    "lib_gbps": core.gbps(nbytes, one_l) if kind != "calls" else None,
                    "shim_gbps": core.gbps(nbytes, one_s) if kind != "calls" else None,
-                   "speedup": speedup,
+                   "speedup": speedup, "spread": None,
                    "vs_contig": (ts / contig[b]) if kind == "vector" and b in contig else None,
                    "extra_ns": (ts - tl) * 1e9 if kind == "calls" else None,
                    "bound": (tl / faces[a]) if kind == "halo" and faces.get(a) else None,
                    "correct": correct}
             row["correct_text"] = "yes" if row["correct"] else "NO"
+            row["speedup_rounds"] = round_ratios(alone[key], shim[key])
+            rr = row["speedup_rounds"]
+            row["spread"] = f"{min(rr):.2f}-{max(rr):.2f}" if len(rr) > 1 else None
             row["lib_rounds_us"] = [v[0] / half * 1e6 for v in alone[key]]
             row["shim_rounds_us"] = [v[0] / half * 1e6 for v in shim[key]]
             if kind in ("halo", "halobytes"):
