@@ -549,14 +549,36 @@ CuPointerGetAttribute cuda_driver() {
   return f;
 }
 
-bool device_buffer(const void* p) {
+// Device and managed allocations this thread has seen, as the driver reported their address
+// ranges: a buffer inside one is known without asking the driver again, so messages on the same
+// device arrays cost no driver call after the first. Only device verdicts are kept. An allocation's range stays device memory
+// while the program's context lives (the driver keeps the address space reserved), whereas a
+// host verdict could go stale: freed host memory can be mapped again by the driver.
+constexpr int kDeviceRanges = 16;
+HAULER_TLS uintptr_t tl_dev_lo[kDeviceRanges];
+HAULER_TLS uintptr_t tl_dev_hi[kDeviceRanges];
+HAULER_TLS unsigned tl_dev_next;
+std::atomic<int64_t> g_cu_queries{0};  // the report's cuda_queries: pointer queries sent to the driver
+
+bool device_buffer(const void* p, size_t len) {
   CuPointerGetAttribute f = cuda_driver();
   if (f == nullptr) return false;
+  auto a = reinterpret_cast<uintptr_t>(p);
+  for (int i = 0; i < kDeviceRanges; ++i)
+    if (a >= tl_dev_lo[i] && a + len <= tl_dev_hi[i]) return true;
+  const int kMemoryType = 2, kIsManaged = 8, kRangeStart = 11, kRangeSize = 12, kDevice = 2, kUnified = 4;
   unsigned int mem_type = 0, managed = 0;
-  const int kMemoryType = 2, kIsManaged = 8, kDevice = 2, kUnified = 4;
-  if (f(&mem_type, kMemoryType, reinterpret_cast<unsigned long long>(p)) != 0) return false;  // host memory
-  f(&managed, kIsManaged, reinterpret_cast<unsigned long long>(p));
-  return mem_type == kDevice || mem_type == kUnified || managed != 0;
+  g_cu_queries.fetch_add(1, std::memory_order_relaxed);
+  if (f(&mem_type, kMemoryType, a) != 0) return false;  // host memory the driver does not know
+  f(&managed, kIsManaged, a);
+  if (mem_type != kDevice && mem_type != kUnified && managed == 0) return false;
+  unsigned long long start = 0, size = 0;  // CUdeviceptr and size_t: 8 bytes on every 64-bit ABI
+  if (f(&start, kRangeStart, a) == 0 && f(&size, kRangeSize, a) == 0 && start <= a && a - start < size) {
+    unsigned i = tl_dev_next++ % kDeviceRanges;
+    tl_dev_lo[i] = start;
+    tl_dev_hi[i] = start + size;
+  }
+  return true;
 }
 
 // The GPU backend (libhauler_cuda.so next to the Python package, or HAULER_CUDA_LIB) and the
@@ -684,7 +706,8 @@ std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datat
                                            Where* where = nullptr, const Peer& to = Peer()) {
   auto plan = choose(count, t, keep, to);
   if (where) *where = Where::host;
-  if (plan && buf != nullptr && device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo)) {
+  if (plan && buf != nullptr &&
+      device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo, static_cast<size_t>(plan->span_hi - plan->span_lo))) {
     if (where && g.gpu && gpu().backend) {
       *where = plan->total <= g.gpu_oneshot_max ? Where::oneshot : Where::device;
       return plan;
@@ -1572,7 +1595,7 @@ static void write_report() {
                "bytes_unpacked=%lld pack_ms=%.3f passthrough=%lld contiguous=%lld mpi_pack=%lld "
                "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
                "cuda_driver=%d fortran=%lld gpu_packed=%lld gpu_unpacked=%lld gpu_device=%lld gpu_oneshot=%lld "
-               "staging_held=%lld\n",
+               "staging_held=%lld cuda_queries=%lld\n",
                g_rank, t.calls, t.packed_msgs,
                t.unpacked_msgs, t.bytes_packed,
                t.bytes_unpacked, t.pack_ns / 1e6, t.passthrough,
@@ -1581,7 +1604,8 @@ static void write_report() {
                t.types_decoded, t.types_refused,
                (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0,
                t.fortran, t.gpu_packed, t.gpu_unpacked,
-               t.gpu_device, t.gpu_oneshot, (long long)g_staging_held.load());
+               t.gpu_device, t.gpu_oneshot, (long long)g_staging_held.load(),
+               (long long)g_cu_queries.load());
   if (close) std::fclose(f);
 }
 

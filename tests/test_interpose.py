@@ -356,6 +356,8 @@ def test_device_buffers_go_to_the_library(flav, built, tmp_path):
     rep = _run_pair(flav, 2, [built(flav, "halo"), "6", "1"], tmp_path, extra={"LD_PRELOAD": str(fake)})
     t = _report(rep, 2)
     assert t["cuda_driver"] == 2 and t["device_passthrough"] == 2 * 2 * HALO_PACKED and t["packed_msgs"] == 0, t
+    # this stand-in reports no allocation ranges, so nothing is cached: one query per message
+    assert t["cuda_queries"] == 2 * 2 * HALO_PACKED, t
 
 
 @pytest.fixture(scope="session")
@@ -391,6 +393,9 @@ def test_device_buffers_packed_by_gpu_kernels(flav, method, built, fake_gpu, tmp
     assert t["gpu_packed"] == 2 * HALO_PACKED and t["gpu_unpacked"] == 2 * HALO_PACKED, t
     assert t["packed_msgs"] == 2 * HALO_PACKED, t
     assert t[f"gpu_{method}"] == 2 * 2 * HALO_PACKED and t["device_passthrough"] == 0 and t["cuda_driver"] == 2, t
+    # the driver is asked once per allocation range (each rank's array lies in one or two of the
+    # stand-in's 1 MiB ranges), not once per message
+    assert 2 <= t["cuda_queries"] <= 4, t
     other = "oneshot" if method == "device" else "device"
     assert t[f"gpu_{other}"] == 0, t
 
