@@ -224,14 +224,17 @@ std::vector<Stats*> g_stats_all;  // never freed: a thread's counts outlive it
 #define HAULER_TLS __thread __attribute__((tls_model("initial-exec")))
 HAULER_TLS Stats* tl_stats = nullptr;
 
-Stats& stats() {
-  if (__builtin_expect(tl_stats == nullptr, 0)) {
-    auto* s = new Stats;
-    std::lock_guard<std::mutex> lk(g_stats_mu);
-    g_stats_all.push_back(s);
-    tl_stats = s;
-  }
-  return *tl_stats;
+__attribute__((noinline)) Stats& new_stats() {
+  auto* s = new Stats;
+  std::lock_guard<std::mutex> lk(g_stats_mu);
+  g_stats_all.push_back(s);
+  tl_stats = s;
+  return *s;
+}
+
+inline Stats& stats() {
+  if (__builtin_expect(tl_stats != nullptr, 1)) return *tl_stats;
+  return new_stats();
 }
 
 Totals totals() {
@@ -668,7 +671,9 @@ bool pays(const Peer& to, int64_t block, int64_t bytes) {
   return x[k / 2] > 1.0;
 }
 
-std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep, const Peer& to) {
+// The decision without touching a shared_ptr (the pass-through path pays for no reference
+// counts): the thread's Brief of t, holding the plan, when hauler packs this message; else nullptr.
+Brief* decide(int count, MPI_Datatype t, const Peer& to) {
   if (count <= 0) return nullptr;
   Brief& b = brief(t);
   const TypeInfo* info = b.info.get();
@@ -696,8 +701,14 @@ std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* k
     b.plan = b.info->plan(count);
     b.plan_count = count;
   }
-  *keep = b.info;  // keeps the type alive while a request uses it
-  return b.plan;
+  return &b;
+}
+
+std::shared_ptr<const dt::Plan> choose(int count, MPI_Datatype t, TypeInfoRef* keep, const Peer& to) {
+  Brief* b = decide(count, t, to);
+  if (!b) return nullptr;
+  *keep = b->info;  // keeps the type alive while a request uses it
+  return b->plan;
 }
 
 // choose() for a buffer: device buffers (see above) are never packed on the host. Callers that
@@ -1031,9 +1042,16 @@ void progress_orphans(bool block) {
 // (blocking) or remember under the real request (non-blocking).
 bool fits_int(const dt::Plan& p) { return p.total <= INT32_MAX; }
 
-// Stages (buf, count, t) in *p when the shim takes this side of a message; false: the library does.
+// Whether hauler would pack this side of a point-to-point message (stage() then decides for
+// good: a device buffer may still go to the library). The pass-through test every call makes:
+// nothing is built, counted twice or reference-counted before the answer.
+bool packs(int count, MPI_Datatype t, int peer, MPI_Comm comm) {
+  return peer != MPI_PROC_NULL && decide(count, t, Peer{comm, peer}) != nullptr;
+}
+
+// Stages (buf, count, t) in *p when the shim takes this side of a message, which packs() said it
+// may; false: the library does.
 bool stage(const void* buf, int count, MPI_Datatype t, int peer, MPI_Comm comm, bool recv, Pending* p) {
-  if (peer == MPI_PROC_NULL) return false;
   TypeInfoRef info;
   Where where = Where::host;
   auto plan = choose_buf(buf, count, t, &info, &where, Peer{comm, peer});
@@ -1091,6 +1109,7 @@ using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
 
 int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
   stats().calls++;
+  if (!packs(count, t, dest, comm)) return fn(buf, count, t, dest, tag, comm);
   Pending p;
   if (!stage(buf, count, t, dest, comm, false, &p)) return fn(buf, count, t, dest, tag, comm);
   int rc = fn(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm);
@@ -1100,6 +1119,7 @@ int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest,
 
 int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
   stats().calls++;
+  if (!packs(count, t, source, comm)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   Pending p;
   if (!stage(buf, count, t, source, comm, true, &p)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   MPI_Status local;
@@ -1109,18 +1129,31 @@ int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm com
   return rc;
 }
 
-int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
-  stats().calls++;
+// The staged halves of isend/irecv live apart so that the pass-through path keeps a small frame.
+__attribute__((noinline)) int isend_staged(const void* buf, int count, MPI_Datatype t, int dest, int tag,
+                                           MPI_Comm comm, MPI_Request* req) {
   Pending p;
   if (!stage(buf, count, t, dest, comm, false, &p)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
   return keep(PMPI_Isend(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm, req), req, std::move(p));
 }
 
-int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
+int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
   stats().calls++;
+  if (!packs(count, t, dest, comm)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
+  return isend_staged(buf, count, t, dest, tag, comm, req);
+}
+
+__attribute__((noinline)) int irecv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm,
+                                           MPI_Request* req) {
   Pending p;
   if (!stage(buf, count, t, source, comm, true, &p)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
   return keep(PMPI_Irecv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, req), req, std::move(p));
+}
+
+int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
+  stats().calls++;
+  if (!packs(count, t, source, comm)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  return irecv_staged(buf, count, t, source, tag, comm, req);
 }
 
 // Each side is staged (or not) on its own.
@@ -1128,8 +1161,8 @@ int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int sta
              MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status) {
   stats().calls++;
   Pending sp, rp;
-  bool s_on = stage(sbuf, scount, stype, dest, comm, false, &sp);
-  bool r_on = stage(rbuf, rcount, rtype, source, comm, true, &rp);
+  bool s_on = packs(scount, stype, dest, comm) && stage(sbuf, scount, stype, dest, comm, false, &sp);
+  bool r_on = packs(rcount, rtype, source, comm) && stage(rbuf, rcount, rtype, source, comm, true, &rp);
   if (!s_on && !r_on)
     return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
   MPI_Status local;
@@ -1173,10 +1206,12 @@ struct Mine {
 
 // The shim's requests among reqs[0..n), in index order: one pass under the lock, and nothing at
 // all while the shim has no request pending (the pass-through case). Per-thread storage, reused.
+const std::vector<Mine> g_none_mine;  // the pass-through answer: no thread_local, no guard to reach
+
 const std::vector<Mine>& mine_among(int n, const MPI_Request* reqs) {
+  if (n <= 0 || g_nreqs.load(std::memory_order_relaxed) == 0) return g_none_mine;
   thread_local std::vector<Mine> mine;
   mine.clear();
-  if (n <= 0 || g_nreqs.load(std::memory_order_relaxed) == 0) return mine;
   std::lock_guard<std::mutex> lk(g_req_mu);
   for (int i = 0; i < n; ++i)
     if (reqs[i] != MPI_REQUEST_NULL && g_reqs.count(reqs[i])) mine.push_back(Mine{i, reqs[i]});
