@@ -14,8 +14,9 @@ For MPI_Pack and the collectives it also picks, per flavour:
   min_bytes  the smallest message size from which packing 8-byte blocks is faster.
 
 and writes them as ``<flavour>.max_block N`` / ``<flavour>.min_bytes N`` lines to the model file
-(``--out``, default ``~/.config/hauler/interpose-model.txt``), which the shim reads from
-``HAULER_INTERPOSE_MODEL``. On a noisy machine rerun it with a larger ``--budget``.
+(``--out``, default ``$XDG_CONFIG_HOME/hauler/interpose-model.txt``, else
+``~/.config/hauler/interpose-model.txt``), which the shim reads whenever HAULER_INTERPOSE_MODEL is
+unset (or from the file that variable names). On a noisy machine rerun it with a larger ``--budget``.
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ HELP = "measure pack vs pass-through per block and message size; write the inter
 BLOCKS = (1, 8, 64, 256, 1024, 4096, 16384)
 MESSAGES = (256, 1 << 10, 16 << 10, 256 << 10, 1 << 20)
 PACK_ALL = "max_block 1000000000000\nmin_bytes 0\n"
-DEFAULT_OUT = os.path.join(os.path.expanduser("~"), ".config", "hauler", "interpose-model.txt")
 
 COLUMNS = [
     Column("mpi", "mpi", "", left=True, width=7),
@@ -54,7 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mpi", default="all", help="flavours: all, openmpi, mpich (comma-separated)")
     p.add_argument("--budget", type=float, default=0.05, help="seconds per timed batch (default 0.05)")
     p.add_argument("--rounds", type=int, default=2, help="alternated launches per side (default 2)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"model file to write (default {DEFAULT_OUT})")
+    from hauler.interpose import default_model_path
+
+    out = default_model_path()
+    p.add_argument("--out", default=out, help=f"model file to write (default {out}: the shim reads it "
+                                             f"whenever HAULER_INTERPOSE_MODEL is unset)")
     p.add_argument("--quick", action="store_true", help="fewer block and message sizes")
     core.add_format_args(p)
 

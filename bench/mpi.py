@@ -304,7 +304,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=4,
                    help="launches of each side, alternated; medians over them (default 4)")
     p.add_argument("--quick", action="store_true", help="1 B, 64 B and 4 KiB blocks; 1 KiB, 1 MiB messages")
-    p.add_argument("--model", default=None, help="HAULER_INTERPOSE_MODEL file for the runs with the shim")
+    p.add_argument("--model", default=None, help="HAULER_INTERPOSE_MODEL file for the runs with the shim (default: "
+                                                 "the one the shim would read, see the header's model line)")
     core.add_format_args(p)
 
 
@@ -425,7 +426,10 @@ def summary(alone: List[Tuple], shim: List[Tuple]) -> Tuple[float, float, Option
 
 def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: bool = False,
         out: Optional[core.Output] = None, rounds: int = 4, model: Optional[str] = None) -> Report:
+    from hauler import interpose
+
     hinfo = core.hauler_info()
+    in_effect = os.path.abspath(model) if model else interpose.model_in_effect()
     mach = core.machine_info()
     found, warnings = _flavours(flavours)
     blocks = (1, 64, 4096) if quick else BLOCKS
@@ -445,7 +449,8 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                    f"their medians and speedups the median of each round's ratio; ping-pong: one-way time = round "
                    f"trip / 2; halo: one 26-neighbour exchange; calls: per MPI call of 16 Irecv + 16 Isend to "
                    f"self + Waitall, +call = the shim's extra ns per call"),
-        ("model", model or "the shim's built-in model (HAULER_INTERPOSE_MODEL unset)"),
+        ("model", in_effect or f"the shim's built-in model (HAULER_INTERPOSE_MODEL unset, no calibrated model at "
+                               f"{interpose.default_model_path()})"),
         ("GB/s", "data bytes of the message (halo: all 26 faces) / one-way time / 1e9"),
         ("x", "speedup = library time / +hauler time (rounds: the lowest and highest of the rounds' own "
               "ratios, the spread a noisy machine gives between launches); vs contig = +hauler time of the vector / the library's "

@@ -126,10 +126,24 @@ double octaves(int64_t x) {
   return e + (double(x) / double(1ull << e) - 1.0);
 }
 
-void load_model(const std::string& path) {
+// Where `hauler-bench calibrate` writes its model by default (runtime/interpose.py says the same):
+// $XDG_CONFIG_HOME/hauler/interpose-model.txt, else ~/.config/hauler/interpose-model.txt.
+std::string default_model_path() {
+  std::string base = env_str("XDG_CONFIG_HOME");
+  if (base.empty()) {
+    std::string home = env_str("HOME");
+    if (home.empty()) return std::string();
+    base = home + "/.config";
+  }
+  return base + "/hauler/interpose-model.txt";
+}
+
+// named: HAULER_INTERPOSE_MODEL named the file, so a file that cannot be read is worth a warning;
+// the calibrated default is only read when it exists.
+void load_model(const std::string& path, bool named) {
   FILE* f = std::fopen(path.c_str(), "r");
   if (!f) {
-    logf(kWarning, "HAULER_INTERPOSE_MODEL=%s cannot be read; built-in defaults", path.c_str());
+    if (named) logf(kWarning, "HAULER_INTERPOSE_MODEL=%s cannot be read; built-in defaults", path.c_str());
     return;
   }
   char key[128];
@@ -176,8 +190,12 @@ void configure() {
     if (lv == names[i]) g.log = i;
   g.report = env_str("HAULER_INTERPOSE_REPORT");
   g_timing = !g.report.empty() && g.report != "0";
+  // the named file; "builtin": the defaults above; unset: the calibrated model if one was written
   g.model = env_str("HAULER_INTERPOSE_MODEL");
-  if (!g.model.empty()) load_model(g.model);
+  bool named = !g.model.empty();
+  if (g.model == "builtin") g.model.clear();
+  else if (!named) g.model = default_model_path();
+  if (!g.model.empty()) load_model(g.model, named);
   // One packing thread per rank unless HAULER_THREADS says otherwise: ranks share the cores.
   const char* t = std::getenv("HAULER_THREADS");
   if (t == nullptr || *t == '\0') hauler::settings::set_override("HAULER_THREADS", 1);

@@ -85,7 +85,8 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("HAULER_INTERPOSE_REPORT", None, "str", RUN,
             "Per-rank interposer report at MPI_Finalize: 1 = stderr, else a file path (%r = rank)."),
     Setting("HAULER_INTERPOSE_MODEL", None, "path", RUN,
-            "Interposer model file (pack vs pass-through); unset = built-in defaults."),
+            "Interposer model file (pack vs pass-through); unset = the one hauler-bench calibrate wrote "
+            "($XDG_CONFIG_HOME or ~/.config, hauler/interpose-model.txt) if any, else built-in; builtin = built-in."),
     Setting("HAULER_IO_BACKEND", "auto", "str", RUN,
             "File I/O backend: auto (io_uring, else the thread pool, with a banner), io_uring or threads."),
     Setting("HAULER_IO_DIRECT", True, "bool", RUN,

@@ -83,6 +83,24 @@ def library_path(flavour: Optional[str] = None) -> str:
     return libs[flavour]
 
 
+def default_model_path() -> str:
+    """Where `hauler-bench calibrate` writes the shim's model, and where the shim looks for one when
+    HAULER_INTERPOSE_MODEL is unset: $XDG_CONFIG_HOME/hauler/interpose-model.txt, else
+    ~/.config/hauler/interpose-model.txt (interpose.cpp's default_model_path says the same)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "hauler", "interpose-model.txt")
+
+
+def model_in_effect(env: Optional[Dict[str, str]] = None) -> Optional[str]:
+    """The model file the shim will read under `env` (default os.environ), or None: built-in."""
+    env = os.environ if env is None else env
+    named = env.get("HAULER_INTERPOSE_MODEL", "")
+    if named:
+        return None if named == "builtin" else named
+    path = default_model_path()
+    return path if os.path.isfile(path) else None
+
+
 def default_launcher() -> str:
     return mpi_find.find_mpiexec()
 

@@ -74,6 +74,8 @@ def _launch(flav, np_, program, shim, env_extra=None):
     env.pop("LD_PRELOAD", None)
     for k in [k for k in env if k.startswith("HAULER_INTERPOSE")]:
         env.pop(k)
+    if shim:  # a model this machine's `hauler-bench calibrate` wrote must not steer the tests
+        env_extra = dict({"HAULER_INTERPOSE_MODEL": "builtin"}, **(env_extra or {}))
     env.update(env_extra or {})
     env_extra = {k: v for k, v in (env_extra or {}).items() if k != "LD_PRELOAD"}  # hauler run adds it
     if shim:
@@ -190,6 +192,38 @@ def test_library_owned_requests_and_receives(flav, np_, built, tmp_path):
     t = _report(rep, np_)
     # per rank 3 + 2 + 2 packed sends and 3 + 1 unpacked receives; odd ranks one Sendrecv more
     assert t["packed_msgs"] == 7 * np_ + np_ // 2 and t["unpacked_msgs"] == 4 * np_ + np_ // 2, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_calibrated_model_read_by_default(flav, built, tmp_path):
+    """With HAULER_INTERPOSE_MODEL unset the shim reads the model `hauler-bench calibrate` writes
+    ($XDG_CONFIG_HOME/hauler/interpose-model.txt); "builtin" ignores it."""
+    from hauler.interpose import default_model_path, model_in_effect
+
+    cfg = tmp_path / "config"
+    (cfg / "hauler").mkdir(parents=True)
+    env = {"XDG_CONFIG_HOME": str(cfg)}
+    assert default_model_path().startswith(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~"))
+    (cfg / "hauler" / "interpose-model.txt").write_text(f"# pack nothing\n{flav}.max_block 0\n")
+    old = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(cfg)
+    try:
+        assert model_in_effect({"HAULER_INTERPOSE_MODEL": ""}) == str(cfg / "hauler" / "interpose-model.txt")
+        assert model_in_effect({"HAULER_INTERPOSE_MODEL": "builtin"}) is None
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CONFIG_HOME")
+        else:
+            os.environ["XDG_CONFIG_HOME"] = old
+    seed = str(random.randrange(1, 10**9))
+    runs = {}
+    for name, model in (("unset", ""), ("builtin", "builtin")):
+        (tmp_path / name).mkdir()
+        rep = _run_pair(flav, 2, [built(flav, "p2p"), seed], tmp_path / name, pack_all=False,
+                        extra=dict(env, HAULER_INTERPOSE_MODEL=model))
+        runs[name] = _report(rep, 2)
+    assert runs["unset"]["packed_msgs"] == 0 and runs["unset"]["passthrough"] > 0, runs["unset"]
+    assert runs["builtin"]["packed_msgs"] > 0, runs["builtin"]
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
