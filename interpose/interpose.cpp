@@ -81,6 +81,10 @@ struct Config {
   std::vector<Cell> grid[2];
 };
 Config g;
+// MPI_Pcontrol(0) until MPI_Pcontrol(1): new messages go to the library as they are (requests
+// already staged still complete through the shim). The profiling interface's switch, so a program
+// (or hauler-bench mpi) can time the library and the shim in one run.
+std::atomic<bool> g_paused{false};
 // Time spent packing is for the report only: two clock reads per message are a measurable part of
 // a small message's cost, so nothing is timed unless a report was asked for.
 bool g_timing = false;
@@ -223,7 +227,7 @@ struct Counter {
 #define HAULER_STATS(X)                                                                                      \
   X(calls) X(packed_msgs) X(unpacked_msgs) X(passthrough) X(contiguous) X(bytes_packed) X(bytes_unpacked)   \
   X(pack_ns) X(types_decoded) X(types_refused) X(mpi_pack_calls) X(coll_passthrough) X(coll_packed)         \
-  X(fortran) X(gpu_packed) X(gpu_unpacked) X(gpu_device) X(gpu_oneshot)
+  X(fortran) X(gpu_packed) X(gpu_unpacked) X(gpu_device) X(gpu_oneshot) X(paused)
 struct Stats {
 #define HAULER_FIELD(n) Counter n;
   HAULER_STATS(HAULER_FIELD)
@@ -693,6 +697,10 @@ bool pays(const Peer& to, int64_t block, int64_t bytes) {
 // counts): the thread's Brief of t, holding the plan, when hauler packs this message; else nullptr.
 Brief* decide(int count, MPI_Datatype t, const Peer& to) {
   if (count <= 0) return nullptr;
+  if (g_paused.load(std::memory_order_relaxed)) {
+    stats().paused++;
+    return nullptr;
+  }
   Brief& b = brief(t);
   const TypeInfo* info = b.info.get();
   if (!info) {
@@ -1648,7 +1656,7 @@ static void write_report() {
                "bytes_unpacked=%lld pack_ms=%.3f passthrough=%lld contiguous=%lld mpi_pack=%lld "
                "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
                "cuda_driver=%d fortran=%lld gpu_packed=%lld gpu_unpacked=%lld gpu_device=%lld gpu_oneshot=%lld "
-               "staging_held=%lld cuda_queries=%lld\n",
+               "staging_held=%lld cuda_queries=%lld paused=%lld\n",
                g_rank, t.calls, t.packed_msgs,
                t.unpacked_msgs, t.bytes_packed,
                t.bytes_unpacked, t.pack_ns / 1e6, t.passthrough,
@@ -1658,8 +1666,18 @@ static void write_report() {
                (long long)g_device_passthrough.load(), g_cu_attr.load() != nullptr ? 1 : 0,
                t.fortran, t.gpu_packed, t.gpu_unpacked,
                t.gpu_device, t.gpu_oneshot, (long long)g_staging_held.load(),
-               (long long)g_cu_queries.load());
+               (long long)g_cu_queries.load(), t.paused);
   if (close) std::fclose(f);
+}
+
+// MPI_Pcontrol(level, ...): 0 pauses the shim (every new message goes to the library as it is),
+// any other level resumes it; the call then goes on to the library (and any other tool).
+HAULER_EXPORT int MPI_Pcontrol(const int level, ...) {
+  if (g.on) {
+    bool pause = level == 0;
+    if (g_paused.exchange(pause) != pause) logf(kInfo, "MPI_Pcontrol(%d): %s", level, pause ? "paused" : "resumed");
+  }
+  return PMPI_Pcontrol(level);
 }
 
 HAULER_EXPORT int MPI_Finalize(void) {

@@ -248,6 +248,18 @@ def test_halo_26_neighbours_identical(flav, built, tmp_path):
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_pcontrol_pauses_and_resumes(flav, built, tmp_path):
+    """MPI_Pcontrol(0) pauses the shim for new messages, MPI_Pcontrol(1) resumes it; the program
+    switches between posting its receives and its sends, so staged receives meet the library's
+    sends and the other way round, and every byte is as with the library alone."""
+    rep = _run_pair(flav, 2, [built(flav, "halo"), "5", "4", "pcontrol"], tmp_path)
+    t = _report(rep, 2)
+    # per rank: receives staged in rounds 0, 1, 3 and paused in 2; sends staged in 0, 2, paused in 1, 3
+    assert t["unpacked_msgs"] == 2 * 3 * HALO_PACKED and t["packed_msgs"] == 2 * 2 * HALO_PACKED, t
+    assert t["paused"] == 2 * 3 * 26, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
 def test_kill_switch_passes_everything_through(flav, built, tmp_path):
     lib, shim = str(tmp_path / "lib"), str(tmp_path / "shim")
     _launch(flav, 2, [built(flav, "halo"), lib, "4", "1"], shim=False)

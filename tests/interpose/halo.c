@@ -1,11 +1,14 @@
 /* 3D halo exchange: every rank swaps faces, edges and corners (26 subarray neighbours) with
  * its periodic Cartesian neighbours through Isend/Irecv/Waitall, then writes its whole array.
  *
- *   mpiexec -n 2..4 halo OUTPREFIX N ITERATIONS
- */
+ *   mpiexec -n 2..4 halo OUTPREFIX N ITERATIONS [pcontrol]
+ *
+ * pcontrol: between each round's receives and sends the program calls MPI_Pcontrol, 0 on odd
+ * rounds and 1 on even ones, so messages cross the shim's pause in both directions. */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
@@ -13,6 +16,7 @@ int main(int argc, char **argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   int n = argc > 2 ? atoi(argv[2]) : 6, iters = argc > 3 ? atoi(argv[3]) : 2;
+  int pcontrol = argc > 4 && strcmp(argv[4], "pcontrol") == 0;
   int dims[3] = {0, 0, 0}, periods[3] = {1, 1, 1}, coords[3];
   MPI_Dims_create(size, 3, dims);
   MPI_Comm cart;
@@ -50,6 +54,7 @@ int main(int argc, char **argv) {
   for (int it = 0; it < iters; ++it) {
     MPI_Request rq[52];
     for (int i = 0; i < 26; ++i) MPI_Irecv(a, 1, rt[i], peer_from[i], i, cart, &rq[i]);
+    if (pcontrol) MPI_Pcontrol(it % 2 == 0);
     for (int i = 0; i < 26; ++i) MPI_Isend(a, 1, st[i], peer_to[i], i, cart, &rq[26 + i]);
     MPI_Waitall(52, rq, MPI_STATUSES_IGNORE);
     for (int x = 1; x <= n; ++x) a[((size_t)x * g + 1) * g + 1] += 0.25; /* change between rounds */
