@@ -1230,10 +1230,10 @@ struct Mine {
   MPI_Request r;
 };
 
-// The shim's requests among reqs[0..n), in index order: one pass under the lock, and nothing at
-// all while the shim has no request pending (the pass-through case). Per-thread storage, reused.
 const std::vector<Mine> g_none_mine;  // the pass-through answer: no thread_local, no guard to reach
 
+// The shim's requests among reqs[0..n), in index order: one pass under the lock, and nothing at
+// all while the shim has no request pending (the pass-through case). Per-thread storage, reused.
 const std::vector<Mine>& mine_among(int n, const MPI_Request* reqs) {
   if (n <= 0 || g_nreqs.load(std::memory_order_relaxed) == 0) return g_none_mine;
   thread_local std::vector<Mine> mine;
