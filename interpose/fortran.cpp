@@ -299,6 +299,12 @@ void hauler_f_unpack(void* in, F* insize, F* position, void* out, F* outcount, F
   set(ierr, MPI_Unpack(in, *insize, position, buf(out), *outcount, T(type), C(comm)));
 }
 
+// MPI_PCONTROL(LEVEL): no ierror in the Fortran binding.
+void hauler_f_pcontrol(F* level) {
+  shim::count_fortran();
+  MPI_Pcontrol(*level);
+}
+
 }  // extern "C"
 
 HAULER_FORTRAN(hauler_f_init, mpi_init, MPI_INIT)
@@ -326,6 +332,7 @@ HAULER_FORTRAN(hauler_f_request_free, mpi_request_free, MPI_REQUEST_FREE)
 HAULER_FORTRAN(hauler_f_request_get_status, mpi_request_get_status, MPI_REQUEST_GET_STATUS)
 HAULER_FORTRAN(hauler_f_pack, mpi_pack, MPI_PACK)
 HAULER_FORTRAN(hauler_f_unpack, mpi_unpack, MPI_UNPACK)
+HAULER_FORTRAN(hauler_f_pcontrol, mpi_pcontrol, MPI_PCONTROL)
 
 // mpi_f08: Open MPI's MPI_X_f08 wrappers (libmpi_usempif08) call ompi_x_f, the C function behind
 // mpi_x_ in libmpi_mpifh, and for Test, Testall, Testany, Testsome and Request_get_status the
@@ -352,6 +359,7 @@ HAULER_F_ALIAS(hauler_f_waitsome, ompi_waitsome_f)
 HAULER_F_ALIAS(hauler_f_request_free, ompi_request_free_f)
 HAULER_F_ALIAS(hauler_f_pack, ompi_pack_f)
 HAULER_F_ALIAS(hauler_f_unpack, ompi_unpack_f)
+HAULER_F_ALIAS(hauler_f_pcontrol, ompi_pcontrol_f)
 HAULER_F_ALIAS(hauler_f_test, pmpi_test_)
 HAULER_F_ALIAS(hauler_f_testall, pmpi_testall_)
 HAULER_F_ALIAS(hauler_f_testany, pmpi_testany_)

@@ -164,6 +164,9 @@ program fort
   call MPI_Type_free(subt, ierr)
   write (u) rowt == MPI_DATATYPE_NULL, subt == MPI_DATATYPE_NULL
   close (u)
+  ! the profiling switch: pauses the shim, resumes it (both calls must reach it from Fortran)
+  call MPI_Pcontrol(0)
+  call MPI_Pcontrol(1)
   call MPI_Finalize(ierr)
 
 contains
