@@ -962,15 +962,28 @@ void remember(MPI_Request r, Pending p) {
   release(earlier);
 }
 
-bool take(MPI_Request r, Pending* out) {
-  if (g_nreqs.load(std::memory_order_relaxed) == 0 || r == MPI_REQUEST_NULL) return false;
+// A completion call takes the shim's records out of the table *before* the library may complete
+// a request: once the library has freed a request, another thread's next call can be handed the
+// same handle, and its record must not meet this one's (MPI_THREAD_MULTIPLE). Records of requests
+// that did not complete go back (node handles: no allocation either way); no other thread can
+// reuse a handle the library still holds.
+using ReqNode = std::unordered_map<MPI_Request, Pending>::node_type;
+
+// The record of r, out of the table (empty: not a request of the shim's).
+ReqNode take_node(MPI_Request r) {
+  if (g_nreqs.load(std::memory_order_relaxed) == 0 || r == MPI_REQUEST_NULL) return ReqNode();
   std::lock_guard<std::mutex> lk(g_req_mu);
-  auto it = g_reqs.find(r);
-  if (it == g_reqs.end()) return false;
-  *out = std::move(it->second);
-  g_reqs.erase(it);
-  g_nreqs--;
-  return true;
+  ReqNode n = g_reqs.extract(r);
+  if (n) g_nreqs--;
+  return n;
+}
+
+// A record whose request did not complete goes back.
+void put_back(ReqNode&& n) {
+  if (!n) return;
+  std::lock_guard<std::mutex> lk(g_req_mu);
+  g_reqs.insert(std::move(n));
+  g_nreqs++;
 }
 
 bool ours(MPI_Request r) {
@@ -1027,11 +1040,6 @@ void finish(Pending& p, MPI_Status* status) {
   release(p);
 }
 
-void finish_request(MPI_Request real, MPI_Status* status) {
-  Pending p;
-  if (take(real, &p)) finish(p, status);
-}
-
 // Requests the application freed: completed here as calls go by and at MPI_Finalize.
 void progress_orphans(bool block) {
   if (g_norphans.load(std::memory_order_relaxed) == 0) return;
@@ -1047,14 +1055,19 @@ void progress_orphans(bool block) {
     MPI_Request h = r;
     MPI_Status s;
     int flag = 0;
+    ReqNode n = take_node(r);  // before the library may free r (see "completion")
     if (block) {
       PMPI_Wait(&h, &s);
       flag = 1;
     } else {
       PMPI_Test(&h, &flag, &s);
     }
-    if (flag) finish_request(r, &s);
-    else left.push_back(r);
+    if (flag) {
+      if (n) finish(n.mapped(), &s);
+    } else {
+      put_back(std::move(n));
+      left.push_back(r);
+    }
   }
   std::lock_guard<std::mutex> lk(g_req_mu);
   g_orphans.insert(g_orphans.end(), left.begin(), left.end());
@@ -1204,43 +1217,48 @@ int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int sta
 // ---------------------------------------------------------------- completion
 int wait(MPI_Request* req, MPI_Status* status) {
   progress_orphans(false);
-  MPI_Request r = *req;
-  if (!ours(r)) return PMPI_Wait(req, status);
+  ReqNode n = take_node(*req);
+  if (!n) return PMPI_Wait(req, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Wait(req, s);
-  finish_request(r, s);
+  finish(n.mapped(), s);
   return rc;
 }
 
 int test(MPI_Request* req, int* flag, MPI_Status* status) {
   progress_orphans(false);
-  MPI_Request r = *req;
-  if (!ours(r)) return PMPI_Test(req, flag, status);
+  ReqNode n = take_node(*req);
+  if (!n) return PMPI_Test(req, flag, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Test(req, flag, s);
-  if (*flag) finish_request(r, s);
+  if (*flag) finish(n.mapped(), s);
+  else put_back(std::move(n));
   return rc;
 }
 
-// A request of the shim's among an array, with its index: looked up before the call nulls it.
+// A request of the shim's among an array: its index and its record, taken out of the table.
 struct Mine {
   int i;
-  MPI_Request r;
+  ReqNode node;
 };
 
-const std::vector<Mine> g_none_mine;  // the pass-through answer: no thread_local, no guard to reach
-
-// The shim's requests among reqs[0..n), in index order: one pass under the lock, and nothing at
-// all while the shim has no request pending (the pass-through case). Per-thread storage, reused.
-const std::vector<Mine>& mine_among(int n, const MPI_Request* reqs) {
-  if (n <= 0 || g_nreqs.load(std::memory_order_relaxed) == 0) return g_none_mine;
-  thread_local std::vector<Mine> mine;
+// The shim's requests among reqs[0..n), in index order, their records taken out (one pass under
+// the lock); nothing at all while the shim has no request pending (the pass-through case).
+// Per-thread storage, reused; every caller hands each record on (finish) or back (put_back).
+std::vector<Mine>& take_among(int n, const MPI_Request* reqs) {
+  static thread_local std::vector<Mine> mine;
   mine.clear();
+  if (n <= 0 || g_nreqs.load(std::memory_order_relaxed) == 0) return mine;
   std::lock_guard<std::mutex> lk(g_req_mu);
-  for (int i = 0; i < n; ++i)
-    if (reqs[i] != MPI_REQUEST_NULL && g_reqs.count(reqs[i])) mine.push_back(Mine{i, reqs[i]});
+  for (int i = 0; i < n; ++i) {
+    if (reqs[i] == MPI_REQUEST_NULL) continue;
+    ReqNode node = g_reqs.extract(reqs[i]);
+    if (!node) continue;
+    g_nreqs--;
+    mine.push_back(Mine{i, std::move(node)});
+  }
   return mine;
 }
 
@@ -1257,74 +1275,79 @@ bool pending_in(int rc, const MPI_Status& s) { return rc == MPI_ERR_IN_STATUS &&
 
 // Waitall, and Testall (flag: all of them completed).
 template <typename F>
-int all(int n, const int* flag, MPI_Status* statuses, const std::vector<Mine>& mine, F call) {
+int all(int n, const int* flag, MPI_Status* statuses, std::vector<Mine>& mine, F call) {
   MPI_Status* s = statuses_for(statuses, n);
   int rc = call(s);
-  if (flag == nullptr || *flag)
-    for (const Mine& m : mine)
-      if (!pending_in(rc, s[m.i])) finish_request(m.r, &s[m.i]);
+  bool done = flag == nullptr || *flag;
+  for (Mine& m : mine)
+    if (done && !pending_in(rc, s[m.i])) finish(m.node.mapped(), &s[m.i]);
+    else put_back(std::move(m.node));
   return rc;
 }
 
 int waitall(int n, MPI_Request* reqs, MPI_Status* statuses) {
   progress_orphans(false);
-  const auto& mine = mine_among(n, reqs);
+  auto& mine = take_among(n, reqs);
   if (mine.empty()) return PMPI_Waitall(n, reqs, statuses);
   return all(n, nullptr, statuses, mine, [&](MPI_Status* s) { return PMPI_Waitall(n, reqs, s); });
 }
 
 int testall(int n, MPI_Request* reqs, int* flag, MPI_Status* statuses) {
   progress_orphans(false);
-  const auto& mine = mine_among(n, reqs);
+  auto& mine = take_among(n, reqs);
   if (mine.empty()) return PMPI_Testall(n, reqs, flag, statuses);
   return all(n, flag, statuses, mine, [&](MPI_Status* s) { return PMPI_Testall(n, reqs, flag, s); });
 }
 
 // The shim's request that was at index i, if any.
-const Mine* mine_at(const std::vector<Mine>& mine, int i) {
+Mine* mine_at(std::vector<Mine>& mine, int i) {
   auto it = std::lower_bound(mine.begin(), mine.end(), i, [](const Mine& m, int k) { return m.i < k; });
   return it != mine.end() && it->i == i ? &*it : nullptr;
 }
 
 // Waitany, and Testany (flag: one completed).
 template <typename F>
-int any(int* index, const int* flag, MPI_Status* status, const std::vector<Mine>& mine, F call) {
+int any(int* index, const int* flag, MPI_Status* status, std::vector<Mine>& mine, F call) {
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = call(s);
-  if ((flag == nullptr || *flag) && *index != MPI_UNDEFINED)
-    if (const Mine* m = mine_at(mine, *index)) finish_request(m->r, s);
+  Mine* done = nullptr;
+  if ((flag == nullptr || *flag) && *index != MPI_UNDEFINED) done = mine_at(mine, *index);
+  for (Mine& m : mine)
+    if (&m == done) finish(m.node.mapped(), s);
+    else put_back(std::move(m.node));
   return rc;
 }
 
 int waitany(int n, MPI_Request* reqs, int* index, MPI_Status* status) {
   progress_orphans(false);
-  const auto& mine = mine_among(n, reqs);
+  auto& mine = take_among(n, reqs);
   if (mine.empty()) return PMPI_Waitany(n, reqs, index, status);
   return any(index, nullptr, status, mine, [&](MPI_Status* s) { return PMPI_Waitany(n, reqs, index, s); });
 }
 
 int testany(int n, MPI_Request* reqs, int* index, int* flag, MPI_Status* status) {
   progress_orphans(false);
-  const auto& mine = mine_among(n, reqs);
+  auto& mine = take_among(n, reqs);
   if (mine.empty()) return PMPI_Testany(n, reqs, index, flag, status);
   return any(index, flag, status, mine, [&](MPI_Status* s) { return PMPI_Testany(n, reqs, index, flag, s); });
 }
 
 template <typename F>
-int some(int n, int* outcount, int* indices, MPI_Status* statuses, const std::vector<Mine>& mine, F call) {
+int some(int n, int* outcount, int* indices, MPI_Status* statuses, std::vector<Mine>& mine, F call) {
   MPI_Status* s = statuses_for(statuses, n);
   int rc = call(s);
   if (*outcount != MPI_UNDEFINED)
     for (int k = 0; k < *outcount; ++k)
       if (!pending_in(rc, s[k]))
-        if (const Mine* m = mine_at(mine, indices[k])) finish_request(m->r, &s[k]);
+        if (Mine* m = mine_at(mine, indices[k])) finish(m->node.mapped(), &s[k]), m->node = ReqNode();
+  for (Mine& m : mine) put_back(std::move(m.node));  // the ones still pending (empty nodes: no-op)
   return rc;
 }
 
 int waitsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
   progress_orphans(false);
-  const auto& mine = mine_among(n, reqs);
+  auto& mine = take_among(n, reqs);
   if (mine.empty()) return PMPI_Waitsome(n, reqs, outcount, indices, statuses);
   return some(n, outcount, indices, statuses, mine,
               [&](MPI_Status* s) { return PMPI_Waitsome(n, reqs, outcount, indices, s); });
@@ -1332,7 +1355,7 @@ int waitsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* 
 
 int testsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
   progress_orphans(false);
-  const auto& mine = mine_among(n, reqs);
+  auto& mine = take_among(n, reqs);
   if (mine.empty()) return PMPI_Testsome(n, reqs, outcount, indices, statuses);
   return some(n, outcount, indices, statuses, mine,
               [&](MPI_Status* s) { return PMPI_Testsome(n, reqs, outcount, indices, s); });
