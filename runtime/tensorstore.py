@@ -412,7 +412,7 @@ class TensorStore:
         self._poll()
         with self._lock:
             deleting = self._deleting.get(key)
-        if deleting is None and self._inline_free(key):
+        if deleting is None and self._inline_claim(key):
             return self._put_inline(key, arr, meta, bool(pin), value)
         fut = self._pool.submit(self._put, key, arr, meta, bool(pin), value, deleting)
         self._track(self._putting, key, fut)
@@ -565,12 +565,13 @@ class TensorStore:
             putting = self._putting.get(key)
         if putting is not None:   # read your writes: after the put of key submitted before
             return self._pool.submit(self._get_after, putting, key, out)
-        if out is None and self._inline_free(key):
-            with self._lock:
+        if out is None and self._inline_claim(key):
+            with self._lock:   # read under the claim: no put or delete of key can change it now
                 e = self._entries.get(key)
                 meta = e.meta if e is not None else None
             if meta is not None:
                 return self._get_inline(key, meta)
+            self._key_lock(key).release()
         return self._pool.submit(self._get, key, out)
 
     def _get_after(self, putting: Any, key: str, out: Any) -> Any:
@@ -689,6 +690,20 @@ class TensorStore:
         lk = self._key_locks.get(key)
         return lk is None or not lk.locked()
 
+    def _inline_claim(self, key: str) -> bool:
+        """Takes key's lock for an inline request when one may go now (see _inline_free), without
+        waiting: held until _finish (or a failure before _start) releases it, so no other request,
+        put, get or delete of key, inline or on the workers, overlaps it (a deleted entry's file
+        can be reused by the next put while a get still reads it). False: take the worker path."""
+        if not self._inline_free(key):
+            return False
+        if not self._key_lock(key).acquire(blocking=False):
+            return False
+        if key in self._inflight or key in self._putting:  # claimed or submitted meanwhile
+            self._key_lock(key).release()
+            return False
+        return True
+
     def _start(self, op: "_Op") -> "_PolledFuture":
         with self._ops_lock:
             self._ops[op.rid] = op
@@ -713,6 +728,7 @@ class TensorStore:
                 with self._lock:
                     self._spares.append(spare)
                     self._spare_bytes += spare[1]
+            self._key_lock(key).release()
             fut = concurrent.futures.Future()
             fut.set_exception(e)
             return fut
@@ -728,6 +744,7 @@ class TensorStore:
             _unlink(tmp)
             with self._lock:
                 self._reserved -= file_bytes
+            self._key_lock(key).release()
             fut = concurrent.futures.Future()
             fut.set_exception(e)
             return fut
@@ -759,11 +776,13 @@ class TensorStore:
             result, flat = self._allocate(meta, None, path, data_off % HEADER)
             if not _entry_io.phase_matches(flat, data_off):  # an element alignment the phase breaks
                 f.close()
+                self._key_lock(key).release()
                 return self._pool.submit(self._get, key, None)
             rid, finish = self._entry_io.read(f.fileno(), flat, data_off, repr(path))
         except BaseException as err:  # noqa: BLE001
             if f is not None:
                 f.close()
+            self._key_lock(key).release()
             fut.set_exception(err)
             return fut
         return self._start(_Op(self, "get", key, rid, f, keep=flat, meta=meta, result=result, finish=finish))
@@ -805,9 +824,12 @@ class TensorStore:
                                        f"{got['offset']}) is not the one stored for key {op.key!r}")
             except CorruptEntry as err:
                 error = err
+            except (KeyError, ValueError, TypeError) as err:  # a header missing a field
+                error = CorruptEntry(f"{path}: header does not parse ({err!r})")
         with self._ops_lock:
             if self._inflight.get(op.key) is op:
                 del self._inflight[op.key]
+        self._key_lock(op.key).release()  # taken by _inline_claim; before the future's callbacks run
         fut, result = op.fut, op.result
         # no cycle op <-> future: a get's memory must go back (to the recycler) when its tensor
         # dies, not when the cyclic garbage collector runs
