@@ -469,8 +469,9 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
         ("GB/s", "data bytes of the message (halo: all 26 faces) / one-way time / 1e9"),
         ("x", "speedup = library time / +hauler time (rounds: the lowest and highest of the rounds' own "
               "ratios, the spread a noisy machine gives between launches); one run = in the launches with the "
-              "shim, batches with it paused by MPI_Pcontrol(0) over batches with it on, interleaved (free of the "
-              "launch-to-launch spread; the paused side still pays the shim's pass-through, see +call); vs contig = +hauler time of the vector / the library's "
+              "shim, batches with it paused by MPI_Pcontrol(0) over batches with it on, interleaved (cancels what slows "
+              "both sides of a launch alike, not what slows one side, e.g. the library's contiguous transfers; the "
+              "paused side still pays the shim's pass-through, see +call); vs contig = +hauler time of the vector / the library's "
               "time for the same bytes contiguous; bound (halo) = the library's halo time / its time for the same "
               "exchange of faces already contiguous (halobytes rows): the most any packing can gain, packing for free"),
         ("correct", "ping-pong data came back exactly (gaps untouched) and the receive buffers' checksums agree "
