@@ -51,9 +51,10 @@ COLUMNS = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mpi", default="all", help="flavours: all, openmpi, mpich (comma-separated)")
-    p.add_argument("--budget", type=float, default=0.05, help="seconds per timed batch (default 0.05)")
-    p.add_argument("--rounds", type=int, default=2, help="alternated launches per side (default 2)")
+    p.add_argument("--mpi", default="all", type=core.mpi_flavours,
+                   help="flavours: all, openmpi, mpich (comma-separated)")
+    p.add_argument("--budget", type=core.positive_float, default=0.05, help="seconds per timed batch (default 0.05)")
+    p.add_argument("--rounds", type=core.positive_int, default=2, help="alternated launches per side (default 2)")
     from hauler.interpose import default_model_path
 
     out = default_model_path()
@@ -126,6 +127,9 @@ def run(flavours: Optional[List[str]], budget: float, rounds: int, out_path: str
                 rows.append(row)
                 rep.rows.append(row)
                 out.row(rep, row)
+            if not rows:   # a model from no measurement would switch packing off: write none
+                rep.warnings.append(f"{flav}: nothing measured; no model written for it")
+                continue
             models[flav] = choose_model([r for r in rows if r["to"] == "peer"])
             grids[flav] = [(r["to"], r["block"], r["bytes"], r["speedup"]) for r in rows if r["correct"]]
     if models:

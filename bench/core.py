@@ -388,6 +388,19 @@ def output_of(args: argparse.Namespace) -> Output:
     return Output("json" if args.json else "csv" if args.csv else "table")
 
 
+MPI_FLAVOURS = ("openmpi", "mpich")
+
+
+def mpi_flavours(text: str) -> str:
+    """argparse type of --mpi: "all" or a comma-separated list of MPI_FLAVOURS."""
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in names if f not in MPI_FLAVOURS]
+    if text.strip() != "all" and (bad or not names):
+        raise argparse.ArgumentTypeError(f"choose all or any of {', '.join(MPI_FLAVOURS)} (comma-separated), "
+                                         f"got {text!r}")
+    return text.strip()
+
+
 def flavours_arg(text: str) -> Optional[List[str]]:
     """--mpi: "all" (None: every installed flavour) or a comma-separated list."""
     return None if text == "all" else [f.strip() for f in text.split(",") if f.strip()]
@@ -398,6 +411,32 @@ def size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return v
+
+
+def readable_file(text: str) -> str:
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"no readable file {text!r}")
+    return text
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}")
+    return v
+
 
 def positive_int(text: str) -> int:
     try:

@@ -101,7 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orders", type=_orders_arg, default=ORDERS, metavar="random,sorted")
     p.add_argument("--repeat", type=core.positive_int, default=None,
                    help=f"timed rounds per row (default {DEFAULT_REPEAT}; {QUICK_REPEAT} with --quick)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=core.non_negative_int, default=1)
     p.add_argument("--threads", type=core.positive_int, default=None,
                    help="threads for hauler's gather (default: HAULER_GATHER_THREADS, else the core count)")
     p.add_argument("--no-loader", action="store_true", help="skip the DataLoader epoch")

@@ -105,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patterns", type=core.list_arg(PATTERNS), default=PATTERNS, metavar=",".join(PATTERNS))
     p.add_argument("--budget", type=lambda t: _sizes_arg(t)[0], default=None,
                    help=f"bytes moved per sweep measurement, at most (default {format_size(DEFAULT_BUDGET)})")
-    p.add_argument("--repeat", type=int, default=None, help=f"rounds (default {DEFAULT_REPEAT})")
+    p.add_argument("--repeat", type=core.positive_int, default=None, help=f"rounds (default {DEFAULT_REPEAT})")
     p.add_argument("--parts", type=core.list_arg(("sweep", "file", "offload")), default=("sweep", "file", "offload"),
                    metavar="sweep,file,offload")
     p.add_argument("--no-fio", action="store_true", help="do not run fio")

@@ -313,13 +313,14 @@ TARGETS = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mpi", default="all", help="flavours to run: all, openmpi, mpich (comma-separated)")
-    p.add_argument("--budget", type=float, default=0.05,
+    p.add_argument("--mpi", default="all", type=core.mpi_flavours,
+                   help="flavours to run: all, openmpi, mpich (comma-separated)")
+    p.add_argument("--budget", type=core.positive_float, default=0.05,
                    help="seconds per timed batch (3 batches per case, median); default 0.05")
-    p.add_argument("--rounds", type=int, default=4,
+    p.add_argument("--rounds", type=core.positive_int, default=4,
                    help="launches of each side, alternated; medians over them (default 4)")
     p.add_argument("--quick", action="store_true", help="1 B, 64 B and 4 KiB blocks; 1 KiB, 1 MiB messages")
-    p.add_argument("--model", default=None, help="HAULER_INTERPOSE_MODEL file for the runs with the shim (default: "
+    p.add_argument("--model", default=None, type=core.readable_file, help="HAULER_INTERPOSE_MODEL file for the runs with the shim (default: "
                                                  "the one the shim would read, see the header's model line)")
     core.add_format_args(p)
 

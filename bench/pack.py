@@ -207,7 +207,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=core.positive_int, default=None,
                    help=f"timed rounds per case (each times every contender once); the median is reported (default {DEFAULT_REPEAT}; "
                         f"{QUICK_REPEAT} with --quick)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls of each contender before the rounds (default 1)")
+    p.add_argument("--warmup", type=core.non_negative_int, default=1, help="untimed calls of each contender before the rounds (default 1)")
     p.add_argument("--threads", type=core.positive_int, default=None,
                    help="threads for hauler pack/unpack and the threaded memcpy "
                         "(default: hauler's default, HAULER_THREADS or the core count)")

@@ -126,3 +126,26 @@ def test_gather_table_output():
     assert len(rows) == 1 and rows[0].split()[:2] == ["128", "random"] and " ok " in rows[0]
     assert any(l.startswith("# targets") for l in lines)
     assert any(l.startswith("# NVMe table:") for l in lines)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["mpi", "--rounds", "0"], "argument --rounds: expected a positive integer, got '0'"),
+    (["mpi", "--budget", "-1"], "argument --budget: expected a positive number of seconds, got '-1'"),
+    (["mpi", "--budget", "nan"], "argument --budget: expected a positive number of seconds, got 'nan'"),
+    (["mpi", "--mpi", "openmpi,foo"], "argument --mpi: choose all or any of openmpi, mpich"),
+    (["mpi", "--model", "/nonexistent/model.txt"], "argument --model: no readable file '/nonexistent/model.txt'"),
+    (["calibrate", "--rounds", "0"], "argument --rounds: expected a positive integer, got '0'"),
+    (["calibrate", "--mpi", ""], "argument --mpi: choose all or any of openmpi, mpich"),
+    (["io", "--repeat", "0"], "argument --repeat: expected a positive integer, got '0'"),
+    (["gather", "--warmup", "-1"], "argument --warmup: expected 0 or a positive integer, got '-1'"),
+    (["pack", "--warmup", "x"], "argument --warmup: expected 0 or a positive integer, got 'x'"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(args, says, tmp_path):
+    """Each is refused by the argument parser (exit 2, the argument named); before, some ran with
+    a clamped value, and `calibrate --rounds 0` wrote a model from no measurement, which the shim
+    would then have read by default."""
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "hauler.bench.cli"] + args, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and says in p.stderr, p.stderr
+    assert not (tmp_path / "hauler").exists()
