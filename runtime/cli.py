@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -240,8 +241,16 @@ def cmd_run(argv: List[str]) -> int:
     if dry:
         print(" ".join(cmd))
         return 0
+    if shutil.which(cmd[0]) is None:
+        sys.stderr.write(f"hauler run: launcher {cmd[0]!r} not found or not executable "
+                         f"(give one with --launcher, or put mpiexec on PATH)\n")
+        return 127
     sys.stdout.flush()
-    os.execvp(cmd[0], cmd)
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as e:  # found above, yet refused (e.g. a bad interpreter line)
+        sys.stderr.write(f"hauler run: cannot start {cmd[0]!r}: {e.strerror}\n")
+        return 126
     return 127  # not reached
 
 

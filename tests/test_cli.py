@@ -88,3 +88,23 @@ def test_info_does_not_initialize_mpi():
     code = ("import sys, hauler.cli; hauler.cli.collect_info(); "
             "assert 'mpi4py.MPI' not in sys.modules, 'hauler info imported mpi4py.MPI'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind", ["missing", "not executable", "not a program"])
+def test_run_with_a_launcher_that_cannot_start(kind, tmp_path):
+    """A launcher that is missing or cannot run is named in one line, not a traceback: exit 127
+    (missing, or no execute permission) or 126 (the kernel refuses to run it)."""
+    launcher = tmp_path / "mpiexec"
+    if kind != "missing":
+        launcher.write_text("plain text, no interpreter line\n")
+        launcher.chmod(0o644 if kind == "not executable" else 0o755)
+    if kind == "not executable" and os.access(launcher, os.X_OK):
+        pytest.skip("this user may execute any file")
+    p = run("run", "--launcher", str(launcher), "--", "true", check=False)
+    if kind == "not a program":
+        assert p.returncode == 126, (p.returncode, p.stderr)
+        assert p.stderr.startswith(f"hauler run: cannot start {str(launcher)!r}: "), p.stderr
+    else:
+        assert p.returncode == 127, (p.returncode, p.stderr)
+        assert p.stderr.strip() == (f"hauler run: launcher {str(launcher)!r} not found or not executable "
+                                    f"(give one with --launcher, or put mpiexec on PATH)"), p.stderr
