@@ -63,7 +63,20 @@ class Offload:
                  prefetch: int = 2, threads: int = 4, verify: bool = False, recycle: int = 64 << 20,
                  keep_files: int = 4 << 30, keep_last: int = 2, inline: bool = False):
         import torch  # noqa: F401 - fail early without torch
+        from . import _buffers
+        from .errors import InvalidArgument
         from .tensorstore import TensorStore
+        # every number checked before anything is made (a negative one used to be clamped silently)
+        min_bytes = _buffers.as_int("min_bytes", min_bytes, 0)
+        prefetch = _buffers.as_int("prefetch", prefetch, 0)
+        threads = _buffers.as_int("threads", threads, 1)
+        recycle = _buffers.as_int("recycle", recycle, 0)
+        keep_files = _buffers.as_int("keep_files", keep_files, 0)
+        keep_last = _buffers.as_int("keep_last", keep_last, 0)
+        if store is not None and not isinstance(store, TensorStore):
+            raise InvalidArgument(f"store must be a hauler TensorStore, got {type(store).__name__}")
+        if store is not None and directory is not None:
+            raise InvalidArgument("give a directory or a store, not both")
         self._tmp = None
         if store is None:
             if directory is None:
@@ -72,9 +85,9 @@ class Offload:
             store = TensorStore(directory, threads=threads, sync=False, checksum=verify, recycle=recycle,
                                 keep_files=keep_files, inline=inline)
         self.store = store
-        self.min_bytes = int(min_bytes)
-        self.prefetch = max(0, int(prefetch))
-        self.keep_last = max(0, int(keep_last))
+        self.min_bytes = min_bytes
+        self.prefetch = prefetch
+        self.keep_last = keep_last
         self._lock = threading.Lock()
         self._handles: List["weakref.ref"] = []  # pack order, from index self._base on
         self._base = 0

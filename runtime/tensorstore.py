@@ -266,7 +266,7 @@ class TensorStore:
         self._checksum = bool(checksum)
         self._recycle = _buffers.as_int("recycle", recycle, 0)
         self._keep_files = _buffers.as_int("keep_files", keep_files, 0)
-        self._threads = max(1, int(threads))
+        self._threads = _buffers.as_int("threads", threads, 1)
         if inline and (self._sync or self._checksum):
             raise InvalidArgument("inline=True needs sync=False and checksum=False (an fsync or a checksum "
                                   "per entry runs on the worker threads)")

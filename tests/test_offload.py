@@ -232,3 +232,31 @@ def test_last_saved_tensors_keep_their_memory_across_steps(tmp_path, keep_last):
             pass
         assert len(off._handles) == 0                      # freed handles forgotten at the next step
     off.close()
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"min_bytes": -1}, "min_bytes must be >= 0, got -1"),
+    ({"prefetch": -2}, "prefetch must be >= 0, got -2"),
+    ({"keep_last": -1}, "keep_last must be >= 0, got -1"),
+    ({"threads": 0}, "threads must be >= 1, got 0"),
+    ({"min_bytes": "1M"}, "min_bytes must be an integer, got str '1M'"),
+    ({"recycle": 1.5}, "recycle must be an integer, got float 1.5"),
+    ({"store": "not a store"}, "store must be a hauler TensorStore, got str"),
+])
+def test_bad_arguments_refused(kwargs, says, tmp_path):
+    """Each is refused before a store or a file is made (negative numbers used to be clamped)."""
+    from hauler.errors import InvalidArgument
+    d = tmp_path / "acts"
+    args = {} if "store" in kwargs else {"directory": str(d)}
+    with pytest.raises(InvalidArgument) as e:
+        offload(**args, **kwargs)
+    assert says in str(e.value)
+    assert not d.exists()
+
+
+def test_directory_and_store_together_refused(tmp_path):
+    from hauler.errors import InvalidArgument
+    store = TensorStore(tmp_path / "s")
+    with pytest.raises(InvalidArgument, match="a directory or a store, not both"):
+        offload(str(tmp_path / "d"), store=store)
+    store.close()
