@@ -259,7 +259,11 @@ class TensorStore:
                  direct: Optional[bool] = None, sync: bool = True, checksum: bool = True,
                  recycle: int = 0, keep_files: int = 0, inline: bool = False):
         self.directory = os.fspath(directory)
-        os.makedirs(self.directory, exist_ok=True)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidArgument(f"TensorStore directory {self.directory!r}: it or a parent is a file, "
+                                  f"not a directory") from None
         self.capacity = None if capacity is None else _buffers.as_int("capacity", capacity, 0)
         self._direct = direct
         self._sync = bool(sync)

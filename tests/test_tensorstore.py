@@ -61,6 +61,17 @@ def test_missing_key_and_bad_key(store):
         store.delete("nope")
 
 
+def test_directory_that_is_a_file_or_under_one(tmp_path):
+    f = tmp_path / "plain"
+    f.write_bytes(b"x")
+    for d in (f, f / "sub"):
+        with pytest.raises(InvalidArgument, match="it or a parent is a file, not a directory"):
+            TensorStore(d)
+    assert f.read_bytes() == b"x"
+    with pytest.raises(InvalidArgument, match="threads must be >= 1, got 0"):
+        TensorStore(tmp_path / "ok", threads=0)
+
+
 def test_many_concurrent_puts_and_gets(store):
     arrays = {f"k{i}": np.random.default_rng(i).integers(0, 1 << 30, 10_000 + 17 * i) for i in range(40)}
     for f in [store.put(k, v) for k, v in arrays.items()]:
