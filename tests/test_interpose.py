@@ -250,13 +250,15 @@ def test_halo_26_neighbours_identical(flav, built, tmp_path):
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
 def test_threads_identical(flav, built, tmp_path):
     """MPI_THREAD_MULTIPLE: 4 threads per rank post, complete (Waitall, Wait, Testall, Waitany)
-    and free their own packed messages and types at once. A request the library completes in one
+    and free their own packed messages and types at once, each also running an Alltoallw on its
+    own communicator. A request the library completes in one
     thread frees its handle for the next request another thread posts; the shim's record of the
     first must be gone by then (before the fix about 7 runs in 10 differed here)."""
     threads, rounds = 4, 150
     rep = _run_pair(flav, 2, [built(flav, "threads"), str(threads), str(rounds)], tmp_path)
     t = _report(rep, 2)
     assert t["packed_msgs"] == 2 * threads * rounds and t["unpacked_msgs"] == 2 * threads * rounds, t
+    assert t["coll_packed"] == 2 * threads * rounds and t["coll_passthrough"] == 0, t
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])

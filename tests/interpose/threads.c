@@ -1,5 +1,6 @@
 /* Threads (MPI_THREAD_MULTIPLE) each exchanging derived-type messages with the same thread of the
- * peer rank, committing and freeing their own types as they go, then writing what they received.
+ * peer rank, and running an Alltoallw of the same type on a communicator of their own, committing
+ * and freeing their own types as they go, then writing what they received.
  *
  *   mpiexec -n 2 threads OUTPREFIX [THREADS] [ROUNDS]
  */
@@ -12,6 +13,7 @@
 static int rank, size, nthreads = 4, rounds = 40;
 #define SPAN 4096 /* doubles per buffer */
 static double *out; /* nthreads * rounds * SPAN */
+static MPI_Comm comms[64];
 
 static void *worker(void *arg) {
   int k = (int)(long)arg, peer = (rank + 1) % size, from = (rank + size - 1) % size;
@@ -30,6 +32,18 @@ static void *worker(void *arg) {
       case 1: MPI_Wait(&rq[0], MPI_STATUS_IGNORE); MPI_Wait(&rq[1], MPI_STATUS_IGNORE); break;
       case 2: { int flag = 0; while (!flag) MPI_Testall(2, rq, &flag, MPI_STATUSES_IGNORE); break; }
       default: { int idx, n = 2; while (n--) MPI_Waitany(2, rq, &idx, MPI_STATUS_IGNORE); }
+    }
+    /* a collective on the thread's own communicator: each rank sends its vector to every rank */
+    {
+      int n = size, cnt[64], dis[64]; MPI_Datatype ts[64];
+      double *rb = malloc(sizeof(double) * SPAN * n);
+      for (int i = 0; i < n; ++i) { cnt[i] = 1; dis[i] = (int)(i * SPAN * sizeof(double)); ts[i] = t; }
+      int scnt[64], sdis[64]; MPI_Datatype sts[64];
+      for (int i = 0; i < n; ++i) { scnt[i] = 1; sdis[i] = 0; sts[i] = t; }
+      for (int i = 0; i < SPAN * n; ++i) rb[i] = -2;
+      MPI_Alltoallw(src, scnt, sdis, sts, rb, cnt, dis, ts, comms[k]);
+      for (int i = 0; i < SPAN; ++i) dst[i] += rb[((rank + 1) % n) * SPAN + i];
+      free(rb);
     }
     MPI_Type_free(&t);
     memcpy(out + ((size_t)k * rounds + r) * SPAN, dst, sizeof dst);
@@ -50,6 +64,7 @@ int main(int argc, char **argv) {
     return 3;
   }
   out = malloc(sizeof(double) * nthreads * rounds * SPAN);
+  for (int k = 0; k < nthreads; ++k) MPI_Comm_dup(MPI_COMM_WORLD, &comms[k]);
   pthread_t th[64];
   for (int k = 0; k < nthreads; ++k) pthread_create(&th[k], NULL, worker, (void *)(long)k);
   for (int k = 0; k < nthreads; ++k) pthread_join(th[k], NULL);
@@ -59,6 +74,7 @@ int main(int argc, char **argv) {
   fwrite(out, sizeof(double), (size_t)nthreads * rounds * SPAN, f);
   fclose(f);
   free(out);
+  for (int k = 0; k < nthreads; ++k) MPI_Comm_free(&comms[k]);
   MPI_Finalize();
   return 0;
 }
