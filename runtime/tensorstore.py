@@ -722,7 +722,13 @@ class TensorStore:
     def _put_inline(self, key: str, flat: np.ndarray, meta: Dict[str, Any], pin: bool, keep: Any) -> Any:
         data_off = HEADER + flat.ctypes.data % HEADER
         meta = dict(meta, checksum=None, offset=data_off, crc=None)
-        header = _header(meta, PADDED)
+        try:
+            header = _header(meta, PADDED)   # a key too long for the header: refused here
+        except BaseException as e:  # noqa: BLE001 - the future carries it, as from a worker
+            self._key_lock(key).release()
+            fut = concurrent.futures.Future()
+            fut.set_exception(e)
+            return fut
         file_bytes = _entry_io.padded(data_off + flat.nbytes)
         spare = self._take_spare(file_bytes)
         try:
