@@ -576,9 +576,10 @@ CuPointerGetAttribute cuda_driver() {
 
 // Device and managed allocations this thread has seen, as the driver reported their address
 // ranges: a buffer inside one is known without asking the driver again, so messages on the same
-// device arrays cost no driver call after the first. Only device verdicts are kept. An allocation's range stays device memory
-// while the program's context lives (the driver keeps the address space reserved), whereas a
-// host verdict could go stale: freed host memory can be mapped again by the driver.
+// device arrays cost no driver call after the first. Only device verdicts are kept. An
+// allocation's range stays device memory while the program's context lives (the driver keeps the
+// address space reserved), whereas a host verdict could go stale: freed host memory can be
+// mapped again by the driver.
 constexpr int kDeviceRanges = 16;
 HAULER_TLS uintptr_t tl_dev_lo[kDeviceRanges];
 HAULER_TLS uintptr_t tl_dev_hi[kDeviceRanges];
@@ -743,8 +744,8 @@ std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datat
                                            Where* where = nullptr, const Peer& to = Peer()) {
   auto plan = choose(count, t, keep, to);
   if (where) *where = Where::host;
-  if (plan && buf != nullptr &&
-      device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo, static_cast<size_t>(plan->span_hi - plan->span_lo))) {
+  if (plan && buf != nullptr && device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo,
+                                              static_cast<size_t>(plan->span_hi - plan->span_lo))) {
     if (where && g.gpu && gpu().backend) {
       *where = plan->total <= g.gpu_oneshot_max ? Where::oneshot : Where::device;
       return plan;
@@ -1245,12 +1246,13 @@ struct Mine {
 };
 
 // The shim's requests among reqs[0..n), in index order, their records taken out (one pass under
-// the lock); nothing at all while the shim has no request pending (the pass-through case).
-// Per-thread storage, reused; every caller hands each record on (finish) or back (put_back).
-std::vector<Mine>& take_among(int n, const MPI_Request* reqs) {
+// the lock); nullptr when there are none, and then nothing is touched at all while the shim has
+// no request pending (the pass-through case: no thread_local, no lock). Per-thread storage,
+// reused; every caller hands each record on (finish) or back (put_back).
+std::vector<Mine>* take_among(int n, const MPI_Request* reqs) {
+  if (n <= 0 || g_nreqs.load(std::memory_order_relaxed) == 0) return nullptr;
   static thread_local std::vector<Mine> mine;
   mine.clear();
-  if (n <= 0 || g_nreqs.load(std::memory_order_relaxed) == 0) return mine;
   std::lock_guard<std::mutex> lk(g_req_mu);
   for (int i = 0; i < n; ++i) {
     if (reqs[i] == MPI_REQUEST_NULL) continue;
@@ -1259,7 +1261,7 @@ std::vector<Mine>& take_among(int n, const MPI_Request* reqs) {
     g_nreqs--;
     mine.push_back(Mine{i, std::move(node)});
   }
-  return mine;
+  return mine.empty() ? nullptr : &mine;
 }
 
 // The statuses array a call writes: the application's, or per-thread scratch when it passed
@@ -1287,16 +1289,16 @@ int all(int n, const int* flag, MPI_Status* statuses, std::vector<Mine>& mine, F
 
 int waitall(int n, MPI_Request* reqs, MPI_Status* statuses) {
   progress_orphans(false);
-  auto& mine = take_among(n, reqs);
-  if (mine.empty()) return PMPI_Waitall(n, reqs, statuses);
-  return all(n, nullptr, statuses, mine, [&](MPI_Status* s) { return PMPI_Waitall(n, reqs, s); });
+  std::vector<Mine>* mine = take_among(n, reqs);
+  if (!mine) return PMPI_Waitall(n, reqs, statuses);
+  return all(n, nullptr, statuses, *mine, [&](MPI_Status* s) { return PMPI_Waitall(n, reqs, s); });
 }
 
 int testall(int n, MPI_Request* reqs, int* flag, MPI_Status* statuses) {
   progress_orphans(false);
-  auto& mine = take_among(n, reqs);
-  if (mine.empty()) return PMPI_Testall(n, reqs, flag, statuses);
-  return all(n, flag, statuses, mine, [&](MPI_Status* s) { return PMPI_Testall(n, reqs, flag, s); });
+  std::vector<Mine>* mine = take_among(n, reqs);
+  if (!mine) return PMPI_Testall(n, reqs, flag, statuses);
+  return all(n, flag, statuses, *mine, [&](MPI_Status* s) { return PMPI_Testall(n, reqs, flag, s); });
 }
 
 // The shim's request that was at index i, if any.
@@ -1321,16 +1323,16 @@ int any(int* index, const int* flag, MPI_Status* status, std::vector<Mine>& mine
 
 int waitany(int n, MPI_Request* reqs, int* index, MPI_Status* status) {
   progress_orphans(false);
-  auto& mine = take_among(n, reqs);
-  if (mine.empty()) return PMPI_Waitany(n, reqs, index, status);
-  return any(index, nullptr, status, mine, [&](MPI_Status* s) { return PMPI_Waitany(n, reqs, index, s); });
+  std::vector<Mine>* mine = take_among(n, reqs);
+  if (!mine) return PMPI_Waitany(n, reqs, index, status);
+  return any(index, nullptr, status, *mine, [&](MPI_Status* s) { return PMPI_Waitany(n, reqs, index, s); });
 }
 
 int testany(int n, MPI_Request* reqs, int* index, int* flag, MPI_Status* status) {
   progress_orphans(false);
-  auto& mine = take_among(n, reqs);
-  if (mine.empty()) return PMPI_Testany(n, reqs, index, flag, status);
-  return any(index, flag, status, mine, [&](MPI_Status* s) { return PMPI_Testany(n, reqs, index, flag, s); });
+  std::vector<Mine>* mine = take_among(n, reqs);
+  if (!mine) return PMPI_Testany(n, reqs, index, flag, status);
+  return any(index, flag, status, *mine, [&](MPI_Status* s) { return PMPI_Testany(n, reqs, index, flag, s); });
 }
 
 template <typename F>
@@ -1347,17 +1349,17 @@ int some(int n, int* outcount, int* indices, MPI_Status* statuses, std::vector<M
 
 int waitsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
   progress_orphans(false);
-  auto& mine = take_among(n, reqs);
-  if (mine.empty()) return PMPI_Waitsome(n, reqs, outcount, indices, statuses);
-  return some(n, outcount, indices, statuses, mine,
+  std::vector<Mine>* mine = take_among(n, reqs);
+  if (!mine) return PMPI_Waitsome(n, reqs, outcount, indices, statuses);
+  return some(n, outcount, indices, statuses, *mine,
               [&](MPI_Status* s) { return PMPI_Waitsome(n, reqs, outcount, indices, s); });
 }
 
 int testsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_Status* statuses) {
   progress_orphans(false);
-  auto& mine = take_among(n, reqs);
-  if (mine.empty()) return PMPI_Testsome(n, reqs, outcount, indices, statuses);
-  return some(n, outcount, indices, statuses, mine,
+  std::vector<Mine>* mine = take_among(n, reqs);
+  if (!mine) return PMPI_Testsome(n, reqs, outcount, indices, statuses);
+  return some(n, outcount, indices, statuses, *mine,
               [&](MPI_Status* s) { return PMPI_Testsome(n, reqs, outcount, indices, s); });
 }
 
