@@ -320,8 +320,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=core.positive_int, default=4,
                    help="launches of each side, alternated; medians over them (default 4)")
     p.add_argument("--quick", action="store_true", help="1 B, 64 B and 4 KiB blocks; 1 KiB, 1 MiB messages")
-    p.add_argument("--model", default=None, type=core.readable_file, help="HAULER_INTERPOSE_MODEL file for the runs with the shim (default: "
-                                                 "the one the shim would read, see the header's model line)")
+    p.add_argument("--model", default=None, type=core.readable_file,
+                   help="HAULER_INTERPOSE_MODEL file for the runs with the shim (default: the one the shim would "
+                        "read, see the header's model line)")
     core.add_format_args(p)
 
 
@@ -465,16 +466,18 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                    f"their medians and speedups the median of each round's ratio; ping-pong: one-way time = round "
                    f"trip / 2; halo: one 26-neighbour exchange; calls: per MPI call of 16 Irecv + 16 Isend to "
                    f"self + Waitall, +call = the shim's extra ns per call"),
-        ("model", in_effect or f"the shim's built-in model (HAULER_INTERPOSE_MODEL unset, no calibrated model at "
-                               f"{interpose.default_model_path()})"),
+        ("model", in_effect or "the shim's built-in model (" + (
+            "HAULER_INTERPOSE_MODEL=builtin" if os.environ.get("HAULER_INTERPOSE_MODEL") == "builtin" else
+            f"HAULER_INTERPOSE_MODEL unset, no calibrated model at {interpose.default_model_path()}") + ")"),
         ("GB/s", "data bytes of the message (halo: all 26 faces) / one-way time / 1e9"),
         ("x", "speedup = library time / +hauler time (rounds: the lowest and highest of the rounds' own "
               "ratios, the spread a noisy machine gives between launches); one run = in the launches with the "
-              "shim, batches with it paused by MPI_Pcontrol(0) over batches with it on, interleaved (cancels what slows "
-              "both sides of a launch alike, not what slows one side, e.g. the library's contiguous transfers; the "
-              "paused side still pays the shim's pass-through, see +call); vs contig = +hauler time of the vector / the library's "
-              "time for the same bytes contiguous; bound (halo) = the library's halo time / its time for the same "
-              "exchange of faces already contiguous (halobytes rows): the most any packing can gain, packing for free"),
+              "shim, batches with it paused by MPI_Pcontrol(0) over batches with it on, interleaved (cancels what "
+              "slows both sides of a launch alike, not what slows one side, e.g. the library's contiguous "
+              "transfers; the paused side still pays the shim's pass-through, see +call); vs contig = +hauler "
+              "time of the vector / the library's time for the same bytes contiguous; bound (halo) = the "
+              "library's halo time / its time for the same exchange of faces already contiguous (halobytes rows): "
+              "the most any packing can gain, packing for free"),
         ("correct", "ping-pong data came back exactly (gaps untouched) and the receive buffers' checksums agree "
                     "between the two runs"),
     ]
