@@ -708,6 +708,14 @@ class TensorStore:
             return False
         return True
 
+    def _refused(self, key: str, error: BaseException) -> "concurrent.futures.Future":
+        """The future of an inline request that failed before it started: it carries the error, as
+        one from a worker would, and key's lock (taken by _inline_claim) goes back."""
+        self._key_lock(key).release()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut.set_exception(error)
+        return fut
+
     def _start(self, op: "_Op") -> "_PolledFuture":
         with self._ops_lock:
             self._ops[op.rid] = op
@@ -725,10 +733,7 @@ class TensorStore:
         try:
             header = _header(meta, PADDED)   # a key too long for the header: refused here
         except BaseException as e:  # noqa: BLE001 - the future carries it, as from a worker
-            self._key_lock(key).release()
-            fut = concurrent.futures.Future()
-            fut.set_exception(e)
-            return fut
+            return self._refused(key, e)
         file_bytes = _entry_io.padded(data_off + flat.nbytes)
         spare = self._take_spare(file_bytes)
         try:
@@ -738,10 +743,7 @@ class TensorStore:
                 with self._lock:
                     self._spares.append(spare)
                     self._spare_bytes += spare[1]
-            self._key_lock(key).release()
-            fut = concurrent.futures.Future()
-            fut.set_exception(e)
-            return fut
+            return self._refused(key, e)
         final = self._path(key)
         tmp = f"{final[:-len(SUFFIX)]}.tmp.{uuid.uuid4().hex[:8]}{SUFFIX}"
         f = None
@@ -754,10 +756,7 @@ class TensorStore:
             _unlink(tmp)
             with self._lock:
                 self._reserved -= file_bytes
-            self._key_lock(key).release()
-            fut = concurrent.futures.Future()
-            fut.set_exception(e)
-            return fut
+            return self._refused(key, e)
         meta["version"] = PADDED
         return self._start(_Op(self, "put", key, rid, f, keep=(bufs, keep), tmp=tmp, final=final,
                                file_bytes=file_bytes, pin=pin, meta=meta))
@@ -769,7 +768,6 @@ class TensorStore:
             e = self._entries.get(key)
             if e is not None:
                 e.last_use = time.monotonic()
-        fut = concurrent.futures.Future()
         data_off = int(meta["offset"])
         f = None
         try:
@@ -792,9 +790,7 @@ class TensorStore:
         except BaseException as err:  # noqa: BLE001
             if f is not None:
                 f.close()
-            self._key_lock(key).release()
-            fut.set_exception(err)
-            return fut
+            return self._refused(key, err)
         return self._start(_Op(self, "get", key, rid, f, keep=flat, meta=meta, result=result, finish=finish))
 
     def _finish(self, op: "_Op") -> None:
