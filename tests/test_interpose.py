@@ -195,7 +195,7 @@ def test_library_owned_requests_and_receives(flav, np_, built, tmp_path):
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
-def test_calibrated_model_read_by_default(flav, built, tmp_path):
+def test_calibrated_model_read_by_default(flav, built, tmp_path, monkeypatch):
     """With HAULER_INTERPOSE_MODEL unset the shim reads the model `hauler-bench calibrate` writes
     ($XDG_CONFIG_HOME/hauler/interpose-model.txt); "builtin" ignores it."""
     from hauler.interpose import default_model_path, model_in_effect
@@ -205,16 +205,9 @@ def test_calibrated_model_read_by_default(flav, built, tmp_path):
     env = {"XDG_CONFIG_HOME": str(cfg)}
     assert default_model_path().startswith(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~"))
     (cfg / "hauler" / "interpose-model.txt").write_text(f"# pack nothing\n{flav}.max_block 0\n")
-    old = os.environ.get("XDG_CONFIG_HOME")
-    os.environ["XDG_CONFIG_HOME"] = str(cfg)
-    try:
-        assert model_in_effect({"HAULER_INTERPOSE_MODEL": ""}) == str(cfg / "hauler" / "interpose-model.txt")
-        assert model_in_effect({"HAULER_INTERPOSE_MODEL": "builtin"}) is None
-    finally:
-        if old is None:
-            os.environ.pop("XDG_CONFIG_HOME")
-        else:
-            os.environ["XDG_CONFIG_HOME"] = old
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(cfg))
+    assert model_in_effect({"HAULER_INTERPOSE_MODEL": ""}) == str(cfg / "hauler" / "interpose-model.txt")
+    assert model_in_effect({"HAULER_INTERPOSE_MODEL": "builtin"}) is None
     seed = str(random.randrange(1, 10**9))
     runs = {}
     for name, model in (("unset", ""), ("builtin", "builtin")):
