@@ -1,10 +1,12 @@
 """``hauler-bench calibrate``: measure when the interposer's packing pays, write a model file.
 
 For each installed MPI with a built interposer, 2 ranks ping-pong vector types (blocks of
-MPI_DOUBLEs, MPI_BYTEs below 8 bytes; stride 2 x block) with the library alone and with the interposer packing every
-non-contiguous message (a pack-everything model), alternating launches; and each rank sends the
-same messages to itself (the library copies those in process, where packing pays far less
-often). Every (peer or self, block, message) speedup is written as a ``<flavour>.grid`` line:
+MPI_DOUBLEs, MPI_BYTEs below 8 bytes; stride 2 x block) under the interposer with a pack-everything
+model, each case timed in batches with the interposer paused by MPI_Pcontrol(0) (the library
+alone) interleaved with batches packing, in the same launch; and each rank sends the same
+messages to itself (the library copies those in process, where packing pays far less often).
+The same launch, not alternate launches: on a shared or virtual machine one launch's transfers
+can run at a third of the next one's speed, which turned single cells of the grid upside down. Every (peer or self, block, message) speedup is written as a ``<flavour>.grid`` line:
 the shim packs a point-to-point message only where the median of its 3 nearest measured cells
 was faster packed.
 For MPI_Pack and the collectives it also picks, per flavour:
@@ -25,11 +27,11 @@ import datetime
 import os
 import statistics
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import core
 from .core import Column, Report, format_size
-from .mpi import _flavours, measured, summary
+from .mpi import _flavours, measured
 
 NAME = "calibrate"
 HELP = "measure pack vs pass-through per block and message size; write the interposer's model file"
@@ -43,7 +45,7 @@ COLUMNS = [
     Column("to", "to", "", left=True, width=4),
     Column("block", "block", "B", format_size, width=5),
     Column("bytes", "message", "B", format_size, width=7),
-    Column("lib_us", "library", "us", lambda v: f"{v:.1f}", width=8),
+    Column("lib_us", "library", "us", lambda v: f"{v:.1f}", width=8),   # the shim paused, same launch
     Column("shim_us", "packed", "us", lambda v: f"{v:.1f}", width=8),
     Column("speedup", "speedup", "x", lambda v: f"{v:.2f}"),
     Column("correct_text", "correct", "", left=True, width=7),
@@ -54,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mpi", default="all", type=core.mpi_flavours,
                    help="flavours: all, openmpi, mpich (comma-separated)")
     p.add_argument("--budget", type=core.positive_float, default=0.05, help="seconds per timed batch (default 0.05)")
-    p.add_argument("--rounds", type=core.positive_int, default=2, help="alternated launches per side (default 2)")
+    p.add_argument("--rounds", type=core.positive_int, default=2, help="launches (default 2)")
     from hauler.interpose import default_model_path
 
     out = default_model_path()
@@ -90,6 +92,17 @@ def choose_model(rows: List[Dict[str, Any]]) -> Dict[str, int]:
     return {"max_block": max_block, "min_bytes": min_bytes}
 
 
+def in_launch(launches: List[Tuple]) -> Tuple[float, float, Optional[float], bool]:
+    """(library time, packed time, speedup, correct) of one case from the interposer's launches,
+    each row (time packing, correct, checksum, time paused): median times, the median of each
+    launch's own ratio, and whether every launch checked out and left the same receive checksum."""
+    tl = statistics.median(v[3] for v in launches)
+    ts = statistics.median(v[0] for v in launches)
+    ratios = [v[3] / v[0] for v in launches if v[0] > 0]
+    correct = all(v[1] for v in launches) and len({v[2] for v in launches}) == 1
+    return tl, ts, (statistics.median(ratios) if ratios else None), correct
+
+
 def run(flavours: Optional[List[str]], budget: float, rounds: int, out_path: str, quick: bool = False,
         out: Optional[core.Output] = None) -> Report:
     mach = core.machine_info()
@@ -100,9 +113,10 @@ def run(flavours: Optional[List[str]], budget: float, rounds: int, out_path: str
     specs = [f"{kind}:{b}:{m}" for kind in ("dvector", "dself") for m in messages for b in blocks if b <= m]
     header = [("MPI", ", ".join(f"{f}: {cc}" for f, cc, _, _ in found) or "none"),
               ("machine", f"{mach['cpu']}, {mach['cores_usable']} usable cores; {mach['host']}; {mach['date']}"),
-              ("method", f"2-rank ping-pong, library alone vs interposer packing everything; median of 3 batches "
-                         f"of ~{budget:g} s; {rounds} alternated launches per side, median times and the median of the "
-                         f"rounds' own ratios"),
+              ("method", f"2-rank ping-pong under the interposer packing everything, in each launch 3 batches "
+                         f"paused by MPI_Pcontrol(0) (the library alone) interleaved with 3 packing, ~{budget:g} s "
+                         f"each, medians; {rounds} launches, median times and the median of the launches' own "
+                         f"ratios"),
               ("model", f"written to {out_path}")]
     rep = Report(benchmark=NAME, config={"budget": budget, "rounds": rounds, "out": out_path, "cases": specs},
                  header=header, columns=COLUMNS, warnings=warnings, info={"machine": mach})
@@ -114,13 +128,11 @@ def run(flavours: Optional[List[str]], budget: float, rounds: int, out_path: str
         pack_all = os.path.join(tmp, "pack-all.txt")
         with open(pack_all, "w") as f:
             f.write(PACK_ALL)
-        for flav, alone, shim in measured(found, budget, specs, rounds, {"HAULER_INTERPOSE_MODEL": pack_all},
-                                          rep.warnings):
+        for flav, _, shim in measured(found, budget, specs, rounds, {"HAULER_INTERPOSE_MODEL": pack_all},
+                                      rep.warnings, with_alone=False):
             rows = []
-            for key in sorted(alone, key=lambda k: (k[0], k[1], k[2])):
-                if key not in shim:
-                    continue
-                tl, ts, speedup, correct = summary(alone[key], shim[key])
+            for key in sorted(shim, key=lambda k: (k[0], k[1], k[2])):
+                tl, ts, speedup, correct = in_launch(shim[key])
                 row = {"mpi": flav, "to": "self" if key[0] == "dself" else "peer", "block": key[1], "bytes": key[2],
                        "lib_us": tl / 2 * 1e6, "shim_us": ts / 2 * 1e6, "speedup": speedup or 0.0, "correct": correct}
                 row["correct_text"] = "yes" if row["correct"] else "NO"

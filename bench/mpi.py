@@ -390,20 +390,23 @@ def _launch(flav: str, mpiexec: str, lib: Optional[str], argv: List[str],
 
 
 def alternate(flav: str, mpiexec: str, lib: str, argv: List[str], rounds: int,
-              shim_env: Optional[Dict[str, str]] = None) -> Tuple[Dict[Tuple, List], Dict[Tuple, List]]:
+              shim_env: Optional[Dict[str, str]] = None,
+              with_alone: bool = True) -> Tuple[Dict[Tuple, List], Dict[Tuple, List]]:
     """Launches the library alone and with the shim alternately (A B A B ...: a noisy phase hits
-    both sides of a round); each case's results, one per round, per side."""
+    both sides of a round); each case's results, one per round, per side. with_alone=False: the
+    shim's launches only (their rows carry the library's time too, paused by MPI_Pcontrol)."""
     alone: Dict[Tuple, List] = {}
     shim: Dict[Tuple, List] = {}
+    sides = ((alone, None), (shim, lib)) if with_alone else ((shim, lib),)
     for _ in range(rounds):
-        for dest, use in ((alone, None), (shim, lib)):
+        for dest, use in sides:
             for k, v in _launch(flav, mpiexec, use, argv, shim_env if use else None).items():
                 dest.setdefault(k, []).append(v)
     return alone, shim
 
 
 def measured(found: Sequence[Tuple[str, str, str, str]], budget: float, specs: List[str], rounds: int,
-             shim_env: Optional[Dict[str, str]], warnings: List[str]):
+             shim_env: Optional[Dict[str, str]], warnings: List[str], with_alone: bool = True):
     """Compiles the ping-pong program with each flavour's mpicc and runs `specs` alone and with the
     shim (alternate); yields (flavour, alone, shim). A flavour that fails to compile or run is a
     warning, not a row."""
@@ -418,7 +421,8 @@ def measured(found: Sequence[Tuple[str, str, str, str]], budget: float, specs: L
                 warnings.append(f"{flav}: compiling the benchmark failed: {p.stdout.decode()[-500:]}")
                 continue
             try:
-                alone, shim = alternate(flav, mpiexec, lib, [exe, str(budget)] + specs, rounds, shim_env)
+                alone, shim = alternate(flav, mpiexec, lib, [exe, str(budget)] + specs, rounds, shim_env,
+                                        with_alone)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 warnings.append(f"{flav}: {e}")
                 continue

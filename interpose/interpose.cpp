@@ -62,10 +62,12 @@ struct Config {
   std::string report;    // HAULER_INTERPOSE_REPORT: "", "1"/"stderr", or a path (%r = rank)
   std::string model;     // HAULER_INTERPOSE_MODEL
   // The model: pack a non-contiguous message when its mean contiguous block is at most
-  // max_block bytes and the message has at least min_bytes bytes. 32: in hauler-bench mpi on 2
-  // ranks (shared memory) packing won at 1-8 B blocks under both MPIs (1.3-37x) and lost at 512 B
-  // (0.4-0.8x) and at 64 B for 1 KiB and >= 1 MiB messages on Open MPI (0.5-0.7x).
-  int64_t max_block = 32;
+  // max_block bytes and the message has at least min_bytes bytes. 64: `hauler-bench calibrate`
+  // on 2 ranks (shared memory), the library and the packing timed in the same launches: packing
+  // 64 B blocks won 1.1-2.3x to the other rank under Open MPI and 1.5-3x under MPICH (256 B
+  // blocks lost, 0.7-0.98x, bar noise); it lost to the rank itself under Open MPI below 16 KiB
+  // (0.4-0.7x), which only a calibrated grid tells apart.
+  int64_t max_block = 64;
   int64_t min_bytes = 256;
   // Device buffers: packed messages of at most gpu_oneshot_max bytes are staged in mapped pinned
   // host memory (TEMPI's one-shot: no device-to-host copy, the library sends host bytes), larger

@@ -398,6 +398,19 @@ def test_choose_model():
     assert choose_model(rows) == {"max_block": 4096, "min_bytes": 1024}
 
 
+def test_calibrate_takes_each_launchs_own_ratio():
+    """calibrate's speedup is the median of each launch's paused/packing ratio, not a ratio of
+    medians across launches (a slow launch must not flip a cell); a launch that checked out wrong,
+    or receive checksums that differ between launches, make the case incorrect."""
+    from hauler.bench.calibrate import in_launch
+    # (time packing, correct, checksum, time paused): a fast launch and two slow ones, all 2x
+    rows = [(1.0, True, "a", 2.0), (5.0, True, "a", 10.0), (6.0, True, "a", 12.0)]
+    tl, ts, speedup, correct = in_launch(rows)
+    assert (tl, ts, speedup, correct) == (10.0, 5.0, 2.0, True)
+    assert in_launch(rows[:2] + [(6.0, False, "a", 12.0)])[3] is False
+    assert in_launch(rows[:2] + [(6.0, True, "b", 12.0)])[3] is False
+
+
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
 def test_device_buffers_go_to_the_library(flav, built, tmp_path):
     """With a CUDA driver loaded in the program (here a stand-in libcuda.so.1 that calls every
