@@ -411,6 +411,15 @@ def test_calibrate_takes_each_launchs_own_ratio():
     assert in_launch(rows[:2] + [(6.0, True, "b", 12.0)])[3] is False
 
 
+def test_bench_mpi_compares_cases_within_each_launch():
+    """`vs contig` and `bound` divide two cases' times launch by launch (a slow launch slows both),
+    then take the median; a launch with no time for the base case is left out."""
+    from hauler.bench.mpi import launch_ratio
+    rows = [(2.0, True, "x", 0.0), (9.0, True, "x", 0.0), (4.0, True, "x", 0.0)]
+    assert launch_ratio(rows, [1.0, 3.0, 0.0]) == 2.5
+    assert launch_ratio(rows, []) is None
+
+
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
 def test_device_buffers_go_to_the_library(flav, built, tmp_path):
     """With a CUDA driver loaded in the program (here a stand-in libcuda.so.1 that calls every
