@@ -77,6 +77,13 @@ class Offload:
             raise InvalidArgument(f"store must be a hauler TensorStore, got {type(store).__name__}")
         if store is not None and directory is not None:
             raise InvalidArgument("give a directory or a store, not both")
+        # settings of the store offload makes: with the caller's store they would be ignored
+        mine = {"threads": (threads, 4), "verify": (verify, False), "recycle": (recycle, 64 << 20),
+                "keep_files": (keep_files, 4 << 30), "inline": (inline, False)}
+        ignored = [k for k, (v, dflt) in mine.items() if v != dflt]
+        if store is not None and ignored:
+            raise InvalidArgument(f"{', '.join(ignored)} configure the store offload makes for a directory; "
+                                  f"with store=, give them to that TensorStore")
         self._tmp = None
         if store is None:
             if directory is None:

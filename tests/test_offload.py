@@ -260,3 +260,20 @@ def test_directory_and_store_together_refused(tmp_path):
     with pytest.raises(InvalidArgument, match="a directory or a store, not both"):
         offload(str(tmp_path / "d"), store=store)
     store.close()
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    ({"inline": True}, "inline"),
+    ({"threads": 2, "verify": True}, "threads, verify"),
+    ({"recycle": 0, "keep_files": 0}, "recycle, keep_files"),
+])
+def test_store_settings_with_a_store_refused(kwargs, names, tmp_path):
+    """The settings of the store offload makes for a directory used to be dropped silently when the
+    caller gave its own store (inline=True ran the worker path); the store is left as it was."""
+    from hauler.errors import InvalidArgument
+    store = TensorStore(tmp_path / "s")
+    with pytest.raises(InvalidArgument, match=f"^{names} configure the store offload makes"):
+        offload(store=store, **kwargs)
+    with offload(store=store, threads=4, inline=False) as off:  # the defaults, spelled out: accepted
+        assert off.store is store
+    store.close()
