@@ -6,9 +6,10 @@ model, each case timed in batches with the interposer paused by MPI_Pcontrol(0) 
 alone) interleaved with batches packing, in the same launch; and each rank sends the same
 messages to itself (the library copies those in process, where packing pays far less often).
 The same launch, not alternate launches: on a shared or virtual machine one launch's transfers
-can run at a third of the next one's speed, which turned single cells of the grid upside down. Every (peer or self, block, message) speedup is written as a ``<flavour>.grid`` line:
-the shim packs a point-to-point message only where the median of its 3 nearest measured cells
-was faster packed.
+can run at a third of the next one's speed, which turned single cells of the grid upside down.
+Every (peer or self, block, message) speedup is written as a ``<flavour>.grid`` line: the shim
+packs a point-to-point message only where the median of its 3 nearest measured cells was faster
+packed.
 For MPI_Pack and the collectives it also picks, per flavour:
 
   max_block  the largest block size (bytes) at which packing is faster for messages of 16 KiB
