@@ -363,6 +363,8 @@ static void section_counts_truncation_zero_bottom(void) {
     MPI_Recv(rb, 1, w, 0, 6, c, &st);
     put("freed-send", rb, sizeof rb);
     MPI_Request r;
+    /* MPICH 4.0.2 alone prints "yaksa: 1 leaked handle pool objects" at Finalize after this
+     * cancel of a derived-type receive (its own leak; with the shim it is a byte receive) */
     MPI_Irecv(rb, 1, w, 0, 12345, c, &r);
     MPI_Cancel(&r);
     MPI_Wait(&r, &st);
