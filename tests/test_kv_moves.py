@@ -184,3 +184,41 @@ def test_device_layouts_without_a_gpu_raise_no_device(no_gpu):
     with pytest.raises(NoDevice, match="needs a GPU"):
         kv.gather_blocks(c.layout, [1], out)
     assert (out == 0xA5).all()
+
+
+def test_more_bad_moves_raise_before_writing():
+    from hauler.errors import BufferTooSmall
+    rng = np.random.default_rng(13)
+    c = make_cache("vllm_flash_hnd", rng, L=2, NB=4, BS=4, H=2, D=8)
+    before = c.snapshot()
+    small = np.zeros(c.layout.block_bytes * 2 - 1, np.uint8)
+    with pytest.raises(BufferTooSmall, match=f"buffer holds {small.size} bytes"):
+        kv.scatter_blocks(c.layout, [0, 1], small)
+    with pytest.raises(InvalidArgument, match="repeats"):
+        kv.scatter_blocks(c.layout, [2, 2], np.zeros(c.layout.block_bytes * 2, np.uint8))
+    with pytest.raises(InvalidArgument, match=r"shape \(n, 2\)"):
+        kv.copy_blocks(c.layout, c.layout, [1, 2])
+    other = make_cache("vllm_flash_nhd", rng, L=2, NB=4, BS=8, H=2, D=8)
+    with pytest.raises(InvalidArgument, match="block sizes differ: src 4, dst 8"):
+        kv.copy_blocks(c.layout, other.layout, [[0, 0]])
+    with pytest.raises(OutOfRange, match=r"dst_blocks\[0\]=4"):
+        kv.copy_blocks(c.layout, make_cache("vllm_flash_nhd", rng, L=2, NB=4, BS=4, H=2, D=8).layout, [[0, 4]])
+    # a plan for other blocks or buffers is refused, not silently run
+    out = np.zeros(c.layout.block_bytes * 2, np.uint8)
+    p = kv.plan(c.layout, [0, 1], kv.contiguous_layout_like(c.layout, 2, out), [0, 1])
+    with pytest.raises(InvalidArgument, match="other block ids"):
+        kv.gather_blocks(c.layout, [1, 0], out, plan=p)
+    with pytest.raises(InvalidArgument, match="other layouts or buffers"):
+        kv.gather_blocks(c.layout, [0, 1], np.zeros_like(out), plan=p)
+    assert all(v.tobytes() == w.tobytes() for v, w in zip(c.planes, before))
+    kv.gather_blocks(c.layout, [0, 1], out, plan=p)
+    assert out.tobytes() == c.blocks([0, 1]).tobytes()
+
+
+def test_threads_split_a_move_by_bytes(parallel_always):
+    c = make_cache("vllm_flash_nhd", np.random.default_rng(14), L=2, NB=64, BS=16, H=2, D=64)
+    ids = np.random.default_rng(15).integers(0, 64, 100)
+    for threads in (1, 2, 3, 7):
+        out = np.full(c.layout.block_bytes * len(ids), 0xA5, np.uint8)
+        kv.gather_blocks(c.layout, ids, out, threads=threads)
+        assert out.tobytes() == c.blocks(ids).tobytes(), threads
