@@ -134,20 +134,26 @@ class Plan:
         return f"<kv.Plan {self.num_segments} segments, {self.nbytes} bytes>"
 
 
+def _hindexed(lens: Any, disps: Any, old: Any) -> Any:
+    """Datatype.hindexed without its per-element Python checks: the lists are int64 arrays already."""
+    from ..datatype import Datatype
+    return Datatype(_core.hindexed(np.asarray(lens, np.int64).tolist(), np.asarray(disps, np.int64).tolist(), old._t))
+
+
 def _side_type(segs: np.ndarray, side: int, groups: int):
     """One side's Datatype: bytes hindexed over the pieces; when the (layer, plane) groups repeat one
     pattern, that pattern once, placed per group (hvector when the groups are evenly spaced)."""
     from ..datatype import BYTE, Datatype
     if groups <= 1:
-        return Datatype.hindexed(segs[:, 2].tolist(), segs[:, side].tolist(), BYTE)
+        return _hindexed(segs[:, 2], segs[:, side], BYTE)
     g = segs.reshape(groups, -1, 3)
     first = g[0]
-    inner = Datatype.hindexed(first[:, 2].tolist(), (first[:, side] - first[0, side]).tolist(), BYTE)
+    inner = _hindexed(first[:, 2], first[:, side] - first[0, side], BYTE)
     starts = g[:, 0, side]
     steps = np.diff(starts)
     if len(steps) and (steps == steps[0]).all():
-        return Datatype.hindexed([1], [int(starts[0])], Datatype.hvector(groups, 1, int(steps[0]), inner))
-    return Datatype.hindexed([1] * groups, starts.tolist(), inner)
+        return _hindexed([1], starts[:1], Datatype.hvector(groups, 1, int(steps[0]), inner))
+    return _hindexed(np.ones(groups, np.int64), starts, inner)
 
 
 def plan(src_layout: KVLayout, src_blocks: Any, dst_layout: KVLayout, dst_blocks: Any, layers: Any = None,
