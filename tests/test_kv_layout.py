@@ -120,3 +120,16 @@ def test_refusals():
                              {"block": 512, "token": 16, "head": 128, "dim": 2, "dim_hi": 64}, x=3)
     with pytest.raises(AttributeError):
         kv.KVLayout.vllm_flash([a]).num_blocks = 3
+
+
+def test_host_objects_must_expose_their_memory():
+    with pytest.raises(InvalidArgument, match="is not a tensor"):
+        kv.KVLayout.mla([[[[0.0]]]])
+    ro = np.zeros((2, 4, 4, 2, 8), np.float16)
+    ro.setflags(write=False)
+    l = kv.KVLayout.vllm_flash([ro])
+    c = np.zeros((2, 4, 4, 2, 8), np.float16)
+    from hauler.errors import ReadOnlyBuffer
+    with pytest.raises(ReadOnlyBuffer, match="read-only"):
+        kv.copy_blocks(kv.KVLayout.vllm_flash([c]), l, [[0, 1]])
+    kv.copy_blocks(l, kv.KVLayout.vllm_flash([c]), [[0, 1]])
