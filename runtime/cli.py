@@ -206,12 +206,36 @@ def cmd_interpose(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_USAGE = "usage: hauler run [--launcher MPIEXEC] [--dry-run] [launcher options] -- program args..."
+RUN_HELP = f"""{RUN_USAGE}
+
+Run an MPI job with hauler's interposer (libhauler_interpose.so) preloaded into every rank, so an
+unchanged MPI program packs its derived datatypes with hauler's engine.
+
+options (before '--'):
+  --launcher MPIEXEC   the launcher to run (a name on PATH or a path); default: the mpiexec of the
+                       MPI hauler finds (HAULER_MPICC > MPICC > PATH). Its flavour (Open MPI or
+                       MPICH) picks the interposer built for it and how LD_PRELOAD is passed
+                       (Open MPI: -x LD_PRELOAD=..., MPICH: -genv LD_PRELOAD ...).
+  --dry-run            print the command line that would run, and run nothing
+  -h, --help           print this help and exit
+  launcher options     anything else before '--' goes to the launcher unchanged (e.g. -n 4)
+
+after '--': the program and its arguments.
+
+example: hauler run -n 2 -- ./a.out input.dat    (see what it runs: add --dry-run)
+"""
+
+
 def cmd_run(argv: List[str]) -> int:
     """hauler run [--launcher L] [--dry-run] [launcher options] -- program args..."""
     from . import interpose
+    # Only what comes before '--' is hauler's: the program may take -h itself.
+    if {"-h", "--help"} & set(argv[:argv.index("--")] if "--" in argv else argv):
+        sys.stdout.write(RUN_HELP)
+        return 0
     if "--" not in argv:
-        sys.stderr.write("usage: hauler run [--launcher MPIEXEC] [--dry-run] [launcher options] "
-                         "-- program args...\n")
+        sys.stderr.write(RUN_USAGE + " (hauler run --help explains)\n")
         return 2
     cut = argv.index("--")
     opts, program = argv[:cut], argv[cut + 1:]
@@ -266,8 +290,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     "core count and settings")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("run", help="run an MPI job with the interposer preloaded: "
-                                   "hauler run [--launcher MPIEXEC] [launcher options] -- prog args")
+    sub.add_parser("run", help="run an MPI job with the interposer preloaded: "
+                               "hauler run [--launcher MPIEXEC] [launcher options] -- prog args "
+                               "(hauler run --help explains)")
     p = sub.add_parser("interpose", help="the LD_PRELOAD interposer library")
     p.add_argument("--path", action="store_true", help="print the library path (the default)")
     p.add_argument("--list", action="store_true", help="every flavour built, with its path")
