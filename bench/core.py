@@ -194,13 +194,8 @@ def hauler_info() -> Dict[str, Any]:
                             "threads_default": int(_core.threads()),
                             "cuda_available": bool(hauler.cuda_available()),
                             "cuda_status": str(hauler.cuda_status())}
-    build = None
-    path = os.path.join(os.path.dirname(os.path.abspath(str(info["core"] or ""))), "_build_info.json")
-    try:
-        with open(path) as f:
-            build = json.load(f)
-    except (OSError, ValueError):
-        pass
+    from hauler import _build
+    build = _build.read()["info"]
     info["build"] = build
     core_build = (build or {}).get("core", {}) if isinstance(build, dict) else {}
     if core_build:

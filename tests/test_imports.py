@@ -61,3 +61,46 @@ def test_import_hauler_loads_no_heavy_module_and_no_submodule():
 
 def test_dir_lists_the_lazy_submodules():
     assert set(hauler._LAZY_SUBMODULES) <= set(dir(hauler))
+
+
+def _import_graph(package_dir: str):
+    """{module: modules of the package it imports}, function-local imports included (a lazy
+    import is still a dependency); the package's __init__ is left out (every module may ask it
+    for the core)."""
+    import ast
+    mods = {f[:-3] for f in os.listdir(package_dir) if f.endswith(".py")} - {"__init__"}
+    graph = {}
+    for m in mods:
+        with open(os.path.join(package_dir, m + ".py")) as f:
+            tree = ast.parse(f.read())
+        deps = set()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 and node.module:
+                deps.add(node.module.split(".")[0])
+            elif node.level == 1:
+                deps.update(a.name for a in node.names)
+            elif node.module and node.module.startswith("hauler."):
+                deps.add(node.module.split(".")[1])
+        graph[m] = deps & mods
+    return graph
+
+
+def _cycles(graph):
+    found = []
+    for start in sorted(graph):
+        stack = [(start, [start])]
+        while stack:
+            mod, path = stack.pop()
+            for dep in graph[mod]:
+                if dep == start:
+                    found.append(" -> ".join(path + [start]))
+                elif dep not in path and dep > start:  # each cycle once, from its smallest module
+                    stack.append((dep, path + [dep]))
+    return found
+
+
+def test_no_module_of_hauler_imports_one_that_imports_it_back():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a -> b -> c -> a"]
+    assert _cycles(_import_graph(os.path.dirname(hauler.__file__))) == []
