@@ -530,9 +530,7 @@ def _whole_file(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Outpu
                     if kind == "read":
                         correct[name] = bool(np.array_equal(res, src))
                     else:
-                        p = {"hauler": hpath, "numpy.tofile": paths["numpy"],
-                             "python write": paths["python"]}.get(name)
-                        correct[name] = True if p is None else _same_file(np, p, src)
+                        correct[name] = _written_right(name, paths, hpath, src, torch)
                 del res
             if ctx["fio"]:
                 try:
@@ -556,7 +554,12 @@ def _whole_file(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Outpu
             os.unlink(p)
 
 
-def _same_file(np: Any, path: str, src: Any) -> bool:
+def _written_right(name: str, paths: Dict[str, str], hpath: str, src: Any, torch: Any) -> bool:
+    """The file a writer made holds src: its bytes, or for torch.save what torch.load gives back."""
+    if name == "torch.save":
+        got = torch.load(paths["torch"], weights_only=True)
+        return got.dtype == torch.uint8 and got.numpy().tobytes() == src.tobytes()
+    path = {"hauler": hpath, "numpy.tofile": paths["numpy"], "python write": paths["python"]}[name]
     with open(path, "rb") as f:
         return f.read() == src.tobytes()
 
@@ -617,8 +620,9 @@ def _offload_row(r: Dict[str, Any], model: str, rss: Dict[str, int], rep: Report
     cpu_plain, cpu_off = med([c for _, c in r["plain"]]), med([c for _, c in r["offload"]])
     row = {"part": "offload", "pattern": f"train/{r['threads']}t", "bs": None, "qd": None,
            "hauler_gbps": None, "peer": "no offload", "peer_gbps": None,
-           "vs_peer": med([a[0] / b[0] for a, b in zip(r["plain"], r["offload"])]), "correct": True,
-           "correct_text": "yes", "torch_threads": r["threads"],
+           "vs_peer": med([a[0] / b[0] for a, b in zip(r["plain"], r["offload"])]),
+           "correct": bool(r["check"]["correct"]), "correct_text": "yes" if r["check"]["correct"] else "NO",
+           "check": r["check"], "torch_threads": r["threads"],
            "rounds": {"plain": [t for t, _ in r["plain"]], "offload": [t for t, _ in r["offload"]]},
            "model": model, "s_per_step_offload": off_s, "s_per_step_plain": plain_s,
            "peak_rss_mib_offload": rss["offload"] / 1024, "peak_rss_mib_plain": rss["plain"] / 1024,

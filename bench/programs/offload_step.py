@@ -27,15 +27,17 @@ off = None
 if mode in ("time", "rss-offload"):
     from hauler.offload import offload
     off = offload(directory, min_bytes=1 << 20)
-def step(o):
+def backward(o):
     opt.zero_grad(set_to_none=True)
-    t0, c0 = time.perf_counter(), os.times()
     if o is not None:
         with o:
             loss = model(x).square().mean()
     else:
         loss = model(x).square().mean()
     loss.backward()
+def step(o):
+    t0, c0 = time.perf_counter(), os.times()
+    backward(o)
     opt.step()
     c1 = os.times()
     return time.perf_counter() - t0, c1.user - c0.user + c1.system - c0.system
@@ -49,6 +51,16 @@ if mode.startswith("rss"):
     print(json.dumps({"peak_rss_kib": hwm()}))
     sys.exit(0)
 step(None), step(off), step(off)  # warm-up: allocator, store files, I/O rings
+# Correctness, untimed: from the same weights, the gradients of a step whose saved tensors went
+# through the store (some written and read back) equal those of a plain step, bit for bit.
+def grads(o):
+    backward(o)
+    return [p.grad.clone() for p in model.parameters()]
+written, read = off.stats["bytes_written"], off.stats["bytes_read"]
+diffs = [(a - b).abs().max().item() for a, b in zip(grads(None), grads(off))]
+written, read = off.stats["bytes_written"] - written, off.stats["bytes_read"] - read
+check = {"correct": max(diffs) == 0.0 and written > 0 and read > 0, "max_abs_diff": max(diffs),
+         "bytes_written": written, "bytes_read": read}
 for k in off.stats:
     off.stats[k] = 0
 plain, offl = [], []
@@ -57,7 +69,7 @@ for i in range(pairs):  # both in one process, alternating: drift hits both alik
         plain.append(step(None)); offl.append(step(off))
     else:
         offl.append(step(off)); plain.append(step(None))
-res = {"plain": plain, "offload": offl, "stats": dict(off.stats), "steps_counted": pairs,
+res = {"plain": plain, "offload": offl, "stats": dict(off.stats), "steps_counted": pairs, "check": check,
        "threads": torch.get_num_threads()}
 # The same I/O alone: one step's saved tensors (their sizes recorded by a forward pass)
 # written as forward does (all queued at once, then waited for), then read back as
