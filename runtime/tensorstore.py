@@ -76,9 +76,8 @@ class TensorStore(InlineRequests):
     sizes and headers are still checked). ``recycle``: bytes of memory of freed torch values
     that get keeps for later gets of the same size (0: none; hauler.offload keeps some).
     ``keep_files``: bytes of files of deleted entries kept (renamed aside) and overwritten by later
-    puts: writing over allocated blocks takes half the time and a third of the CPU of a new file
-    here (no block allocation, no io_uring worker hand-off); with a capacity they count against it
-    and go before any entry is evicted. Gets and deletes of one key take
+    puts: writing over allocated blocks needs no block allocation and no io_uring worker hand-off;
+    with a capacity they count against it and go before any entry is evicted. Gets and deletes of one key take
     its lock, so a file is never reused under a get still reading it.
 
     ``inline=True`` (needs ``sync`` and ``checksum`` off): a put or a get is submitted by the calling
@@ -440,9 +439,6 @@ class TensorStore(InlineRequests):
 
     def _get_after(self, putting: Any, key: str, out: Any) -> Any:
         putting.exception()   # submitted earlier to the same FIFO pool: running already, or done
-        return self._get(key, out)
-
-    def get_now(self, key: str, out: Any = None) -> Any:
         return self._get(key, out)
 
     def _get(self, key: str, out: Any = None) -> Any:
