@@ -5,7 +5,8 @@ import pytest
 
 from hauler import kv
 from hauler.errors import BufferTooSmall, InvalidArgument
-from support.kv_ref import KINDS, FakeCudaArray, make_cache
+from support.device import FakeCudaArray, FakeDLPackArray
+from support.kv_ref import KINDS, fake_cuda, make_cache
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -55,7 +56,9 @@ def test_device_tensors_are_device_layouts():
     l = kv.KVLayout.vllm_flash([FakeCudaArray(host)])
     assert l.device == "cuda" and l.num_blocks == 4
     strided = np.zeros((2, 4, 2, 4, 8), np.float16).transpose(0, 1, 3, 2, 4)
-    l2 = kv.KVLayout.vllm_flash([FakeCudaArray(strided)])
+    l2 = kv.KVLayout.vllm_flash([fake_cuda(strided)])
+    l3 = kv.KVLayout.vllm_flash([FakeDLPackArray(host)])
+    assert l3.device == "cuda:0" and l3.regions() == l.regions()
     assert l2.kind == "vllm_flash_nhd" and l2.extent_bytes == 4 * 2 * 8 * 2  # HND memory: a block is contiguous
 
 

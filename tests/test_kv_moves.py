@@ -168,7 +168,7 @@ def test_device_layouts_run_the_emulated_kernel(gpu_emulation):
     c = make_cache("vllm_legacy", rng, L=2, NB=5, BS=4, H=2, D=8, x=4, lib="fake_cuda")
     assert c.layout.device == "cuda"
     host = np.full(c.layout.block_bytes * 3, 0xA5, np.uint8)
-    from support.kv_ref import FakeCudaArray
+    from support.device import FakeCudaArray
     dev_out = FakeCudaArray(np.full(c.layout.block_bytes * 3, 0x5A, np.uint8))
     kv.gather_blocks(c.layout, [4, 0, 4], dev_out)      # device -> device
     kv.gather_blocks(c.layout, [4, 0, 4], host)         # device -> (pinned) host: the same one launch
@@ -225,7 +225,7 @@ def test_threads_split_a_move_by_bytes(parallel_always):
 
 
 def test_stream_is_for_device_moves(gpu_emulation):
-    from support.kv_ref import FakeCudaArray
+    from support.device import FakeCudaArray
     c = make_cache("cross_layer_hnd", np.random.default_rng(16), lib="fake_cuda")
     out = FakeCudaArray(np.full(c.layout.block_bytes * 2, 0xA5, np.uint8))
     kv.gather_blocks(c.layout, [5, 2], out, stream=7)  # queued on stream 7 (the emulation runs at once)
