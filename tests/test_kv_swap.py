@@ -389,3 +389,26 @@ def test_eio_on_one_swap_file_leaves_the_others(eio_fs, cache):
         cache.poison(a)
         space.swap_in("a", cache.layout, a).result(timeout=60)
         assert np.array_equal(cache.blocks(a), want_a)
+
+
+def test_freed_regions_are_reused_within_the_budget(cache):
+    bb = block_bytes()
+    want = cache.blocks([1, 2, 3, 4])
+    with SwapSpace(host_bytes=8 * bb) as space:
+        space.swap_out("a", cache.layout, [1, 2, 3, 4]).result()
+        space.swap_in("a", cache.layout, [1, 2, 3, 4], release=True).result()
+        k = space.counters
+        assert k["host_used_bytes"] == 0 and k["host_free_bytes"] == 4 * bb
+        space.swap_out("b", cache.layout, [1, 2, 3, 4]).result()      # the same size: the freed region
+        k = space.counters
+        assert k["host_used_bytes"] == 4 * bb and k["host_free_bytes"] == 0
+        space.discard("b")
+        # a larger group: the free region makes way (used + free never exceed host_bytes)
+        space.swap_out("c", cache.layout, list(range(10, 18))).result()
+        k = space.counters
+        assert k["host_used_bytes"] == 8 * bb and k["host_free_bytes"] == 0
+        space.discard("c")
+        space.swap_out("d", cache.layout, [1, 2, 3, 4]).result()
+        cache.poison([1, 2, 3, 4])
+        space.swap_in("d", cache.layout, [1, 2, 3, 4]).result()
+        assert np.array_equal(cache.blocks([1, 2, 3, 4]), want)

@@ -135,11 +135,15 @@ class SwapSpace:
     removed by :meth:`close`. ``ssd_bytes``: the SSD tier's budget (None: the file system's room).
     ``threads``: operations running at once. ``direct``, ``checksum``: as for
     :class:`hauler.io.TensorStore`. ``sync``: fsync each SSD copy (off: swap files do not outlive
-    the process, atomic replacement still holds).
+    the process, atomic replacement still holds). ``keep_files``: bytes of dropped SSD copies'
+    files kept and overwritten by later ones (no block allocation; they count against
+    ``ssd_bytes`` and go first when room is needed). Freed host regions are kept within
+    ``host_bytes`` for later groups of the same size (no page faults, no new GPU registration).
     """
 
     def __init__(self, host_bytes: int, path: Any = None, ssd_bytes: Optional[int] = None,
-                 threads: int = 2, direct: Optional[bool] = None, checksum: bool = True, sync: bool = False):
+                 threads: int = 2, direct: Optional[bool] = None, checksum: bool = True, sync: bool = False,
+                 keep_files: int = 1 << 30):
         self.host_bytes = _buffers.as_int("host_bytes", host_bytes, 0)
         self.ssd_bytes = None if ssd_bytes is None else _buffers.as_int("ssd_bytes", ssd_bytes, 0)
         if path is None and ssd_bytes:
@@ -156,12 +160,16 @@ class SwapSpace:
                 raise InvalidArgument(f"swap path {root!r}: it or a parent is a file, not a directory") from None
             self._dir = tempfile.mkdtemp(prefix="hauler-kvswap-", dir=root)
             self._store = TensorStore(self._dir, capacity=self.ssd_bytes, threads=self._threads, direct=direct,
-                                      sync=sync, checksum=checksum)
+                                      sync=sync, checksum=checksum, keep_files=keep_files)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self._threads,
                                                            thread_name_prefix="hauler-kvswap")
         self._lock = threading.RLock()   # the table, the budget, the counters (reentrant: a done callback may run inside)
         self._copies: Dict[Hashable, _Copy] = {}
-        self._host_used = 0                    # bytes of host regions, reservations included
+        self._host_used = 0                    # bytes of host regions in use, reservations included
+        # freed regions by size, kept within the budget for the next ones of that size (no page
+        # faults, no new GPU registration); dropped when new memory needs their room
+        self._free: Dict[int, List[Tuple[np.ndarray, Optional[int]]]] = {}
+        self._free_bytes = 0
         self._serial = 0
         self._closed = False
         self._counters: Dict[str, int] = dict.fromkeys(
@@ -278,6 +286,7 @@ class SwapSpace:
         with self._lock:
             d = dict(self._counters)
             d["host_used_bytes"] = self._host_used
+            d["host_free_bytes"] = self._free_bytes
         d["ssd_used_bytes"] = self._store.used_bytes if self._store is not None else 0
         return d
 
@@ -297,6 +306,8 @@ class SwapSpace:
             self._copies.clear()
         for c in copies:
             self._set_host(c, None, None)
+        with self._lock:
+            self._drop_free(self.host_bytes + 1)
         if self._store is not None:
             self._store.close()
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -369,6 +380,47 @@ class SwapSpace:
                 self._counters[k] += v
 
     # -- host tier -------------------------------------------------------------------------------
+    def _take_region(self, c: _Copy, size: int) -> Tuple[np.ndarray, Optional[int]]:
+        """A page-aligned region of size bytes counted against the host budget: a freed one of that
+        size when there is one (no page faults, no new GPU registration), else new memory, making
+        room first (SwapSpaceFull when none can be made)."""
+        with self._lock:
+            free = self._free.get(size)
+            reused = bool(free)
+            if reused:
+                region, ptr = free.pop()
+                if not free:
+                    del self._free[size]
+                self._free_bytes -= size
+                self._host_used += size
+        if not reused:
+            self._reserve_host(c, size)
+            region, ptr = _aligned(size), None
+        if ptr is None and c.pinned:
+            from .. import _require_core, cuda_available
+            if cuda_available():   # pinned: the device copies it as one DMA per plan
+                ptr = int(_require_core().host_register(region.ctypes.data, region.nbytes, False))
+        return region, ptr
+
+    def _give_region(self, region: np.ndarray, ptr: Optional[int]) -> None:
+        """Back to the free regions; its bytes leave the budget's used part."""
+        with self._lock:
+            self._host_used -= region.nbytes
+            self._free_bytes += region.nbytes
+            self._free.setdefault(region.nbytes, []).append((region, ptr))
+
+    def _drop_free(self, nbytes: int) -> None:
+        """Frees free regions until nbytes more fit in the budget (self._lock held)."""
+        while self._free_bytes and self._host_used + self._free_bytes + nbytes > self.host_bytes:
+            size = max(self._free)
+            region, ptr = self._free[size].pop()
+            if not self._free[size]:
+                del self._free[size]
+            self._free_bytes -= size
+            if ptr is not None:
+                from .. import _require_core
+                _require_core().host_unregister(region.ctypes.data)
+
     def _reserve_host(self, c: _Copy, nbytes: int) -> None:
         """Reserves nbytes more of the host budget for c, moving other requests' copies (least
         recently used first) to the SSD while it does not fit; SwapSpaceFull when nothing can go."""
@@ -383,7 +435,8 @@ class SwapSpace:
         tried: set = set()
         while True:
             with self._lock:
-                if self._host_used + nbytes <= self.host_bytes:
+                self._drop_free(nbytes)
+                if self._host_used + self._free_bytes + nbytes <= self.host_bytes:
                     self._host_used += nbytes
                     return
                 cands = [] if self._store is None else sorted(
@@ -402,32 +455,10 @@ class SwapSpace:
             finally:
                 victim.lock.release()
 
-    def _unreserve_host(self, nbytes: int) -> None:
-        with self._lock:
-            self._host_used -= nbytes
-
-    @staticmethod
-    def _new_region(c: _Copy, nbytes: int) -> Tuple[np.ndarray, Optional[int]]:
-        """A page-aligned region of nbytes (reserved already) and, for a cache on a GPU, its
-        registration (pinned: the device copies it as one DMA per plan)."""
-        region = _aligned(nbytes)
-        if c.pinned:
-            from .. import _require_core, cuda_available
-            if cuda_available():
-                return region, int(_require_core().host_register(region.ctypes.data, region.nbytes, False))
-        return region, None
-
-    @staticmethod
-    def _unregister(region: np.ndarray, ptr: Optional[int]) -> None:
-        if ptr is not None:
-            from .. import _require_core
-            _require_core().host_unregister(region.ctypes.data)
-
     def _set_host(self, c: _Copy, region: Optional[np.ndarray], ptr: Optional[int]) -> None:
-        """Replaces c's host region (the old one's budget goes back)."""
+        """Replaces c's host region (the old one goes to the free regions)."""
         if c.host is not None:
-            self._unregister(c.host, c.host_ptr)
-            self._unreserve_host(c.host_capacity)
+            self._give_region(c.host, c.host_ptr)
         c.host, c.host_ptr = region, ptr
 
     def _region_layout(self, c: _Copy, region: np.ndarray) -> Any:
@@ -480,14 +511,11 @@ class SwapSpace:
 
     def _from_ssd(self, c: _Copy) -> int:
         """Reads c's SSD copy into a new host region (c.lock held); returns the bytes read."""
-        size = _aligned_size(c.nbytes)
-        self._reserve_host(c, size)
-        region, ptr = self._new_region(c, size)
+        region, ptr = self._take_region(c, _aligned_size(c.nbytes))
         try:
             n = self._read_ssd(c, region)
         except BaseException:
-            self._unregister(region, ptr)
-            self._unreserve_host(size)
+            self._give_region(region, ptr)
             raise
         c.host, c.host_ptr = region, ptr
         return n
@@ -511,14 +539,12 @@ class SwapSpace:
         # first new token (paged KV is append-only); all of them when no token is new
         keep = 0 if not c.valid or extra is ALL else \
             min(n if tokens <= c.tokens else c.tokens // int(layout.block_size), c.nblocks)
-        region, ptr, size = c.host, c.host_ptr, 0
-        if region is None or region.nbytes < n * bb:
-            size = _aligned_size(n * bb)
-            self._reserve_host(c, size)
+        region, ptr, grow = c.host, c.host_ptr, c.host is None or c.host.nbytes < n * bb
+        if grow:
+            c.pinned = c.pinned or bool(getattr(layout, "device", None))
+            region, ptr = self._take_region(c, _aligned_size(n * bb))
         try:
-            if size:
-                c.pinned = c.pinned or bool(getattr(layout, "device", None))
-                region, ptr = self._new_region(c, size)
+            if grow:
                 # the kept prefix comes from the old region, or from the SSD copy when only that exists
                 if keep and c.host is not None:
                     region[:keep * bb] = c.host[:keep * bb]
@@ -533,11 +559,10 @@ class SwapSpace:
             if write.size:
                 copy_blocks(layout, self._region_layout(c, region), np.stack([ids[write], write], axis=1))
         except BaseException:
-            if size:
-                self._unregister(region, ptr)
-                self._unreserve_host(size)
+            if grow:
+                self._give_region(region, ptr)
             raise
-        if size:
+        if grow:
             self._set_host(c, region, ptr)
         if c.ssd_blocks and (write.size or n != c.ssd_blocks):
             self._drop_ssd(c)   # stale now: the host copy is the only one
