@@ -9,7 +9,8 @@ A request's blocks are kept as one block group per tier (FastSwitch): one contig
 (page-aligned; registered with the GPU when the live cache is on one) holding the blocks in the
 request's order, each block contiguous over all layers and planes (so the blocks added by a later
 turn append to the region and the blocks already saved stay where they are), and one TensorStore
-entry on the SSD (CRC-32C, atomic replace, capacity). Moves between the live cache and the region
+entry on the SSD (atomic replace, capacity; a CRC-32C the space computes while the write runs and
+checks after every read). Moves between the live cache and the region
 are single ``kv.copy_blocks`` plans over the whole group.
 
 Multi-turn reuse: KV paging is append-only, so the space remembers how many tokens of a request
@@ -39,6 +40,7 @@ import numpy as np
 
 from .. import _buffers
 from ..errors import BufferTooSmall, HaulerError, HaulerIOError, InvalidArgument, OutOfRange
+from ..tensorstore import CorruptEntry
 
 __all__ = ["SwapSpace", "SwapSpaceFull", "UnknownRequest"]
 
@@ -109,6 +111,7 @@ class _Copy:
     host_ptr: Optional[int] = None      # the region's device mapping when registered with the GPU
     ssd_blocks: int = 0            # blocks of the SSD entry (0: none)
     ssd_current: bool = False      # the SSD entry holds the same bytes as the group
+    crc: Optional[int] = None      # CRC-32C of the SSD entry's bytes
     last_use: float = 0.0
     pinned: bool = False           # its regions are registered with the GPU (a device cache)
     valid: bool = False            # a swap-out completed (False while the first one runs)
@@ -159,8 +162,11 @@ class SwapSpace:
             except (FileExistsError, NotADirectoryError):
                 raise InvalidArgument(f"swap path {root!r}: it or a parent is a file, not a directory") from None
             self._dir = tempfile.mkdtemp(prefix="hauler-kvswap-", dir=root)
+            # the checksum is the space's own (kept in memory: the files die with it), computed while
+            # the store writes instead of before, and verified after each read
             self._store = TensorStore(self._dir, capacity=self.ssd_bytes, threads=self._threads, direct=direct,
-                                      sync=sync, checksum=checksum, keep_files=keep_files)
+                                      sync=sync, checksum=False, keep_files=keep_files)
+        self._checksum = bool(checksum)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self._threads,
                                                            thread_name_prefix="hauler-kvswap")
         self._lock = threading.RLock()   # the table, the budget, the counters (reentrant: a done callback may run inside)
@@ -482,14 +488,18 @@ class SwapSpace:
             from ..tensorstore import CapacityExceeded
             try:
                 # pinned: the store must never evict a request's only copy to make room
-                self._store.put(c.key, c.host[:c.nbytes], pin=True).result()
+                fut = self._store.put(c.key, c.host[:c.nbytes], pin=True)
+                try:
+                    crc = _crc(c.host[:c.nbytes]) if self._checksum else None
+                finally:
+                    fut.result()
             except CapacityExceeded as e:
                 who = f" (to make room for request {need_for.request!r})" if need_for is not None else ""
                 raise SwapSpaceFull(f"moving request {c.request!r} ({c.nbytes} bytes) to the SSD tier{who}: "
                                     f"{e}; host tier {self._host_used} of {self.host_bytes} bytes used") from e
             except HaulerIOError as e:
                 raise type(e)(f"moving request {c.request!r} to the SSD tier: {e}") from e
-            c.ssd_blocks, c.ssd_current = c.nblocks, True
+            c.ssd_blocks, c.ssd_current, c.crc = c.nblocks, True, crc
             written = c.nbytes
             self._count(ssd_write_bytes=written, ssd_writes=1, evictions=1)
         else:
@@ -506,6 +516,11 @@ class SwapSpace:
             raise HaulerIOError(f"request {c.request!r}: its SSD copy {self._store._path(c.key)} is gone") from None
         except HaulerIOError as e:
             raise type(e)(f"request {c.request!r}: reading its SSD copy: {e}") from e
+        if c.crc is not None:
+            got = _crc(region[:n])
+            if got != c.crc:
+                raise CorruptEntry(f"{self._store._path(c.key)}: checksum mismatch for request {c.request!r} (crc32c "
+                                   f"{got:#010x} read, {c.crc:#010x} written); its SSD copy is damaged")
         self._count(ssd_read_bytes=n, ssd_reads=1)
         return n
 
@@ -610,6 +625,11 @@ class SwapSpace:
         if not c.valid:
             raise UnknownRequest(f"request {c.request!r} has no swapped copy"
                                  + (f" (its swap-out failed: {c.error})" if c.error is not None else ""))
+
+
+def _crc(buf: np.ndarray) -> int:
+    from .. import _require_core
+    return int(_require_core().crc32c(buf))
 
 
 def _aligned_size(nbytes: int) -> int:
