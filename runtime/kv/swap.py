@@ -111,7 +111,7 @@ class _Copy:
     host_ptr: Optional[int] = None      # the region's device mapping when registered with the GPU
     ssd_blocks: int = 0            # blocks of the SSD entry (0: none)
     ssd_current: bool = False      # the SSD entry holds the same bytes as the group
-    crc: Optional[int] = None      # CRC-32C of the SSD entry's bytes
+    crc: Optional[List[int]] = None   # CRC-32C of each CRC_CHUNK of the SSD entry's bytes
     last_use: float = 0.0
     pinned: bool = False           # its regions are registered with the GPU (a device cache)
     valid: bool = False            # a swap-out completed (False while the first one runs)
@@ -169,6 +169,8 @@ class SwapSpace:
         self._checksum = bool(checksum)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self._threads,
                                                            thread_name_prefix="hauler-kvswap")
+        self._crc_pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                                               thread_name_prefix="hauler-kvswap-crc")
         self._lock = threading.RLock()   # the table, the budget, the counters (reentrant: a done callback may run inside)
         self._copies: Dict[Hashable, _Copy] = {}
         self._host_used = 0                    # bytes of host regions in use, reservations included
@@ -307,6 +309,7 @@ class SwapSpace:
             return
         self._closed = True
         self._pool.shutdown(wait=True)
+        self._crc_pool.shutdown(wait=True)
         with self._lock:
             copies = list(self._copies.values())
             self._copies.clear()
@@ -379,6 +382,13 @@ class SwapSpace:
             with self._lock:
                 if not c.valid and c.tail is box[0] and self._copies.get(c.request) is c:
                     del self._copies[c.request]
+
+    def _crcs(self, buf: np.ndarray) -> List[int]:
+        """The CRC-32C of each CRC_CHUNK of buf, the chunks spread over the cores (GIL released)."""
+        chunks = [buf[i:i + CRC_CHUNK] for i in range(0, buf.nbytes, CRC_CHUNK)] or [buf]
+        if len(chunks) == 1:
+            return [_crc(chunks[0])]
+        return list(self._crc_pool.map(_crc, chunks))
 
     def _count(self, **kw: int) -> None:
         with self._lock:
@@ -490,7 +500,7 @@ class SwapSpace:
                 # pinned: the store must never evict a request's only copy to make room
                 fut = self._store.put(c.key, c.host[:c.nbytes], pin=True)
                 try:
-                    crc = _crc(c.host[:c.nbytes]) if self._checksum else None
+                    crc = self._crcs(c.host[:c.nbytes]) if self._checksum else None
                 finally:
                     fut.result()
             except CapacityExceeded as e:
@@ -517,10 +527,13 @@ class SwapSpace:
         except HaulerIOError as e:
             raise type(e)(f"request {c.request!r}: reading its SSD copy: {e}") from e
         if c.crc is not None:
-            got = _crc(region[:n])
-            if got != c.crc:
+            got = self._crcs(region[:n])
+            bad = [i for i, (a, b) in enumerate(zip(got, c.crc)) if a != b]
+            if bad:
+                i = bad[0]
                 raise CorruptEntry(f"{self._store._path(c.key)}: checksum mismatch for request {c.request!r} (crc32c "
-                                   f"{got:#010x} read, {c.crc:#010x} written); its SSD copy is damaged")
+                                   f"{got[i]:#010x} read, {c.crc[i]:#010x} written, bytes {i * CRC_CHUNK}.."
+                                   f"{min(n, (i + 1) * CRC_CHUNK)} of the group); its SSD copy is damaged")
         self._count(ssd_read_bytes=n, ssd_reads=1)
         return n
 
@@ -625,6 +638,9 @@ class SwapSpace:
         if not c.valid:
             raise UnknownRequest(f"request {c.request!r} has no swapped copy"
                                  + (f" (its swap-out failed: {c.error})" if c.error is not None else ""))
+
+
+CRC_CHUNK = 8 << 20   # a CRC-32C per piece of this size: the pieces are checked on several cores
 
 
 def _crc(buf: np.ndarray) -> int:
