@@ -596,9 +596,19 @@ def _swap_ssd(opts: Options, rep: Report, out: core.Output, space: Any, layout: 
                 drop_cache(path)
         return setup
 
+    leg: Dict[str, List[float]] = {"write": [], "read": []}   # the SSD leg alone, inside hauler's calls
+
     def hauler_out() -> None:
         space.swap_out("r", layout, ids, dirty="all").result()
+        t0 = time.perf_counter()
         space.evict("r").result()
+        leg["write"].append(time.perf_counter() - t0)
+
+    def hauler_in() -> None:
+        t0 = time.perf_counter()
+        space.prefetch("r").result()
+        leg["read"].append(time.perf_counter() - t0)
+        space.swap_in("r", layout, ids).result()
 
     def evicted() -> None:
         poison()
@@ -615,7 +625,7 @@ def _swap_ssd(opts: Options, rep: Report, out: core.Output, space: Any, layout: 
             restore()
             cont = {"hauler": (_nothing, hauler_out), "loop": (_nothing, loop_out), "torch": (_nothing, torch_out)}
         else:
-            cont = {"hauler": (evicted, lambda: space.swap_in("r", layout, ids).result()),
+            cont = {"hauler": (evicted, hauler_in),
                     "loop": (cold(loop_path), loop_in), "torch": (cold(torch_path), torch_in)}
         tim = _rounds(cont, opts.repeat, opts.warmup)
         if fio:
@@ -636,10 +646,16 @@ def _swap_ssd(opts: Options, rep: Report, out: core.Output, space: Any, layout: 
         row = _row("swap", "out-ssd" if kind == "write" else "in-ssd", extent, count, "random", nbytes, tim,
                    tim["loop"], None, tim["torch"], limit, ok,
                    limit_peer=f"fio {kind} bs={format_size(task)} qd={qd} direct=1 {engine}" if limit else None)
+        own = statistics.median(leg[kind][-opts.repeat:])
+        row["ssd_leg_gbps"] = core.gbps(nbytes, own)
         if limit is not None:   # fio runs apart: the ratio of the medians
             row["vs_limit"] = statistics.median(fio_t[kind]) / tim["hauler"].median
+            row["ssd_leg_vs_limit"] = statistics.median(fio_t[kind]) / own
         rep.rows.append(row)
         out.row(rep, row)
+        rep.footer.append(f"{row['op']}: the SSD leg alone ({'host -> SSD' if kind == 'write' else 'SSD -> host'}, "
+                          f"inside hauler's calls) {row['ssd_leg_gbps']:.2f} GB/s"
+                          + (f", {row['ssd_leg_vs_limit']:.2f}x fio" if limit is not None else ""))
     for p in (loop_path, torch_path, fio_path):
         if os.path.exists(p):
             os.unlink(p)
