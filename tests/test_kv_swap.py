@@ -412,3 +412,39 @@ def test_freed_regions_are_reused_within_the_budget(cache):
         cache.poison([1, 2, 3, 4])
         space.swap_in("d", cache.layout, [1, 2, 3, 4]).result()
         assert np.array_equal(cache.blocks([1, 2, 3, 4]), want)
+
+
+class FakeCudaArray:
+    """Host memory exposed through __cuda_array_interface__: a device cache for the emulated GPU."""
+
+    def __init__(self, host):
+        self.host = host
+        self.__cuda_array_interface__ = {"version": 3, "shape": host.shape, "typestr": host.dtype.str,
+                                         "data": (host.__array_interface__["data"][0], False),
+                                         "strides": None, "stream": None}
+
+
+def test_device_cache_swaps_through_registered_regions(gpu_emulation, tmp_path):
+    cache = Cache(seed=9)
+    layout = kv.KVLayout.vllm_flash([FakeCudaArray(c) for c in cache.layers])
+    assert layout.device
+    src, dst = [3, 4, 9], [10, 11, 12]
+    want = cache.blocks(src)
+    with SwapSpace(host_bytes=1 << 20, path=tmp_path) as space:
+        space.swap_out("r", layout, src).result()
+        assert space._copies["r"].host_ptr is not None          # pinned for the device's copies
+        space.evict("r").result()
+        cache.poison(src)
+        space.swap_in("r", layout, dst).result()                 # SSD -> a registered region -> device
+        assert space._copies["r"].host_ptr is not None
+        assert np.array_equal(cache.blocks(dst), want)
+
+
+def test_device_cache_without_a_gpu_raises_no_device(no_gpu):
+    from hauler.errors import NoDevice
+    cache = Cache(seed=9)
+    layout = kv.KVLayout.vllm_flash([FakeCudaArray(c) for c in cache.layers])
+    with SwapSpace(host_bytes=1 << 20) as space:
+        with pytest.raises(NoDevice):
+            space.swap_out("r", layout, [1, 2]).result()
+        assert "r" not in space and space.counters["host_used_bytes"] == 0
