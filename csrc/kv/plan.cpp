@@ -132,15 +132,14 @@ std::vector<Segment> make_plan(const Layout& src, const Layout& dst, const PlanR
                                        s(src.block_size) + ") do not fit the " + s(room) + " tokens of the " +
                                        s(req.dst_blocks.n) + " destination blocks of " + s(dst.block_size));
   {  // a destination block written twice would make the result depend on order
-    std::vector<int64_t> first(static_cast<size_t>(dst.num_blocks), -1);
-    const int64_t used = dst.block_size ? (T + dst.block_size - 1) / dst.block_size : 0;
-    for (int64_t i = 0; i < used; ++i) {
-      int64_t v = req.dst_blocks.at(i);
-      if (first[v] >= 0)
-        fail(Status::invalid_argument, "dst_blocks[" + s(i) + "]=" + s(v) + " repeats dst_blocks[" + s(first[v]) +
-                                           "]: a destination block may be written once per plan");
-      first[v] = i;
-    }
+    const int64_t used = (T + dst.block_size - 1) / dst.block_size;
+    std::vector<std::pair<int64_t, int64_t>> ids(static_cast<size_t>(used));  // (id, position): no table per block
+    for (int64_t i = 0; i < used; ++i) ids[i] = {req.dst_blocks.at(i), i};
+    std::sort(ids.begin(), ids.end());
+    for (size_t i = 1; i < ids.size(); ++i)
+      if (ids[i].first == ids[i - 1].first)
+        fail(Status::invalid_argument, "dst_blocks[" + s(ids[i].second) + "]=" + s(ids[i].first) + " repeats dst_blocks[" +
+                                           s(ids[i - 1].second) + "]: a destination block may be written once per plan");
   }
   if (info) *info = PlanInfo{T, h0, h1, dh0, layers};
 

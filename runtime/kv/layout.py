@@ -184,7 +184,7 @@ class KVLayout:
     """An immutable description of a paged KV cache's memory (see the module docstring)."""
 
     __slots__ = ("dtype", "elem_size", "num_layers", "num_planes", "num_blocks", "block_size", "num_heads",
-                 "head_size", "kind", "device", "_bases", "_strides", "_owners", "_remote", "_readonly", "_info")
+                 "head_size", "kind", "device", "_bases", "_strides", "_owners", "_remote", "_readonly", "_info", "_d")
 
     def __init__(self, *, dtype: str, num_layers: int, num_planes: int, num_blocks: int, block_size: int,
                  num_heads: int, head_size: int, bases: Sequence[int], strides: Sequence[Tuple[int, ...]],
@@ -205,15 +205,17 @@ class KVLayout:
         s(self, "_owners", tuple(owners))
         s(self, "_remote", bool(remote))
         s(self, "_readonly", bool(readonly))
-        s(self, "_info", _core.kv_layout_check(self._desc(), f"{kind} layout"))
+        s(self, "_d", (self.elem_size, self.num_layers, self.num_planes, self.num_blocks, self.block_size,
+                       self.num_heads, self.head_size, list(self._bases), [list(st) for st in self._strides]))
+        s(self, "_info", _core.kv_layout_check(self._d, f"{kind} layout"))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("KVLayout is immutable")
 
     # -- the form the core takes ------------------------------------------------------------
     def _desc(self) -> tuple:
-        return (self.elem_size, self.num_layers, self.num_planes, self.num_blocks, self.block_size, self.num_heads,
-                self.head_size, list(self._bases), [list(s) for s in self._strides])
+        """(elem, layers, planes, blocks, block_size, heads, head_size, bases, strides per plane)."""
+        return self._d
 
     def __eq__(self, other: Any) -> bool:
         return isinstance(other, KVLayout) and self._key() == other._key()

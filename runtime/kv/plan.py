@@ -95,12 +95,20 @@ class Plan:
 
     def _datatypes(self):
         if self._types is None:
-            from ..datatype import BYTE, Datatype
-            s = self._segs
-            lens = s[:, 2].tolist()
-            self._types = (Datatype.hindexed(lens, s[:, 0].tolist(), BYTE),
-                           Datatype.hindexed(lens, s[:, 1].tolist(), BYTE))
+            self._types = (_side_type(self._segs, 0, self._groups()), _side_type(self._segs, 1, self._groups()))
         return self._types
+
+    def _groups(self) -> int:
+        """How many (layer, plane) groups of identical piece patterns the pieces split into (1: none)."""
+        g = len(self.layers) * self.src_layout.num_planes
+        s = self._segs
+        if g <= 1 or len(s) % g:
+            return 1
+        k = len(s) // g
+        grouped = s.reshape(g, k, 3)
+        rel = grouped[:, :, :2] - grouped[:, :1, :2]
+        same = (rel == rel[:1]).all() and (grouped[:, :, 2] == grouped[:1, :, 2]).all()
+        return g if same else 1
 
     @property
     def src_type(self):
@@ -124,6 +132,28 @@ class Plan:
 
     def __repr__(self) -> str:
         return f"<kv.Plan {self.num_segments} segments, {self.nbytes} bytes>"
+
+
+def _hindexed(lens: Any, disps: Any, old: Any) -> Any:
+    """Datatype.hindexed without its per-element Python checks: the lists are int64 arrays already."""
+    from ..datatype import Datatype
+    return Datatype(_core.hindexed(np.asarray(lens, np.int64).tolist(), np.asarray(disps, np.int64).tolist(), old._t))
+
+
+def _side_type(segs: np.ndarray, side: int, groups: int):
+    """One side's Datatype: bytes hindexed over the pieces; when the (layer, plane) groups repeat one
+    pattern, that pattern once, placed per group (hvector when the groups are evenly spaced)."""
+    from ..datatype import BYTE, Datatype
+    if groups <= 1:
+        return _hindexed(segs[:, 2], segs[:, side], BYTE)
+    g = segs.reshape(groups, -1, 3)
+    first = g[0]
+    inner = _hindexed(first[:, 2], first[:, side] - first[0, side], BYTE)
+    starts = g[:, 0, side]
+    steps = np.diff(starts)
+    if len(steps) and (steps == steps[0]).all():
+        return _hindexed([1], starts[:1], Datatype.hvector(groups, 1, int(steps[0]), inner))
+    return _hindexed(np.ones(groups, np.int64), starts, inner)
 
 
 def plan(src_layout: KVLayout, src_blocks: Any, dst_layout: KVLayout, dst_blocks: Any, layers: Any = None,

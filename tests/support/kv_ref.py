@@ -78,14 +78,17 @@ def _alloc(lib: str, shape: tuple, dtype: str, rng: np.random.Generator, perm: O
     a = raw.view(_UINT[es]).reshape(base_shape)
     if perm is not None:
         a = a.transpose(np.argsort(perm))
+    if lib == "fake_cuda":
+        return FakeCudaArray(a), a
     return a, a
 
 
 def make_cache(kind: str, rng: np.random.Generator, L: int = 2, NB: int = 6, BS: int = 4, H: int = 2, D: int = 8,
                dtype: str = "float16", lib: str = "numpy", x: int = 4) -> Cache:
     """A cache of `kind` (see KINDS) with random bytes. numpy tensors are unsigned ints of the element
-    size, passed with dtype= so the layout reads them as `dtype`."""
-    kw = {"dtype": dtype} if lib == "numpy" else {}
+    size, passed with dtype= so the layout reads them as `dtype`; lib="fake_cuda" wraps them in
+    FakeCudaArray (device layouts over host memory, for the GPU emulation)."""
+    kw = {"dtype": dtype} if lib != "torch" else {}
     if kind.startswith("vllm_flash"):
         order = kind[-3:].upper()
         shape = (2, NB, BS, H, D) if order == "NHD" else (2, NB, H, BS, D)
@@ -134,7 +137,8 @@ def make_cache(kind: str, rng: np.random.Generator, L: int = 2, NB: int = 6, BS:
         s = u.strides
         st = {"block": s[1], "token": s[4], "head": s[3], "dim": s[5]}
         lay = kv.KVLayout.explicit(dtype, L, 2, NB, BS, H, D, [[base + l * s[0] + p * s[2] for p in range(2)]
-                                                              for l in range(L)], st)
+                                                              for l in range(L)], st,
+                                   device="cuda" if lib == "fake_cuda" else None)
         planes = [u[l, :, p].transpose(0, 2, 1, 3) for l in range(L) for p in range(2)]
         assert es == u.itemsize
         return Cache(lay, planes, [t])
