@@ -65,6 +65,7 @@ class Options:
     max_bytes: int = DEFAULT_MAX_BYTES
     repeat: int = DEFAULT_REPEAT
     warmup: int = 1
+    threads: Optional[int] = None
     swap: bool = True
     swap_blocks: int = SWAP_BLOCKS
     ssd: bool = True
@@ -109,6 +110,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=core.positive_int, default=None,
                    help=f"timed rounds (default {DEFAULT_REPEAT}; {QUICK_REPEAT} with --quick)")
     p.add_argument("--warmup", type=core.non_negative_int, default=1)
+    p.add_argument("--threads", type=core.positive_int, default=None,
+                   help="threads of hauler's local moves (default: HAULER_THREADS, else the core count)")
     p.add_argument("--no-swap", action="store_true", help="skip the swap section")
     p.add_argument("--swap-blocks", type=core.positive_int, default=None,
                    help=f"blocks of the swapped request (default {SWAP_BLOCKS}; {QUICK_SWAP_BLOCKS} with --quick)")
@@ -127,7 +130,8 @@ def options_from_args(a: argparse.Namespace) -> Options:
     return Options(extents=a.extents or (QUICK_EXTENTS if q else EXTENTS),
                    counts=a.counts or (QUICK_COUNTS if q else COUNTS), orders=tuple(a.orders), ops=tuple(a.ops),
                    max_bytes=a.max_bytes or (QUICK_MAX_BYTES if q else DEFAULT_MAX_BYTES),
-                   repeat=a.repeat or (QUICK_REPEAT if q else DEFAULT_REPEAT), warmup=a.warmup, swap=not a.no_swap,
+                   repeat=a.repeat or (QUICK_REPEAT if q else DEFAULT_REPEAT), warmup=a.warmup, threads=a.threads,
+                   swap=not a.no_swap,
                    swap_blocks=a.swap_blocks or (QUICK_SWAP_BLOCKS if q else SWAP_BLOCKS), ssd=not a.no_ssd,
                    directory=a.directory, fio=not a.no_fio, transfer=not a.no_transfer, quick=q, seed=a.seed)
 
@@ -184,7 +188,7 @@ def run(opts: Options, out: Optional[core.Output] = None) -> Report:
     header = [
         ("hauler", f"{hinfo['version']} ({hinfo['core']}); build: {hinfo['build_summary']}; "
                    f"cuda: {'available' if hinfo['cuda_available'] else 'not available'}: {hinfo['cuda_status']}"),
-        ("threads", f"hauler {hinfo['threads_default']}; torch {torch.get_num_threads()} (intra-op); numpy 1"),
+        ("threads", f"hauler {opts.threads or hinfo['threads_default']} (local moves); torch {torch.get_num_threads()} (intra-op); numpy 1"),
         ("versions", f"numpy {hinfo['numpy']}, torch {torch.__version__}, python {mach['python']}"),
         ("machine", f"{mach['cpu']}, {mach['cores_usable']} usable cores of {mach['cores_os']}, {mach['memory']}; "
                     f"{mach['host']}, {mach['os']}; {mach['date']}"),
@@ -366,7 +370,7 @@ def _local_case(np: Any, torch: Any, kv: Any, op: str, layout: Any, layers: List
         contig = kv.contiguous_layout_like(layout, nb, buf)
         plan = kv.plan(layout, src, contig, np.arange(nb))
 
-        fns = {"hauler": lambda: kv.gather_blocks(layout, src, buf, plan=plan),
+        fns = {"hauler": lambda: kv.gather_blocks(layout, src, buf, plan=plan, threads=opts.threads),
                "loop": lambda: _per_extent(layers, buf, src, False),
                "tloop": lambda: _per_extent(tl, tb, src, False, True),
                "torch": lambda: [torch.index_select(c, 1, ts, out=o) for c, o in zip(tl, tb)]}
@@ -381,7 +385,7 @@ def _local_case(np: Any, torch: Any, kv: Any, op: str, layout: Any, layers: List
         plan = kv.plan(contig, np.arange(nb), layout, dst)
         buf[...] = _gather_ref(np, layers, src)      # scatter the src blocks' bytes onto dst
 
-        fns = {"hauler": lambda: kv.scatter_blocks(layout, dst, buf, plan=plan),
+        fns = {"hauler": lambda: kv.scatter_blocks(layout, dst, buf, plan=plan, threads=opts.threads),
                "loop": lambda: _per_extent(layers, buf, dst, True),
                "tloop": lambda: _per_extent(tl, tb, dst, True, True),
                "torch": lambda: [c.index_copy_(1, td, o) for c, o in zip(tl, tb)]}
@@ -409,7 +413,8 @@ def _local_case(np: Any, torch: Any, kv: Any, op: str, layout: Any, layers: List
                     for s, d in mapping.tolist():
                         cp[d].copy_(cp[s])
 
-        fns = {"hauler": lambda: kv.copy_blocks(layout, layout, mapping, plan=plan), "loop": loop, "tloop": tloop,
+        fns = {"hauler": lambda: kv.copy_blocks(layout, layout, mapping, plan=plan, threads=opts.threads),
+               "loop": loop, "tloop": tloop,
                "torch": lambda: [c.index_copy_(1, td, c.index_select(1, ts)) for c in tl]}
         fns.update(_limit(np, torch, buf, other))
         tim = core.time_interleaved(fns, opts.repeat, opts.warmup)
