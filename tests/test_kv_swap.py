@@ -448,3 +448,21 @@ def test_device_cache_without_a_gpu_raises_no_device(no_gpu):
         with pytest.raises(NoDevice):
             space.swap_out("r", layout, [1, 2]).result()
         assert "r" not in space and space.counters["host_used_bytes"] == 0
+
+
+def test_a_growing_group_appends_in_place(cache):
+    rng = np.random.default_rng(8)
+    bb = block_bytes()
+    ids = list(range(20, 30))
+    with SwapSpace(host_bytes=1 << 20) as space:
+        space.swap_out("g", cache.layout, ids[:4]).result()
+        space.swap_out("g", cache.layout, ids[:5], num_tokens=65).result()   # grows: room for 6 blocks
+        copied = space.counters["host_copy_bytes"]
+        assert copied == 4 * bb
+        cache.write_tokens(ids, 65, 96, rng)
+        assert space.swap_out("g", cache.layout, ids[:6]).result() == 2 * bb  # appended, nothing copied
+        assert space.counters["host_copy_bytes"] == copied
+        want = cache.blocks(ids[:6])
+        cache.poison(ids)
+        space.swap_in("g", cache.layout, ids[:6]).result()
+        assert np.array_equal(cache.blocks(ids[:6]), want)

@@ -570,7 +570,15 @@ class SwapSpace:
         region, ptr, grow = c.host, c.host_ptr, c.host is None or c.host.nbytes < n * bb
         if grow:
             c.pinned = c.pinned or bool(getattr(layout, "device", None))
-            region, ptr = self._take_region(c, _aligned_size(n * bb))
+            size = _aligned_size(n * bb)
+            if c.host is not None:
+                # a group growing turn after turn: room for the next turns (when the budget has it
+                # without evicting), so they append in place instead of copying the group again
+                roomy = _aligned_size(max(n * bb, c.host.nbytes * 3 // 2))
+                with self._lock:
+                    if self._host_used + roomy <= self.host_bytes:
+                        size = roomy
+            region, ptr = self._take_region(c, size)
         try:
             if grow:
                 # the kept prefix comes from the old region, or from the SSD copy when only that exists
