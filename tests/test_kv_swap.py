@@ -13,6 +13,7 @@ from hauler import io, kv
 from hauler.errors import BufferTooSmall, HaulerIOError, InvalidArgument, OutOfRange
 from hauler.kv.swap import SwapSpace, SwapSpaceFull, UnknownRequest
 from hauler.tensorstore import CorruptEntry
+from support.device import FakeCudaArray
 from test_io_faults import eio_fs, small_fs  # noqa: F401 - fixtures: an 8 MiB ext4, a loop device giving EIO
 
 LAYERS, NB, BS, HEADS, HS = 3, 64, 16, 2, 32
@@ -412,16 +413,6 @@ def test_freed_regions_are_reused_within_the_budget(cache):
         cache.poison([1, 2, 3, 4])
         space.swap_in("d", cache.layout, [1, 2, 3, 4]).result()
         assert np.array_equal(cache.blocks([1, 2, 3, 4]), want)
-
-
-class FakeCudaArray:
-    """Host memory exposed through __cuda_array_interface__: a device cache for the emulated GPU."""
-
-    def __init__(self, host):
-        self.host = host
-        self.__cuda_array_interface__ = {"version": 3, "shape": host.shape, "typestr": host.dtype.str,
-                                         "data": (host.__array_interface__["data"][0], False),
-                                         "strides": None, "stream": None}
 
 
 def test_device_cache_swaps_through_registered_regions(gpu_emulation, tmp_path):
