@@ -11,4 +11,4 @@ from .plan import Plan, plan
 from .swap import SwapSpace, SwapSpaceFull, UnknownRequest
 
 __all__ = ["KVLayout", "Plan", "plan", "gather_blocks", "scatter_blocks", "copy_blocks", "run_plan",
-           "contiguous_layout_like", "DTYPES"]
+           "contiguous_layout_like", "DTYPES", "SwapSpace", "SwapSpaceFull", "UnknownRequest"]
