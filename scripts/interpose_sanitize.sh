@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The MPI interposer built with AddressSanitizer + UndefinedBehaviorSanitizer (core included) and
-# run under each installed MPI on the p2p, halo and mixed test programs (and the Fortran one where
-# mpif90 exists), packing every message, and on halo with the fake driver + emulated kernels (the
-# GPU staging path); the outputs must equal the library's alone. Used by .ci/run; needs gcc's libasan/libubsan.
+# run under each installed MPI on the p2p, halo, mixed, threads and decode test programs (and the
+# Fortran one where mpif90 exists), packing every message, and on halo with the fake driver +
+# emulated kernels (the GPU staging path); the outputs must equal the library's alone. Used by .ci/run; needs gcc's libasan/libubsan.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -34,8 +34,8 @@ for flav in openmpi mpich; do
   done
   "mpicc.$flav" -shared -fsanitize=address,undefined -o "$d/libhauler_interpose.so" "$d"/*.o "$OUT"/core/*.o \
     -lstdc++ -ldl -pthread -Wl,--version-script=interpose/exports.map
-  for prog in p2p halo mixed threads; do "mpicc.$flav" -O1 -w "tests/interpose/$prog.c" -o "$d/$prog"; done
-  progs=(mixed threads)
+  for prog in p2p halo mixed threads decode; do "mpicc.$flav" -O1 -w "tests/interpose/$prog.c" -o "$d/$prog"; done
+  progs=(mixed threads decode)
   if command -v "mpif90.$flav" >/dev/null; then
     "mpif90.$flav" -O1 -w -fallow-argument-mismatch tests/interpose/fort.F90 -o "$d/fort"; progs+=(fort)
     if [ "$flav" = openmpi ]; then  # MPICH's mpi_f08 never reaches the shim (see the README)
