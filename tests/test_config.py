@@ -214,6 +214,28 @@ def test_set_reaches_the_core_and_leaves_the_environment_alone(monkeypatch):
     assert core.setting("HAULER_IO_BACKEND") == (os.environ.get("HAULER_IO_BACKEND", "").strip().lower() or "auto")
 
 
+def test_core_reads_a_setting_once_until_the_setter_changes_it(monkeypatch):
+    """Use sites read the cached value: a later change of the environment (which the core no
+    longer reads per call) takes effect only through config.set / reset."""
+    core = _core()
+    monkeypatch.setenv("HAULER_GATHER_PREFETCH", "512")
+    config.set("HAULER_GATHER_PREFETCH", None)
+    assert core.setting("HAULER_GATHER_PREFETCH") == "512"
+    monkeypatch.setenv("HAULER_GATHER_PREFETCH", "1024")
+    assert core.setting("HAULER_GATHER_PREFETCH") == "512"
+    config.set("HAULER_GATHER_PREFETCH", None)
+    assert core.setting("HAULER_GATHER_PREFETCH") == "1024"
+    monkeypatch.setenv("HAULER_GATHER_PREFETCH", "lots")
+    config.set("HAULER_GATHER_PREFETCH", None)
+    for _ in range(2):  # an invalid value is not cached: every read reports it
+        with pytest.raises(ValueError, match="HAULER_GATHER_PREFETCH='lots'"):
+            core.setting("HAULER_GATHER_PREFETCH")
+    monkeypatch.delenv("HAULER_GATHER_PREFETCH")
+    config.set("HAULER_GATHER_PREFETCH", None)
+    assert core.setting("HAULER_GATHER_PREFETCH") == "4096"
+    assert core.setting("HAULER_CUDA_LIB") is None or "HAULER_CUDA_LIB" in os.environ
+
+
 def _invalid(s):
     """One invalid spelling of setting s (every setting has one)."""
     if s.type in ("int", "bytes"):
@@ -294,3 +316,4 @@ def test_bad_value_in_a_fresh_process_gives_the_precise_error():
     assert p.returncode != 0
     assert ("ConfigError: HAULER_PACK_PARALLEL_MIN='lots': expected a number of bytes from 0 to 2^63-1"
             in p.stderr), p.stderr
+
