@@ -2,12 +2,15 @@
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+import test_interpose as interposer
 from hauler import config
+from test_interpose import built  # noqa: F401 - the fixture compiling tests/interpose programs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -240,7 +243,7 @@ def _invalid(s):
     """One invalid spelling of setting s (every setting has one)."""
     if s.type in ("int", "bytes"):
         return str(s.lo - 1) if s.lo > 0 else str(s.hi + 1)
-    return {"bool": "maybe", "choice": "loud", "arch": "volta", "str": "a\tb", "path": "a\nb"}[s.type]
+    return {"bool": "maybe", "choice": "loud", "arch": "volta", "str": "a\tb", "path": "a\tb"}[s.type]
 
 
 _CHILD = r"""
@@ -317,3 +320,49 @@ def test_bad_value_in_a_fresh_process_gives_the_precise_error():
     assert ("ConfigError: HAULER_PACK_PARALLEL_MIN='lots': expected a number of bytes from 0 to 2^63-1"
             in p.stderr), p.stderr
 
+
+# The settings the MPI shim reads at MPI_Init (interpose/settings.cpp).
+SHIM_READS = ["HAULER_INTERPOSE", "HAULER_INTERPOSE_PACK", "HAULER_INTERPOSE_P2P", "HAULER_INTERPOSE_COLL",
+              "HAULER_INTERPOSE_GPU", "HAULER_INTERPOSE_LOG", "HAULER_INTERPOSE_REPORT",
+              "HAULER_INTERPOSE_MODEL", "HAULER_THREADS", "HAULER_PACK_PARALLEL_MIN",
+              "HAULER_PACK_STREAM_MIN", "HAULER_CUDA_LIB"]
+
+
+def test_shim_reads_its_settings_through_the_table():
+    src = (ROOT / "interpose" / "settings.cpp").read_text()
+    read = {"HAULER_" + i.upper() for i in re.findall(r"hs::Id::(\w+)", src)}
+    assert read == set(SHIM_READS)
+    for f in (ROOT / "interpose").glob("*.cpp"):  # no HAULER_* variable read around the table
+        assert not re.search(r"getenv\(\s*\"HAULER_(?!THREADS\"\))", f.read_text()), f
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_shim_refuses_every_invalid_value_once_and_passes_through(flav, built, tmp_path):
+    """Every setting the shim reads invalid at once: each is reported on stderr once per rank
+    with the text Python and the core give, and the program gets the library's own results."""
+    prog = built(flav, "p2p")
+    lib, out = str(tmp_path / "lib"), str(tmp_path / "shim")
+    interposer._launch(flav, 2, [prog, lib, "11"], shim=False)
+    bad = {n: _invalid(config.setting(n)) for n in SHIM_READS}
+    p = interposer._launch(flav, 2, [prog, out, "11"], shim=True, env_extra=bad)
+    text = p.stdout.decode(errors="replace")
+    for name, value in bad.items():
+        assert text.count(config.error_text(name, value)) == 2, (name, text[-3000:])
+    interposer._compare(lib, out, 2)
+
+
+@pytest.mark.parametrize("bad,off", [
+    ({"HAULER_INTERPOSE_P2P": "sometimes", "HAULER_INTERPOSE_PACK": "2", "HAULER_INTERPOSE_COLL": "x"},
+     "p2p pack coll"),
+    ({"HAULER_PACK_STREAM_MIN": "lots"}, "p2p pack coll"),
+    ({"HAULER_INTERPOSE_P2P": "nope"}, "p2p"),
+])
+def test_shim_turns_off_what_an_invalid_setting_steers(bad, off, built, tmp_path):
+    """An invalid switch or engine setting falls back to pass-through for what it steers (never
+    to "on"); the report shows it and the rest still packs."""
+    flav = "openmpi" if shutil.which("mpiexec.openmpi") else "mpich"
+    rep = interposer._run_pair(flav, 2, [built(flav, "p2p"), "7"], tmp_path, extra=bad)
+    t = interposer._report(rep, 2)
+    assert (t["packed_msgs"] == 0) == ("p2p" in off), t
+    assert (t["mpi_pack"] == 0) == ("pack" in off), t
+    assert (t["coll_packed"] == 0) == ("coll" in off), t
