@@ -290,10 +290,11 @@ class Transfer:
 class Agent:
     """One per process; see the module docstring. transport: "auto" (cross-memory attach, falling
     back to the staging ring where the kernel refuses it), "cma", "shm" or "mpi" (needs
-    hauler.kv.transport_mpi and an MPI job). timeout: seconds a control exchange with a peer may
-    take before the transfer fails with TransferTimeout."""
+    hauler.kv.transport_mpi and an MPI job: every rank of comm, default COMM_WORLD, creates its agent
+    together and closes it together). timeout: seconds a control exchange with a peer may take
+    before the transfer fails with TransferTimeout."""
 
-    def __init__(self, name, transport="auto", timeout=10.0, max_workers=4):
+    def __init__(self, name, transport="auto", timeout=10.0, max_workers=4, comm=None):
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"agent name must be a non-empty string, got {name!r}")
         if transport not in _TRANSPORTS:
@@ -311,7 +312,7 @@ class Agent:
         self._cma, self._shm, self._mpi = CmaTransport(), ShmTransport(), None
         if transport == "mpi":
             from .transport_mpi import MpiTransport
-            self._mpi = MpiTransport()
+            self._mpi = MpiTransport(comm)
         _sweep_stale_files()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.address = f"\0hauler-kv-{os.getpid()}-{self._tag}"
@@ -542,6 +543,9 @@ class Agent:
     # ---- notifications ----
 
     def _notify(self, peer, msg, lease_id):
+        if peer.transport is self._mpi and self._mpi is not None:
+            self._mpi.notify(peer, self.name, msg, lease_id)
+            return
         try:
             with peer.channel() as sock:
                 send_frame(sock, {"op": "notify", "from": self.name, "lease": lease_id}, msg)
@@ -559,11 +563,27 @@ class Agent:
     def notifications(self, timeout=0.0):
         """The notifications received since the last call: a list of (peer name, bytes) in arrival
         order; waits up to timeout seconds for the first when there are none."""
+        if self._mpi is not None:  # MPI notifications arrive only when polled
+            end = time.monotonic() + (timeout or 0)
+            while True:
+                self._take_notes(self._mpi.poll())
+                if self._notifs or time.monotonic() >= end:
+                    break
+                time.sleep(0.001)
         with self._notif_cv:
             if not self._notifs and timeout:
                 self._notif_cv.wait_for(lambda: self._notifs or self._closed, timeout)
             out, self._notifs = self._notifs, []
         return out
+
+    def _take_notes(self, notes):
+        """notes: [(sender, bytes, lease id or None)]; a lease named by a notification is released."""
+        for sender, msg, lease_id in notes:
+            if lease_id is not None:
+                self.release(lease_id)
+            with self._notif_cv:
+                self._notifs.append((sender, msg))
+                self._notif_cv.notify_all()
 
     # ---- leases ----
 
@@ -637,17 +657,11 @@ class Agent:
                 header, payload = recv_frame(conn)
                 op = header.get("op")
                 if op == "notify":
-                    if header.get("lease") is not None:
-                        self.release(header["lease"])
-                    with self._notif_cv:
-                        self._notifs.append((header.get("from"), payload))
-                        self._notif_cv.notify_all()
+                    self._take_notes([(header.get("from"), payload, header.get("lease"))])
                 elif op == "stage":
                     with self._lock:
                         regions = [r for reg in self._regs for r in reg.regions]
                     serve_stage(conn, header, payload, regions)
-                elif self._mpi is not None and op.startswith("mpi"):
-                    self._mpi.serve(conn, header, payload)
         except (OSError, ValueError):
             pass  # peer gone or closed: its transfers fail on its side
         finally:
