@@ -459,3 +459,33 @@ def test_transport_banner_and_names():
         assert a.transport_name == "cma"
     with Agent("n", transport="shm") as a:
         assert a.transport_name == "shm"
+
+
+def test_refused_cma_falls_back_with_banner(peer, monkeypatch):
+    """Where the kernel refuses cross-memory attach (EPERM: ptrace scope, containers; injected
+    here, root is never refused), "auto" moves through the staging ring and says so once; "cma"
+    refuses at connect with the reason."""
+    import errno
+    from hauler.kv.transport import cma_error
+
+    def refused(self, peer, segs, write, progress, deadline=None):
+        raise cma_error(errno.EPERM, peer, write, 0)
+
+    s = spec("vllm_flash_nhd", 81)
+    meta = peer.setup(**s)
+    mine = ref_cache(s)
+    poison(mine)
+    monkeypatch.setattr(agent_mod.CmaTransport, "move", refused)
+    with Agent("strict", transport="cma") as a:
+        a.register(mine.layout)
+        with pytest.raises(kv.TransportRefused, match="EPERM.*ptrace scope"):
+            a.connect(meta)
+    with Agent("auto") as a:
+        a.register(mine.layout)
+        with pytest.warns(RuntimeWarning, match="staging ring .* not cross-memory attach"):
+            p = a.connect(meta)
+        assert p.transport_name == "shm" and a.transport_name == "shm"
+        a.read(p, [4, 0], [2, 9]).wait(30)
+    want = ref_cache(s)
+    poison(want)
+    assert_planes(mine.planes, expected_after(want, [4, 0], ref_cache(s), [2, 9]))

@@ -113,10 +113,35 @@ class Lease:
         return f"Lease(id={self.id}, blocks={len(self.blocks)}, {state})"
 
 
+_MADV_HUGEPAGE, _MADV_COLLAPSE, _HUGE = 14, 25, 2 << 20
+
+
+def advise_huge_pages(regions, collapse=True):
+    """Asks for transparent huge pages over the 2 MiB-aligned interior of each region (and, where
+    the kernel has MADV_COLLAPSE, 6.1+, collapses what is already there; contents are kept).
+    Cross-memory attach pins the peer's memory page by page: on 4 KiB pages it ran at 1/4 of
+    memcpy, on huge pages near it. Returns how many bytes were advised; failures are ignored
+    (THP off, old kernel: the moves stay correct, only slower)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    done = 0
+    for addr, n in regions:
+        lo, hi = -(-addr // _HUGE) * _HUGE, (addr + n) // _HUGE * _HUGE
+        if hi <= lo:
+            continue
+        if libc.madvise(lo, hi - lo, _MADV_HUGEPAGE) == 0:
+            done += hi - lo
+            if collapse:
+                libc.madvise(lo, hi - lo, _MADV_COLLAPSE)
+    return done
+
+
 class _Registration:
-    def __init__(self, index, layout, agent_tag):
+    def __init__(self, index, layout, agent_tag, huge_pages):
         self.index, self.layout = index, layout
         self.regions = [(int(a), int(n)) for a, n in layout.regions()]
+        self.huge_bytes = advise_huge_pages(self.regions) if huge_pages else 0
         entry = _core().kv_lease_entry_bytes
         self.lease_path = f"/dev/shm/hauler-kv-{os.getpid()}-{agent_tag}-{index}.lease"
         size = max(entry * layout.num_blocks, 1)
@@ -330,8 +355,9 @@ class Agent:
         if self._closed:
             raise InvalidArgument(f"agent {self.name!r} is closed")
 
-    def register(self, layout):
-        """Exposes layout's memory to peers; returns the metadata bytes to hand them."""
+    def register(self, layout, huge_pages=True):
+        """Exposes layout's memory to peers; returns the metadata bytes to hand them. huge_pages:
+        advise (and collapse) transparent huge pages over its regions (see advise_huge_pages)."""
         self._check_open()
         for attr in ("to_bytes", "regions", "num_blocks", "dtype"):
             if not hasattr(layout, attr):
@@ -340,7 +366,7 @@ class Agent:
             raise NoDevice(f"layout on {layout.device}: device-memory registration (CUDA IPC) is not built; "
                            "register a host layout (or a pinned staging layout)")
         with self._lock:
-            reg = _Registration(len(self._regs), layout, self._tag)
+            reg = _Registration(len(self._regs), layout, self._tag, huge_pages)
             self._regs.append(reg)
         boot, pidns = _node_id()
         meta = {"name": self.name, "pid": os.getpid(), "tag": self._tag, "control": self.address,
