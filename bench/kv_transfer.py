@@ -217,6 +217,9 @@ def run(args):
         lat = _latency(peer, nx, args.repeat)
     finally:
         peer.close()
+        if nx is not None:
+            nx.drop()
+            del nx.agent  # its teardown now, while the interpreter is whole
     return {"rows": rows, "latency": lat, "nixl": nixl_why or ("ran" if use_nixl else "skipped (--no-nixl)")}
 
 
@@ -263,9 +266,7 @@ COLS = [("memcpy", "memcpy"), ("hauler_cma_read", "cma rd"), ("hauler_cma_write"
 
 def report(res, as_json=False, out=sys.stdout):
     if as_json:
-        for row in res["rows"]:
-            out.write(json.dumps(row) + "\n")
-        out.write(json.dumps({"latency": res["latency"]}) + "\n")
+        out.write(json.dumps(res) + "\n")
         return
     out.write(f"# hauler-bench kv (2 processes): {platform.node()}, {os.cpu_count()} CPUs, NIXL: {res['nixl']}\n")
     out.write("# GB/s from the best of the repetitions; every figure moves the same bytes between the same "
@@ -353,6 +354,30 @@ def report_mpi(rows, out=sys.stdout):
                   f"{g['hauler_cma_read']:>8.2f} {g['hauler_cma_read'] / g['hauler_mpi_read']:>8.2f}\n")
 
 
+def section(opts, rep, out):
+    """bench/kv.py's 2-process section: this benchmark in a child process (NIXL's exit crash stays
+    there) with the kv bench's sizes; its table goes into the report's footer, the figures into
+    rep.info["transfer"] for --json."""
+    import io
+    extents = list(opts.extents)
+    counts = sorted(opts.counts)[:1] if opts.quick else list(opts.counts)
+    argv = [sys.executable, "-m", "hauler.bench.kv_transfer", "--json", "--extents", ",".join(map(str, extents)),
+            "--counts", ",".join(map(str, counts)), "--max-bytes", str(opts.max_bytes),
+            "--repeat", str(opts.repeat)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        rep.warnings.append(f"2-process transfer section failed (rc {r.returncode}): "
+                            f"{(r.stdout + r.stderr)[-500:]}")
+        return
+    res = json.loads(lines[-1])
+    buf = io.StringIO()
+    report(res, out=buf)
+    text = [ln[2:] if ln.startswith("# ") else ln for ln in buf.getvalue().splitlines()]
+    rep.footer += ["2-process transfers: " + text[0]] + text[1:]
+    rep.info["transfer"] = res
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m hauler.bench.kv_transfer", description=HELP)
     add_arguments(p)
@@ -373,8 +398,8 @@ def main(argv=None):
         res = run(args)
         report(res, args.json)
         if res["nixl"] == "ran":
-            # nixl_cu12 1.5.1 dies in its agent's teardown at interpreter exit (std::terminate,
-            # then SIGSEGV); the figures are out, so leave without running it.
+            # nixl_cu12 1.5.1 dies at interpreter exit (std::terminate, then SIGSEGV, even after
+            # its agent was released); the figures are out, so leave without that teardown.
             sys.stdout.flush()
             os._exit(0)
     return 0
