@@ -17,6 +17,7 @@ import concurrent.futures
 import glob
 import itertools
 import json
+import math
 import mmap
 import os
 import random
@@ -43,6 +44,7 @@ __all__ = ["Agent", "Peer", "Transfer", "Lease", "TransferError", "PeerLost", "T
 _MAGIC = b"HKVAGENT1\n"
 _TRANSPORTS = ("auto", "cma", "shm", "mpi")
 _PLAN_CACHE = 256
+_GROUPS = 32  # a request is planned as up to this many groups of consecutive blocks (see _plan)
 _banners = set()
 
 
@@ -498,16 +500,20 @@ class Agent:
                                       else (peer.layout, rb, peer.local.layout, lb))
         if len(np.unique(dst_b)) != len(dst_b):
             raise InvalidArgument(f"{'remote' if write else 'local'}_blocks (the destination) repeats a block")
-        plan = self._plan(peer, kind, src_l, src_b, dst_l, dst_b, layers, heads, dst_heads, num_tokens)
-        segs = np.ascontiguousarray(plan.segments(), dtype=np.int64)
+        segs = self._plan(peer, kind, src_l, src_b, dst_l, dst_b, layers, heads, dst_heads, num_tokens)
         lease_ctx = self._lease_snapshot(peer, rb, lease) if lease is not None else None
         progress = _core().KvXferProgress()
-        t = Transfer(kind, peer, plan.nbytes, dst_b, progress)
+        t = Transfer(kind, peer, int(segs[:, 2].sum()), dst_b, progress)
         ctx = dict(dst_layout=dst_l, dst_blocks=dst_b, layers=layers, heads=heads, dst_heads=dst_heads)
         t.future = self._pool.submit(self._run, t, peer, segs, write, progress, lease_ctx, notify, lease, ctx)
         return t
 
     def _plan(self, peer, kind, src_l, src_b, dst_l, dst_b, layers, heads, dst_heads, num_tokens):
+        """The request's segments, cached per peer by the block lists and options. A plan runs
+        layer by layer, so a transfer cut short would have whole blocks only at its very end: the
+        request is planned in up to _GROUPS groups of consecutive blocks (whole token units of
+        both block sizes) whose segments follow each other, so a partial transfer holds a prefix
+        of whole groups (coalescing across groups is lost; random blocks rarely had it)."""
         from .plan import plan as make_plan
         key = (kind, src_b.tobytes(), dst_b.tobytes(), repr(layers), repr(heads), repr(dst_heads), num_tokens)
         with self._lock:
@@ -515,13 +521,29 @@ class Agent:
             if p is not None:
                 peer._plans.move_to_end(key)
                 return p
-        p = make_plan(src_l, src_b, dst_l, dst_b, layers=layers, heads=heads, dst_heads=dst_heads,
-                          num_tokens=num_tokens)
+        bs_s, bs_d = src_l.block_size, dst_l.block_size
+        unit = bs_s * bs_d // math.gcd(bs_s, bs_d)  # tokens that end on a block edge on both sides
+        total = len(src_b) * bs_s if num_tokens is None else int(num_tokens)
+        per = max(1, -(-total // unit // _GROUPS)) * unit
+        if total <= per or not 0 <= total <= min(len(src_b) * bs_s, len(dst_b) * bs_d):
+            bounds = None  # one plan, which also words any error about the sizes
+        else:
+            bounds = list(range(0, total, per)) + [total]
+        parts = []
+        for t0, t1 in zip(bounds[:-1], bounds[1:]) if bounds else [(None, None)]:
+            if bounds is None:
+                sb, db, nt = src_b, dst_b, num_tokens
+            else:
+                sb, db = src_b[t0 // bs_s:-(-t1 // bs_s)], dst_b[t0 // bs_d:-(-t1 // bs_d)]
+                nt = t1 - t0 if t1 == total and num_tokens is not None else None
+            parts.append(make_plan(src_l, sb, dst_l, db, layers=layers, heads=heads, dst_heads=dst_heads,
+                                   num_tokens=nt).segments())
+        segs = np.ascontiguousarray(np.concatenate(parts) if len(parts) > 1 else parts[0], dtype=np.int64)
         with self._lock:
-            peer._plans[key] = p
+            peer._plans[key] = segs
             while len(peer._plans) > _PLAN_CACHE:
                 peer._plans.popitem(last=False)
-        return p
+        return segs
 
     def _lease_snapshot(self, peer, blocks, lease):
         lease_id = int(lease.id if isinstance(lease, Lease) else lease)
