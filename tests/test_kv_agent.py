@@ -489,3 +489,11 @@ def test_refused_cma_falls_back_with_banner(peer, monkeypatch):
     want = ref_cache(s)
     poison(want)
     assert_planes(mine.planes, expected_after(want, [4, 0], ref_cache(s), [2, 9]))
+
+
+def test_two_process_example_runs():
+    """tests/kv/two_process_example.py (the README's example) in its own interpreter."""
+    r = subprocess.run([sys.executable, os.path.join(HERE, "kv", "two_process_example.py")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "example OK" in r.stdout and "bytes over cma" in r.stdout
