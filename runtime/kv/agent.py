@@ -33,10 +33,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..errors import HaulerError, InvalidArgument, NoDevice, OutOfRange
+from ..errors import InvalidArgument, NoDevice, OutOfRange
 from .transport import (CmaTransport, LeaseExpired, PeerLost, ShmTransport, TransferCancelled, TransferError,
-                        TransferTimeout, TransportRefused, b64, outside_regions, recv_frame, send_frame, serve_stage,
-                        unb64)
+                        TransferTimeout, TransportRefused, b64, recv_frame, send_frame, serve_stage,
+                        shm_prefix, unb64)
 
 __all__ = ["Agent", "Peer", "Transfer", "Lease", "TransferError", "PeerLost", "TransferTimeout", "LeaseExpired",
            "TransferCancelled", "TransportRefused"]
@@ -145,7 +145,7 @@ class _Registration:
         self.regions = [(int(a), int(n)) for a, n in layout.regions()]
         self.huge_bytes = advise_huge_pages(self.regions) if huge_pages else 0
         entry = _core().kv_lease_entry_bytes
-        self.lease_path = f"/dev/shm/hauler-kv-{os.getpid()}-{agent_tag}-{index}.lease"
+        self.lease_path = f"{shm_prefix()}{agent_tag}-{index}.lease"
         size = max(entry * layout.num_blocks, 1)
         fd = os.open(self.lease_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -822,8 +822,9 @@ def arrived_split(segs, bytes_done, dst_layout, dst_blocks, layers, heads, dst_h
 
 def _sweep_stale_files():
     """Lease tables and rings of processes that died without close() (SIGKILL) are removed."""
-    for path in glob.glob("/dev/shm/hauler-kv-*"):
-        m = re.match(r"/dev/shm/hauler-kv-(\d+)-", path)
+    mine = shm_prefix(0)[:-2]  # /dev/shm/hauler-kv-<our pid namespace>-
+    for path in glob.glob(mine + "*"):
+        m = re.match(re.escape(mine) + r"(\d+)-", path)
         if m and not os.path.exists(f"/proc/{m.group(1)}"):
             try:
                 os.unlink(path)

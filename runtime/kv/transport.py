@@ -176,7 +176,7 @@ class ShmTransport:
         with self._lock:
             r = self._rings.get(peer.key)
             if r is None:
-                path = f"/dev/shm/hauler-kv-{os.getpid()}-{uuid.uuid4().hex[:12]}.ring"
+                path = f"{shm_prefix()}{uuid.uuid4().hex[:12]}.ring"
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
                     os.ftruncate(fd, 2 * self.slot_bytes)
@@ -328,6 +328,17 @@ def outside_regions(addrs, sizes, regions):
     ok |= sizes == 0
     bad = np.flatnonzero(~ok)
     return int(bad[0]) if len(bad) else None
+
+
+def shm_prefix(pid=None):
+    """/dev/shm/hauler-kv-<pid namespace>-<pid>-: files of this process. The namespace is in the
+    name so a sweep of dead processes' files never takes those of a live process whose pid only
+    looks dead from here (containers sharing /dev/shm)."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"/dev/shm/hauler-kv-{ns}-{os.getpid() if pid is None else pid}-"
 
 
 def _unlink(path):

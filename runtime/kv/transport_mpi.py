@@ -9,12 +9,10 @@ segments in order, so the type signatures match byte for byte), then MPI_Win_flu
 notification is a message on the agent's tag, sent after the flush returned (the bytes are then
 at the target); the target picks it up in notifications().
 
-Metadata travels with ``exchange_metadata(comm, metadata)`` (an allgather). Leases need the lease
-table's shared page and are refused over MPI.
+Metadata travels with ``exchange_metadata(comm, metadata)`` (an allgather). Leases need the
+owner's shared lease page: on one node they work as over CMA; across nodes read(lease=) is refused.
 """
 import threading
-
-import numpy as np
 
 from ..errors import InvalidArgument
 from .transport import TransferError, segments_array
