@@ -496,3 +496,14 @@ def test_two_process_example_runs():
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "example OK" in r.stdout and "bytes over cma" in r.stdout
+
+
+def test_readme_example_is_the_tested_file():
+    """The README's "Between processes" code block is tests/kv/two_process_example.py (after its
+    docstring), so test_two_process_example_runs runs what the README shows."""
+    readme = open(os.path.join(HERE, "..", "README.md")).read()
+    part = readme.split("### Between processes (hauler.kv.Agent)", 1)
+    assert len(part) == 2, "README has no 'Between processes (hauler.kv.Agent)' section"
+    block = part[1].split("```python\n", 1)[1].split("```", 1)[0]
+    example = open(os.path.join(HERE, "kv", "two_process_example.py")).read().split('"""', 2)[2].lstrip("\n")
+    assert block == example
