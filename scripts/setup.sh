@@ -134,6 +134,28 @@ if ! mpi4py_ok; then
   mpi4py_ok || { echo "setup.sh: mpi4py installed but not linked to Open MPI" >&2; exit 1; }
 fi
 
+# ---- 3b2. a second mpi4py built against MPICH, for the MPICH runs (PYTHONPATH=build/mpi4py-mpich) ----
+# Not fatal: the tests that need it skip, naming this step's log.
+MPICH_MPI4PY="$ROOT/build/mpi4py-mpich"
+mpi4py_mpich_ok() { PYTHONPATH="$MPICH_MPI4PY" "$VPY" - "$MPICH_MPI4PY" <<'EOF' >/dev/null 2>&1
+import os, sys
+import mpi4py
+mpi4py.rc.initialize = False
+mpi4py.rc.finalize = False
+from mpi4py import MPI
+sys.exit(0 if "MPICH" in MPI.Get_library_version() and mpi4py.__file__.startswith(sys.argv[1]) else 1)
+EOF
+}
+if command -v mpicc.mpich >/dev/null 2>&1 && ! mpi4py_mpich_ok; then
+  say "building mpi4py against MPICH into build/mpi4py-mpich (takes a minute or two)"
+  rm -rf "$MPICH_MPI4PY"
+  M4V="$("$VPY" -c 'import mpi4py; print(mpi4py.__version__)' 2>/dev/null || echo 4.1.2)"
+  if ! env MPICC=mpicc.mpich "${PIP[@]}" install --no-binary mpi4py --no-cache-dir --no-deps \
+      --target "$MPICH_MPI4PY" "mpi4py==$M4V" >"$LOG_DIR/mpi4py-mpich.log" 2>&1 || ! mpi4py_mpich_ok; then
+    say "WARNING: mpi4py against MPICH did not build (the MPICH tests skip): see $LOG_DIR/mpi4py-mpich.log" >&2
+  fi
+fi
+
 # ---- 3c. hauler itself (editable), skipped when nothing that the build reads has changed ------
 stamp() {
   {

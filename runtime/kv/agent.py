@@ -42,7 +42,7 @@ __all__ = ["Agent", "Peer", "Transfer", "Lease", "TransferError", "PeerLost", "T
            "TransferCancelled", "TransportRefused"]
 
 _MAGIC = b"HKVAGENT1\n"
-_TRANSPORTS = ("auto", "cma", "shm", "mpi")
+_TRANSPORTS = ("auto", "cma", "shm", "mpi", "mpi2")
 _PLAN_CACHE = 256
 _GROUPS = 32  # a request is planned as up to this many groups of consecutive blocks (see _plan)
 _banners = set()
@@ -316,10 +316,11 @@ class Transfer:
 
 class Agent:
     """One per process; see the module docstring. transport: "auto" (cross-memory attach, falling
-    back to the staging ring where the kernel refuses it), "cma", "shm" or "mpi" (needs
-    hauler.kv.transport_mpi and an MPI job: every rank of comm, default COMM_WORLD, creates its agent
-    together and closes it together). timeout: seconds a control exchange with a peer may take
-    before the transfer fails with TransferTimeout."""
+    back to the staging ring where the kernel refuses it), "cma", "shm", "mpi" (one-sided, falling
+    back to two-sided where the library refuses it) or "mpi2" (two-sided, packed by hauler); the
+    MPI ones need an MPI job: every rank of comm, default COMM_WORLD, creates its agent together
+    and closes it together (see hauler.kv.transport_mpi). timeout: seconds a control exchange or
+    MPI wait with a peer may take before the transfer fails with TransferTimeout."""
 
     def __init__(self, name, transport="auto", timeout=10.0, max_workers=4, comm=None):
         if not isinstance(name, str) or not name:
@@ -337,9 +338,9 @@ class Agent:
         self._leases = {}
         self._lease_ids = itertools.count(random.getrandbits(40) + 1)
         self._cma, self._shm, self._mpi = CmaTransport(), ShmTransport(), None
-        if transport == "mpi":
+        if transport in ("mpi", "mpi2"):
             from .transport_mpi import MpiTransport
-            self._mpi = MpiTransport(comm)
+            self._mpi = MpiTransport(comm, one_sided=transport == "mpi", timeout=self.timeout)
         _sweep_stale_files()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.address = f"\0hauler-kv-{os.getpid()}-{self._tag}"
@@ -364,11 +365,9 @@ class Agent:
         for attr in ("to_bytes", "regions", "num_blocks", "dtype"):
             if not hasattr(layout, attr):
                 raise InvalidArgument(f"register() takes a hauler.kv.KVLayout, got {type(layout).__name__}")
-        if getattr(layout, "device", None) is not None:
-            raise NoDevice(f"layout on {layout.device}: device-memory registration (CUDA IPC) is not built; "
-                           "register a host layout (or a pinned staging layout)")
+        device = getattr(layout, "device", None) is not None  # this side drives: staged through host memory
         with self._lock:
-            reg = _Registration(len(self._regs), layout, self._tag, huge_pages)
+            reg = _Registration(len(self._regs), layout, self._tag, huge_pages and not device)
             self._regs.append(reg)
         boot, pidns = _node_id()
         meta = {"name": self.name, "pid": os.getpid(), "tag": self._tag, "control": self.address,
@@ -402,6 +401,10 @@ class Agent:
             raise InvalidArgument(f"metadata is corrupt: {e}") from None
         local = self._local(layout)
         check_compatible(local.layout, remote, self.name, meta["name"])
+        if remote.device is not None:
+            raise NoDevice(f"peer {meta['name']!r} registered device memory ({remote.device}): another process "
+                           "reaches it only through CUDA IPC handles, which hauler.kv does not provide; the side "
+                           "with the device cache drives the transfer (its read/write stage through host memory)")
         if meta["pid"] == os.getpid() and meta["tag"] == self._tag:
             raise InvalidArgument(f"agent {self.name!r} cannot connect to itself")
         peer = Peer(self, meta, remote, local)
@@ -419,8 +422,13 @@ class Agent:
 
     def _choose(self, peer, meta):
         want = self.requested
-        if want == "mpi":
-            return self._mpi.connect(peer, meta)
+        if want in ("mpi", "mpi2"):
+            t = self._mpi.connect(peer, meta)
+            if want == "mpi" and t is not self._mpi:
+                _banner(("mpi2", peer.key), f"hauler.kv: agent {self.name!r} moves bytes with peer {peer.name!r} "
+                        "by two-sided messages packed by hauler, not one-sided MPI: "
+                        + (self._mpi.refused or "the peer has no one-sided window"))
+            return t
         if not peer.same_node:
             raise InvalidArgument(f"peer {peer.name!r} is on another node ({meta['host']}) or in another pid "
                                   f"namespace: transport {want!r} needs one node; use transport='mpi'")
@@ -500,12 +508,17 @@ class Agent:
                                       else (peer.layout, rb, peer.local.layout, lb))
         if len(np.unique(dst_b)) != len(dst_b):
             raise InvalidArgument(f"{'remote' if write else 'local'}_blocks (the destination) repeats a block")
-        segs = self._plan(peer, kind, src_l, src_b, dst_l, dst_b, layers, heads, dst_heads, num_tokens)
+        if peer.local.layout.device is not None:
+            stage = _Staging(kind, peer.local.layout, lb, peer.layout, rb, layers, heads, dst_heads, num_tokens)
+            segs = stage.segs
+        else:
+            stage = None
+            segs = self._plan(peer, kind, src_l, src_b, dst_l, dst_b, layers, heads, dst_heads, num_tokens)
         lease_ctx = self._lease_snapshot(peer, rb, lease) if lease is not None else None
         progress = _core().KvXferProgress()
         t = Transfer(kind, peer, int(segs[:, 2].sum()), dst_b, progress)
         ctx = dict(dst_layout=dst_l, dst_blocks=dst_b, layers=layers, heads=heads, dst_heads=dst_heads)
-        t.future = self._pool.submit(self._run, t, peer, segs, write, progress, lease_ctx, notify, lease, ctx)
+        t.future = self._pool.submit(self._run, t, peer, segs, write, progress, lease_ctx, notify, lease, ctx, stage)
         return t
 
     def _plan(self, peer, kind, src_l, src_b, dst_l, dst_b, layers, heads, dst_heads, num_tokens):
@@ -557,17 +570,31 @@ class Agent:
                                "nothing was read", 0, blocks[:0], blocks)
         return lease_id, table, blocks, gens, min_deadline
 
-    def _run(self, t, peer, segs, write, progress, lease_ctx, notify, lease, ctx):
+    def _run(self, t, peer, segs, write, progress, lease_ctx, notify, lease, ctx, stage=None):
+        try:
+            return self._run_staged(t, peer, segs, write, progress, lease_ctx, notify, ctx, stage)
+        finally:
+            if stage is not None:
+                stage.close()
+
+    def _run_staged(self, t, peer, segs, write, progress, lease_ctx, notify, ctx, stage):
         transport = peer.transport
         try:
+            if stage is not None and write:
+                stage.device_to_host()
             try:
                 transport.move(peer, segs, write, progress, None)
             except TransportRefused as e:
-                if self.requested != "auto" or progress.bytes_done:
+                if progress.bytes_done or (self.requested, transport) not in (("auto", self._cma), ("mpi", self._mpi)):
                     raise
-                _banner(("shm", peer.key), f"hauler.kv: cross-memory attach to peer {peer.name!r} refused; "
-                        f"falling back to the shared-memory staging ring: {e}")
-                peer.transport = transport = self._shm
+                if transport is self._mpi:
+                    _banner(("mpi2", peer.key), f"hauler.kv: one-sided MPI with peer {peer.name!r} refused; "
+                            f"falling back to two-sided messages packed by hauler: {e}")
+                    peer.transport = transport = self._mpi.two_sided
+                else:
+                    _banner(("shm", peer.key), f"hauler.kv: cross-memory attach to peer {peer.name!r} refused; "
+                            f"falling back to the shared-memory staging ring: {e}")
+                    peer.transport = transport = self._shm
                 transport.move(peer, segs, write, progress, None)
             if lease_ctx is not None:
                 lease_id, table, blocks, gens, min_deadline = lease_ctx
@@ -579,9 +606,13 @@ class Agent:
                     raise LeaseExpired(f"lease {lease_id} from peer {peer.name!r} {why}: the bytes read may be "
                                        "stale and must not be used", progress.bytes_done, t.dst_blocks[:0],
                                        t.dst_blocks)
+            if stage is not None and not write:
+                stage.host_to_device()
             if notify is not None:
                 self._notify(peer, bytes(notify), lease_ctx[0] if lease_ctx else None)
         except TransferError as e:
+            if e.arrived_blocks is None and stage is not None:  # nothing reached the device blocks
+                e.arrived_blocks, e.missing_blocks = t.dst_blocks[:0], t.dst_blocks
             if e.arrived_blocks is None:
                 e.arrived_blocks, e.missing_blocks = arrived_split(segs, progress.bytes_done, **ctx)
             raise
@@ -591,7 +622,7 @@ class Agent:
     # ---- notifications ----
 
     def _notify(self, peer, msg, lease_id):
-        if peer.transport is self._mpi and self._mpi is not None:
+        if self._mpi is not None and peer.transport in (self._mpi, self._mpi.two_sided):
             self._mpi.notify(peer, self.name, msg, lease_id)
             return
         try:
@@ -708,7 +739,7 @@ class Agent:
                     self._take_notes([(header.get("from"), payload, header.get("lease"))])
                 elif op == "stage":
                     with self._lock:
-                        regions = [r for reg in self._regs for r in reg.regions]
+                        regions = [r for reg in self._regs if reg.layout.device is None for r in reg.regions]
                     serve_stage(conn, header, payload, regions)
         except (OSError, ValueError):
             pass  # peer gone or closed: its transfers fail on its side
@@ -759,6 +790,63 @@ class Agent:
         return f"Agent({self.name!r}, transport={self.transport_name!r}, {'closed' if self._closed else 'open'})"
 
 
+class _Staging:
+    """A transfer whose local side is device memory: the bytes pass through a host buffer shaped as
+    the contiguous layout of the request's blocks (pinned when a GPU is usable), one part-1 plan
+    between it and the device blocks (one kernel launch) and the usual plan between it and the peer.
+    A failed or cancelled read leaves the device blocks untouched."""
+
+    def __init__(self, kind, dev, lb, remote, rb, layers, heads, dst_heads, num_tokens):
+        from .layout import contiguous_layout_like
+        from .plan import plan as make_plan
+        from .. import cuda_available
+        n = len(lb)
+        if n == 0:
+            raise InvalidArgument("local_blocks is empty: a device-side transfer needs at least one block")
+        self.buf = np.empty(n * dev.block_bytes, dtype=np.uint8)
+        self.pinned = False
+        if cuda_available():
+            _core().host_register(_addr(self.buf), self.buf.nbytes, False)
+            self.pinned = True
+        host = contiguous_layout_like(dev, n, self.buf)
+        sb = np.arange(n, dtype=np.int64)
+        if kind == "read":  # peer -> host buffer (as planned against our layout) -> device blocks
+            self.segs = make_plan(remote, rb, host, sb, layers=layers, heads=heads, dst_heads=dst_heads,
+                                  num_tokens=num_tokens).segments()
+            tokens = len(rb) * remote.block_size if num_tokens is None else int(num_tokens)
+            rng = _dst_range(heads, dst_heads, dev.num_heads)
+            self.device_plan = make_plan(host, sb, dev, lb, layers=layers, heads=rng, dst_heads=rng,
+                                         num_tokens=tokens)
+        else:  # device blocks -> host buffer -> peer
+            tokens = len(lb) * dev.block_size if num_tokens is None else int(num_tokens)
+            self.device_plan = make_plan(dev, lb, host, sb, layers=layers, heads=heads, dst_heads=heads,
+                                         num_tokens=tokens)
+            self.segs = make_plan(host, sb, remote, rb, layers=layers, heads=heads, dst_heads=dst_heads,
+                                  num_tokens=num_tokens).segments()
+        self.segs = np.ascontiguousarray(self.segs, dtype=np.int64)
+
+    def device_to_host(self):
+        from .moves import run_plan
+        run_plan(self.device_plan)
+
+    host_to_device = device_to_host  # the plan's direction says which
+
+    def close(self):
+        if self.pinned:
+            _core().host_unregister(_addr(self.buf))
+            self.pinned = False
+
+
+def _dst_range(heads, dst_heads, dst_num_heads):
+    """Where a head slice lands on the destination (plan()'s default rule), None for all heads."""
+    if heads is None:
+        return None
+    if dst_heads is not None:
+        return tuple(dst_heads)
+    h0, h1 = heads
+    return (0, h1 - h0) if dst_num_heads == h1 - h0 else (h0, h1)
+
+
 def check_compatible(local, remote, local_name, remote_name):
     """Raises InvalidArgument naming both sides' values when the two layouts cannot exchange blocks.
     Kinds are compared by family: every K/V kind (vLLM flash/cross-layer/legacy, SGLang, LMCache,
@@ -794,11 +882,7 @@ def arrived_split(segs, bytes_done, dst_layout, dst_blocks, layers, heads, dst_h
     first_short = int(np.searchsorted(ends, bytes_done, side="right"))
     if first_short >= len(segs):
         return dst_blocks, dst_blocks[:0]
-    rng = None
-    if heads is not None:
-        h0, h1 = heads
-        rng = tuple(dst_heads) if dst_heads is not None else (
-            (0, h1 - h0) if dst_layout.num_heads == h1 - h0 else (h0, h1))
+    rng = _dst_range(heads, dst_heads, dst_layout.num_heads)
     starts_l, ends_l, owner = [], [], []
     for i, b in enumerate(dst_blocks):
         s = make_plan(dst_layout, [int(b)], dst_layout, [int(b)], layers=layers, heads=rng).segments()
