@@ -33,6 +33,7 @@ def _launch(flavour, monkeypatch):
     if cc is None or cc.vendor != {"mpich": mpi_find.MPICH, "ompi": mpi_find.OPEN_MPI}[flavour]:
         pytest.skip(f"{flavour}: mpicc is {cc and cc.vendor}")
     env = mpi_find.mpiexec_env(cc)
+    env["HAULER_KV_TEST_MPI"] = flavour
     if flavour == "mpich":
         env["PYTHONPATH"] = os.pathsep.join([MPICH_MPI4PY] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                                               if p])

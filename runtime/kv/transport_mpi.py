@@ -2,7 +2,9 @@
 is the network layer; nothing here opens a socket between nodes.
 
 Every rank of the communicator creates its Agent together (MPI_Win_create_dynamic is collective)
-and closes it together.
+and closes it together. The agent's own MPI calls are serialized by a lock, but its service thread
+runs beside the application's: where the application calls MPI while an agent is open, initialize
+with MPI_THREAD_MULTIPLE (MPICH over UCX asserts otherwise); SERIALIZED suffices when it does not.
 
 - "mpi", one-sided: one dynamic window, locked (lock_all, passive target) for the agent's life;
   register() attaches the layout's regions to it. A transfer is ONE MPI_Rget (read) or MPI_Put

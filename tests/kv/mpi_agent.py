@@ -15,7 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import mpi4py  # noqa: E402
 
-mpi4py.rc.thread_level = "serialized"  # Open MPI 4's osc/pt2pt (no RDMA network here) refuses MULTIPLE
+# Open MPI 4's osc/pt2pt (no RDMA network here) refuses MULTIPLE; MPICH (ch4/UCX) needs it, since this
+# program's own MPI calls (allgather, barrier) run beside the agent's service thread.
+mpi4py.rc.thread_level = "multiple" if os.environ.get("HAULER_KV_TEST_MPI") == "mpich" else "serialized"
 from mpi4py import MPI  # noqa: E402
 
 from hauler.kv.agent import Agent, TransferTimeout  # noqa: E402
