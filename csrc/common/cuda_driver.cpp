@@ -17,7 +17,6 @@ std::mutex g_mutex;
 bool g_load_tried = false;  // driver() tried to load it (under g_mutex)
 std::string g_why;          // why that failed
 std::atomic<unsigned long long> g_seen_adds{~0ull};
-std::atomic<long long> g_probes{0};
 
 // The one place hauler opens libcuda. load = false: only if the process has loaded it already.
 void* open_libcuda(bool load) { return dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | (load ? 0 : RTLD_NOLOAD)); }
@@ -97,7 +96,6 @@ const Driver* driver_if_loaded() {
   dl_iterate_phdr(load_scan, &first);
   if (first.adds == g_seen_adds.load(std::memory_order_relaxed)) return nullptr;
   g_seen_adds.store(first.adds, std::memory_order_relaxed);
-  g_probes.fetch_add(1, std::memory_order_relaxed);
   LoadScan all;
   all.first_only = false;
   dl_iterate_phdr(load_scan, &all);
@@ -107,7 +105,5 @@ const Driver* driver_if_loaded() {
   void* lib = open_libcuda(false);
   return lib ? bind_all(lib) : nullptr;
 }
-
-long long driver_probes() { return g_probes.load(std::memory_order_relaxed); }
 
 }  // namespace hauler::cuda

@@ -62,7 +62,4 @@ const Driver* driver(std::string* why = nullptr);
 // call: it compares the dynamic linker's load counter instead of searching the disk.
 const Driver* driver_if_loaded();
 
-// How many times driver_if_loaded() looked through the loaded libraries (its slow path).
-long long driver_probes();
-
 }  // namespace hauler::cuda
