@@ -86,7 +86,7 @@ def library_path(flavour: Optional[str] = None) -> str:
 def default_model_path() -> str:
     """Where `hauler-bench calibrate` writes the shim's model, and where the shim looks for one when
     HAULER_INTERPOSE_MODEL is unset: $XDG_CONFIG_HOME/hauler/interpose-model.txt, else
-    ~/.config/hauler/interpose-model.txt (interpose.cpp's default_model_path says the same)."""
+    ~/.config/hauler/interpose-model.txt (interpose/settings.cpp's default_model_path says the same)."""
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "hauler", "interpose-model.txt")
 

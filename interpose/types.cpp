@@ -1,0 +1,207 @@
+// The type cache: MPI types decoded into hauler's layouts at MPI_Type_commit, and each thread's
+// lock-free view of it (Brief, shim.hpp).
+#include <algorithm>
+
+#include "shim.hpp"
+
+namespace shim {
+
+std::atomic<uint64_t> g_type_cache_generation{1};
+HAULER_TLS Brief* tl_type_briefs = nullptr;
+HAULER_TLS unsigned tl_type_brief_victim = 0;
+
+namespace {
+
+std::mutex g_decoded_types_mu;
+std::unordered_map<MPI_Datatype, TypeInfoRef> g_decoded_types;
+std::vector<std::pair<MPI_Datatype, std::string>> g_named_types;
+
+struct Refused {
+  std::string why;
+};
+
+dt::TypeRef with_library_bounds(dt::TypeRef node, MPI_Datatype t) {
+  MPI_Aint lb = 0, extent = 0;
+  PMPI_Type_get_extent(t, &lb, &extent);
+  int size = 0;
+  PMPI_Type_size(t, &size);
+  if (node->b.size != size)
+    throw Refused{"decoded size " + std::to_string(node->b.size) + " != library size " +
+                  std::to_string(size)};
+  return dt::with_bounds(node, lb, extent);
+}
+
+dt::TypeRef decode(MPI_Datatype t, int depth) {
+  if (depth > 64) throw Refused{"nesting deeper than 64"};
+  int ni = 0, na = 0, nt = 0, combiner = 0;
+  PMPI_Type_get_envelope(t, &ni, &na, &nt, &combiner);
+  if (combiner == MPI_COMBINER_NAMED) {
+    for (auto& p : g_named_types)
+      if (p.first == t) {
+        dt::TypeRef n = dt::named(p.second);
+        int size = 0;
+        PMPI_Type_size(t, &size);
+        if (n->b.size == size) return with_library_bounds(n, t);
+        break;
+      }
+    int size = 0;
+    PMPI_Type_size(t, &size);
+    return with_library_bounds(dt::contiguous(size, dt::named("byte")), t);
+  }
+  std::vector<int> ints(ni);
+  std::vector<MPI_Aint> addrs(na);
+  std::vector<MPI_Datatype> types(nt);
+  PMPI_Type_get_contents(t, ni, na, nt, ints.data(), addrs.data(), types.data());
+  std::vector<dt::TypeRef> olds;
+  std::string err;
+  try {
+    for (MPI_Datatype x : types) olds.push_back(decode(x, depth + 1));
+  } catch (...) {
+    err = "child";
+  }
+  for (MPI_Datatype x : types) {  // contents hand back new handles for derived types
+    int a, b, c, comb;
+    PMPI_Type_get_envelope(x, &a, &b, &c, &comb);
+    if (comb != MPI_COMBINER_NAMED) PMPI_Type_free(&x);
+  }
+  if (!err.empty()) throw Refused{"a member type cannot be decoded"};
+  auto I = [&](int i) -> int64_t { return ints.at(i); };
+  auto range = [&](int from, int n) {
+    std::vector<int64_t> v;
+    for (int i = 0; i < n; ++i) v.push_back(ints.at(from + i));
+    return v;
+  };
+  auto arange = [&](int from, int n) {
+    std::vector<int64_t> v;
+    for (int i = 0; i < n; ++i) v.push_back(addrs.at(from + i));
+    return v;
+  };
+  auto order = [&](int64_t o) { return o == MPI_ORDER_FORTRAN ? dt::Order::fortran : dt::Order::c; };
+  dt::TypeRef node;
+  switch (combiner) {
+    case MPI_COMBINER_DUP: node = dt::dup(olds.at(0)); break;
+    case MPI_COMBINER_CONTIGUOUS: node = dt::contiguous(I(0), olds.at(0)); break;
+    case MPI_COMBINER_VECTOR: node = dt::vector(I(0), I(1), I(2), olds.at(0)); break;
+    case MPI_COMBINER_HVECTOR: node = dt::hvector(I(0), I(1), addrs.at(0), olds.at(0)); break;
+    case MPI_COMBINER_INDEXED: {
+      int n = ints.at(0);
+      node = dt::indexed(range(1, n), range(1 + n, n), olds.at(0));
+      break;
+    }
+    case MPI_COMBINER_HINDEXED: {
+      int n = ints.at(0);
+      node = dt::hindexed(range(1, n), arange(0, n), olds.at(0));
+      break;
+    }
+    case MPI_COMBINER_INDEXED_BLOCK: node = dt::indexed_block(I(1), range(2, ints.at(0)), olds.at(0)); break;
+    case MPI_COMBINER_HINDEXED_BLOCK: node = dt::hindexed_block(I(1), arange(0, ints.at(0)), olds.at(0)); break;
+    case MPI_COMBINER_STRUCT: {
+      int n = ints.at(0);
+      node = dt::structure(range(1, n), arange(0, n), olds);
+      break;
+    }
+    case MPI_COMBINER_SUBARRAY: {
+      int n = ints.at(0);
+      node = dt::subarray(range(1, n), range(1 + n, n), range(1 + 2 * n, n), order(I(1 + 3 * n)), olds.at(0));
+      break;
+    }
+    case MPI_COMBINER_RESIZED: node = dt::resized(olds.at(0), addrs.at(0), addrs.at(1)); break;
+    default:
+      // darray (the libraries disagree with the standard in places), F90 types, ...: the
+      // library keeps these, so its own layout is used.
+      throw Refused{"combiner " + std::to_string(combiner) + " is left to the library"};
+  }
+  return with_library_bounds(node, t);
+}
+
+TypeInfoRef lookup(MPI_Datatype t) {
+  std::lock_guard<std::mutex> lk(g_decoded_types_mu);
+  if (g_decoded_types.empty()) return nullptr;
+  auto it = g_decoded_types.find(t);
+  return it == g_decoded_types.end() ? nullptr : it->second;
+}
+
+}  // namespace
+
+std::shared_ptr<const dt::Plan> TypeInfo::plan(int64_t count) {
+  std::lock_guard<std::mutex> lk(mu);
+  if (count != last_count) {
+    last_plan = std::make_shared<const dt::Plan>(dt::make_plan(dt::repeat(one, count, extent)));
+    last_count = count;
+  }
+  return last_plan;
+}
+
+void init_named_types() {
+  g_named_types = {
+      {MPI_BYTE, "byte"}, {MPI_CHAR, "char"}, {MPI_SIGNED_CHAR, "signed_char"},
+      {MPI_UNSIGNED_CHAR, "unsigned_char"}, {MPI_PACKED, "packed"}, {MPI_C_BOOL, "c_bool"},
+      {MPI_SHORT, "short"}, {MPI_UNSIGNED_SHORT, "unsigned_short"}, {MPI_INT, "int"},
+      {MPI_UNSIGNED, "unsigned"}, {MPI_LONG, "long"}, {MPI_UNSIGNED_LONG, "unsigned_long"},
+      {MPI_LONG_LONG, "long_long"}, {MPI_UNSIGNED_LONG_LONG, "unsigned_long_long"},
+      {MPI_WCHAR, "wchar"}, {MPI_INT8_T, "int8"}, {MPI_INT16_T, "int16"}, {MPI_INT32_T, "int32"},
+      {MPI_INT64_T, "int64"}, {MPI_UINT8_T, "uint8"}, {MPI_UINT16_T, "uint16"},
+      {MPI_UINT32_T, "uint32"}, {MPI_UINT64_T, "uint64"}, {MPI_AINT, "aint"},
+      {MPI_OFFSET, "offset"}, {MPI_COUNT, "count"}, {MPI_FLOAT, "float"}, {MPI_DOUBLE, "double"},
+      {MPI_LONG_DOUBLE, "long_double"}, {MPI_C_FLOAT_COMPLEX, "c_float_complex"},
+      {MPI_C_DOUBLE_COMPLEX, "c_double_complex"},
+      {MPI_C_LONG_DOUBLE_COMPLEX, "c_long_double_complex"}, {MPI_FLOAT_INT, "float_int"},
+      {MPI_DOUBLE_INT, "double_int"}, {MPI_LONG_INT, "long_int"}, {MPI_2INT, "2int"},
+      {MPI_SHORT_INT, "short_int"}, {MPI_LONG_DOUBLE_INT, "long_double_int"},
+  };
+}
+
+void commit_type(MPI_Datatype t) {
+  auto info = std::make_shared<TypeInfo>();
+  try {
+    dt::TypeRef node = decode(t, 0);
+    info->one = dt::canonical(node);
+    info->size = node->b.size;
+    info->extent = node->b.extent();
+    int64_t nruns = static_cast<int64_t>(info->one.runs.size()) * std::max<int64_t>(1, info->one.repeats());
+    info->mean_block = nruns > 0 ? info->size / nruns : 0;
+    info->single_run = info->one.empty() || (info->one.strided() && info->one.dims.empty());
+    info->contiguous = info->one.empty() ||
+                       (info->single_run && info->one.runs[0].offset == 0 && info->one.runs[0].length == info->extent);
+    stats().types_decoded++;
+  } catch (const Refused& r) {
+    stats().types_refused++;
+    logf(kInfo, "type 0x%llx left to the library: %s", handle_bits(t), r.why.c_str());
+    return;
+  } catch (const std::exception& e) {
+    stats().types_refused++;
+    logf(kInfo, "type 0x%llx left to the library: %s", handle_bits(t), e.what());
+    return;
+  }
+  std::lock_guard<std::mutex> lk(g_decoded_types_mu);
+  g_decoded_types[t] = info;
+  g_type_cache_generation.fetch_add(1, std::memory_order_release);
+}
+
+void forget_type(MPI_Datatype t) {
+  std::lock_guard<std::mutex> lk(g_decoded_types_mu);
+  if (g_decoded_types.erase(t)) g_type_cache_generation.fetch_add(1, std::memory_order_release);
+}
+
+Brief* new_type_briefs() {
+  // owned by a thread_local that frees them at thread exit; reached through an initial-exec pointer
+  struct Owner {
+    std::unique_ptr<Brief[]> p;
+    ~Owner() { tl_type_briefs = nullptr; }
+  };
+  thread_local Owner owner;  // declared here: its init guard is checked on this path only
+  owner.p.reset(new Brief[(1u << kBriefSetBits) + kBriefWays - 1]);
+  tl_type_briefs = owner.p.get();
+  return tl_type_briefs;
+}
+
+void refill_brief(Brief& b, MPI_Datatype t, uint64_t gen) {
+  b.t = t;
+  b.gen = gen;
+  b.info = lookup(t);
+  b.plan_count = -1;
+  b.plan.reset();
+  b.asked_count = -1;
+}
+
+}  // namespace shim
