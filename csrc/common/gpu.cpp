@@ -28,7 +28,6 @@ struct Loaded {
 };
 
 std::atomic<bool> g_emulation{false};
-std::string g_default_library;  // set_default_library_path, before the first load
 
 const char kAnchor = 0;  // an address inside this module, for dladdr
 
@@ -161,7 +160,6 @@ std::string library_path() {
     if (file_exists(p, &is_dir) && is_dir) p += "/libhauler_cuda.so";
     return p;
   }
-  if (!g_default_library.empty()) return g_default_library;
   Dl_info info;
   if (dladdr(&kAnchor, &info) && info.dli_fname && *info.dli_fname) return library_near(info.dli_fname);
   return "./libhauler_cuda.so";
@@ -177,8 +175,6 @@ std::string library_near(const std::string& module) {
   if (!file_exists(beside, &is_dir) && file_exists(package, &is_dir) && !is_dir) return package;
   return beside;
 }
-
-void set_default_library_path(const std::string& path) { g_default_library = path; }
 
 const Backend* backend() {
   if (g_emulation.load(std::memory_order_acquire)) return &emulation_backend();

@@ -67,10 +67,6 @@ std::string library_path();
 // The search without $HAULER_CUDA_LIB, for a core inside the module file `module`.
 std::string library_near(const std::string& module);
 
-// Where library_path() looks when HAULER_CUDA_LIB is unset, for hosts of the core that do not
-// sit next to libhauler_cuda.so (the MPI interposer lives in a subdirectory). "" = the default.
-void set_default_library_path(const std::string& path);
-
 // The emulation backend (gpu_emulation.hpp).
 const Backend& emulation_backend();
 
