@@ -503,6 +503,7 @@ setup(
     python_requires=">=3.9",
     packages=packages,
     package_dir=package_dir,
+    package_data={"hauler.bench": ["programs/*.c", "programs/*.py"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt},
     install_requires=["numpy"],

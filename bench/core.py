@@ -52,6 +52,18 @@ class Timing:
         return d
 
 
+PROGRAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs")
+
+
+def program_path(name: str) -> str:
+    """A benchmark program shipped with hauler.bench (setup.py's package_data): its path."""
+    path = os.path.join(PROGRAMS, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"hauler.bench's program {name!r} is missing from {PROGRAMS} "
+                                "(an install without setup.py's package_data?); reinstall hauler")
+    return path
+
+
 def time_call(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> Timing:
     """Call ``fn`` ``warmup`` times untimed, then ``repeat`` times timed (perf_counter)."""
     return time_interleaved({"fn": fn}, repeat, warmup)["fn"]
@@ -182,13 +194,8 @@ def hauler_info() -> Dict[str, Any]:
                             "threads_default": int(_core.threads()),
                             "cuda_available": bool(hauler.cuda_available()),
                             "cuda_status": str(hauler.cuda_status())}
-    build = None
-    path = os.path.join(os.path.dirname(os.path.abspath(str(info["core"] or ""))), "_build_info.json")
-    try:
-        with open(path) as f:
-            build = json.load(f)
-    except (OSError, ValueError):
-        pass
+    from hauler import _build
+    build = _build.read()["info"]
     info["build"] = build
     core_build = (build or {}).get("core", {}) if isinstance(build, dict) else {}
     if core_build:

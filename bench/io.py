@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -152,8 +151,7 @@ def run_fio(path: str, rw: str, bs: int, qd: int, size: int, amount: int, direct
            f"--size={size}", f"--io_size={amount}", "--norandommap", "--randrepeat=0",
            "--invalidate=1", "--output-format=json", "--thread"]
     if engine == "io_uring":
-        cmd.append("--fixedbufs")  # registered buffers: fio's fastest io_uring setting (per-I/O page pinning
-        #                            costs fio ~2.5x on some VMs)
+        cmd.append("--fixedbufs")  # registered buffers: fio's fastest io_uring setting (no per-I/O page pinning)
     if engine == "psync":
         cmd.remove(f"--iodepth={qd}")
         cmd += [f"--numjobs={qd}", "--group_reporting", f"--io_size={max(bs, amount // qd)}"]
@@ -531,9 +529,7 @@ def _whole_file(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Outpu
                     if kind == "read":
                         correct[name] = bool(np.array_equal(res, src))
                     else:
-                        p = {"hauler": hpath, "numpy.tofile": paths["numpy"],
-                             "python write": paths["python"]}.get(name)
-                        correct[name] = True if p is None else _same_file(np, p, src)
+                        correct[name] = _written_right(name, paths, hpath, src, torch)
                 del res
             if ctx["fio"]:
                 try:
@@ -557,124 +553,22 @@ def _whole_file(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Outpu
             os.unlink(p)
 
 
-def _same_file(np: Any, path: str, src: Any) -> bool:
+def _written_right(name: str, paths: Dict[str, str], hpath: str, src: Any, torch: Any) -> bool:
+    """The file a writer made holds src: its bytes, or for torch.save what torch.load gives back."""
+    if name == "torch.save":
+        got = torch.load(paths["torch"], weights_only=True)
+        return got.dtype == torch.uint8 and got.numpy().tobytes() == src.tobytes()
+    path = {"hauler": hpath, "numpy.tofile": paths["numpy"], "python write": paths["python"]}[name]
     with open(path, "rb") as f:
         return f.read() == src.tobytes()
 
 
 # -- part 3: offload in a training loop ------------------------------------------------------------
 
-OFFLOAD_SCRIPT = textwrap.dedent("""
-    import json, os, statistics, sys, time, torch
-    def hwm():  # VmHWM: peak RSS of this process image (ru_maxrss is inherited across exec)
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    def reset_hwm():
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    mode, directory = sys.argv[1], sys.argv[2]
-    width, depth, batch, pairs, threads = map(int, sys.argv[3:8])
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.GELU())
-                                  for _ in range(depth)])
-    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
-    x = torch.randn(batch, width)
-    off = None
-    if mode in ("time", "rss-offload"):
-        from hauler.offload import offload
-        off = offload(directory, min_bytes=1 << 20)
-    def step(o):
-        opt.zero_grad(set_to_none=True)
-        t0, c0 = time.perf_counter(), os.times()
-        if o is not None:
-            with o:
-                loss = model(x).square().mean()
-        else:
-            loss = model(x).square().mean()
-        loss.backward()
-        opt.step()
-        c1 = os.times()
-        return time.perf_counter() - t0, c1.user - c0.user + c1.system - c0.system
-    if mode.startswith("rss"):
-        step(off)  # warm-up
-        try:
-            reset_hwm()  # the peak of the timed step only
-        except OSError:
-            pass
-        step(off)
-        print(json.dumps({"peak_rss_kib": hwm()}))
-        sys.exit(0)
-    step(None), step(off), step(off)  # warm-up: allocator, store files, I/O rings
-    for k in off.stats:
-        off.stats[k] = 0
-    plain, offl = [], []
-    for i in range(pairs):  # both in one process, alternating: drift hits both alike
-        if i % 2:
-            plain.append(step(None)); offl.append(step(off))
-        else:
-            offl.append(step(off)); plain.append(step(None))
-    res = {"plain": plain, "offload": offl, "stats": dict(off.stats), "steps_counted": pairs,
-           "threads": torch.get_num_threads()}
-    # The same I/O alone: one step's saved tensors (their sizes recorded by a forward pass)
-    # written as forward does (all queued at once, then waited for), then read back as
-    # backward does (in reverse, prefetch reads ahead; the last keep_last stay in memory),
-    # through the same store; no compute.
-    sizes = []
-    def record(t):
-        if not isinstance(t, torch.nn.Parameter) and t.numel() * t.element_size() >= off.min_bytes:
-            sizes.append(t.numel() * t.element_size())
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
-        model(x).square().mean()
-    bufs = [torch.empty(n, dtype=torch.uint8) for n in sizes]
-    alone = []
-    for r in range(3):
-        t0 = time.perf_counter()
-        for fut in [off.store.put(f"alone-{i}", b) for i, b in enumerate(bufs)]:
-            fut.result()
-        t1 = time.perf_counter()
-        pending = {}
-        for i in reversed(range(max(0, len(bufs) - off.keep_last))):
-            for j in range(i, max(-1, i - 1 - off.prefetch), -1):
-                if j not in pending:
-                    pending[j] = off.store.get(f"alone-{j}")
-            pending.pop(i).result()
-        alone.append((t1 - t0, time.perf_counter() - t1))
-    res.update(io_alone=alone, io_alone_bytes=sum(sizes))
-    # The limit of hiding this I/O here: fio moves the same bytes (the writes, then the reads, in
-    # 8 MiB O_DIRECT requests paced over about a step) in its own process beside a plain step;
-    # whatever that step loses is what the machine charges the computation for the I/O itself.
-    fio = sys.argv[8] if len(sys.argv) > 8 else ""   # fio's path, or "": no such rows
-    if fio:
-        import subprocess
-        wb, rb = sum(sizes), res["stats"]["bytes_read"] // max(1, pairs)
-        rate = f"{max(1, int((wb + rb) / statistics.median(t for t, _ in plain) / 1e6))}M"
-        path = os.path.join(directory, "fio-beside")
-        job = ["--filename=" + path, f"--size={wb}", "--bs=8M", "--direct=1", "--ioengine=io_uring",
-               "--iodepth=4", "--rate=" + rate]
-        cmd = [fio, "--output=/dev/null", "--name=w", *job, "--rw=write", f"--io_size={wb}",
-               "--name=r", "--stonewall", *job, "--rw=read", f"--io_size={max(rb, 8 << 20)}"]
-        subprocess.run(cmd, check=True, capture_output=True)   # lays the file out
-        beside = []
-        for i in range(min(pairs, 6)):
-            a = step(None)
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.05)   # its start-up (exec, file open) before the step
-            b = step(None)
-            if p.wait() != 0:
-                raise RuntimeError(f"fio beside the step failed: {' '.join(cmd)}")
-            beside.append((a[0], b[0]))
-        os.unlink(path)
-        res.update(fio_beside=beside, fio_rate=rate)
-    print(json.dumps(res))
-""")
 
 
 def _offload_process(args: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    p = subprocess.run([sys.executable, "-c", OFFLOAD_SCRIPT, *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, core.program_path("offload_step.py"), *args], capture_output=True, text=True,
                        timeout=900, env=env)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.strip()[-400:])
@@ -725,8 +619,9 @@ def _offload_row(r: Dict[str, Any], model: str, rss: Dict[str, int], rep: Report
     cpu_plain, cpu_off = med([c for _, c in r["plain"]]), med([c for _, c in r["offload"]])
     row = {"part": "offload", "pattern": f"train/{r['threads']}t", "bs": None, "qd": None,
            "hauler_gbps": None, "peer": "no offload", "peer_gbps": None,
-           "vs_peer": med([a[0] / b[0] for a, b in zip(r["plain"], r["offload"])]), "correct": True,
-           "correct_text": "yes", "torch_threads": r["threads"],
+           "vs_peer": med([a[0] / b[0] for a, b in zip(r["plain"], r["offload"])]),
+           "correct": bool(r["check"]["correct"]), "correct_text": "yes" if r["check"]["correct"] else "NO",
+           "check": r["check"], "torch_threads": r["threads"],
            "rounds": {"plain": [t for t, _ in r["plain"]], "offload": [t for t, _ in r["offload"]]},
            "model": model, "s_per_step_offload": off_s, "s_per_step_plain": plain_s,
            "peak_rss_mib_offload": rss["offload"] / 1024, "peak_rss_mib_plain": rss["plain"] / 1024,

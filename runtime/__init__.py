@@ -4,6 +4,8 @@ Importing hauler loads the C++ core and nothing else: no MPI initialization
 (mpi4py.MPI is imported only where MPI is used) and no CUDA driver call until
 a GPU is asked about.
 """
+import importlib
+
 from ._version import __version__
 from .errors import (BufferTooSmall, HaulerError, HaulerIOError, InvalidArgument, NoDevice,
                      OutOfRange, Overflow, ReadOnlyBuffer)
@@ -13,9 +15,12 @@ except ImportError as _e:  # keep `hauler info` able to say what is wrong with t
     _core = None
     _core_error = _e
 
+# Submodules that load on first use so `import hauler` stays cheap (no mpi4py.MPI, no torch).
+_LAZY_SUBMODULES = ("datatype", "gather", "io", "offload")
+
 __all__ = ["__version__", "cuda_available", "cuda_status", "HaulerError", "InvalidArgument",
            "Overflow", "BufferTooSmall", "OutOfRange", "ReadOnlyBuffer", "NoDevice",
-           "HaulerIOError", "datatype", "gather", "io", "offload"]
+           "HaulerIOError", *_LAZY_SUBMODULES]
 
 
 def _require_core():
@@ -36,14 +41,12 @@ def cuda_status() -> str:
 
 
 def __getattr__(name):
-    # Submodules load on first use so `import hauler` stays cheap.
-    if name == "datatype":
-        from . import datatype
-        return datatype
-    if name == "gather":
-        from . import gather
-        return gather
-    if name in ("io", "offload"):
-        import importlib
+    if name in _LAZY_SUBMODULES:
+        # import_module, not `from . import name`: the latter looks the name up on this module
+        # first, which lands back here and recurses.
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'hauler' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import platform
@@ -22,34 +21,9 @@ import shutil
 import sys
 from typing import Any, Dict, List, Optional
 
-from . import config, mpi_find
+from . import _build, config, interpose, mpi_find
 from ._version import __version__
 
-BUILD_INFO = "_build_info.json"
-
-
-def _core_dir() -> str:
-    """Directory of the _core extension (where the build put libhauler_cuda.so and
-    _build_info.json); the package directory if _core is not there."""
-    try:
-        spec = importlib.util.find_spec("hauler._core")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.origin:
-        return os.path.dirname(os.path.abspath(spec.origin))
-    return os.path.dirname(os.path.abspath(__file__))
-
-
-def _build_info(d: str) -> Dict[str, Any]:
-    path = os.path.join(d, BUILD_INFO)
-    try:
-        with open(path) as f:
-            return {"path": path, "info": json.load(f), "error": None}
-    except FileNotFoundError:
-        return {"path": path, "info": None,
-                "error": f"{path} not found (hauler was not built by its setup.py)"}
-    except (OSError, ValueError) as e:
-        return {"path": path, "info": None, "error": f"{path}: {e}"}
 
 
 def _core_status() -> Dict[str, Any]:
@@ -106,7 +80,7 @@ def _settings() -> List[Dict[str, Any]]:
 
 
 def collect_info() -> Dict[str, Any]:
-    d = _core_dir()
+    d = _build.core_dir()
     core = _core_status()
     try:
         usable = len(os.sched_getaffinity(0))
@@ -117,7 +91,7 @@ def collect_info() -> Dict[str, Any]:
         "python": f"{platform.python_version()} ({sys.executable})",
         "package_dir": os.path.dirname(os.path.abspath(__file__)),
         "core": core,
-        "build": _build_info(d),
+        "build": _build.read(d),
         "cuda": _cuda_status(core["importable"]),
         "mpi": _mpi_status(),
         "cores": {"os": os.cpu_count(), "usable": usable},
@@ -193,7 +167,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_interpose(args: argparse.Namespace) -> int:
-    from . import interpose
     try:
         if args.list:
             for flav, path in sorted(interpose.libraries().items()):
@@ -206,12 +179,35 @@ def cmd_interpose(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_USAGE = "usage: hauler run [--launcher MPIEXEC] [--dry-run] [launcher options] -- program args..."
+RUN_HELP = f"""{RUN_USAGE}
+
+Run an MPI job with hauler's interposer (libhauler_interpose.so) preloaded into every rank, so an
+unchanged MPI program packs its derived datatypes with hauler's engine.
+
+options (before '--'):
+  --launcher MPIEXEC   the launcher to run (a name on PATH or a path); default: the mpiexec of the
+                       MPI hauler finds (HAULER_MPICC > MPICC > PATH). Its flavour (Open MPI or
+                       MPICH) picks the interposer built for it and how LD_PRELOAD is passed
+                       (Open MPI: -x LD_PRELOAD=..., MPICH: -genv LD_PRELOAD ...).
+  --dry-run            print the command line that would run, and run nothing
+  -h, --help           print this help and exit
+  launcher options     anything else before '--' goes to the launcher unchanged (e.g. -n 4)
+
+after '--': the program and its arguments.
+
+example: hauler run -n 2 -- ./a.out input.dat    (see what it runs: add --dry-run)
+"""
+
+
 def cmd_run(argv: List[str]) -> int:
     """hauler run [--launcher L] [--dry-run] [launcher options] -- program args..."""
-    from . import interpose
+    # Only what comes before '--' is hauler's: the program may take -h itself.
+    if {"-h", "--help"} & set(argv[:argv.index("--")] if "--" in argv else argv):
+        sys.stdout.write(RUN_HELP)
+        return 0
     if "--" not in argv:
-        sys.stderr.write("usage: hauler run [--launcher MPIEXEC] [--dry-run] [launcher options] "
-                         "-- program args...\n")
+        sys.stderr.write(RUN_USAGE + " (hauler run --help explains)\n")
         return 2
     cut = argv.index("--")
     opts, program = argv[:cut], argv[cut + 1:]
@@ -266,8 +262,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     "core count and settings")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("run", help="run an MPI job with the interposer preloaded: "
-                                   "hauler run [--launcher MPIEXEC] [launcher options] -- prog args")
+    sub.add_parser("run", help="run an MPI job with the interposer preloaded: "
+                               "hauler run [--launcher MPIEXEC] [launcher options] -- prog args "
+                               "(hauler run --help explains)")
     p = sub.add_parser("interpose", help="the LD_PRELOAD interposer library")
     p.add_argument("--path", action="store_true", help="print the library path (the default)")
     p.add_argument("--list", action="store_true", help="every flavour built, with its path")

@@ -47,33 +47,18 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-import weakref
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _buffers
+from ._gather_file import _file_table
+from ._gather_table import _addr, _core, _Table, _torch, _unlink
 from .errors import InvalidArgument, NoDevice, ReadOnlyBuffer
 
 __all__ = ["FeatureStore", "GatherCollate", "gather", "scatter", "SHM_DIR"]
 
 SHM_DIR = "/dev/shm"
-
-
-def _core():
-    from . import _require_core
-    return _require_core()
-
-
-def _torch():
-    """torch when importable, else None."""
-    if "torch" in sys.modules:
-        return sys.modules["torch"]
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
 
 
 def _in_worker() -> bool:
@@ -94,116 +79,7 @@ def _threads(threads: Optional[int]) -> int:
     return 0
 
 
-def _addr(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
-
-
 # -- tables ---------------------------------------------------------------------------------------
-
-class _Table:
-    """One table: a numpy view of its memory plus what is needed to share and rebuild it."""
-
-    def __init__(self, name: str, arr: np.ndarray, kind: str, torch_dtype: Any = None, path: Optional[str] = None,
-                 owner: bool = False, keep: Any = None):
-        if arr.ndim < 1:
-            raise InvalidArgument(f"table {name!r} must have at least one dimension (rows), got a scalar")
-        if arr.ndim > 1 and not arr[:1].reshape(arr.shape[1:]).flags.c_contiguous and arr.shape[0] > 0:
-            raise InvalidArgument(f"table {name!r}: rows must be C-contiguous (strides {arr.strides}); "
-                                  "pass np.ascontiguousarray(table)")
-        row_bytes = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.itemsize
-        stride = arr.strides[0] if arr.shape[0] > 1 else row_bytes
-        if stride < row_bytes:
-            raise InvalidArgument(f"table {name!r}: row stride {stride} is smaller than the row size {row_bytes} "
-                                  "(negative or overlapping rows); pass np.ascontiguousarray(table)")
-        if row_bytes == 0:
-            raise InvalidArgument(f"table {name!r} has empty rows (shape {arr.shape})")
-        self.name, self.arr, self.kind = name, arr, kind
-        self.torch_dtype, self.path, self.owner = torch_dtype, path, owner
-        self.keep = keep  # the object that owns the memory (a torch tensor), kept alive
-        self.row_bytes, self.row_stride = row_bytes, stride
-        self.device_ptr: Optional[int] = None
-        self.warned_fallback = False
-        self._finalizer = weakref.finalize(self, _unlink, path) if owner and path else None
-
-    @property
-    def rows(self) -> int:
-        return self.arr.shape[0]
-
-    @property
-    def row_shape(self) -> Tuple[int, ...]:
-        return tuple(self.arr.shape[1:])
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.rows == 0 else (self.rows - 1) * self.row_stride + self.row_bytes
-
-    def as_user(self, arr: Optional[np.ndarray] = None, torch_out: bool = False) -> Any:
-        """`arr` (default: the table) as the user gave the table: torch (dtype restored) or numpy."""
-        a = self.arr if arr is None else arr
-        if torch_out or self.torch_dtype is not None:
-            t = _torch_view(a)
-            if self.torch_dtype is not None and t.dtype != self.torch_dtype:
-                t = t.view(self.torch_dtype)
-            return t
-        return a
-
-    # The row movers FeatureStore calls. A table backend that does not sit in addressable memory
-    # (NVMe through the I/O engine, later) subclasses _Table and replaces these two: read the
-    # blocks holding the rows into a staging table, then gather from it.
-    def gather_into(self, idx: np.ndarray, out: np.ndarray, threads: int, stream: int) -> None:
-        _core().gather_host(*_rows_args(self), _addr(idx), idx.size, idx.itemsize, _addr(out), out.nbytes,
-                            threads, stream, -1)
-
-    def scatter_from(self, idx: np.ndarray, src: np.ndarray, reduce: str, threads: int) -> None:
-        elem = f"{src.dtype.kind}{src.dtype.itemsize}"
-        _core().scatter_host(*_rows_args(self), _addr(idx), idx.size, idx.itemsize, _addr(src), src.nbytes, reduce,
-                             elem, threads)
-
-    def __getstate__(self):
-        state = {"name": self.name, "kind": self.kind, "torch_dtype": _dtype_name(self.torch_dtype),
-                 "path": self.path}
-        if self.kind in ("shared", "mmap"):
-            state["writable"] = bool(self.arr.flags.writeable)
-        else:
-            state["arr"] = self.arr  # ordinary memory pickles as a copy (fork shares it instead)
-        return state
-
-    def __setstate__(self, state):
-        td = _dtype_from_name(state["torch_dtype"])
-        if state["kind"] in ("shared", "mmap"):
-            arr = np.load(state["path"], mmap_mode="r+" if state["writable"] else "r")
-        else:
-            arr = state["arr"]
-        self.__init__(state["name"], arr, state["kind"], td, state["path"], owner=False)
-
-
-def _torch_view(a: np.ndarray) -> Any:
-    """A torch tensor over the numpy array's memory (read-only arrays too: torch warns only)."""
-    torch = _torch()
-    if a.flags.writeable:
-        return torch.from_numpy(a)
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "non-writable tensors": the caller owns the contract
-        return torch.from_numpy(a)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _dtype_name(td: Any) -> Optional[str]:
-    return None if td is None else str(td).replace("torch.", "")
-
-
-def _dtype_from_name(name: Optional[str]) -> Any:
-    if name is None:
-        return None
-    return getattr(_torch(), name)
-
 
 def _table_from(name: str, data: Any, shared: bool, writable: bool) -> _Table:
     if isinstance(data, (str, os.PathLike)):
@@ -259,207 +135,6 @@ def _share(t: _Table) -> _Table:
         _unlink(path)
         raise
     return _Table(t.name, dst, "shared", t.torch_dtype, path=path, owner=True)
-
-
-# -- tables in files, read through the I/O engine (NVMe) -----------------------------------------
-
-def _check_indices(flat: np.ndarray, rows: int) -> None:
-    """The memory tables' index errors (same messages), raised before any read."""
-    if flat.size == 0:
-        return
-    bad = (flat < 0) | (flat >= rows)
-    if not bad.any():
-        return
-    from .errors import OutOfRange
-    i = int(np.argmax(bad))
-    v = int(flat[i])
-    if v < 0:
-        raise OutOfRange(f"index[{i}] = {v} is negative (a table of {rows} rows takes 0..{rows - 1})")
-    raise OutOfRange(f"index[{i}] = {v} is out of range for a table of {rows} rows")
-
-
-def _npy_header(path: str) -> Tuple[Tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) of a .npy file, read from its header only."""
-    fmt = np.lib.format
-    with open(path, "rb") as f:
-        try:
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = fmt.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = fmt.read_array_header_2_0(f)
-        except ValueError as e:
-            raise InvalidArgument(f"{path!r} is not a .npy file: {e}") from None
-        offset = f.tell()
-    if dtype.hasobject:
-        raise InvalidArgument(f"{path!r} holds Python objects (dtype {dtype}); tables hold plain data")
-    if fortran and len(shape) > 1:
-        raise InvalidArgument(f"{path!r} is stored in Fortran order; rows must be C-contiguous")
-    return tuple(int(s) for s in shape), dtype, offset
-
-
-class _FileTable(_Table):
-    """A table in a file (raw bytes or .npy) read with hauler's I/O engine, never mapped.
-
-    ``gather`` reads only the blocks (``block`` bytes, 4 KiB or the O_DIRECT alignment if larger)
-    that hold the wanted rows: the sorted unique rows' blocks, coalesced into extents of
-    consecutive blocks, are read as one request (``io.File.read_extents``), and the rows are
-    copied from the read buffer into ``out`` in index order.
-
-    ``scatter`` (only when opened with ``writable=True``) is a read-modify-write of the same
-    extents: read the blocks holding the touched rows (one request), apply the rows there with the
-    memory tables' scatter (same duplicate rules), write those extents back (one request). Bytes
-    of a block outside the touched rows are written back as they were read, so a failed write
-    leaves every other row intact; two processes writing rows that share a block at the same time
-    can lose one's update (no locking). ``bytes_read``/``blocks_read``/``extents_read``,
-    ``bytes_written``/``blocks_written``/``extents_written`` and ``requests`` count what was asked
-    of the engine (``reset_counters()``)."""
-
-    def __init__(self, name: str, path: str, shape: Tuple[int, ...], dtype: np.dtype, offset: int,
-                 direct: Optional[bool] = None, writable: bool = False):
-        from . import io
-        dtype = np.dtype(dtype)
-        if len(shape) < 1:
-            raise InvalidArgument(f"table {name!r} must have at least one dimension (rows), got a scalar")
-        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        if row_bytes == 0:
-            raise InvalidArgument(f"table {name!r} has empty rows (shape {shape})")
-        self.file = io.File(path, "r+" if writable else "r", direct=direct)
-        self.writable = bool(writable)
-        size = self.file.size()
-        need = offset + shape[0] * row_bytes
-        if size < need:
-            self.file.close()
-            raise InvalidArgument(f"table {name!r}: {path!r} holds {size} bytes, the table {shape} {dtype} "
-                                  f"at offset {offset} needs {need}")
-        # a zero-byte stand-in with the table's shape and dtype (read-only): what FeatureStore's
-        # checks look at; the rows themselves are only in the file
-        self.arr = np.broadcast_to(np.zeros((1,) + tuple(shape[1:]), dtype), tuple(shape))
-        self.name, self.kind, self.torch_dtype, self.path, self.owner = name, "file", None, path, False
-        self.keep, self.device_ptr, self.warned_fallback, self._finalizer = None, None, False, None
-        self.row_bytes = self.row_stride = row_bytes
-        self.offset, self.file_size, self.direct = int(offset), size, direct
-        self.block = max(4096, io.alignment())
-        self.reset_counters()
-
-    def reset_counters(self) -> None:
-        self.bytes_read = self.blocks_read = self.extents_read = self.requests = 0
-        self.bytes_written = self.blocks_written = self.extents_written = 0
-
-    def as_user(self, arr: Optional[np.ndarray] = None, torch_out: bool = False) -> Any:
-        if arr is None:
-            raise InvalidArgument(f"table {self.name!r} lives in a file ({self.path!r}) read through the I/O "
-                                  "engine; it has no in-memory view: gather its rows")
-        return super().as_user(arr, torch_out)
-
-    def blocks_for(self, idx: np.ndarray) -> np.ndarray:
-        """The sorted block numbers holding rows `idx` (validated indices)."""
-        u = np.unique(idx.reshape(-1).astype(np.int64, copy=False))
-        if u.size == 0:
-            return u
-        start = self.offset + u * self.row_bytes
-        b0 = start // self.block
-        b1 = (start + self.row_bytes - 1) // self.block
-        span = b1 - b0 + 1
-        total = int(span.sum())
-        # every block b0..b1 of every row, then unique (rows share blocks)
-        rep = np.repeat(b0 - np.concatenate(([0], np.cumsum(span)[:-1])), span)
-        return np.unique(rep + np.arange(total, dtype=np.int64))
-
-    def _read_blocks(self, rows: np.ndarray):
-        """Reads the blocks holding `rows` (validated, non-empty) as one request of coalesced
-        extents (the last one cut at the end of the file). Returns (buf, offsets, sizes, window,
-        pos): block k of the sorted block list sits at buf[k*B:(k+1)*B], and row rows[i] is
-        window[pos[i]] (a sliding row_bytes window over buf: every row is contiguous in buf, its
-        blocks being consecutive slots)."""
-        B, rb = self.block, self.row_bytes
-        blocks = self.blocks_for(rows)
-        # aligned to the block, so O_DIRECT tasks need no bounce buffer
-        raw = np.empty(blocks.size * B + B, np.uint8)
-        buf = raw[-_addr(raw) % B:][:blocks.size * B]
-        breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
-        first = np.concatenate(([0], breaks))
-        count = np.diff(np.concatenate((first, [blocks.size])))
-        offsets = (blocks[first] * B).tolist()
-        sizes = (count * B).tolist()
-        sizes[-1] = min(sizes[-1], self.file_size - offsets[-1])
-        self.file.read_extents(buf, offsets, sizes)
-        self.requests += 1
-        self.extents_read += len(offsets)
-        self.bytes_read += sum(sizes)
-        self.blocks_read += int(blocks.size)
-        start = self.offset + rows.astype(np.int64) * rb
-        pos = np.searchsorted(blocks, start // B) * B + start % B
-        window = np.lib.stride_tricks.as_strided(buf, shape=(buf.size - rb + 1, rb), strides=(1, 1))
-        return buf, offsets, sizes, window, pos
-
-    def gather_into(self, idx: np.ndarray, out: np.ndarray, threads: int, stream: int) -> None:
-        flat = idx.reshape(-1)
-        _check_indices(flat, self.rows)
-        if flat.size == 0:
-            return
-        _, _, _, window, pos = self._read_blocks(flat)
-        out.reshape(-1).view(np.uint8).reshape(flat.size, self.row_bytes)[...] = window[pos]  # (np.take would copy window)
-
-    def scatter_from(self, idx: np.ndarray, src: np.ndarray, reduce: str, threads: int) -> None:
-        assert self.writable, "FeatureStore.scatter checks writability first"
-        flat = idx.reshape(-1)
-        _check_indices(flat, self.rows)
-        elem = f"{src.dtype.kind}{src.dtype.itemsize}"
-        if reduce == "add":
-            _core().scatter_check_elem(elem)  # before any I/O
-        if flat.size == 0:
-            return
-        rows, slot = np.unique(flat, return_inverse=True)
-        buf, offsets, sizes, window, pos = self._read_blocks(rows)
-        # the touched rows, packed, are a small memory table: the host scatter applies src to it with
-        # the memory tables' rules (assign: last position wins; add: numpy.add.at order)
-        stage = window[pos]
-        slot = np.ascontiguousarray(slot.reshape(-1), dtype=np.int64)
-        _core().scatter_host(_addr(stage), rows.size, self.row_bytes, self.row_bytes, _addr(slot), slot.size, 8,
-                             _addr(src), src.nbytes, reduce, elem, threads)
-        window[pos] = stage  # rows are disjoint in buf; the rest of each block stays as read
-        self.file.write_extents(buf, offsets, sizes)
-        self.requests += 1
-        self.extents_written += len(offsets)
-        self.bytes_written += sum(sizes)
-        self.blocks_written += int(buf.size // self.block)
-
-    def __getstate__(self):
-        return {"name": self.name, "path": self.path, "shape": tuple(self.arr.shape), "dtype": self.arr.dtype.str,
-                "offset": self.offset, "direct": self.direct, "writable": self.writable}
-
-    def __setstate__(self, state):
-        _FileTable.__init__(self, state["name"], state["path"], tuple(state["shape"]), np.dtype(state["dtype"]),
-                            state["offset"], state["direct"], state.get("writable", False))
-
-
-def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direct: Optional[bool],
-                writable: bool) -> _FileTable:
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"table {name!r}: no such file {path!r}")
-    offset = _buffers.as_int("offset", offset, minimum=0)
-    if dtype is None and shape is None:
-        try:
-            shp, dt, off = _npy_header(path)
-        except InvalidArgument as e:
-            raise InvalidArgument(f"table {name!r}: {e} (a raw file needs dtype= and shape=)") from None
-        return _FileTable(name, path, shp, dt, off + offset, direct, writable)
-    if dtype is None:
-        raise InvalidArgument(f"table {name!r}: a raw file table needs dtype= (and shape=, rows may be -1)")
-    dt = np.dtype(dtype)
-    if dt.hasobject:
-        raise InvalidArgument(f"table {name!r}: dtype {dt} holds Python objects; tables hold plain data")
-    shp = (-1,) if shape is None else (tuple(int(s) for s in shape) if not np.isscalar(shape) else (int(shape),))
-    if any(s < 0 for s in shp[1:]) or shp[0] < -1:
-        raise InvalidArgument(f"table {name!r}: bad shape {shape!r}")
-    if shp[0] == -1:
-        row_bytes = int(np.prod(shp[1:], dtype=np.int64)) * dt.itemsize
-        if row_bytes == 0:
-            raise InvalidArgument(f"table {name!r} has empty rows (shape {shape})")
-        shp = ((os.path.getsize(path) - offset) // row_bytes,) + shp[1:]
-    return _FileTable(name, path, shp, dt, offset, direct, writable)
 
 
 # -- indices and outputs --------------------------------------------------------------------------
@@ -522,10 +197,6 @@ def _out_array(t: _Table, out: Any, shape: Tuple[int, ...], what: str = "out") -
     return out
 
 
-def _rows_args(t: _Table) -> Tuple[int, int, int, int]:
-    return (_addr(t.arr) if t.rows else 0, t.rows, t.row_bytes, t.row_stride)
-
-
 # -- the store ------------------------------------------------------------------------------------
 
 class FeatureStore:
@@ -566,24 +237,24 @@ class FeatureStore:
             t = _table_from(name, data, shared, writable)
         old = self._tables.get(name)
         if old is not None:
-            self._unpin_one(old)  # first: the new table may be the same memory
+            old.unregister()  # first: the new table may be the same memory
         if self._pinned:
             try:
-                self._pin_one(t)
+                t.register()
             except BaseException:
                 if old is not None:
-                    self._pin_one(old)
+                    old.register()
                 raise
         self._tables[name] = t
         if old is not None and old is not t:
-            _close_file(old)
+            old.close()
 
     def remove(self, name: str) -> bool:
         t = self._tables.pop(name, None)
         if t is None:
             return False
-        self._unpin_one(t)
-        _close_file(t)
+        t.unregister()
+        t.close()
         return True
 
     def share(self) -> "FeatureStore":
@@ -683,13 +354,7 @@ class FeatureStore:
         t = self._get(name)
         if reduce not in ("assign", "add"):
             raise InvalidArgument(f"reduce must be 'assign' or 'add', got {reduce!r}")
-        if t.kind == "file":
-            if not t.writable:
-                raise ReadOnlyBuffer(f"table {name!r} is an NVMe table opened read-only; add it with "
-                                     "backend='file', writable=True to scatter into it")
-        elif not t.arr.flags.writeable:
-            raise ReadOnlyBuffer(f"table {name!r} is read-only ({t.kind}); "
-                                 + ("add it with writable=True" if t.kind == "mmap" else "pass a writable array"))
+        t.check_writable()
         idx, _ = _index_array(index)
         shape = tuple(idx.shape) + t.row_shape
         dev_src = _buffers.device_buffer(src)
@@ -722,30 +387,18 @@ class FeatureStore:
         if not cuda_available():
             raise NoDevice(f"pin() needs a GPU: {cuda_status()}")
         for t in self._tables.values():
-            self._pin_one(t)
+            t.register()
         self._pinned = True
         return self
 
     def unpin(self) -> None:
         for t in self._tables.values():
-            self._unpin_one(t)
+            t.unregister()
         self._pinned = False
 
     @property
     def pinned(self) -> bool:
         return self._pinned
-
-    def _pin_one(self, t: _Table) -> None:
-        if t.kind == "file":
-            return  # rows come from the file; gather(device=...) gathers on the host and copies
-        if t.device_ptr is None and t.rows > 0:
-            t.device_ptr = int(_core().host_register(_addr(t.arr), t.nbytes, not t.arr.flags.writeable))
-
-    def _unpin_one(self, t: _Table) -> None:
-        if t.device_ptr is not None:
-            ptr, t.device_ptr = t.device_ptr, None
-            _core().host_unregister(_addr(t.arr))
-            del ptr
 
     @staticmethod
     def _device_ptr(t: _Table, what: str) -> int:
@@ -755,11 +408,7 @@ class FeatureStore:
             from . import cuda_available, cuda_status
             if not cuda_available():
                 raise NoDevice(f"a GPU {what} needs a GPU: {cuda_status()}")
-            if t.kind == "file":
-                raise InvalidArgument(f"table {t.name!r} is an NVMe table (read through the I/O engine): a GPU "
-                                      f"{what} needs a table in memory; move the rows through host memory")
-            raise InvalidArgument(f"table {t.name!r} is not pinned: call FeatureStore.pin() first so GPU threads "
-                                  "can reach it in place")
+            raise t.not_pinned_error(what)
         return t.device_ptr or 0
 
     def _gather_device(self, t: _Table, idx: np.ndarray, out_ptr: int, out_len: int, stream: int,
@@ -801,7 +450,7 @@ class FeatureStore:
                                   idx.itemsize, out.data_ptr(), out.numel() * out.element_size(), stream, False,
                                   blocks)
             return out
-        if not t.warned_fallback and t.kind != "file":  # a fallback number must never pass for the zero-copy path
+        if not t.warned_fallback and t.pinnable:  # a fallback number must never pass for the zero-copy path
             import warnings
             warnings.warn(f"hauler.gather: table {t.name!r} is not pinned, so gather(device=...) gathers on the "
                           "host and copies to the GPU; call FeatureStore.pin() for the zero-copy kernel",
@@ -821,7 +470,7 @@ class FeatureStore:
         for t in self._tables.values():
             if t._finalizer is not None:
                 t._finalizer()
-            _close_file(t)
+            t.close()
         self._tables.clear()
 
     def __enter__(self) -> "FeatureStore":
@@ -840,15 +489,6 @@ class FeatureStore:
     def __repr__(self) -> str:
         parts = [f"{n}: {t.kind} {t.arr.shape} {self.dtype(n)}" for n, t in self._tables.items()]
         return f"FeatureStore({'; '.join(parts)})"
-
-
-def _close_file(t: _Table) -> None:
-    f = getattr(t, "file", None)
-    if f is not None:
-        try:
-            f.close()
-        except Exception:
-            pass
 
 
 def _torch_dtype_of(np_dtype: np.dtype) -> Any:

@@ -11,12 +11,11 @@ Standard library only; never imports mpi4py.MPI.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Dict, List, Optional
 
-from . import mpi_find
+from . import _build, mpi_find
 
 LIB = "libhauler_interpose.so"
 FLAVOURS = {mpi_find.OPEN_MPI: "openmpi", mpi_find.MPICH: "mpich"}
@@ -26,23 +25,17 @@ class InterposeNotBuilt(FileNotFoundError):
     """No interposer library for the MPI asked for; the message says why and what to install."""
 
 
-def _core_dir() -> str:
-    from .cli import _core_dir as cd  # one definition of where the build put things
-    return cd()
-
-
 def libraries() -> Dict[str, str]:
     """{flavour: absolute library path} for every interposer the build made and that exists."""
-    d = _core_dir()
+    d = _build.core_dir()
     out: Dict[str, str] = {}
     try:
-        with open(os.path.join(d, "_build_info.json")) as f:
-            info = json.load(f).get("interpose") or {}
+        info = (_build.read(d)["info"] or {}).get("interpose") or {}
         for flav, lib in (info.get("libraries") or {}).items():
             p = os.path.join(d, lib["library"])
             if os.path.isfile(p):
                 out[flav] = p
-    except (OSError, ValueError, KeyError):
+    except (AttributeError, KeyError, TypeError):  # a build info of another shape: what is on disk counts
         pass
     base = os.path.join(d, "interpose")
     if os.path.isdir(base):  # also what is on disk (a build info from elsewhere)

@@ -16,9 +16,8 @@ would stall its start). The store made for a
 directory skips fsync and checksums (scratch data: ``verify=True`` turns CRC-32C checks on; pass
 your own ``store`` for other choices) and keeps up to ``recycle`` bytes of freed read-back
 tensors for later reads of the same size (no page faults and kernel zeroing of fresh memory on
-every read: ~0.04 s of system time per step on the benchmark's 200 MB/step), and keeps up to
-``keep_files`` bytes of deleted entries' files for the next step's writes to overwrite (no block
-allocation: half the write time and a third of its CPU here). ``inline=True`` makes that store
+every read), and keeps up to ``keep_files`` bytes of deleted entries' files for the next step's
+writes to overwrite (no block allocation). ``inline=True`` makes that store
 submit its I/O from the thread running forward/backward (TensorStore's inline path: no worker
 wake-ups, but the submission work lands on that thread; see the README). A tensor whose write
 has not finished yet is handed back from memory instead of being read. Entries are deleted when

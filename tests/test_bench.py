@@ -149,3 +149,22 @@ def test_bad_arguments_are_refused_before_anything_runs(args, says, tmp_path):
                        timeout=60)
     assert p.returncode == 2 and says in p.stderr, p.stderr
     assert not (tmp_path / "hauler").exists()
+
+
+def test_benchmark_programs_ship_as_package_data(tmp_path):
+    """The programs the benchmarks run are files of hauler.bench: found in this install and in a
+    plain (non-editable) build of the package, where setup.py's package_data copies them."""
+    for name in ("mpi_pingpong.c", "offload_step.py"):
+        assert os.path.isfile(core.program_path(name)), name
+    with pytest.raises(FileNotFoundError, match="no_such_program"):
+        core.program_path("no_such_program.c")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(tmp_path)], cwd=root, check=True,
+                   capture_output=True, timeout=300)
+    code = ("import os, sys; from hauler.bench import core; "
+            "print(*[os.path.realpath(core.program_path(n)) for n in sys.argv[1:]], sep='\\n')")
+    out = subprocess.run([sys.executable, "-c", code, "mpi_pingpong.c", "offload_step.py"], cwd=str(tmp_path),
+                         env=dict(os.environ, PYTHONPATH=str(tmp_path)), capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    assert out == [os.path.realpath(tmp_path / "hauler" / "bench" / "programs" / n)
+                   for n in ("mpi_pingpong.c", "offload_step.py")]

@@ -44,6 +44,8 @@ def test_offload_row_measures_a_training_loop(tmp_path):
     rep = json.loads(bench("--quick", "--json", "--dir", str(tmp_path), "--parts", "offload"))
     (row,) = [r for r in rep["rows"] if r["part"] == "offload"]
     assert row["correct"] is True and row["torch_threads"] >= 1
+    # checked, not assumed: the gradients compared after bytes went to the store and back
+    assert row["check"]["max_abs_diff"] == 0.0 and row["check"]["bytes_written"] > 0 < row["check"]["bytes_read"]
     assert len(row["rounds"]["plain"]) == len(row["rounds"]["offload"]) == 3
     # the quick model saves 9 tensors of 2 MiB per step (4 x (Linear input, GELU input), and the
     # loss's square), each written once and read back unless still in memory
@@ -91,3 +93,22 @@ def test_registration_fallback_prints_a_banner(tmp_path):
                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, 65536)))
     assert p.returncode == 0, p.stderr
     assert "# WARNING: io_uring REGISTRATION FAILED" in p.stdout and "ENOMEM" in p.stdout, p.stdout
+
+
+def test_whole_file_writes_are_checked_against_what_was_written(tmp_path):
+    """Every writer's file is compared with the source (torch.save's through torch.load): a file
+    that differs in one byte reads as not correct."""
+    import numpy as np
+    from hauler.bench.io import _written_right
+    torch = pytest.importorskip("torch")
+    src = np.arange(4096, dtype=np.uint8)
+    paths = {n: str(tmp_path / n) for n in ("numpy", "python", "torch")}
+    hpath = str(tmp_path / "hauler")
+    for p in (hpath, paths["numpy"], paths["python"]):
+        src.tofile(p)
+    torch.save(torch.from_numpy(src), paths["torch"])
+    names = ("hauler", "numpy.tofile", "python write", "torch.save")
+    assert all(_written_right(n, paths, hpath, src, torch) for n in names)
+    bad = src.copy()
+    bad[100] ^= 1
+    assert not any(_written_right(n, paths, hpath, bad, torch) for n in names)

@@ -108,3 +108,29 @@ def test_run_with_a_launcher_that_cannot_start(kind, tmp_path):
         assert p.returncode == 127, (p.returncode, p.stderr)
         assert p.stderr.strip() == (f"hauler run: launcher {str(launcher)!r} not found or not executable "
                                     f"(give one with --launcher, or put mpiexec on PATH)"), p.stderr
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize("where", ["alone", "with options", "before --"])
+def test_run_help_goes_to_stdout_and_exits_0(flag, where):
+    args = {"alone": [flag], "with options": ["-n", "2", flag],
+            "before --": ["--dry-run", flag, "--", "prog"]}[where]
+    p = run("run", *args, check=False)
+    assert p.returncode == 0, (p.returncode, p.stderr)
+    assert p.stderr == ""
+    assert p.stdout.startswith("usage: hauler run ")
+    for option in ("--launcher MPIEXEC", "--dry-run", "-h, --help", "launcher options"):
+        assert option in p.stdout, option
+
+
+def test_run_help_after_the_separator_belongs_to_the_program():
+    p = run("run", "--dry-run", "--launcher", "mpiexec", "--", "prog", "--help", check=False)
+    assert "usage: hauler run" not in p.stdout
+    if p.returncode == 0:  # an interposer was built: the dry run shows the program's own --help
+        assert p.stdout.split()[-2:] == ["prog", "--help"]
+
+
+def test_run_without_separator_is_a_usage_error():
+    p = run("run", "prog", check=False)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.startswith("usage: hauler run ") and "--help" in p.stderr

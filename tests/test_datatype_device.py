@@ -14,38 +14,11 @@ from hauler import _core
 from hauler.datatype import DOUBLE, INT, SHORT, Datatype
 from support import examples
 from support.buffers import POISONS, first_diff, poisoned, random_bytes
+from support.device import FakeCudaArray, FakeDLPackArray
 from support.mpi_types import build_hauler, type_specs
 
 SEEDS = st.integers(0, 2**32 - 1)
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-class FakeCudaArray:
-    """A host numpy array presented as device memory through the CUDA array interface v3."""
-
-    def __init__(self, host: np.ndarray, readonly: bool = False, strides=None):
-        self.host = host
-        self.__cuda_array_interface__ = {
-            "version": 3,
-            "shape": host.shape,
-            "typestr": host.dtype.str,
-            "data": (host.__array_interface__["data"][0], readonly),
-            "strides": strides,
-            "stream": None,
-        }
-
-
-class FakeDLPackArray:
-    """A host numpy array that says it lives on CUDA device 0 through DLPack."""
-
-    def __init__(self, host: np.ndarray):
-        self.host = host
-
-    def __dlpack_device__(self):
-        return (2, 0)  # kDLCUDA
-
-    def __dlpack__(self, stream=None):
-        return self.host.__dlpack__()
 
 
 @pytest.fixture

@@ -12,15 +12,7 @@ import hauler
 from hauler import _core
 from hauler.gather import FeatureStore
 from support import examples
-
-
-
-class FakeCudaArray:
-    def __init__(self, host: np.ndarray, readonly: bool = False):
-        self.host = host
-        self.__cuda_array_interface__ = {"version": 3, "shape": host.shape, "typestr": host.dtype.str,
-                                         "data": (host.__array_interface__["data"][0], readonly),
-                                         "strides": None, "stream": None}
+from support.device import FakeCudaArray
 
 
 @settings(max_examples=examples(80), suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 import hauler
 from hauler import config, io
 from hauler.errors import BufferTooSmall, HaulerIOError, InvalidArgument, NoDevice, OutOfRange, ReadOnlyBuffer
+from support.device import FakeCudaArray
 from support.io_backends import BACKENDS, disk_bytes, using
 
 @pytest.fixture(params=BACKENDS)
@@ -217,23 +218,14 @@ def test_bad_arguments(tmp_path):
         io.File(p, "x")
 
 
-class FakeDeviceArray:
-    """Exposes __cuda_array_interface__ over host memory (the mpi4py habit)."""
-
-    def __init__(self, n):
-        self._a = np.zeros(n, np.uint8)
-        self.__cuda_array_interface__ = {"shape": (n,), "typestr": "|u1",
-                                         "data": (self._a.ctypes.data, False), "version": 3}
-
-
 def test_device_array_without_gpu(tmp_path, no_gpu):
     p = tmp_path / "d"
     p.write_bytes(b"\1" * 4096)
     with io.File(p, "r+") as f:
         with pytest.raises(NoDevice, match="no usable GPU"):
-            f.read_into(FakeDeviceArray(4096))
+            f.read_into(FakeCudaArray(np.zeros(4096, np.uint8)))
         with pytest.raises(NoDevice):
-            f.pwrite(FakeDeviceArray(4096)).result()
+            f.pwrite(FakeCudaArray(np.zeros(4096, np.uint8))).result()
     assert "not available" in io.cufile_status()
 
 

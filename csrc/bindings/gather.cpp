@@ -89,14 +89,6 @@ void register_gather(py::module_& m) {
   });
   m.def("scatter_check_elem", [](const std::string& elem) { elem_of(elem); },
         "Throws invalid_argument unless scatter(reduce='add') supports the element (numpy kind + size)");
-  m.def("check_index", [](uintptr_t index, int64_t n, int width, int64_t rows) {
-    IndexInfo info;
-    check_index(index_of(index, n, width), rows, &info);
-    py::dict d;
-    d["sorted"] = info.sorted;
-    d["consecutive"] = info.consecutive;
-    return d;
-  });
   m.def("gather_copy_kind", [](int64_t row_bytes, bool stream) { return std::string(copy_kind(row_bytes, stream)); });
   m.def("gather_device", [](uintptr_t table, int64_t rows, int64_t row_bytes, int64_t row_stride, uintptr_t index,
                             int64_t n, int width, uintptr_t out, int64_t out_len, uintptr_t stream, bool sync,

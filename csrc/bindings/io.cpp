@@ -290,7 +290,6 @@ void register_io(py::module_& m) {
   m.def("io_backend_description", &io::backend_description);
   m.def("io_backend_is_fallback", &io::backend_is_fallback);
   m.def("io_cufile_status", &io::cufile_status);
-  m.def("io_bounce_pool_cached", &io::bounce_pool_cached);
   m.def("io_registration_description", &io::registration_description);
   m.def("io_registration_failed", &io::registration_failed);
   m.def("io_counters", [] {
