@@ -100,7 +100,9 @@ def cuda_sources():
 
 
 def headers():
-    return [h for ext in ("h", "hpp", "cuh", "inl") for h in _glob(f"csrc/**/*.{ext}")]
+    # interpose/ included: the shim's objects must rebuild when its internal header changes.
+    return [h for top in ("csrc", "interpose") for ext in ("h", "hpp", "cuh", "inl")
+            for h in _glob(f"{top}/**/*.{ext}")]
 
 
 def find_liburing():

@@ -6,8 +6,10 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 
 #include "cuda_driver.hpp"
+#include "settings.hpp"
 #include "status.hpp"
 
 namespace hauler::gpu {
@@ -82,7 +84,12 @@ Loaded load() {
   int driver_version = 0;
   driver->driver_get_version(&driver_version);  // informational only
   // 3. The kernels.
-  l.library = library_path();
+  try {
+    l.library = library_path();
+  } catch (const std::exception& e) {  // an invalid HAULER_CUDA_LIB: no GPU path, said why
+    l.message = e.what();
+    return l;
+  }
   bool is_dir = false;
   if (!file_exists(l.library, &is_dir) || is_dir) {
     l.message = "GPU library not built (libhauler_cuda.so not found at " + l.library + ")";
@@ -153,9 +160,8 @@ std::string parent_dir(const std::string& path) {
 }  // namespace
 
 std::string library_path() {
-  const char* env = std::getenv("HAULER_CUDA_LIB");
-  if (env && *env) {
-    std::string p = env;
+  std::string p = settings::text(settings::Id::cuda_lib);
+  if (!p.empty()) {
     bool is_dir = false;
     if (file_exists(p, &is_dir) && is_dir) p += "/libhauler_cuda.so";
     return p;
