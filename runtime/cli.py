@@ -187,9 +187,10 @@ unchanged MPI program packs its derived datatypes with hauler's engine.
 
 options (before '--'):
   --launcher MPIEXEC   the launcher to run (a name on PATH or a path); default: the mpiexec of the
-                       MPI hauler finds (HAULER_MPICC > MPICC > PATH). Its flavour (Open MPI or
-                       MPICH) picks the interposer built for it and how LD_PRELOAD is passed
-                       (Open MPI: -x LD_PRELOAD=..., MPICH: -genv LD_PRELOAD ...).
+                       MPI hauler finds (HAULER_MPICC > MPICC > PATH). Its flavour says how
+                       LD_PRELOAD is passed (Open MPI: -x LD_PRELOAD=..., MPICH: -genv ...).
+                       The interposer is the one built for the MPI library the program loads
+                       (its ELF DT_NEEDED; for Python, mpi4py's), named on stderr.
   --dry-run            print the command line that would run, and run nothing
   -h, --help           print this help and exit
   launcher options     anything else before '--' goes to the launcher unchanged (e.g. -n 4)
@@ -230,17 +231,23 @@ def cmd_run(argv: List[str]) -> int:
         i += 1
     try:
         launcher = launcher or interpose.default_launcher()
-        cmd = interpose.launch_argv(launcher, rest, program)
+        flav, lib, why = interpose.choose(launcher, program)
+        cmd = interpose.launch_argv(launcher, rest, program, lib=lib)
     except (interpose.InterposeNotBuilt, mpi_find.MpiNotFound) as e:
         sys.stderr.write(f"hauler run: {e}\n")
         return 1
-    if dry:
-        print(" ".join(cmd))
-        return 0
-    if shutil.which(cmd[0]) is None:
+    if not dry and shutil.which(cmd[0]) is None:
         sys.stderr.write(f"hauler run: launcher {cmd[0]!r} not found or not executable "
                          f"(give one with --launcher, or put mpiexec on PATH)\n")
         return 127
+    launcher_flav = interpose.flavour_of_launcher(launcher)
+    sys.stderr.write(f"hauler run: MPI {flav} ({why}): shim {lib}; launcher {launcher} ({launcher_flav})\n")
+    if launcher_flav not in ("unknown", flav):
+        sys.stderr.write(f"hauler run: warning: the program loads {flav} but {launcher} is {launcher_flav}'s "
+                         f"launcher; the ranks may not find each other\n")
+    if dry:
+        print(" ".join(cmd))
+        return 0
     sys.stdout.flush()
     try:
         os.execvp(cmd[0], cmd)

@@ -103,7 +103,10 @@ def test_run_with_a_launcher_that_cannot_start(kind, tmp_path):
     p = run("run", "--launcher", str(launcher), "--", "true", check=False)
     if kind == "not a program":
         assert p.returncode == 126, (p.returncode, p.stderr)
-        assert p.stderr.startswith(f"hauler run: cannot start {str(launcher)!r}: "), p.stderr
+        # after the line that names the shim chosen, the one line of the failure
+        first, last = p.stderr.strip().splitlines()
+        assert first.startswith("hauler run: MPI ") and " shim " in first, p.stderr
+        assert last.startswith(f"hauler run: cannot start {str(launcher)!r}: "), p.stderr
     else:
         assert p.returncode == 127, (p.returncode, p.stderr)
         assert p.stderr.strip() == (f"hauler run: launcher {str(launcher)!r} not found or not executable "
