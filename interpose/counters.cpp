@@ -1,5 +1,7 @@
 // The shim's counters (one set per thread) and the per-rank report written at MPI_Finalize
 // (HAULER_INTERPOSE_REPORT).
+#include <sys/stat.h>
+
 #include <cstdio>
 
 #include "shim.hpp"
@@ -42,6 +44,27 @@ Stats& new_thread_stats() {
 
 void count_fortran() { stats().fortran++; }
 
+namespace {
+
+// HAULER_INTERPOSE_REPORT's file for this rank, never one file shared by the ranks: every %r
+// becomes the rank; a directory (existing, or named with a trailing '/') gets
+// hauler-interpose.<rank>.txt; any other name gets .<rank> appended.
+std::string report_path(std::string path, int rank) {
+  const std::string r = std::to_string(rank);
+  bool named = false;
+  for (size_t at = path.find("%r"); at != std::string::npos; at = path.find("%r", at + r.size())) {
+    path.replace(at, 2, r);
+    named = true;
+  }
+  if (named) return path;
+  struct stat st {};
+  if (path.back() == '/' || (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)))
+    return path + (path.back() == '/' ? "" : "/") + "hauler-interpose." + r + ".txt";
+  return path + "." + r;
+}
+
+}  // namespace
+
 void write_report() {
   const Config& g = g_config;
   if (g.report.empty() || g.report == "0") return;
@@ -49,8 +72,7 @@ void write_report() {
   FILE* f = stderr;
   bool close = false;
   if (path != "1" && path != "stderr") {
-    size_t at = path.find("%r");
-    if (at != std::string::npos) path.replace(at, 2, std::to_string(g_world_rank));
+    path = report_path(path, g_world_rank);
     f = std::fopen(path.c_str(), "a");
     if (!f) {
       logf(kError, "HAULER_INTERPOSE_REPORT=%s cannot be written", path.c_str());

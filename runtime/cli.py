@@ -21,7 +21,7 @@ import shutil
 import sys
 from typing import Any, Dict, List, Optional
 
-from . import _build, config, interpose, mpi_find
+from . import _build, config, errors, interpose, mpi_find
 from ._version import __version__
 
 
@@ -187,8 +187,11 @@ unchanged MPI program packs its derived datatypes with hauler's engine.
 
 options (before '--'):
   --launcher MPIEXEC   the launcher to run (a name on PATH or a path); default: the mpiexec of the
-                       MPI hauler finds (HAULER_MPICC > MPICC > PATH). Its flavour says how
-                       LD_PRELOAD is passed (Open MPI: -x LD_PRELOAD=..., MPICH: -genv ...).
+                       MPI hauler finds (HAULER_MPICC > MPICC > PATH). Known: Open MPI's
+                       mpiexec/mpirun/prterun (-x NAME=VALUE), MPICH's Hydra mpiexec
+                       (-genv NAME VALUE), Slurm's srun (--export=ALL,NAME=VALUE); LD_PRELOAD
+                       (yours kept after the shim) and every HAULER_* setting reach all ranks.
+                       Another launcher is refused: use `hauler interpose --path` yourself.
                        The interposer is the one built for the MPI library the program loads
                        (its ELF DT_NEEDED; for Python, mpi4py's), named on stderr.
   --dry-run            print the command line that would run, and run nothing
@@ -231,15 +234,18 @@ def cmd_run(argv: List[str]) -> int:
         i += 1
     try:
         launcher = launcher or interpose.default_launcher()
+        if not dry and shutil.which(launcher) is None:
+            sys.stderr.write(f"hauler run: launcher {launcher!r} not found or not executable "
+                             f"(give one with --launcher, or put mpiexec on PATH)\n")
+            return 127
         flav, lib, why = interpose.choose(launcher, program)
         cmd = interpose.launch_argv(launcher, rest, program, lib=lib)
     except (interpose.InterposeNotBuilt, mpi_find.MpiNotFound) as e:
         sys.stderr.write(f"hauler run: {e}\n")
         return 1
-    if not dry and shutil.which(cmd[0]) is None:
-        sys.stderr.write(f"hauler run: launcher {cmd[0]!r} not found or not executable "
-                         f"(give one with --launcher, or put mpiexec on PATH)\n")
-        return 127
+    except errors.InvalidArgument as e:  # a launcher hauler does not know, a value srun cannot carry
+        sys.stderr.write(f"hauler run: {e}\n")
+        return 2
     launcher_flav = interpose.flavour_of_launcher(launcher)
     sys.stderr.write(f"hauler run: MPI {flav} ({why}): shim {lib}; launcher {launcher} ({launcher_flav})\n")
     if launcher_flav not in ("unknown", flav):

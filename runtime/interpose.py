@@ -4,10 +4,12 @@ setup.py builds one library per MPI flavour it finds (``interpose/<flavour>/`` n
 ``_core`` extension) and records them in ``_build_info.json``. ``choose`` picks the one built for
 the MPI library the program loads (its ELF DT_NEEDED, or mpi4py's for a Python program; the
 launcher's flavour only when that cannot be told); ``launch_argv`` injects it the way the launcher
-needs:
+needs, with every HAULER_* setting of the caller's environment (remote ranks see only what the
+launcher passes) and the user's own LD_PRELOAD after the shim:
 
-    Open MPI:     mpiexec -x LD_PRELOAD=<lib> ...
-    MPICH/Hydra:  mpiexec -genv LD_PRELOAD <lib> ...
+    Open MPI (4, 5), prterun:  mpiexec -x LD_PRELOAD=<lib> -x HAULER_X=... ...
+    MPICH/Hydra:               mpiexec -genv LD_PRELOAD <lib> -genv HAULER_X ... ...
+    Slurm:                     srun --export=ALL,LD_PRELOAD=<lib>,HAULER_X=... ...
 
 Standard library only; never imports mpi4py.MPI.
 """
@@ -19,7 +21,7 @@ import struct
 import subprocess
 from typing import Dict, List, Optional, Tuple
 
-from . import _build, mpi_find
+from . import _build, errors, mpi_find
 
 LIB = "libhauler_interpose.so"
 FLAVOURS = {mpi_find.OPEN_MPI: "openmpi", mpi_find.MPICH: "mpich"}
@@ -50,14 +52,38 @@ def libraries() -> Dict[str, str]:
     return out
 
 
-def flavour_of_launcher(launcher: str) -> str:
-    """"openmpi", "mpich" or "unknown" for an mpiexec/mpirun path or name."""
+# How each launcher hauler knows sets an environment variable in every rank, local or remote.
+LAUNCHERS = {
+    "openmpi": "Open MPI's mpiexec/mpirun (4.x) and PRRTE's prterun, Open MPI 5's mpirun: -x NAME=VALUE",
+    "mpich": "MPICH's Hydra mpiexec, mpiexec.hydra, mpirun: -genv NAME VALUE",
+    "srun": "Slurm's srun: --export=ALL,NAME=VALUE,...",
+}
+
+
+class UnknownLauncher(errors.InvalidArgument):
+    """A launcher hauler does not know how to pass LD_PRELOAD through; the message lists the known ones."""
+
+
+def launcher_kind(launcher: str) -> str:
+    """"openmpi", "mpich", "srun" or "unknown": how ``launcher`` (a name or path) passes environment
+    variables to its ranks. By name first (srun, prterun, *.openmpi, *.mpich, *.hydra), then by
+    what ``launcher --version`` says."""
     path = shutil.which(launcher) or launcher
     base = os.path.basename(path)
-    for flav in ("openmpi", "mpich"):
-        if base.endswith("." + flav):
-            return flav
+    if base == "srun":
+        return "srun"
+    if base in ("prterun", "prun"):
+        return "openmpi"
+    for suffix, kind in ((".openmpi", "openmpi"), (".mpich", "mpich"), (".hydra", "mpich")):
+        if base.endswith(suffix):
+            return kind
     return FLAVOURS.get(mpi_find._launcher_vendor(path), "unknown")
+
+
+def flavour_of_launcher(launcher: str) -> str:
+    """"openmpi", "mpich" or "unknown" (srun, and launchers hauler does not know) for an mpiexec/mpirun."""
+    kind = launcher_kind(launcher)
+    return kind if kind in ("openmpi", "mpich") else "unknown"
 
 
 def elf_needed(path: str) -> List[str]:
@@ -201,13 +227,25 @@ def launch_argv(launcher: str, launcher_args: List[str], program: List[str],
                 env: Optional[Dict[str, str]] = None, lib: Optional[str] = None) -> List[str]:
     """The command line that runs ``program`` under ``launcher`` with the shim preloaded (``lib``,
     default the one ``choose`` picks)."""
-    flav = flavour_of_launcher(launcher)
+    kind = launcher_kind(launcher)
+    if kind == "unknown":
+        raise UnknownLauncher(
+            f"hauler does not know how launcher {launcher!r} passes environment variables to its ranks; "
+            "known: " + "; ".join(LAUNCHERS.values()) + ". With another launcher, put the shim in the "
+            "ranks' LD_PRELOAD yourself: LD_PRELOAD=$(hauler interpose --path --mpi openmpi|mpich)")
     if lib is None:
         lib = choose(launcher, program)[1]
-    pre = (env if env is not None else os.environ).get("LD_PRELOAD", "").strip()
-    value = f"{lib}:{pre}" if pre else lib
-    if flav == "mpich":
-        inject = ["-genv", "LD_PRELOAD", value]
-    else:  # Open MPI (and the unknown case, which is most often Open MPI's mpirun)
-        inject = ["-x", f"LD_PRELOAD={value}"]
+    env = os.environ if env is None else env
+    pre = env.get("LD_PRELOAD", "").strip()  # the user's own preloads stay, after the shim
+    # LD_PRELOAD, then every HAULER_* setting: a remote rank sees only what the launcher passes
+    pairs = [("LD_PRELOAD", f"{lib}:{pre}" if pre else lib)]
+    pairs += sorted((k, v) for k, v in env.items() if k.startswith("HAULER_"))
+    inject: List[str] = []
+    if kind == "srun":
+        bad = [k for k, v in pairs if "," in v]
+        if bad:
+            raise errors.InvalidArgument(f"srun --export cannot carry a ',' in a value: {', '.join(bad)}")
+        inject = ["--export=" + ",".join(["ALL"] + [f"{k}={v}" for k, v in pairs])]
+    for k, v in pairs if kind != "srun" else []:
+        inject += ["-genv", k, v] if kind == "mpich" else ["-x", f"{k}={v}"]
     return [launcher] + inject + list(launcher_args) + list(program)

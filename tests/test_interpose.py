@@ -352,6 +352,46 @@ def test_elf_needed_of_non_elf(tmp_path):
     assert interpose.program_flavour([str(script)])[0] is None
 
 
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_report_one_file_per_rank(flav, built, tmp_path):
+    """HAULER_INTERPOSE_REPORT never makes the ranks share one file: a directory gets
+    hauler-interpose.<rank>.txt, a name without %r gets .<rank> appended."""
+    exe = built(flav, "largecount")
+    d = tmp_path / "reports"
+    d.mkdir()
+    _launch(flav, 2, [exe, str(tmp_path / "a")], shim=True, env_extra={"HAULER_INTERPOSE_REPORT": str(d)})
+    assert sorted(p.name for p in d.iterdir()) == ["hauler-interpose.0.txt", "hauler-interpose.1.txt"]
+    _report(str(d / "hauler-interpose.%r.txt"), 2)
+    plain = tmp_path / "report.txt"
+    _launch(flav, 2, [exe, str(tmp_path / "b")], shim=True, env_extra={"HAULER_INTERPOSE_REPORT": str(plain)})
+    assert not plain.exists()
+    t = _report(str(plain) + ".%r", 2)
+    for r in (0, 1):
+        assert Path(f"{plain}.{r}").read_text().count("hauler-interpose rank") == 1
+
+
+@pytest.mark.parametrize("bad", ["pack_everything 1\n", "max_block\n", "min_bytes ten\n", "%%garbage%%\n",
+                                 "grid peer 64\n", "max_block 64 extra\n"])
+def test_bad_model_file_reported_once_builtin_used(bad, built, tmp_path):
+    """A model file with a line the shim does not understand is named once (rank 0, the line's
+    number) and not half used: its earlier line (min_bytes huge: pass everything) does not apply,
+    the built-in model packs the program's vectors, results as with the library alone."""
+    flav = "mpich" if shutil.which("mpiexec.mpich") else "openmpi"
+    model = tmp_path / "bad-model.txt"
+    model.write_text("# a model\nmin_bytes 1000000000\n" + bad + "max_block 64\n")
+    lib, shim = str(tmp_path / "lib"), str(tmp_path / "shim")
+    exe = built(flav, "largecount")
+    _launch(flav, 2, [exe, lib], shim=False)
+    rep = str(tmp_path / "report.%r")
+    p = _launch(flav, 2, [exe, shim], shim=True,
+                env_extra={"HAULER_INTERPOSE_MODEL": str(model), "HAULER_INTERPOSE_REPORT": rep})
+    _compare(lib, shim, 2)
+    text = p.stdout.decode("utf-8", "replace")
+    lines = [ln for ln in text.splitlines() if "HAULER_INTERPOSE_MODEL" in ln]
+    assert len(lines) == 1 and f"{model} line 3:" in lines[0] and "built-in" in lines[0], text[-3000:]
+    assert _report(rep, 2)["packed_msgs"] > 0
+
+
 def test_feature_switch_p2p_off(built, tmp_path):
     flav = "openmpi" if shutil.which("mpiexec.openmpi") else "mpich"
     rep = _run_pair(flav, 2, [built(flav, "p2p"), "7"], tmp_path, extra={"HAULER_INTERPOSE_P2P": "0"})
