@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hauler
-from hauler import _core
 from hauler.datatype import DOUBLE, INT, SHORT, Datatype
 from support import examples
 from support.buffers import POISONS, first_diff, poisoned, random_bytes

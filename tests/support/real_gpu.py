@@ -27,7 +27,9 @@ class _Torch(_Frame):
         self.mod = torch
 
     def bytes(self, host):
-        return self.mod.from_numpy(np.ascontiguousarray(host).view(np.uint8).ravel()).cuda()
+        d = self.mod.from_numpy(np.ascontiguousarray(host).view(np.uint8).ravel()).cuda()
+        self.mod.cuda.synchronize()  # the copy is done before work on any other stream reads it
+        return d
 
     def view(self, dev_u8, dtype, shape):
         tdt = self.mod.from_numpy(np.empty(0, dtype)).dtype
@@ -50,7 +52,9 @@ class _CuPy(_Frame):
         self.mod = cupy
 
     def bytes(self, host):
-        return self.mod.asarray(np.ascontiguousarray(host).view(np.uint8).ravel())
+        d = self.mod.asarray(np.ascontiguousarray(host).view(np.uint8).ravel())
+        self.mod.cuda.Device().synchronize()  # the copy is done before work on any other stream reads it
+        return d
 
     def view(self, dev_u8, dtype, shape):
         return dev_u8.view(dtype).reshape(shape)
