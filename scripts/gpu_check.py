@@ -48,15 +48,22 @@ CAPS = {"build": 240, "tests": 120, "env": 40, "pack": 100, "gather": 100, "io":
 REPORT_RESERVE = 5  # seconds kept back for writing the report
 
 # The targets: (key, what, section, row filter, ratio field, threshold)
+def _packs(lo, hi):
+    return lambda r: r.get("op") in ("pack", "unpack") and r.get("block") is not None and lo <= r["block"] <= hi
+
+
+def _gathers(lo):
+    return lambda r: r.get("op") == "gather" and r.get("row") is not None and r["row"] >= lo
+
+
 TARGETS = [
-    ("pack_vs_memcpy", "pack/unpack >= 0.7x device memcpy, blocks >= 64 B", "pack",
-     lambda r: r.get("block") is not None and r["block"] >= 64, "x_limit", 0.7),
-    ("pack_vs_peers", "pack/unpack >= 5x faster of torch/CuPy strided copy, 1-8 B blocks", "pack",
-     lambda r: r.get("block") is not None and r["block"] <= 8, "x_peer", 5.0),
-    ("gather_vs_h2d", "zero-copy gather >= 0.8x pinned H2D memcpy, rows >= 512 B", "gather",
-     lambda r: r.get("row") is not None and r["row"] >= 512, "x_limit", 0.8),
-    ("gather_vs_torch", "zero-copy gather >= 2x torch gather-then-copy", "gather",
-     lambda r: r.get("row") is not None, "x_peer", 2.0),
+    ("pack_vs_memcpy", "pack/unpack >= 0.7x device memcpy, blocks >= 64 B", "pack", _packs(64, 1 << 62),
+     "x_limit", 0.7),
+    ("pack_vs_peers", "pack/unpack >= 5x faster of torch/CuPy strided copy, 1-8 B blocks", "pack", _packs(1, 8),
+     "x_peer", 5.0),
+    ("gather_vs_h2d", "zero-copy gather >= 0.8x pinned H2D memcpy, rows >= 512 B", "gather", _gathers(512),
+     "x_limit", 0.8),
+    ("gather_vs_torch", "zero-copy gather >= 2x torch gather-then-copy", "gather", _gathers(0), "x_peer", 2.0),
 ]
 
 
@@ -598,9 +605,8 @@ def _pack_case(torch, cp, hauler_dt, res, name, base, sl, block=None, memcpy2d=N
     flat = torch.empty(n, dtype=torch.uint8, device="cuda")
     if memcpy2d is not None and cp is not None:
         w, sp, h = memcpy2d
-        base = view.data_ptr()
         peers["cudaMemcpy2DAsync"] = _try(lambda: _median_time(torch, lambda: cp.cuda.runtime.memcpy2DAsync(
-            flat.data_ptr(), w, base, sp, w, h, 3, stream), reps), notes, f"{name}: memcpy2D")
+            flat.data_ptr(), w, view.data_ptr(), sp, w, h, 3, stream), reps), notes, f"{name}: memcpy2D")
     src_c = ref.clone()
     tl = _median_time(torch, lambda: flat.copy_(src_c), reps)
     res["rows"].append(_row(name, "pack", n, th, peers, tl, ok, block=block))
@@ -757,7 +763,8 @@ def worker_io(torch, cp, res):
                    "np.tofile(t.cpu())": _median_time(torch, nw, 3, warm=1, wall=True)}
         h = torch.empty(n, dtype=torch.uint8, pin_memory=True)
         lim_w = _median_time(torch, lambda: h.copy_(src.view(torch.uint8), non_blocking=True), 5)
-        res["rows"].append(_row("512 MiB device -> file", "write", n, th_w, peers_w, None, True,
+        ok_w = bool(np.array_equal(np.fromfile(path, dtype=np.int32), src.cpu().numpy()))
+        res["rows"].append(_row("512 MiB device -> file", "write", n, th_w, peers_w, None, ok_w,
                                 path_label=io.cufile_status(), d2h_gbps=n / lim_w / 1e9))
         out = torch.zeros_like(src)
 

@@ -92,18 +92,20 @@ def test_bad_arguments_exit_2_and_write_nothing(tmp_path, args, message):
 
 
 def _rows(section, field, key, values):
-    return [dict(case=f"case {v}", op="pack", **{key: size, field: v}) for size, v in values]
+    return [dict(case=f"case {v}", op=section, **{key: size, field: v}) for size, v in values]
 
 
 def test_targets_take_the_worst_row_in_their_range():
     rep = {"sections": {
         "pack": {"rows": _rows("pack", "x_limit", "block", [(1, 0.1), (64, 0.9), (4096, 0.75)])
-                 + [dict(case="x", op="unpack", block=8, x_peer=6.0), dict(case="y", op="pack", block=2, x_peer=4.0)]},
+                 + [dict(case="x", op="unpack", block=8, x_peer=6.0), dict(case="y", op="pack", block=2, x_peer=4.0),
+                    dict(case="h", op="to host", block=64, x_limit=0.01)]},
         "gather": {"rows": _rows("gather", "x_limit", "row", [(64, 0.2), (512, 0.85), (4096, 0.81)])
                    + [dict(case="s", op="scatter", row=None, ok=True)]}}}
     gc.evaluate_targets(rep)
     got = {t["key"]: t for t in rep["targets"]}
-    assert got["pack_vs_memcpy"]["status"] == "PASS" and got["pack_vs_memcpy"]["worst"] == 0.75  # 1 B row excluded
+    # the 1 B row is below the range, the "to host" row is no pack/unpack
+    assert got["pack_vs_memcpy"]["status"] == "PASS" and got["pack_vs_memcpy"]["worst"] == 0.75
     assert got["pack_vs_peers"]["status"] == "FAIL" and got["pack_vs_peers"]["worst"] == 4.0
     assert "1/2 rows" in got["pack_vs_peers"]["detail"]
     assert got["gather_vs_h2d"]["status"] == "PASS" and got["gather_vs_h2d"]["worst"] == 0.81
