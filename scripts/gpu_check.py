@@ -17,6 +17,10 @@ It writes gpu_check.json, gpu_check.txt and the step logs into --out (default $O
 Without a GPU (or with --dry-run) it checks the build prerequisites, prints the build command it
 would run, writes the report saying why nothing was measured, and exits 0.
 
+On this workplace's lent GPU machine: the device tool's `run` with `bash scripts/gpu_check.sh` and
+timeout_s 560, nothing carried (the report comes back from $OUT); a rerun on the still-warm machine
+can skip the build with `bash scripts/gpu_check.sh --no-build`.
+
 Exit status: 0 unless correctness failed on a GPU (1) or the arguments are bad (2). Targets are
 reported, not enforced.
 
@@ -46,6 +50,7 @@ BENCH_SECTIONS = ("env", "pack", "gather", "io", "kv")
 CAPS = {"build": 240, "tests": 120, "env": 40, "pack": 100, "gather": 100, "io": 60, "kv": 60,
         "interpose": 60, "sanitizer": 150}
 REPORT_RESERVE = 5  # seconds kept back for writing the report
+DEFAULT_PREFIX = os.path.join(tempfile.gettempdir(), "hauler-gpu-check")  # fixed, so a rerun can --no-build
 
 # The issue's targets: (key, what, section, row filter, ratio field, threshold)
 def _packs(lo, hi):
@@ -123,7 +128,7 @@ def build_plan(python, prefix, arch, jobs):
     registry: the machine's own setuptools/pybind11, no build isolation, no dependencies)."""
     env = {"HAULER_CUDA_ARCH": arch, "HAULER_FORCE_CUDA": "1", "HAULER_BUILD_JOBS": str(jobs)}
     argv = [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-            "--disable-pip-version-check", "--no-cache-dir", "--target", prefix, ROOT]
+            "--disable-pip-version-check", "--no-cache-dir", "--upgrade", "--target", prefix, ROOT]
     return argv, env
 
 
@@ -424,8 +429,7 @@ def orchestrate(args):
     report["dry_run"] = not present
     report["build_only"] = bool(args.build_only)
     build_now = present or args.build_only
-    prefix = args.prefix or (tempfile.mkdtemp(prefix="hauler-gpu-check-") if build_now else
-                             os.path.join(tempfile.gettempdir(), "hauler-gpu-check-XXXXXX"))
+    prefix = os.path.abspath(args.prefix)
     jobs = args.jobs or os.cpu_count() or 1
     argv, benv = build_plan(args.python, prefix, args.arch, jobs)
     report["build"] = {"command": argv, "env": benv, "prefix": prefix, "prereqs": build_prereqs(args.python)}
@@ -515,6 +519,7 @@ def _median_time(torch, fn, reps, warm=2, wall=False):
     """Median seconds of fn() on the current stream (CUDA events), or by wall clock with a
     synchronize (for peers that do host work). Something that takes over a quarter of a second
     (a 1-byte-wide cudaMemcpy2D, say) gets one warm-up and three runs, to keep to the budget."""
+    torch.cuda.synchronize()  # hauler calls without stream= run on the legacy stream, not the timed one
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
@@ -694,6 +699,7 @@ def worker_gather(torch, cp, res):
         fs = FeatureStore({"t": table}).pin()
         try:
             out = torch.full((n, cols), float("nan"), device="cuda")
+            torch.cuda.synchronize()  # torch's CUDA array interface names no stream: hauler uses the legacy one
             fs.gather("t", idx, out=out)
             torch.cuda.synchronize()
             want = torch.from_numpy(table[idx])
@@ -718,6 +724,7 @@ def worker_gather(torch, cp, res):
             res["rows"].append(r)
             # scatter (assign) back from the device, a correctness row
             src = torch.randn(1024, cols, device="cuda")
+            torch.cuda.synchronize()
             sidx = np.random.default_rng(row + 1).choice(table.shape[0], 1024, replace=False)
             before = table[sidx].copy()
             fs.scatter("t", sidx, src)
@@ -925,7 +932,7 @@ def main(argv=None):
                     help="report folder (default: $OUT when set, else ./gpu-check)")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for everything (default 480)")
     ap.add_argument("--python", default=sys.executable, help="the interpreter that builds and runs (default: this one)")
-    ap.add_argument("--prefix", default=None, help="install prefix for the build (default: a new temporary folder)")
+    ap.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"install prefix for the build (default {DEFAULT_PREFIX})")
     ap.add_argument("--arch", default=os.environ.get("HAULER_CUDA_ARCH") or "90",
                     help="HAULER_CUDA_ARCH for the build (default 90: sm_90 machine code + PTX)")
     ap.add_argument("--jobs", type=int, default=0, help="HAULER_BUILD_JOBS (default: every core)")
@@ -944,7 +951,7 @@ def main(argv=None):
         return worker(args.worker, args.json)
     if args.budget <= 0:
         ap.error(f"--budget must be positive, got {args.budget}")
-    if args.no_build and not (args.prefix and os.path.isfile(os.path.join(args.prefix, "hauler", "_build_info.json"))):
+    if args.no_build and not os.path.isfile(os.path.join(args.prefix, "hauler", "_build_info.json")):
         ap.error("--no-build needs --prefix naming a folder that holds a build (hauler/_build_info.json)")
     if args.jobs < 0:
         ap.error(f"--jobs must be >= 0, got {args.jobs}")

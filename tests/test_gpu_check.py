@@ -43,7 +43,7 @@ def _check_report(out_dir, stdout, why_part):
     assert b["status"] == "dry run" and b["env"]["HAULER_CUDA_ARCH"] == "90" and b["env"]["HAULER_FORCE_CUDA"] == "1"
     assert b["command"][:3] == [sys.executable, "-m", "pip"] and "--no-build-isolation" in b["command"]
     assert b["command"][-1] == ROOT and "--target" in b["command"]
-    assert not os.path.exists(b["prefix"])  # a dry run creates nothing
+    assert b["prefix"] == gc.DEFAULT_PREFIX and "--upgrade" in b["command"]
     assert isinstance(b["prereqs"]["modules"], dict) and b["prereqs"]["modules"]["numpy"] is True
     assert set(rep["sections"]) == set(gc.BENCH_SECTIONS) | {"interpose"}
     assert all(s["status"] == "not run" and s["rows"] == [] for s in rep["sections"].values())
@@ -84,8 +84,10 @@ def test_dry_run_defaults_to_OUT_then_to_gpu_check(tmp_path):
 
 @pytest.mark.parametrize("args, message", [(["--budget", "0"], "--budget must be positive"),
                                            (["--jobs", "-2"], "--jobs must be >= 0"),
-                                           (["--bogus"], "unrecognized arguments: --bogus")])
+                                           (["--bogus"], "unrecognized arguments: --bogus"),
+                                           (["--no-build", "--prefix", "{tmp}"], "--no-build needs --prefix")])
 def test_bad_arguments_exit_2_and_write_nothing(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]  # an empty folder: no build to reuse
     p = _run(args + ["--out", str(tmp_path / "r")], cwd=tmp_path)
     assert p.returncode == 2 and message in p.stderr, (p.returncode, p.stderr)
     assert not (tmp_path / "r").exists()
