@@ -1,6 +1,6 @@
 """The GPU check (issue 16): one command from a fresh copy of the tree on a GPU machine to a report.
 
-    python3 scripts/gpu_check.py [--out DIR] [--budget SECONDS] [--python PY] [--dry-run]
+    python3 scripts/gpu_check.py [--out DIR] [--budget SECONDS] [--python PY] [--dry-run] [--only STEPS]
 
 Steps, each under its own time limit cut to what is left of --budget (default 480 s):
   1. build hauler for the device's own architecture (HAULER_CUDA_ARCH, default 90: sm_90 machine
@@ -46,6 +46,7 @@ JSON_NAME, TEXT_NAME = "gpu_check.json", "gpu_check.txt"
 TEST_FILES = ["tests/test_datatype_device.py", "tests/test_gather_device.py"]
 REAL_GPU_TESTS = "real_gpu and not emulation"  # the emulated variants run in CI already
 BENCH_SECTIONS = ("env", "pack", "gather", "io", "kv")
+STEPS = ("tests",) + BENCH_SECTIONS + ("interpose", "sanitizer")  # in the order they run
 # Per-step caps in seconds (each also cut to the budget left).
 CAPS = {"build": 240, "tests": 120, "env": 40, "pack": 100, "gather": 100, "io": 60, "kv": 60,
         "interpose": 60, "sanitizer": 150}
@@ -479,17 +480,25 @@ def orchestrate(args):
         for step in ("tests", "sanitizer"):
             report[step] = {"status": "not run", "reason": "--build-only"}
     elif report["build"]["status"] == "pass":
-        step_tests(report, clock, args.python, prefix, out)
+        skipped = {"status": "skipped", "reason": "not in --only", "rows": []}
+        if "tests" in args.only:
+            step_tests(report, clock, args.python, prefix, out)
+        else:
+            report["tests"] = dict(skipped)
         print(f"gpu_check: tests {report['tests']['status']}: {report['tests']['reason']}", flush=True)
-        for s in BENCH_SECTIONS:
-            step_worker(report, clock, args.python, prefix, out, s)
+        for s in BENCH_SECTIONS + ("interpose",):
+            if s not in args.only:
+                report["sections"][s] = dict(skipped)
+            elif s == "interpose":
+                step_interpose(report, clock, args.python, prefix, out)
+            else:
+                step_worker(report, clock, args.python, prefix, out, s)
             print(f"gpu_check: {s} {report['sections'][s]['status']}: {report['sections'][s].get('reason', '')}",
                   flush=True)
-        step_interpose(report, clock, args.python, prefix, out)
-        if args.sanitizer:
+        if "sanitizer" in args.only:
             step_sanitizer(report, clock, args.python, prefix, out)
         else:
-            report["sanitizer"] = {"status": "skipped", "reason": "--no-sanitizer"}
+            report["sanitizer"] = dict(skipped)
     else:
         for step in ("tests", "sanitizer"):
             report[step] = {"status": "not run", "reason": "the build failed"}
@@ -941,7 +950,8 @@ def main(argv=None):
                     help="run the build step (also without a GPU; no time cap but --budget) and stop")
     ap.add_argument("--no-build", action="store_true",
                     help="reuse the build already in --prefix (a rerun on the same machine)")
-    ap.add_argument("--no-sanitizer", dest="sanitizer", action="store_false", help="skip compute-sanitizer")
+    ap.add_argument("--only", default=",".join(STEPS),
+                    help=f"the steps to run after the build, comma-separated (default: all of {','.join(STEPS)})")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -953,6 +963,10 @@ def main(argv=None):
         ap.error(f"--budget must be positive, got {args.budget}")
     if args.no_build and not os.path.isfile(os.path.join(args.prefix, "hauler", "_build_info.json")):
         ap.error("--no-build needs --prefix naming a folder that holds a build (hauler/_build_info.json)")
+    args.only = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = [x for x in args.only if x not in STEPS]
+    if unknown or not args.only:
+        ap.error(f"--only takes steps from {','.join(STEPS)}; got {unknown or 'none'}")
     if args.jobs < 0:
         ap.error(f"--jobs must be >= 0, got {args.jobs}")
     return orchestrate(args)

@@ -2,7 +2,7 @@
 # The GPU check (issue 16): build hauler for the device (sm_90), run the real-GPU tests, the GPU
 # benchmarks and compute-sanitizer memcheck, and write gpu_check.json + gpu_check.txt into --out
 # (default $OUT when set, else ./gpu-check). Without a GPU it says why, measures nothing, exits 0.
-#   bash scripts/gpu_check.sh [--out DIR] [--budget SECONDS] [--dry-run] [--no-sanitizer] [--help]
+#   bash scripts/gpu_check.sh [--out DIR] [--budget SECONDS] [--dry-run] [--only STEPS] [--no-build] [--help]
 # PYTHON picks the interpreter (default python3: on the GPU machine the one that holds torch).
 # The logic is in scripts/gpu_check.py; this wrapper only adds an outer time limit.
 set -uo pipefail

@@ -77,7 +77,7 @@ def test_dry_run_defaults_to_OUT_then_to_gpu_check(tmp_path):
     p = _run(["--dry-run"], cwd=tmp_path, env_extra={"OUT": str(out)})
     assert p.returncode == 0, p.stderr
     _check_report(str(out), p.stdout, "--dry-run given")
-    p = _run(["--dry-run", "--no-sanitizer"], cwd=tmp_path)
+    p = _run(["--dry-run", "--only", "tests,pack"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     _check_report(str(tmp_path / "gpu-check"), p.stdout, "--dry-run given")
 
@@ -85,12 +85,42 @@ def test_dry_run_defaults_to_OUT_then_to_gpu_check(tmp_path):
 @pytest.mark.parametrize("args, message", [(["--budget", "0"], "--budget must be positive"),
                                            (["--jobs", "-2"], "--jobs must be >= 0"),
                                            (["--bogus"], "unrecognized arguments: --bogus"),
-                                           (["--no-build", "--prefix", "{tmp}"], "--no-build needs --prefix")])
+                                           (["--no-build", "--prefix", "{tmp}"], "--no-build needs --prefix"),
+                                           (["--only", "tests,bogus"], "--only takes steps from")])
 def test_bad_arguments_exit_2_and_write_nothing(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]  # an empty folder: no build to reuse
     p = _run(args + ["--out", str(tmp_path / "r")], cwd=tmp_path)
     assert p.returncode == 2 and message in p.stderr, (p.returncode, p.stderr)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_gpu_whose_tests_all_skip_fails_correctness(tmp_path, monkeypatch, capsys):
+    """The GPU path of the orchestrator over the build already installed here (a prefix whose
+    `hauler` is this one), with nvidia-smi's answer replaced: the real-GPU tests all skip (no
+    device behind it), which must read as a failure, not a pass; the workers say why they skip."""
+    if _gpu_here():
+        pytest.skip("a real GPU is present: scripts/gpu_check.sh measures it for real")
+    import hauler
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    (prefix / "hauler").symlink_to(os.path.dirname(os.path.abspath(hauler.__file__)))
+    if not (prefix / "hauler" / "_build_info.json").exists():
+        pytest.skip("this hauler has no _build_info.json next to it (not built in place)")
+    monkeypatch.setattr(gc, "detect_gpu", lambda timeout=20: (True, "GPU 0: stand-in"))
+    out = tmp_path / "r"
+    rc = gc.main(["--out", str(out), "--prefix", str(prefix), "--no-build", "--only", "tests,env",
+                  "--python", sys.executable, "--budget", "300"])
+    printed = capsys.readouterr().out
+    with open(out / gc.JSON_NAME) as f:
+        rep = json.load(f)
+    assert rc == 1 and rep["build"]["status"] == "pass" and rep["build"]["reason"].startswith("reused")
+    assert rep["tests"]["status"] == "fail" and "no real-GPU test ran" in rep["tests"]["reason"]
+    assert rep["tests"]["skipped"] > 0 and rep["tests"]["passed"] == 0
+    assert rep["sections"]["env"]["status"] == "skipped", rep["sections"]["env"]
+    assert all(rep["sections"][s]["reason"] == "not in --only" for s in ("pack", "gather", "io", "kv", "interpose"))
+    assert rep["sanitizer"]["reason"] == "not in --only"
+    assert printed.strip().splitlines()[-1] == "FAIL correctness"
+    assert os.path.getsize(out / "tests.log") > 0
 
 
 def _rows(section, field, key, values):
