@@ -347,11 +347,12 @@ def correctness(report):
     if report.get("sanitizer", {}).get("status") == "fail":
         problems.append("memcheck: " + str(report["sanitizer"].get("reason")))
     for name, sec in report.get("sections", {}).items():
-        bad = [r["case"] + " " + r["op"] for r in sec.get("rows", []) if r.get("ok") is False]
+        bad = [r["case"] + " " + r["op"] + (f" ({r['error']})" if r.get("error") else "")
+               for r in sec.get("rows", []) if r.get("ok") is False]
         if bad:
-            problems.append(f"{name}: wrong bytes in {', '.join(bad[:4])}")
-        if sec.get("status") == "fail":
-            problems.append(f"{name}: {sec.get('reason')}")
+            problems.append(f"{name}: wrong bytes or errors in {', '.join(bad[:4])}")
+        elif sec.get("status") in ("fail", "error"):
+            problems.append(f"{name}: {sec.get('status')}: {sec.get('reason')}")
     return ("FAIL", "; ".join(problems)) if problems else ("PASS", "tests passed and every row matched its peers")
 
 
@@ -598,7 +599,21 @@ def worker_env(torch, cp, res):
     res["status"] = "pass"
 
 
-def _pack_case(torch, cp, hauler_dt, res, name, base, sl, block=None, memcpy2d=None, reps=15, oneshot=False):
+def _guarded(res, name, fn, *args, **kw):
+    """One case: an exception in hauler's call is a wrong result (a row with ok False and the
+    error), and the next cases still run."""
+    try:
+        fn(*args, **kw)
+    except Exception as e:
+        res["rows"].append(dict(case=name, op="error", ok=False, error=f"{type(e).__name__}: {str(e)[:300]}"))
+        res["notes"].append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+
+
+def _pack_case(torch, cp, hauler_dt, res, name, base, sl, **kw):
+    _guarded(res, name, _pack_case_rows, torch, cp, hauler_dt, res, name, base, sl, **kw)
+
+
+def _pack_case_rows(torch, cp, hauler_dt, res, name, base, sl, block=None, memcpy2d=None, reps=15, oneshot=False):
     """pack and unpack of the strided device view base[sl] against its peers; memcpy2d = (width,
     spitch, height) when the layout is 2-D."""
     notes = res["notes"]
@@ -642,19 +657,25 @@ def _pack_case(torch, cp, hauler_dt, res, name, base, sl, block=None, memcpy2d=N
             target.data_ptr(), sp, out.data_ptr(), w, w, h, 3, stream), reps), notes, f"{name}: memcpy2D unpack")
     res["rows"].append(_row(name, "unpack", n, thu, peers_u, tl, ok_u, block=block))
     if oneshot:
-        # The two paths the shim chooses between for a device send buffer: the kernel writes
-        # mapped pinned host memory directly (one-shot), or packs on the device and copies.
-        host = torch.full((n,), 0x5A, dtype=torch.uint8, pin_memory=True)
-        mapped = _HostMapped(host)
-        t.pack(buf, out=mapped, offset=off, stream=stream)
-        torch.cuda.synchronize()
-        ok_o = bool(torch.equal(host, ref.cpu()))
-        t_one = _median_time(torch, lambda: t.pack(buf, out=mapped, offset=off, stream=stream), reps)
-        t_stage = _median_time(torch, lambda: (t.pack(buf, out=out, offset=off, stream=stream),
-                                               host.copy_(out, non_blocking=True)), reps)
-        t_d2h = _median_time(torch, lambda: host.copy_(src_c, non_blocking=True), reps)
-        res["rows"].append(_row(name, "to host", n, t_one, {"device staging": t_stage}, t_d2h, ok_o, block=block,
-                                path="one-shot (mapped pinned host) vs device staging; limit: pinned D2H memcpy"))
+        _try(lambda: _to_host_row(torch, res, name, t, buf, off, out, ref, src_c, stream, block, reps), notes,
+             f"{name}: one-shot / staging")
+
+
+def _to_host_row(torch, res, name, t, buf, off, out, ref, src_c, stream, block, reps):
+    """The two paths the shim chooses between for a device send buffer: the kernel writes mapped
+    pinned host memory directly (one-shot), or packs on the device and copies the bytes over."""
+    n = t.size
+    host = torch.full((n,), 0x5A, dtype=torch.uint8, pin_memory=True)
+    mapped = _HostMapped(host)
+    t.pack(buf, out=mapped, offset=off, stream=stream)
+    torch.cuda.synchronize()
+    ok = bool(torch.equal(host, ref.cpu()))
+    t_one = _median_time(torch, lambda: t.pack(buf, out=mapped, offset=off, stream=stream), reps)
+    t_stage = _median_time(torch, lambda: (t.pack(buf, out=out, offset=off, stream=stream),
+                                           host.copy_(out, non_blocking=True)), reps)
+    t_d2h = _median_time(torch, lambda: host.copy_(src_c, non_blocking=True), reps)
+    res["rows"].append(_row(name, "to host", n, t_one, {"device staging": t_stage}, t_d2h, ok, block=block,
+                            path="one-shot (mapped pinned host) vs device staging; limit: pinned D2H memcpy"))
 
 
 def worker_pack(torch, cp, res):
@@ -691,60 +712,65 @@ def _uva_tensor(torch, cp, host):
 
 def worker_gather(torch, cp, res):
     import numpy as np
-
-    from hauler.gather import FeatureStore
-    notes = res["notes"]
-    notes.append("table 1 GiB of float32 in pinned (registered) host memory; 64 MiB gathered per call; "
-                 "limit: pinned host-to-device memcpy of the same bytes; peer: the faster of "
-                 "table[idx].pin_memory().cuda() and index_select into a pinned buffer + copy")
+    res["notes"].append("table 1 GiB of float32 in pinned (registered) host memory; 64 MiB gathered per call; "
+                        "limit: pinned host-to-device memcpy of the same bytes; peer: the faster of "
+                        "table[idx].pin_memory().cuda() and index_select into a pinned buffer + copy")
     base = np.random.default_rng(1).integers(0, 2**31, 2**28, dtype=np.int32).view(np.float32)  # 1 GiB
     gathered = 64 << 20
     for row in (64, 128, 256, 512, 1024, 2048, 4096):
-        cols = row // 4
-        table = base.reshape(-1, cols)
-        n = gathered // row
-        idx = np.random.default_rng(row).integers(0, table.shape[0], n).astype(np.int64)
-        idx_t = torch.from_numpy(idx)
-        fs = FeatureStore({"t": table}).pin()
-        try:
-            out = torch.full((n, cols), float("nan"), device="cuda")
-            torch.cuda.synchronize()  # torch's CUDA array interface names no stream: hauler uses the legacy one
-            fs.gather("t", idx, out=out)
-            torch.cuda.synchronize()
-            want = torch.from_numpy(table[idx])
-            ok = bool(torch.equal(out.cpu().view(torch.int32), want.view(torch.int32)))
-            th = _median_time(torch, lambda: fs.gather("t", idx, out=out), 10, wall=True)
-            tt = torch.from_numpy(table)
-            pinned = torch.empty((n, cols), dtype=torch.float32, pin_memory=True)
-            peers = {"torch pin().cuda()": _median_time(torch, lambda: tt[idx_t].pin_memory().cuda(), 5, wall=True),
-                     "index_select+copy": _median_time(torch, lambda: out.copy_(
-                         torch.index_select(tt, 0, idx_t, out=pinned), non_blocking=True), 5, wall=True)}
-            uva = None
-            if cp is not None:  # torch has no UVA view of host memory of its own: CuPy's UnownedMemory
-                uva = _try(lambda: _uva_tensor(torch, cp, tt), notes if row == 64 else [], "UVA view")
-            uva_t = None
-            if uva is not None:
-                idx_d = idx_t.cuda()
-                uva_t = _try(lambda: _median_time(torch, lambda: torch.index_select(uva, 0, idx_d, out=out), 10),
-                             notes, f"rows {row} B: index_select on a UVA view")
-            lim = _median_time(torch, lambda: out.copy_(pinned, non_blocking=True), 10)
-            r = _row(f"rows {row} B, {n} rows", "gather", gathered, th, peers, lim, ok, row=row,
-                     uva_index_select_gbps=gathered / uva_t / 1e9 if uva_t else None)
-            res["rows"].append(r)
-            # scatter (assign) back from the device, a correctness row
-            src = torch.randn(1024, cols, device="cuda")
-            torch.cuda.synchronize()
-            sidx = np.random.default_rng(row + 1).choice(table.shape[0], 1024, replace=False)
-            before = table[sidx].copy()
-            fs.scatter("t", sidx, src)
-            ok_s = bool(np.array_equal(table[sidx].view(np.int32), src.cpu().numpy().view(np.int32)))
-            table[sidx] = before
-            res["rows"].append(dict(case=f"rows {row} B, 1024 rows", op="scatter", bytes=1024 * row,
-                                    mib=1024 * row / 2**20, ok=ok_s, row=None))
-        finally:
-            fs.unpin()
-            fs.close()
+        _guarded(res, f"rows {row} B", _gather_rows, torch, cp, res, base, row, gathered)
     res["status"] = "pass" if all(r["ok"] for r in res["rows"]) else "fail"
+
+
+def _gather_rows(torch, cp, res, base, row, gathered):
+    import numpy as np
+
+    from hauler.gather import FeatureStore
+    notes = res["notes"]
+    cols = row // 4
+    table = base.reshape(-1, cols)
+    n = gathered // row
+    idx = np.random.default_rng(row).integers(0, table.shape[0], n).astype(np.int64)
+    idx_t = torch.from_numpy(idx)
+    fs = FeatureStore({"t": table}).pin()
+    try:
+        out = torch.full((n, cols), float("nan"), device="cuda")
+        torch.cuda.synchronize()  # torch's CUDA array interface names no stream: hauler uses the legacy one
+        fs.gather("t", idx, out=out)
+        torch.cuda.synchronize()
+        want = torch.from_numpy(table[idx])
+        ok = bool(torch.equal(out.cpu().view(torch.int32), want.view(torch.int32)))
+        th = _median_time(torch, lambda: fs.gather("t", idx, out=out), 10, wall=True)
+        tt = torch.from_numpy(table)
+        pinned = torch.empty((n, cols), dtype=torch.float32, pin_memory=True)
+        peers = {"torch pin().cuda()": _median_time(torch, lambda: tt[idx_t].pin_memory().cuda(), 5, wall=True),
+                 "index_select+copy": _median_time(torch, lambda: out.copy_(
+                     torch.index_select(tt, 0, idx_t, out=pinned), non_blocking=True), 5, wall=True)}
+        uva = None
+        if cp is not None:  # torch has no UVA view of host memory of its own: CuPy's UnownedMemory
+            uva = _try(lambda: _uva_tensor(torch, cp, tt), notes if row == 64 else [], "UVA view")
+        uva_t = None
+        if uva is not None:
+            idx_d = idx_t.cuda()
+            uva_t = _try(lambda: _median_time(torch, lambda: torch.index_select(uva, 0, idx_d, out=out), 10),
+                         notes, f"rows {row} B: index_select on a UVA view")
+        lim = _median_time(torch, lambda: out.copy_(pinned, non_blocking=True), 10)
+        r = _row(f"rows {row} B, {n} rows", "gather", gathered, th, peers, lim, ok, row=row,
+                 uva_index_select_gbps=gathered / uva_t / 1e9 if uva_t else None)
+        res["rows"].append(r)
+        # scatter (assign) back from the device, a correctness row
+        src = torch.randn(1024, cols, device="cuda")
+        torch.cuda.synchronize()
+        sidx = np.random.default_rng(row + 1).choice(table.shape[0], 1024, replace=False)
+        before = table[sidx].copy()
+        fs.scatter("t", sidx, src)
+        ok_s = bool(np.array_equal(table[sidx].view(np.int32), src.cpu().numpy().view(np.int32)))
+        table[sidx] = before
+        res["rows"].append(dict(case=f"rows {row} B, 1024 rows", op="scatter", bytes=1024 * row,
+                                mib=1024 * row / 2**20, ok=ok_s, row=None))
+    finally:
+        fs.unpin()
+        fs.close()
 
 
 def worker_io(torch, cp, res):
