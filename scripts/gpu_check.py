@@ -10,8 +10,8 @@ Steps, each under its own time limit cut to what is left of --budget (default 48
   3. GPU benchmark rows, each section in its own process: pack/unpack, zero-copy gather, hauler.io
      device reads/writes, hauler.kv block moves (when hauler.kv exists), and the interposer's
      device-buffer tests where an MPI library is present;
-  4. compute-sanitizer memcheck over the tests of step 2 (last: it is the slowest, and a refusal
-     must not cost the benchmarks).
+  4. compute-sanitizer memcheck over the torch variants of step 2 with torch's caching allocator
+     off (last: it is the slowest, and a refusal must not cost the benchmarks).
 It writes gpu_check.json, gpu_check.txt and the step logs into --out (default $OUT when set, else
 ./gpu-check) and prints a summary whose last lines say PASS/FAIL for correctness and each target.
 Without a GPU (or with --dry-run) it checks the build prerequisites, prints the build command it
@@ -45,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JSON_NAME, TEXT_NAME = "gpu_check.json", "gpu_check.txt"
 TEST_FILES = ["tests/test_datatype_device.py", "tests/test_gather_device.py"]
 REAL_GPU_TESTS = "real_gpu and not emulation"  # the emulated variants run in CI already
+SANITIZER_TESTS = "real_gpu and torch"
 BENCH_SECTIONS = ("env", "pack", "gather", "io", "kv")
 STEPS = ("tests",) + BENCH_SECTIONS + ("interpose", "sanitizer")  # in the order they run
 # Per-step caps in seconds (each also cut to the budget left).
@@ -224,8 +225,12 @@ def step_sanitizer(report, clock, python, prefix, out):
         return
     env = child_env(prefix)
     env["HAULER_TEST_EXAMPLES"] = "0.1"  # the memcheck slows every kernel: a tenth of the examples
+    # Each torch tensor its own cudaMalloc, so a write past a device output is outside any
+    # allocation and memcheck sees it (a caching pool would hide it; CuPy's cannot be turned off
+    # from outside, so its variants are left to the plain run).
+    env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
     argv = [san, "--tool", "memcheck", "--error-exitcode", "86", "--target-processes", "all",
-            python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", REAL_GPU_TESTS, *TEST_FILES]
+            python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", SANITIZER_TESTS, *TEST_FILES]
     rc, tail = run_logged(argv, os.path.join(out, "sanitizer.log"), lim, env=env)
     m = re.findall(r"ERROR SUMMARY: (\d+) error", tail)
     res = {"rc": rc, "command": " ".join(argv)}
