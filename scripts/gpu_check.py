@@ -572,12 +572,21 @@ def _row(case, op, nbytes, t_hauler, peers, t_limit, ok, **extra):
                 x_peer=(peers[best] / t_hauler) if best and t_hauler else None, ok=ok, **extra)
 
 
-def _try(fn, notes, what):
+def _try(fn, notes, what, res=None):
+    """fn(), or None with a note when it raises: a peer that is missing or refuses is a note, not
+    a failed check. With `res`, the exception comes from a hauler call that must work and is
+    also a row with ok False."""
     try:
         return fn()
-    except Exception as e:  # a peer that is missing or refuses is a note, not a failed check
+    except Exception as e:
         notes.append(f"{what}: not measured: {type(e).__name__}: {str(e)[:160]}")
+        if res is not None:
+            _error_row(res, what, e)
         return None
+
+
+def _error_row(res, name, e):
+    res["rows"].append(dict(case=name, op="error", ok=False, error=f"{type(e).__name__}: {str(e)[:300]}"))
 
 
 def worker_env(torch, cp, res):
@@ -610,7 +619,7 @@ def _guarded(res, name, fn, *args, **kw):
     try:
         fn(*args, **kw)
     except Exception as e:
-        res["rows"].append(dict(case=name, op="error", ok=False, error=f"{type(e).__name__}: {str(e)[:300]}"))
+        _error_row(res, name, e)
         res["notes"].append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
 
 
@@ -894,7 +903,7 @@ def worker_kv(torch, cp, res):
     tlayout = kv.KVLayout.vllm_flash(tgt)
     ok_s = _try(lambda: (kv.scatter_blocks(tlayout, blocks, out, **ks), torch.cuda.synchronize(),
                          all(torch.equal(t[:, blocks_d].view(torch.int16), c[:, blocks_d].view(torch.int16))
-                             for t, c in zip(tgt, caches)))[-1], notes, "scatter_blocks")
+                             for t, c in zip(tgt, caches)))[-1], notes, "scatter_blocks", res)
     if ok_s is not None:
         ts = _median_time(torch, lambda: kv.scatter_blocks(tlayout, blocks, out, **ks), 10)
         peers_s = {"index_copy_": _median_time(torch, lambda: [t.index_copy_(1, blocks_d, out[li])
@@ -911,13 +920,18 @@ def worker_kv(torch, cp, res):
             torch.stack([c.index_select(1, blocks_d) for c in caches]), non_blocking=True), 5)}
         lim_h = _median_time(torch, lambda: hflat.copy_(flat_a, non_blocking=True), 10)
         res["rows"].append(_row(f"{nsel} blocks -> pinned host", "to host", nbytes, th_h, peers_h, lim_h, ok_h))
+    if hasattr(kv, "SwapSpace"):
+        _guarded(res, f"{nsel} blocks swap", _kv_swap_rows, torch, kv, res, layout, caches, tgt, blocks, blocks_d,
+                 nbytes)
+    else:
+        notes.append("kv.SwapSpace is not in this tree: no swap rows")
     # copy inside each cache (last: it changes the caches): half the blocks onto blocks nobody reads
     rest = np.setdiff1d(np.arange(NB), blocks)[: nsel // 2]
     mapping = np.stack([blocks[: nsel // 2], rest], axis=1).astype(np.int64)
     s_d, d_d = torch.from_numpy(mapping[:, 0]).cuda(), torch.from_numpy(mapping[:, 1]).cuda()
     ok_c = _try(lambda: (kv.copy_blocks(layout, layout, mapping, **ks), torch.cuda.synchronize(),
                          all(torch.equal(c[:, d_d].view(torch.int16), c[:, s_d].view(torch.int16))
-                             for c in caches))[-1], notes, "copy_blocks inside a cache")
+                             for c in caches))[-1], notes, "copy_blocks inside a cache", res)
     if ok_c is not None:
         tc = _median_time(torch, lambda: kv.copy_blocks(layout, layout, mapping, **ks), 10)
         peers_c = {"index_copy_": _median_time(torch, lambda: [c.index_copy_(1, d_d, c.index_select(1, s_d))
@@ -926,6 +940,46 @@ def worker_kv(torch, cp, res):
         lim_c = _median_time(torch, lambda: flat_b[:half].copy_(flat_a[:half]), 10)
         res["rows"].append(_row(f"{nsel // 2} blocks inside each cache", "copy", half, tc, peers_c, lim_c, ok_c))
     res["status"] = "pass" if all(r["ok"] for r in res["rows"]) else "fail"
+
+
+def _kv_swap_rows(torch, kv, res, layout, caches, tgt, blocks, blocks_d, nbytes):
+    """SwapSpace: the live device cache to its pinned host block group and back, against torch's
+    index_select + copy each way; the limits are pinned D2H and H2D memcpy of the same bytes."""
+    space = kv.SwapSpace(host_bytes=2 * nbytes + (64 << 20))
+    try:
+        for t in tgt:
+            t.zero_()
+        tlayout = kv.KVLayout.vllm_flash(tgt)
+        space.swap_out("r", layout, blocks, dirty="all").result()
+        space.swap_in("r", tlayout, blocks).result()
+        torch.cuda.synchronize()
+        ok = all(torch.equal(t[:, blocks_d].view(torch.int16), c[:, blocks_d].view(torch.int16))
+                 for t, c in zip(tgt, caches))
+        t_out = _median_time(torch, lambda: space.swap_out("r", layout, blocks, dirty="all").result(), 5, wall=True)
+        t_in = _median_time(torch, lambda: space.swap_in("r", tlayout, blocks).result(), 5, wall=True)
+        staged = torch.empty((len(caches), 2, len(blocks)) + tuple(caches[0].shape[2:]), dtype=caches[0].dtype,
+                             pin_memory=True)
+        dev = torch.empty(staged.shape, dtype=staged.dtype, device="cuda")
+
+        def torch_out():
+            for li, c in enumerate(caches):
+                torch.index_select(c, 1, blocks_d, out=dev[li])
+            staged.copy_(dev, non_blocking=True)
+
+        def torch_in():
+            dev.copy_(staged, non_blocking=True)
+            for li, t in enumerate(tgt):
+                t.index_copy_(1, blocks_d, dev[li])
+        flat_h = staged.view(-1).view(torch.uint8)
+        flat_d = dev.view(-1).view(torch.uint8)
+        lim_out = _median_time(torch, lambda: flat_h.copy_(flat_d, non_blocking=True), 10)
+        lim_in = _median_time(torch, lambda: flat_d.copy_(flat_h, non_blocking=True), 10)
+        res["rows"].append(_row(f"{len(blocks)} blocks, SwapSpace", "swap out", nbytes, t_out,
+                                {"index_select+D2H": _median_time(torch, torch_out, 5, wall=True)}, lim_out, ok))
+        res["rows"].append(_row(f"{len(blocks)} blocks, SwapSpace", "swap in", nbytes, t_in,
+                                {"H2D+index_copy_": _median_time(torch, torch_in, 5, wall=True)}, lim_in, ok))
+    finally:
+        space.close()
 
 
 WORKERS = {"env": worker_env, "pack": worker_pack, "gather": worker_gather, "io": worker_io, "kv": worker_kv}
