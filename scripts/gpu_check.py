@@ -43,7 +43,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JSON_NAME, TEXT_NAME = "gpu_check.json", "gpu_check.txt"
-TEST_FILES = ["tests/test_datatype_device.py", "tests/test_gather_device.py"]
+TEST_FILES = ["tests/test_datatype_device.py", "tests/test_gather_device.py", "tests/test_kv_device.py"]
 REAL_GPU_TESTS = "real_gpu and not emulation"  # the emulated variants run in CI already
 SANITIZER_TESTS = "real_gpu and torch"
 BENCH_SECTIONS = ("env", "pack", "gather", "io", "kv")
