@@ -109,6 +109,15 @@ def run_logged(argv, log_path, timeout, env=None, cwd=ROOT):
     return rc, tail
 
 
+_SCRATCH = []  # this run's folder for JUnit files and worker results, removed when it ends
+
+
+def scratch(name):
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.mkdtemp(prefix="gpu-check-"))
+    return os.path.join(_SCRATCH[0], name)
+
+
 def detect_gpu(timeout=20):
     """(True, description) when nvidia-smi lists a GPU, else (False, why not)."""
     smi = shutil.which("nvidia-smi")
@@ -192,7 +201,7 @@ def step_tests(report, clock, python, prefix, out):
     if lim < 10:
         report["tests"] = {"status": "skipped", "reason": "no time left in the budget"}
         return
-    junit = os.path.join(tempfile.mkdtemp(prefix="gpu-check-"), "tests.xml")
+    junit = scratch("tests.xml")
     argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", REAL_GPU_TESTS, "-rs",
             f"--junitxml={junit}", *TEST_FILES]
     rc, tail = run_logged(argv, os.path.join(out, "tests.log"), lim, env=child_env(prefix))
@@ -254,7 +263,7 @@ def step_worker(report, clock, python, prefix, out, section):
     if lim < 10:
         report["sections"][section] = {"status": "skipped", "reason": "no time left in the budget", "rows": []}
         return
-    path = os.path.join(tempfile.mkdtemp(prefix="gpu-check-"), section + ".json")
+    path = scratch(section + ".json")
     argv = [python, os.path.abspath(__file__), "--worker", section, "--json", path]
     rc, tail = run_logged(argv, os.path.join(out, "bench.log"), lim, env=child_env(prefix))
     try:
@@ -305,7 +314,7 @@ def step_interpose(report, clock, python, prefix, out):
     if lim < 10:
         sec.update(status="skipped", reason="no time left in the budget")
         return
-    junit = os.path.join(tempfile.mkdtemp(prefix="gpu-check-"), "interpose.xml")
+    junit = scratch("interpose.xml")
     argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "device", f"--junitxml={junit}",
             "tests/test_interpose.py"]
     rc, _ = run_logged(argv, os.path.join(out, "tests.log"), lim, env=child_env(prefix))
@@ -1054,7 +1063,11 @@ def main(argv=None):
         ap.error(f"--only takes steps from {','.join(STEPS)}; got {unknown or 'none'}")
     if args.jobs < 0:
         ap.error(f"--jobs must be >= 0, got {args.jobs}")
-    return orchestrate(args)
+    try:
+        return orchestrate(args)
+    finally:
+        while _SCRATCH:
+            shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
 
 
 if __name__ == "__main__":

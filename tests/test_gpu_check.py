@@ -3,11 +3,13 @@ command it would run, writes the report saying why nothing was measured and exit
 report's verdicts (targets, correctness) from measured rows."""
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -108,9 +110,11 @@ def test_a_gpu_whose_tests_all_skip_fails_correctness(tmp_path, monkeypatch, cap
         pytest.skip("this hauler has no _build_info.json next to it (not built in place)")
     monkeypatch.setattr(gc, "detect_gpu", lambda timeout=20: (True, "GPU 0: stand-in"))
     out = tmp_path / "r"
+    scratch_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "gpu-check-*")))
     rc = gc.main(["--out", str(out), "--prefix", str(prefix), "--no-build", "--only", "tests,env",
                   "--python", sys.executable, "--budget", "300"])
     printed = capsys.readouterr().out
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "gpu-check-*"))) <= scratch_before  # cleaned up
     with open(out / gc.JSON_NAME) as f:
         rep = json.load(f)
     assert rc == 1 and rep["build"]["status"] == "pass" and rep["build"]["reason"].startswith("reused")
