@@ -112,6 +112,17 @@ def holders(path: str) -> List[int]:
     return sorted(set(pids))
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def open_nofollow(path: str, flags: int, file_mode: int, what: str) -> int:
     """os.open with O_NOFOLLOW: a planted symlink is refused, not followed."""
     try:

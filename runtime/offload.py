@@ -268,21 +268,11 @@ class Offload:
 _SUBDIR = re.compile(r"offload-(\d+)-[0-9a-f]{12}")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True   # another user's process
-    return True
-
-
 def _own_subdirectory(directory: str) -> str:
     """A new subdirectory of directory for this process's offload (after removing those of dead
     processes of this user whose store lock nobody holds)."""
     import uuid
-    from ._store_lock import StoreLock, StoreLocked
+    from ._store_lock import StoreLock, StoreLocked, pid_alive
     from .errors import InvalidArgument
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -293,7 +283,7 @@ def _own_subdirectory(directory: str) -> str:
     for name in names:
         m = _SUBDIR.fullmatch(name)
         p = os.path.join(directory, name)
-        if m is None or _pid_alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         try:
             if os.lstat(p).st_uid != me:

@@ -34,8 +34,8 @@ import numpy as np
 
 from . import _buffers
 from ._fileio import File
-from ._store_format import (HEADER, PADDED, SPARE, SUFFIX, CorruptEntry, aligned_empty, check_size, checksum,
-                            data_offset, entry_file_size, header, parse_header, read_entry, unlink_quietly)
+from ._store_format import (HEADER, PADDED, SPARE, SUFFIX, CorruptEntry, aligned_empty, check_shape, check_size,
+                            checksum, data_offset, entry_file_size, header, parse_header, read_entry, unlink_quietly)
 from ._store_inline import InlineRequests, Op
 from ._store_lock import MARK, StoreLock, StoreLocked, UnsafeDirectory, check_file_mode, private_dir
 from ._store_recycler import Recycler
@@ -527,6 +527,7 @@ class TensorStore(InlineRequests):
             dtype = getattr(torch, meta["dtype"], None)
             if not isinstance(dtype, torch.dtype):
                 raise CorruptEntry(f"{path}: unknown torch dtype {meta['dtype']!r}")
+            check_shape(path, shape, dtype.itemsize, nbytes, dtype)
             if out is not None:
                 if not (_buffers.is_torch_tensor(out) and out.dtype == dtype and tuple(out.shape) == shape
                         and out.is_contiguous()):
@@ -540,10 +541,12 @@ class TensorStore(InlineRequests):
             return t, flat
         try:
             dtype = np.dtype(meta["dtype"])
-        except TypeError:
+        except (TypeError, ValueError, SyntaxError):
             raise CorruptEntry(f"{path}: unknown numpy dtype {meta['dtype']!r}") from None
-        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != nbytes:
-            raise CorruptEntry(f"{path}: shape {shape} x {dtype} does not make {nbytes} bytes")
+        if dtype.hasobject or dtype.itemsize == 0:
+            raise CorruptEntry(f"{path}: dtype {meta['dtype']!r} holds Python objects or no bytes; a put never "
+                               f"writes one")
+        check_shape(path, shape, dtype.itemsize, nbytes, dtype)
         if out is not None:
             o = np.asarray(out)
             if o.dtype != dtype or o.shape != shape or not o.flags.c_contiguous or not o.flags.writeable:

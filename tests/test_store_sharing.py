@@ -311,3 +311,181 @@ def test_second_user_cannot_read_replace_or_plant(other_user):
         assert os.listdir(victim) == []
     finally:
         shutil.rmtree(base)
+
+
+def test_interposer_report_does_not_follow_a_planted_symlink(tmp_path):
+    import test_interpose as ti
+    flav = "openmpi" if shutil.which("mpiexec.openmpi") else "mpich"
+    ti._tools(flav)
+    exe = tmp_path / "p2p"
+    subprocess.run([shutil.which(f"mpicc.{flav}"), "-O1", "-w", str(ti.HERE / "p2p.c"), "-o", str(exe)], check=True)
+    target = tmp_path / "victim"
+    target.write_text("untouched\n")
+    os.symlink(target, tmp_path / "report.0")
+    old = os.umask(0o022)
+    try:
+        ti._launch(flav, 2, [str(exe), str(tmp_path / "out"), "7"], shim=True,
+                   env_extra={"HAULER_INTERPOSE_REPORT": str(tmp_path / "report.%r")})
+    finally:
+        os.umask(old)
+    assert target.read_text() == "untouched\n" and os.path.islink(tmp_path / "report.0")
+    assert "hauler-interpose rank 1" in (tmp_path / "report.1").read_text()
+    assert _mode(tmp_path / "report.1") == 0o600
+
+
+# -- shared feature tables in /dev/shm ---------------------------------------------------------------
+
+SHARE_AND_DIE = """
+import os, signal, numpy as np
+from hauler.gather import FeatureStore
+fs = FeatureStore()
+fs.add("t", np.arange(1000, dtype=np.float32).reshape(100, 10), shared=True)
+print(fs._tables["t"].path, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_table():
+    r = _run(SHARE_AND_DIE, check=False)
+    assert r.returncode == -9, r.stderr
+    path = r.stdout.strip()
+    assert os.path.exists(path)
+    return path
+
+
+def test_shared_tables_private_whatever_the_umask(tmp_path):
+    from hauler.gather import FeatureStore
+    old = os.umask(0o022)
+    try:
+        fs = FeatureStore()
+        fs.add("a", np.zeros((4, 4), np.float32), shared=True)
+        fs.add("b", np.zeros((4, 4), np.float32), shared=True, shared_mode=0o644)
+        fs2 = FeatureStore({"c": np.ones((2, 2))}).share()
+        assert _mode(fs._tables["a"].path) == 0o600 and _mode(fs._tables["b"].path) == 0o644
+        assert _mode(fs2._tables["c"].path) == 0o600
+        for bad in (0o400, 0o700, True, "0600"):
+            with pytest.raises(InvalidArgument, match="shared_mode"):
+                fs.add("d", np.zeros(3), shared=True, shared_mode=bad)
+        paths = [fs._tables[n].path for n in ("a", "b")] + [fs2._tables["c"].path]
+        fs.close()
+        fs2.close()
+        assert not any(os.path.exists(p) for p in paths)
+    finally:
+        os.umask(old)
+
+
+def test_killed_processes_shared_table_removed_by_the_next_one():
+    from hauler.gather import FeatureStore
+    dead = _killed_table()
+    fs = FeatureStore()
+    try:
+        fs.add("mine", np.zeros((8, 8), np.float32), shared=True)
+        assert not os.path.exists(dead) and os.path.exists(fs._tables["mine"].path)
+    finally:
+        fs.close()
+
+
+def test_hauler_shm_lists_and_cleans_stale_tables():
+    from hauler.gather import FeatureStore
+    fs = FeatureStore()
+    fs.add("live", np.zeros((8, 8), np.float32))
+    fs.share()
+    live = fs._tables["live"].path
+    dead = _killed_table()
+    try:
+        out = _run("from hauler.cli import main; raise SystemExit(main(['shm']))").stdout
+        assert f"{dead}  pid" in out and "stale" in out.split(dead)[1].splitlines()[0]
+        assert "alive" in out.split(live)[1].splitlines()[0] and os.path.exists(dead)
+        out = _run("from hauler.cli import main; raise SystemExit(main(['shm', '--clean']))").stdout
+        assert "removed" in out.split(dead)[1].splitlines()[0] and not os.path.exists(dead)
+        assert os.path.exists(live)
+    finally:
+        fs.close()
+
+
+def test_second_user_cannot_read_a_shared_table(other_user):
+    from hauler.gather import FeatureStore
+    fs = FeatureStore({"t": np.arange(64.0).reshape(8, 8)}, shared=True)
+    try:
+        r = _run("""
+            import sys
+            try:
+                open(sys.argv[1], "rb").read()
+                print("ALLOWED")
+            except PermissionError:
+                print("denied")
+            """, fs._tables["t"].path, user=OTHER_USER)
+        assert r.stdout.split() == ["denied"]
+    finally:
+        fs.close()
+
+
+# -- crafted entries and bad arguments ----------------------------------------------------------------
+
+def _craft(d, key, **fields):
+    import hashlib
+    from hauler._store_format import header
+    meta = {"key": key, "kind": "numpy", "dtype": "<i8", "shape": [1], "nbytes": 8, "offset": 4096,
+            "checksum": None, "crc": None}
+    meta.update(fields)
+    data = b"\0" * max(meta["nbytes"], 0) if isinstance(meta["nbytes"], int) else b""
+    (d / (hashlib.sha1(key.encode()).hexdigest() + ".hts")).write_bytes(header(meta).tobytes() + data)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"shape": [2**32, 2**32], "nbytes": 0}, "does not make 0 bytes"),          # the int64 product wraps to 0
+    ({"dtype": "|O", "nbytes": 8}, "Python objects"),
+    ({"dtype": "V0", "shape": [5], "nbytes": 0}, "no bytes"),
+    ({"dtype": "not-a-dtype"}, "unknown numpy dtype"),
+    ({"kind": "torch", "dtype": "float32", "shape": [10], "nbytes": 8}, "does not make 8 bytes"),
+    ({"kind": "torch", "dtype": "Tensor"}, "unknown torch dtype"),
+    ({"offset": "4096"}, "data offset '4096'"),
+    ({"offset": 4096.0}, "data offset 4096.0"),
+    ({"shape": [-1], "nbytes": 8}, "shape"),
+    ({"shape": "8"}, "shape"),
+    ({"nbytes": True}, "nbytes"),
+    ({"kind": "pickle"}, "kind"),
+    ({"crc": "0", "checksum": "crc32c"}, "checksum value"),
+])
+def test_crafted_entries_raise_corrupt_entry(tmp_path, fields, match):
+    pytest.importorskip("torch")
+    from hauler.tensorstore import CorruptEntry
+    d = tmp_path / "s"
+    TensorStore(d).close()
+    _craft(d, "k", **fields)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # some are untrusted already at open: reported, not counted
+        s = TensorStore(d)
+    try:
+        with pytest.raises(CorruptEntry, match=match):
+            s.get("k").result()
+    finally:
+        s.close()
+
+
+def test_file_table_bad_shapes_are_invalid_arguments(tmp_path):
+    from hauler.gather import FeatureStore
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(b"\0" * 4096)
+    fs = FeatureStore()
+    for shape, match in [((-5, 4), r"shape\[0\] must be >= -1"), ((4, -1), r"shape\[1\] must be >= 0"),
+                         ((4, 2**32, 2**32), "needs"), ((4, "4"), "integer"), ((), "at least one dimension"),
+                         ("44", "integer")]:
+        with pytest.raises(InvalidArgument, match=match):
+            fs.add("t", raw, backend="file", dtype=np.float32, shape=shape)
+    with pytest.raises(InvalidArgument, match="empty rows"):
+        fs.add("t", raw, backend="file", dtype=np.float32, shape=(-1, 0))
+    npy = tmp_path / "neg.npy"
+    with open(npy, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (-5, 4)})
+        f.write(b"\0" * 4096)
+    with pytest.raises(InvalidArgument, match="must be >= 0"):
+        fs.add("n", npy, backend="file")
+    wrap = tmp_path / "wrap.npy"
+    with open(wrap, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": (4, 2**32, 2**32)})
+        f.write(b"\0" * 4096)
+    with pytest.raises(InvalidArgument, match="needs"):
+        fs.add("w", wrap, backend="file")
