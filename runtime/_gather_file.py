@@ -11,6 +11,7 @@ import numpy as np
 from . import _buffers
 from ._fileio import File, alignment
 from ._gather_table import _addr, _core, _Table
+from ._store_lock import lock_or_refuse
 from .errors import InvalidArgument, OutOfRange, ReadOnlyBuffer
 
 
@@ -62,14 +63,17 @@ class _FileTable(_Table):
     of a block outside the touched rows are written back as they were read, so a failed write
     leaves every other row intact, and the blocks written before the failure are written back as
     they were read (the scatter then changed nothing; blocks that cannot be restored either are
-    named in the error with the target rows they hold). The read-modify-write holds an fcntl
-    byte-range lock on its blocks: scatters from several processes into rows sharing blocks
-    wait for each other instead of losing updates. ``bytes_read``/``blocks_read``/``extents_read``,
+    named in the error with the target rows they hold). ``writable=True`` takes an exclusive
+    ``flock`` of the file (a second writable open, in any process, raises StoreLocked naming the
+    holder); ``writable="shared"`` opens share it, and each read-modify-write holds an fcntl
+    byte-range lock on its blocks, so scatters from several processes into rows sharing blocks
+    wait for each other instead of losing updates. Read-only opens take no lock (a gather during a
+    scatter may see a row half written). ``bytes_read``/``blocks_read``/``extents_read``,
     ``bytes_written``/``blocks_written``/``extents_written`` and ``requests`` count what was asked
     of the engine (``reset_counters()``)."""
 
     def __init__(self, name: str, path: str, shape: Tuple[int, ...], dtype: np.dtype, offset: int,
-                 direct: Optional[bool] = None, writable: bool = False):
+                 direct: Optional[bool] = None, writable: Any = False, lock: bool = True):
         dtype = np.dtype(dtype)
         if len(shape) < 1:
             raise InvalidArgument(f"table {name!r} must have at least one dimension (rows), got a scalar")
@@ -77,8 +81,17 @@ class _FileTable(_Table):
         row_bytes = math.prod(shape[1:]) * dtype.itemsize   # exact: a product that wraps is caught below
         if row_bytes == 0:
             raise InvalidArgument(f"table {name!r} has empty rows (shape {shape})")
+        if writable not in (False, True, "shared"):
+            raise InvalidArgument(f"table {name!r}: writable must be False, True or 'shared', got {writable!r}")
         self.file = File(path, "r+" if writable else "r", direct=direct)
-        self.writable = bool(writable)
+        self.writable = writable
+        if writable and lock:   # a table unpickled in a worker is its owner's, handed on: no lock of its own
+            try:
+                lock_or_refuse(self.file.fileno(), path, writable == "shared", f"writable file table {path!r}",
+                               "writable='shared' opens share it, their scatters serialized by byte-range locks")
+            except BaseException:
+                self.file.close()
+                raise
         size = self.file.size()
         need = offset + shape[0] * row_bytes
         if size < need:
@@ -255,11 +268,11 @@ class _FileTable(_Table):
 
     def __setstate__(self, state):
         _FileTable.__init__(self, state["name"], state["path"], tuple(state["shape"]), np.dtype(state["dtype"]),
-                            state["offset"], state["direct"], state.get("writable", False))
+                            state["offset"], state["direct"], state.get("writable", False), lock=False)
 
 
 def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direct: Optional[bool],
-                writable: bool) -> _FileTable:
+                writable: Any) -> _FileTable:
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"table {name!r}: no such file {path!r}")

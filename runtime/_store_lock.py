@@ -133,6 +133,26 @@ def open_nofollow(path: str, flags: int, file_mode: int, what: str) -> int:
         raise HaulerIOError(e.errno, f"{what} {path!r}: {e.strerror}") from None
 
 
+def lock_or_refuse(fd: int, path: str, shared: bool, what: str, how: str) -> None:
+    """flock(fd) shared or exclusive, at once, or StoreLocked naming the holders' pids."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass
+    else:
+        return
+    pids = holders(path)
+    if not pids:   # /proc/locks unreadable: the pid the last writer recorded, if any
+        try:
+            with open(path, "rb") as f:
+                pid = json.loads(f.read(4096).decode() or "{}").get("pid")
+            pids = [pid] if isinstance(pid, int) else []
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            pids = []
+    who = ", ".join(f"pid {p}" + (" (this process)" if p == os.getpid() else "") for p in pids) or "a live process"
+    raise StoreLocked(f"{what} is in use by {who}; one process uses it at a time ({how})")
+
+
 class StoreLock:
     """The lock of one store directory, held until release() (or the process ends)."""
 
@@ -145,10 +165,9 @@ class StoreLock:
             if not stat.S_ISREG(st.st_mode):
                 raise UnsafeDirectory(f"{what} lock file {self.path!r} is not a regular file")
             check_owned(self.path, st, file_mode, f"{what} lock file")
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StoreLocked(self._held_message(directory, what)) from None
+            lock_or_refuse(fd, self.path, shared,
+                           f"{what} directory {directory!r}", "read-only opens share it; close that store, "
+                           "or use another directory")
             info = self._read(fd)
             self.id: Optional[str] = info.get("id")
             if not shared:
@@ -169,19 +188,6 @@ class StoreLock:
         except (ValueError, UnicodeDecodeError):
             return {}
         return info if isinstance(info, dict) else {}
-
-    def _held_message(self, directory: str, what: str) -> str:
-        pids = holders(self.path)
-        if not pids:   # /proc/locks unreadable: the pid the last writer recorded
-            try:
-                with open(self.path, "rb") as f:
-                    pid = json.loads(f.read(4096).decode() or "{}").get("pid")
-                pids = [pid] if isinstance(pid, int) else []
-            except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-                pids = []
-        who = ", ".join(f"pid {p}" + (" (this process)" if p == os.getpid() else "") for p in pids) or "a live process"
-        return (f"{what} directory {directory!r} is in use by {who}; a store is used by one process at a "
-                f"time (read-only opens share it); close that store, or use another directory")
 
     def release(self) -> None:
         fd, self._fd = self._fd, None

@@ -214,7 +214,9 @@ class FeatureStore:
         allowed; `direct` as for io.File), never mapped: a .npy file, or a raw file of rows given
         `dtype` and `shape` (rows may be -1: as many as the file holds) starting at byte `offset`.
         Gathers read only the blocks holding the wanted rows; `writable` opens the file read-write
-        so scatter can update rows (a read-modify-write of the blocks holding them)."""
+        so scatter can update rows (a read-modify-write of the blocks holding them): True locks the
+        file for this process alone, "shared" lets several processes scatter into it (each scatter
+        holds a byte-range lock on its blocks)."""
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"table name must be a non-empty string, got {name!r}")
         if backend not in (None, "memory", "mmap", "file"):
