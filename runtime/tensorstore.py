@@ -180,10 +180,11 @@ class TensorStore(InlineRequests):
                 unlink_quietly(p)
                 why += "; removed (repair=True)"
             self.untrusted.append((p, why))
-        if self.untrusted and not repair:
-            warnings.warn(f"TensorStore {self.directory!r}: {len(self.untrusted)} file(s) are not entries of this "
-                          f"store and were left alone (see store.untrusted; repair=True removes the ones with an "
-                          f"entry's suffix): {self.untrusted[0][0]!r}: {self.untrusted[0][1]}", stacklevel=3)
+        odd = [u for u in self.untrusted if u[0].endswith(SUFFIX) or u[0].endswith(SPARE)]
+        if odd and not repair:   # files that look like a store's: other files are only listed
+            warnings.warn(f"TensorStore {self.directory!r}: {len(odd)} file(s) named like entries are not entries "
+                          f"of this store and were left alone (see store.untrusted; repair=True removes them): "
+                          f"{odd[0][0]!r}: {odd[0][1]}", stacklevel=3)
 
     def _distrust(self, name: str, p: str) -> Optional[str]:
         """Records the entry at p and returns None, or says why p is not trusted as an entry."""

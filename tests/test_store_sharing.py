@@ -177,7 +177,7 @@ def test_cleanup_at_open_removes_only_this_stores_leftovers(tmp_path):
     foreign = [f"{stem}.tmp.feedface0000-0000aaaa.hts", "notes.tmp.1.hts", "x.spare", "README"]
     for n in own + foreign:
         (d / n).write_bytes(b"junk")
-    with pytest.warns(UserWarning, match="not entries of this store"):
+    with pytest.warns(UserWarning, match="3 file.s. named like entries are not entries of this store"):
         s = TensorStore(d)
     try:
         names = set(os.listdir(d))
