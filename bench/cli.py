@@ -14,7 +14,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-# subcommand -> (module, one-line help); later issues add mpi, gather, kv
+# subcommand -> (module, one-line help)
 COMMANDS = {
     "pack": ("hauler.bench.pack",
              "datatype pack/unpack GB/s: vector and subarray types vs MPI_Pack (mpi4py) and memcpy"),
@@ -26,6 +26,8 @@ COMMANDS = {
             "MPI ping-pong (vector types) and 3D halo exchange: the library alone vs with hauler's interposer"),
     "io": ("hauler.bench.io",
            "file I/O GB/s: hauler.io (io_uring, O_DIRECT) vs fio, numpy, torch and Python; activation offload"),
+    "kv": ("hauler.bench.kv",
+           "KV-cache block gather/scatter/copy and swap to host/SSD: hauler.kv vs per-block loops, torch, memcpy, fio"),
 }
 
 

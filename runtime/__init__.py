@@ -16,7 +16,7 @@ except ImportError as _e:  # keep `hauler info` able to say what is wrong with t
     _core_error = _e
 
 # Submodules that load on first use so `import hauler` stays cheap (no mpi4py.MPI, no torch).
-_LAZY_SUBMODULES = ("datatype", "gather", "io", "offload")
+_LAZY_SUBMODULES = ("datatype", "gather", "io", "kv", "offload")
 
 __all__ = ["__version__", "cuda_available", "cuda_status", "HaulerError", "InvalidArgument",
            "Overflow", "BufferTooSmall", "OutOfRange", "ReadOnlyBuffer", "NoDevice",

@@ -8,4 +8,6 @@ PYBIND11_MODULE(_core, m) {
   hauler::bind::register_datatype(m);
   hauler::bind::register_gather(m);
   hauler::bind::register_io(m);
+  hauler::bind::register_kv(m);
+  hauler::bind::register_kv_transfer(m);
 }

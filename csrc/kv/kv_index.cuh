@@ -1,0 +1,69 @@
+// Index math of the KV block-copy kernel, compiled by nvcc into kv_cuda.cu and
+// by the host compiler into the grid emulator (kv_emulate.cpp), so the tests
+// run the very code the GPU runs.
+//
+// One launch moves a whole plan: its pieces (src, dst, nbytes) are handed out
+// to warps grid-stride (one piece per warp at a time: KV pieces are 256 B to
+// MiBs, so a warp streams a piece with 32 lanes of the widest word dividing
+// both addresses and the length). Addresses may be device memory or mapped
+// pinned host memory (UVA), so device <-> host block sets are one launch too.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#define HAULER_KHD __host__ __device__
+#else
+#define HAULER_KHD
+#endif
+
+// Plain data: the launch argument. At the entry point `segs` is host memory;
+// the kernel receives a device copy.
+struct HaulerKVCopyArgs {
+  const int64_t* segs;  // n triples (src, dst, nbytes)
+  int64_t n;
+  int32_t max_blocks;   // cap on thread blocks; 0 = 4 per multiprocessor
+};
+
+namespace hauler::kv {
+
+constexpr uint32_t kKvThreadsPerBlock = 256;
+constexpr uint32_t kKvWarp = 32;
+
+// The widest of 16/8/4/2/1 bytes dividing both addresses and the length.
+HAULER_KHD inline int kv_word(int64_t src, int64_t dst, int64_t n) {
+  const uint64_t v = static_cast<uint64_t>(src) | static_cast<uint64_t>(dst) | static_cast<uint64_t>(n);
+  if (v % 16 == 0) return 16;
+  if (v % 8 == 0) return 8;
+  if (v % 4 == 0) return 4;
+  if (v % 2 == 0) return 2;
+  return 1;
+}
+
+// Grid for n pieces: one warp per piece up to the cap (4 blocks per
+// multiprocessor keeps every SM busy; more only queues).
+HAULER_KHD inline void kv_launch_shape(int64_t n, int sms, int max_blocks, uint32_t* grid, uint32_t* block) {
+  const int64_t warps_per_block = kKvThreadsPerBlock / kKvWarp;
+  int64_t want = (n + warps_per_block - 1) / warps_per_block;
+  int64_t cap = max_blocks > 0 ? max_blocks : 4 * (sms > 0 ? sms : 1);
+  if (want > cap) want = cap;
+  if (want < 1) want = 1;
+  *grid = static_cast<uint32_t>(want);
+  *block = kKvThreadsPerBlock;
+}
+
+// What thread `tid` of `nthreads` does: for every piece its warp takes, the
+// words lane, lane + 32, ... of it. copy(dst, src, word) moves one word.
+template <class Copy>
+HAULER_KHD inline void kv_copy_thread(const int64_t* segs, int64_t n, uint64_t tid, uint64_t nthreads, Copy copy) {
+  const uint64_t warp = tid / kKvWarp, nwarps = nthreads / kKvWarp;
+  const int64_t lane = static_cast<int64_t>(tid % kKvWarp);
+  for (uint64_t i = warp; i < static_cast<uint64_t>(n); i += nwarps) {
+    const int64_t src = segs[3 * i], dst = segs[3 * i + 1], len = segs[3 * i + 2];
+    const int w = kv_word(src, dst, len);
+    const int64_t words = len / w;
+    for (int64_t k = lane; k < words; k += kKvWarp) copy(dst + k * w, src + k * w, w);
+  }
+}
+
+}  // namespace hauler::kv

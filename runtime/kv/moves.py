@@ -1,0 +1,125 @@
+"""Local block moves: gather (paged -> contiguous), scatter (contiguous -> paged) and copy (between two
+caches or inside one). Each takes a plan or builds one; the host engine splits the plan's pieces over
+the thread pool by bytes (GIL released); device layouts go to the CUDA kernel (one launch per plan)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from .. import _core
+from .._buffers import as_int
+from ..errors import InvalidArgument, ReadOnlyBuffer
+from .layout import KVLayout, contiguous_layout_like
+from .plan import Plan, block_ids, plan as make_plan
+
+__all__ = ["gather_blocks", "scatter_blocks", "copy_blocks", "run_plan"]
+
+
+def _threads(threads: Optional[int]) -> int:
+    return 0 if threads is None else as_int("threads", threads, minimum=1)
+
+
+def run_plan(p: Plan, *, threads: Optional[int] = None, stream: Optional[int] = None) -> None:
+    """Perform a plan's move. Both layouts must be this process's memory; the destination writable.
+    threads: host moves (default HAULER_THREADS). stream: device moves (a cudaStream_t as an int): the
+    launch is queued on it and the call returns; without it the move runs on the current torch stream
+    (or the default stream) and the call waits for it."""
+    if not isinstance(p, Plan):
+        raise InvalidArgument(f"plan must be a kv.Plan, got {type(p).__name__}")
+    src, dst = p.src_layout, p.dst_layout
+    for side, l in (("source", src), ("destination", dst)):
+        if l.remote:
+            raise InvalidArgument(f"the {side} layout is another process's memory (from_bytes): plan against it, "
+                                  "move with a transfer")
+    if dst._readonly:
+        raise ReadOnlyBuffer(f"the destination {dst!r} is read-only")
+    if stream is not None:
+        as_int("stream", stream, minimum=0)
+        if src.device is None and dst.device is None:
+            raise InvalidArgument("stream= applies to device layouts; both layouts are host memory (host moves "
+                                  "are synchronous)")
+    segs = p.segments()
+    if _overlaps(src, dst):
+        _core.kv_check_disjoint(segs)
+    if src.device is not None or dst.device is not None:
+        from . import _device
+        _device.copy(segs, src, dst, stream)
+        return
+    _core.kv_copy_host(segs, _threads(threads))
+
+
+def _overlaps(a: KVLayout, b: KVLayout) -> bool:
+    ra, rb = a.regions(), b.regions()
+    i = j = 0
+    while i < len(ra) and j < len(rb):
+        (sa, na), (sb, nb) = ra[i], rb[j]
+        if sa < sb + nb and sb < sa + na:
+            return True
+        if sa + na <= sb + nb:
+            i += 1
+        else:
+            j += 1
+    return False
+
+
+def _check_plan(p: Any, src: KVLayout, dst: KVLayout, sb: np.ndarray, db: np.ndarray) -> Plan:
+    if not isinstance(p, Plan):
+        raise InvalidArgument(f"plan must be a kv.Plan, got {type(p).__name__}")
+    if p.src_layout != src or p.dst_layout != dst:
+        raise InvalidArgument("plan was built for other layouts or buffers than this call's: "
+                              f"plan {p.src_layout!r} -> {p.dst_layout!r}, call {src!r} -> {dst!r}")
+    if not (np.array_equal(p.src_blocks, sb) and np.array_equal(p.dst_blocks, db)):
+        raise InvalidArgument("plan was built for other block ids than this call's")
+    return p
+
+
+def gather_blocks(layout: KVLayout, blocks: Any, out: Any, plan: Optional[Plan] = None, *,
+                  threads: Optional[int] = None, stream: Optional[int] = None) -> Any:
+    """Copy `blocks` (in list order, repeats allowed) into the contiguous `out`, laid out as
+    contiguous_layout_like(layout, len(blocks), out). Returns out."""
+    ids = block_ids(blocks, "blocks")
+    if len(ids) == 0:
+        return out
+    dst = contiguous_layout_like(layout, len(ids), out)
+    seq = np.arange(len(ids), dtype=np.int64)
+    p = make_plan(layout, ids, dst, seq) if plan is None else _check_plan(plan, layout, dst, ids, seq)
+    run_plan(p, threads=threads, stream=stream)
+    return out
+
+
+def scatter_blocks(layout: KVLayout, blocks: Any, src: Any, plan: Optional[Plan] = None, *,
+                   threads: Optional[int] = None, stream: Optional[int] = None) -> None:
+    """The reverse of gather_blocks: the contiguous `src` into `blocks` (each at most once)."""
+    ids = block_ids(blocks, "blocks")
+    if len(ids) == 0:
+        return
+    s = contiguous_layout_like(layout, len(ids), src)
+    seq = np.arange(len(ids), dtype=np.int64)
+    p = make_plan(s, seq, layout, ids) if plan is None else _check_plan(plan, s, layout, seq, ids)
+    run_plan(p, threads=threads, stream=stream)
+
+
+def copy_blocks(src_layout: KVLayout, dst_layout: KVLayout, mapping: Any, plan: Optional[Plan] = None, *,
+                threads: Optional[int] = None, stream: Optional[int] = None) -> None:
+    """Copy block mapping[i, 0] of src_layout to block mapping[i, 1] of dst_layout (the same layout for a
+    copy inside one cache: no destination block may be a source block then)."""
+    m = mapping
+    if hasattr(m, "detach"):
+        m = m.detach().cpu().numpy()
+    m = np.asarray(m)
+    if m.size == 0:
+        m = m.reshape(0, 2).astype(np.int64)
+    if m.ndim != 2 or m.shape[1] != 2:
+        raise InvalidArgument(f"mapping must have shape (n, 2) (source, destination), got {m.shape}")
+    for name, l in (("src_layout", src_layout), ("dst_layout", dst_layout)):
+        if not isinstance(l, KVLayout):
+            raise InvalidArgument(f"{name} must be a KVLayout, got {type(l).__name__}")
+    if src_layout.block_size != dst_layout.block_size:
+        raise InvalidArgument(f"block sizes differ: src {src_layout.block_size}, dst {dst_layout.block_size}; "
+                              "copy_blocks maps block to block (kv.plan regroups tokens)")
+    sb, db = block_ids(m[:, 0].copy(), "mapping[:, 0]"), block_ids(m[:, 1].copy(), "mapping[:, 1]")
+    if len(sb) == 0:
+        return
+    p = make_plan(src_layout, sb, dst_layout, db) if plan is None else _check_plan(plan, src_layout, dst_layout, sb, db)
+    run_plan(p, threads=threads, stream=stream)
