@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -120,15 +121,18 @@ def _share(t: _Table, mode: int = 0o600) -> _Table:
     if t.kind == "shared":
         return t
     src = np.ascontiguousarray(t.arr)
-    dst, path = _gather_shm.create(src.shape, src.dtype, mode)
+    dst, path, fd = _gather_shm.create(src.shape, src.dtype, mode)
     try:
         dst[...] = src
         dst.flush()
     except BaseException:
         del dst
         _unlink(path)
+        os.close(fd)
         raise
-    return _Table(t.name, dst, "shared", t.torch_dtype, path=path, owner=True)
+    table = _Table(t.name, dst, "shared", t.torch_dtype, path=path, owner=True)
+    weakref.finalize(table, os.close, fd)   # its lock: held while the table lives
+    return table
 
 
 # -- indices and outputs --------------------------------------------------------------------------
