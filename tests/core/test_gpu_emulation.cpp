@@ -31,6 +31,7 @@
 #include "common/cuda_driver.hpp"
 #include "common/gpu.hpp"
 #include "common/gpu_emulation.hpp"
+#include "common/settings.hpp"
 #include "common/status.hpp"
 #include "datatype/gpu_pack.hpp"
 #include "datatype/layout.hpp"
@@ -396,18 +397,32 @@ void test_loader() {
   CHECK(gpu::status_message() == m, "switching emulation off restores the loader's status");
   gpu::use_emulation(true);
 
-  // $HAULER_CUDA_LIB: a file is used as is, a directory gets the library name.
+  // HAULER_CUDA_LIB (read through the settings table, so set by its setter): a file is used as
+  // is, a directory gets the library name, an invalid value is refused with the parser's text.
   const char* old = std::getenv("HAULER_CUDA_LIB");
-  std::string saved = old ? old : "";
-  setenv("HAULER_CUDA_LIB", "/nonexistent/libx.so", 1);
+  const std::string saved = old ? old : "";
+  settings::set("HAULER_CUDA_LIB", "/nonexistent/libx.so");
   CHECK(gpu::library_path() == "/nonexistent/libx.so", "HAULER_CUDA_LIB names a file");
-  setenv("HAULER_CUDA_LIB", "/tmp", 1);
+  settings::set("HAULER_CUDA_LIB", "/tmp");
   CHECK(gpu::library_path() == "/tmp/libhauler_cuda.so", "HAULER_CUDA_LIB names a directory");
-  unsetenv("HAULER_CUDA_LIB");
-  std::string def = gpu::library_path();
-  CHECK(def.size() > 18 && def.compare(def.size() - 18, 18, "/libhauler_cuda.so") == 0,
-        "default library path ends in the library's name: " + def);
+  settings::reset("HAULER_CUDA_LIB");
+  if (!old) {
+    std::string def = gpu::library_path();
+    CHECK(def.size() > 18 && def.compare(def.size() - 18, 18, "/libhauler_cuda.so") == 0,
+          "default library path ends in the library's name: " + def);
+  }
+  setenv("HAULER_CUDA_LIB", "/tmp/bad\001name", 1);
+  settings::reset("HAULER_CUDA_LIB");  // drops the cached read: the next use parses the variable
+  bool refused = false;
+  try {
+    gpu::library_path();
+  } catch (const hauler::Error& e) {
+    refused = std::string(e.what()).find("HAULER_CUDA_LIB=") != std::string::npos;
+  }
+  CHECK(refused, "an invalid HAULER_CUDA_LIB is refused with the setting's name");
   if (old) setenv("HAULER_CUDA_LIB", saved.c_str(), 1);
+  else unsetenv("HAULER_CUDA_LIB");
+  settings::reset("HAULER_CUDA_LIB");
 
   // Without $HAULER_CUDA_LIB: beside the module (the Python extension), else in the package two
   // folders up when it is there (the MPI shim in <package>/interpose/<flavour>/).
