@@ -1,8 +1,12 @@
 // The shim's counters (one set per thread) and the per-rank report written at MPI_Finalize
 // (HAULER_INTERPOSE_REPORT).
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "shim.hpp"
 
@@ -73,9 +77,13 @@ void write_report() {
   bool close = false;
   if (path != "1" && path != "stderr") {
     path = report_path(path, g_world_rank);
-    f = std::fopen(path.c_str(), "a");
+    // not fopen("a"): a symlink planted at the name is refused, and a new report is private
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
+    f = fd < 0 ? nullptr : ::fdopen(fd, "a");
     if (!f) {
-      logf(kError, "HAULER_INTERPOSE_REPORT=%s cannot be written", path.c_str());
+      int err = errno;
+      if (fd >= 0) ::close(fd);
+      logf(kError, "HAULER_INTERPOSE_REPORT=%s cannot be written (%s)", path.c_str(), std::strerror(err));
       return;
     }
     close = true;

@@ -5,6 +5,9 @@
                             run an MPI job with the interposer preloaded (LD_PRELOAD)
     hauler interpose --path [--mpi openmpi|mpich]
                             print the interposer library path (for batch scripts, srun)
+    hauler shm [--clean] [--dir DIR]
+                            list this user's shared feature tables in /dev/shm (pid, bytes,
+                            alive or stale); --clean removes those whose process is gone
 
 Imports stay lazy: the command works (and says what is wrong) even when the
 compiled core ``hauler._core`` cannot be imported, and it never imports
@@ -179,6 +182,20 @@ def cmd_interpose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shm(args: argparse.Namespace) -> int:
+    from . import _gather_shm
+    d = args.dir or _gather_shm.shm_dir()
+    found = _gather_shm.tables(d)
+    gone = {t["path"] for t in _gather_shm.remove_stale(d)} if args.clean else set()
+    for t in found:
+        state = "removed" if t["path"] in gone else ("alive" if t["alive"] else "stale")
+        print(f"{t['path']}  pid {t['pid']}  {t['bytes']} bytes  {state}")
+    stale = sum(1 for t in found if not t["alive"])
+    print(f"{len(found)} shared table(s) of this user in {d}, {stale} of dead processes"
+          + (f", {len(gone)} removed" if args.clean else (" (--clean removes them)" if stale else "")))
+    return 0
+
+
 RUN_USAGE = "usage: hauler run [--launcher MPIEXEC] [--dry-run] [launcher options] -- program args..."
 RUN_HELP = f"""{RUN_USAGE}
 
@@ -284,6 +301,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--mpi", choices=["openmpi", "mpich"], default=None,
                    help="MPI flavour (default: that of the MPI found, HAULER_MPICC > MPICC > PATH)")
     p.set_defaults(func=cmd_interpose)
+    p = sub.add_parser("shm", help="this user's shared feature tables in /dev/shm; --clean removes those "
+                                   "of dead processes")
+    p.add_argument("--clean", action="store_true", help="remove the tables whose process is gone")
+    p.add_argument("--dir", default=None, help="where to look (default: /dev/shm)")
+    p.set_defaults(func=cmd_shm)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
