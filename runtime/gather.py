@@ -51,7 +51,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _buffers, _gather_shm
+from . import _buffers, _gather_shm, config
 from ._gather_file import _file_table
 from ._gather_table import _addr, _core, _Table, _torch, _unlink
 from .errors import InvalidArgument, NoDevice, ReadOnlyBuffer
@@ -74,7 +74,7 @@ def _in_worker() -> bool:
 def _threads(threads: Optional[int]) -> int:
     if threads is not None:
         return _buffers.as_int("threads", threads, minimum=0)
-    if _in_worker() and not os.environ.get("HAULER_GATHER_THREADS", "").strip():
+    if _in_worker() and config.source("HAULER_GATHER_THREADS") == "default":  # an override counts too
         return 1
     return 0
 
