@@ -16,11 +16,13 @@ except ImportError as _e:  # keep `hauler info` able to say what is wrong with t
     _core_error = _e
 
 # Submodules that load on first use so `import hauler` stays cheap (no mpi4py.MPI, no torch).
-_LAZY_SUBMODULES = ("datatype", "gather", "io", "offload")
+_LAZY_SUBMODULES = ("datatype", "gather", "io", "kv", "offload")
 # Exceptions defined beside the code that raises them, importable from here too (on first use).
 _LAZY_ERRORS = {"CapacityExceeded": "tensorstore", "CorruptEntry": "_store_format", "SwapSpaceFull": "kv",
                 "UnknownRequest": "kv", "ConfigError": "config", "MpiNotFound": "mpi_find",
-                "InterposeNotBuilt": "interpose"}
+                "InterposeNotBuilt": "interpose",
+                **{n: "kv.transport" for n in ("TransferError", "PeerLost", "TransferTimeout", "LeaseExpired",
+                                               "TransferCancelled", "TransportRefused", "PeerMemoryError")}}
 
 __all__ = ["__version__", "cuda_available", "cuda_status", "HaulerError", "InvalidArgument",
            "Overflow", "BufferTooSmall", "OutOfRange", "ReadOnlyBuffer", "NoDevice",

@@ -5,7 +5,8 @@ import pytest
 
 from hauler import kv
 from hauler.errors import BufferTooSmall, InvalidArgument
-from support.kv_ref import KINDS, FakeCudaArray, make_cache
+from support.device import FakeCudaArray, FakeDLPackArray
+from support.kv_ref import KINDS, fake_cuda, make_cache
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -55,7 +56,9 @@ def test_device_tensors_are_device_layouts():
     l = kv.KVLayout.vllm_flash([FakeCudaArray(host)])
     assert l.device == "cuda" and l.num_blocks == 4
     strided = np.zeros((2, 4, 2, 4, 8), np.float16).transpose(0, 1, 3, 2, 4)
-    l2 = kv.KVLayout.vllm_flash([FakeCudaArray(strided)])
+    l2 = kv.KVLayout.vllm_flash([fake_cuda(strided)])
+    l3 = kv.KVLayout.vllm_flash([FakeDLPackArray(host)])
+    assert l3.device == "cuda:0" and l3.regions() == l.regions()
     assert l2.kind == "vllm_flash_nhd" and l2.extent_bytes == 4 * 2 * 8 * 2  # HND memory: a block is contiguous
 
 
@@ -120,3 +123,16 @@ def test_refusals():
                              {"block": 512, "token": 16, "head": 128, "dim": 2, "dim_hi": 64}, x=3)
     with pytest.raises(AttributeError):
         kv.KVLayout.vllm_flash([a]).num_blocks = 3
+
+
+def test_host_objects_must_expose_their_memory():
+    with pytest.raises(InvalidArgument, match="is not a tensor"):
+        kv.KVLayout.mla([[[[0.0]]]])
+    ro = np.zeros((2, 4, 4, 2, 8), np.float16)
+    ro.setflags(write=False)
+    l = kv.KVLayout.vllm_flash([ro])
+    c = np.zeros((2, 4, 4, 2, 8), np.float16)
+    from hauler.errors import ReadOnlyBuffer
+    with pytest.raises(ReadOnlyBuffer, match="read-only"):
+        kv.copy_blocks(kv.KVLayout.vllm_flash([c]), l, [[0, 1]])
+    kv.copy_blocks(l, kv.KVLayout.vllm_flash([c]), [[0, 1]])

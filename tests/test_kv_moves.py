@@ -168,7 +168,7 @@ def test_device_layouts_run_the_emulated_kernel(gpu_emulation):
     c = make_cache("vllm_legacy", rng, L=2, NB=5, BS=4, H=2, D=8, x=4, lib="fake_cuda")
     assert c.layout.device == "cuda"
     host = np.full(c.layout.block_bytes * 3, 0xA5, np.uint8)
-    from support.kv_ref import FakeCudaArray
+    from support.device import FakeCudaArray
     dev_out = FakeCudaArray(np.full(c.layout.block_bytes * 3, 0x5A, np.uint8))
     kv.gather_blocks(c.layout, [4, 0, 4], dev_out)      # device -> device
     kv.gather_blocks(c.layout, [4, 0, 4], host)         # device -> (pinned) host: the same one launch
@@ -222,3 +222,16 @@ def test_threads_split_a_move_by_bytes(parallel_always):
         out = np.full(c.layout.block_bytes * len(ids), 0xA5, np.uint8)
         kv.gather_blocks(c.layout, ids, out, threads=threads)
         assert out.tobytes() == c.blocks(ids).tobytes(), threads
+
+
+def test_stream_is_for_device_moves(gpu_emulation):
+    from support.device import FakeCudaArray
+    c = make_cache("cross_layer_hnd", np.random.default_rng(16), lib="fake_cuda")
+    out = FakeCudaArray(np.full(c.layout.block_bytes * 2, 0xA5, np.uint8))
+    kv.gather_blocks(c.layout, [5, 2], out, stream=7)  # queued on stream 7 (the emulation runs at once)
+    assert out.host.tobytes() == c.blocks([5, 2]).tobytes()
+    h = make_cache("cross_layer_hnd", np.random.default_rng(17))
+    with pytest.raises(InvalidArgument, match="stream= applies to device layouts"):
+        kv.gather_blocks(h.layout, [5, 2], np.zeros(h.layout.block_bytes * 2, np.uint8), stream=7)
+    with pytest.raises(InvalidArgument, match="stream must be >= 0"):
+        kv.gather_blocks(c.layout, [5, 2], out, stream=-1)

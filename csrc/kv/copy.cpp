@@ -51,6 +51,21 @@ void check_disjoint(const Segment* segs, int64_t n) {
 }
 
 namespace {
+// One piece. Transposing moves (vLLM's legacy value cache <-> token-major)
+// are pieces of one element or one x group: fixed-size copies, not calls.
+inline void copy_piece(int64_t dst, int64_t src, int64_t n) {
+  void* d = reinterpret_cast<void*>(dst);
+  const void* s = reinterpret_cast<const void*>(src);
+  switch (n) {
+    case 1: std::memcpy(d, s, 1); return;
+    case 2: std::memcpy(d, s, 2); return;
+    case 4: std::memcpy(d, s, 4); return;
+    case 8: std::memcpy(d, s, 8); return;
+    case 16: std::memcpy(d, s, 16); return;
+    default: std::memcpy(d, s, static_cast<size_t>(n)); return;
+  }
+}
+
 // Copies bytes [lo, hi) of the concatenated pieces; `start` holds each piece's
 // first byte in that concatenation.
 void copy_range(const Segment* segs, const std::vector<int64_t>& start, int64_t lo, int64_t hi) {
@@ -58,8 +73,7 @@ void copy_range(const Segment* segs, const std::vector<int64_t>& start, int64_t 
   for (; lo < hi; ++i) {
     const Segment& g = segs[i];
     const int64_t off = lo - start[i], n = std::min(g.n - off, hi - lo);
-    std::memcpy(reinterpret_cast<void*>(g.dst + off), reinterpret_cast<const void*>(g.src + off),
-                static_cast<size_t>(n));
+    copy_piece(g.dst + off, g.src + off, n);
     lo += n;
   }
 }
@@ -69,9 +83,7 @@ void copy_segments(const Segment* segs, int64_t n, int threads) {
   if (threads <= 0) threads = settings::threads();
   const int64_t total = segments_bytes(segs, n);
   if (threads <= 1 || total < settings::pack_parallel_min() || total < 2 * 4096) {
-    for (int64_t i = 0; i < n; ++i)
-      std::memcpy(reinterpret_cast<void*>(segs[i].dst), reinterpret_cast<const void*>(segs[i].src),
-                  static_cast<size_t>(segs[i].n));
+    for (int64_t i = 0; i < n; ++i) copy_piece(segs[i].dst, segs[i].src, segs[i].n);
     return;
   }
   std::vector<int64_t> start(static_cast<size_t>(n));

@@ -86,13 +86,13 @@ def _tensor(t: Any, what: str, dtype: Optional[str] = None) -> _Tensor:
         ptr, ro = cai["data"]
         name = _dtype_name(_NUMPY_TYPESTR.get(typestr[1:], f"typestr {typestr}"), es, dtype, what)
         return _Tensor(int(ptr or 0), shape, strides, name, es, "cuda", bool(ro), t)
-    if hasattr(t, "__array_interface__") or hasattr(t, "__array__") and not hasattr(t, "__dlpack__"):
+    if hasattr(t, "__array_interface__"):  # numpy and array-likes exposing their memory (never a copy)
         import numpy as np
         a = t if isinstance(t, np.ndarray) else np.asarray(t)
         es = a.dtype.itemsize
         name = _dtype_name(a.dtype.name if a.dtype.names is None else str(a.dtype), es, dtype, what)
-        ptr, ro = a.__array_interface__["data"]
-        return _Tensor(int(ptr or 0), tuple(a.shape), tuple(a.strides), name, es, None, bool(ro), t)
+        ptr, _ = a.__array_interface__["data"]
+        return _Tensor(int(ptr or 0), tuple(a.shape), tuple(a.strides), name, es, None, not a.flags.writeable, a)
     if hasattr(t, "__dlpack__"):
         return _from_dlpack(t, what, dtype)
     raise InvalidArgument(f"{what} of type {type(t).__name__} is not a tensor (torch, numpy, "

@@ -20,8 +20,11 @@ def _threads(threads: Optional[int]) -> int:
     return 0 if threads is None else as_int("threads", threads, minimum=1)
 
 
-def run_plan(p: Plan, *, threads: Optional[int] = None) -> None:
-    """Perform a plan's move. Both layouts must be this process's memory; the destination writable."""
+def run_plan(p: Plan, *, threads: Optional[int] = None, stream: Optional[int] = None) -> None:
+    """Perform a plan's move. Both layouts must be this process's memory; the destination writable.
+    threads: host moves (default HAULER_THREADS). stream: device moves (a cudaStream_t as an int): the
+    launch is queued on it and the call returns; without it the move runs on the current torch stream
+    (or the default stream) and the call waits for it."""
     if not isinstance(p, Plan):
         raise InvalidArgument(f"plan must be a kv.Plan, got {type(p).__name__}")
     src, dst = p.src_layout, p.dst_layout
@@ -31,12 +34,17 @@ def run_plan(p: Plan, *, threads: Optional[int] = None) -> None:
                                   "move with a transfer")
     if dst._readonly:
         raise ReadOnlyBuffer(f"the destination {dst!r} is read-only")
+    if stream is not None:
+        as_int("stream", stream, minimum=0)
+        if src.device is None and dst.device is None:
+            raise InvalidArgument("stream= applies to device layouts; both layouts are host memory (host moves "
+                                  "are synchronous)")
     segs = p.segments()
     if _overlaps(src, dst):
         _core.kv_check_disjoint(segs)
     if src.device is not None or dst.device is not None:
         from . import _device
-        _device.copy(segs, src, dst)
+        _device.copy(segs, src, dst, stream)
         return
     _core.kv_copy_host(segs, _threads(threads))
 
@@ -67,7 +75,7 @@ def _check_plan(p: Any, src: KVLayout, dst: KVLayout, sb: np.ndarray, db: np.nda
 
 
 def gather_blocks(layout: KVLayout, blocks: Any, out: Any, plan: Optional[Plan] = None, *,
-                  threads: Optional[int] = None) -> Any:
+                  threads: Optional[int] = None, stream: Optional[int] = None) -> Any:
     """Copy `blocks` (in list order, repeats allowed) into the contiguous `out`, laid out as
     contiguous_layout_like(layout, len(blocks), out). Returns out."""
     ids = block_ids(blocks, "blocks")
@@ -76,12 +84,12 @@ def gather_blocks(layout: KVLayout, blocks: Any, out: Any, plan: Optional[Plan] 
     dst = contiguous_layout_like(layout, len(ids), out)
     seq = np.arange(len(ids), dtype=np.int64)
     p = make_plan(layout, ids, dst, seq) if plan is None else _check_plan(plan, layout, dst, ids, seq)
-    run_plan(p, threads=threads)
+    run_plan(p, threads=threads, stream=stream)
     return out
 
 
 def scatter_blocks(layout: KVLayout, blocks: Any, src: Any, plan: Optional[Plan] = None, *,
-                   threads: Optional[int] = None) -> None:
+                   threads: Optional[int] = None, stream: Optional[int] = None) -> None:
     """The reverse of gather_blocks: the contiguous `src` into `blocks` (each at most once)."""
     ids = block_ids(blocks, "blocks")
     if len(ids) == 0:
@@ -89,11 +97,11 @@ def scatter_blocks(layout: KVLayout, blocks: Any, src: Any, plan: Optional[Plan]
     s = contiguous_layout_like(layout, len(ids), src)
     seq = np.arange(len(ids), dtype=np.int64)
     p = make_plan(s, seq, layout, ids) if plan is None else _check_plan(plan, s, layout, seq, ids)
-    run_plan(p, threads=threads)
+    run_plan(p, threads=threads, stream=stream)
 
 
 def copy_blocks(src_layout: KVLayout, dst_layout: KVLayout, mapping: Any, plan: Optional[Plan] = None, *,
-                threads: Optional[int] = None) -> None:
+                threads: Optional[int] = None, stream: Optional[int] = None) -> None:
     """Copy block mapping[i, 0] of src_layout to block mapping[i, 1] of dst_layout (the same layout for a
     copy inside one cache: no destination block may be a source block then)."""
     m = mapping
@@ -114,4 +122,4 @@ def copy_blocks(src_layout: KVLayout, dst_layout: KVLayout, mapping: Any, plan: 
     if len(sb) == 0:
         return
     p = make_plan(src_layout, sb, dst_layout, db) if plan is None else _check_plan(plan, src_layout, dst_layout, sb, db)
-    run_plan(p, threads=threads)
+    run_plan(p, threads=threads, stream=stream)

@@ -13,6 +13,8 @@ import numpy as np
 
 from hauler import kv
 
+from .device import FakeCudaArray
+
 KINDS = ("vllm_flash_nhd", "vllm_flash_hnd", "mla", "cross_layer_nhd", "cross_layer_hnd", "vllm_legacy", "sglang",
          "lmcache_chunk", "explicit", "contiguous")
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32}
@@ -79,7 +81,7 @@ def _alloc(lib: str, shape: tuple, dtype: str, rng: np.random.Generator, perm: O
     if perm is not None:
         a = a.transpose(np.argsort(perm))
     if lib == "fake_cuda":
-        return FakeCudaArray(a), a
+        return fake_cuda(a), a
     return a, a
 
 
@@ -150,6 +152,11 @@ def make_cache(kind: str, rng: np.random.Generator, L: int = 2, NB: int = 6, BS:
     raise ValueError(kind)
 
 
+def fake_cuda(a: np.ndarray, readonly: bool = False) -> FakeCudaArray:
+    """A FakeCudaArray over `a` with its real strides."""
+    return FakeCudaArray(a, readonly, strides=None if a.flags.c_contiguous else a.strides)
+
+
 def _pages(pool: np.ndarray, NB: int, BS: int) -> np.ndarray:
     """[tokens, heads, dim] (any strides) as a [block, token, head, dim] view."""
     st = pool.strides
@@ -160,14 +167,3 @@ def poison(cache: Cache, fill: int = 0xA5) -> None:
     for v in cache.planes:
         v[...] = int.from_bytes(bytes([fill]) * v.itemsize, "little")
 
-
-class FakeCudaArray:
-    """A "device" array over host memory (``__cuda_array_interface__`` with the view's real strides),
-    so the device code path runs under the GPU emulation without a GPU."""
-
-    def __init__(self, host: np.ndarray, readonly: bool = False):
-        self.host = host
-        self.__cuda_array_interface__ = {"version": 3, "shape": host.shape, "typestr": host.dtype.str,
-                                         "data": (host.__array_interface__["data"][0], readonly),
-                                         "strides": None if host.flags.c_contiguous else host.strides,
-                                         "stream": None}
