@@ -537,6 +537,7 @@ setup(
         # torch_geometric: pure Python; 2.8.1 installs beside torch 2.13.0 without touching it
         "test": ["pytest", "hypothesis", "numpy", "mpi4py>=3.1", "torch_geometric>=2.5,<2.9"],
         "torch": ["torch>=2.1,<2.14"],
+        "plot": ["matplotlib>=3.5"],  # hauler-bench all's plots
     },
     entry_points={
         "console_scripts": [
