@@ -28,14 +28,14 @@ from ._fileio import (File, Future, alignment, empty, backend, backend_descripti
 
 __all__ = ["File", "Future", "empty", "backend", "backend_description", "backend_is_fallback",
            "registration", "registration_failed", "counters", "cufile_status", "TensorStore", "alignment",
-           "CapacityExceeded", "CorruptEntry"]
+           "CapacityExceeded", "CorruptEntry", "StoreLocked", "UnsafeDirectory"]
 
 
 def __getattr__(name):
     if name == "TensorStore":  # on first use: `from hauler import io` stays cheap
         from .tensorstore import TensorStore
         return TensorStore
-    if name in ("CapacityExceeded", "CorruptEntry"):  # TensorStore's errors, named in its README section
+    if name in ("CapacityExceeded", "CorruptEntry", "StoreLocked", "UnsafeDirectory"):  # TensorStore's errors, named in its README section
         from . import tensorstore
         return getattr(tensorstore, name)
     raise AttributeError(f"module 'hauler.io' has no attribute {name!r}")
