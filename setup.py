@@ -64,6 +64,9 @@ def _load(name, path):
 
 
 config = _load("_hauler_build_config", "runtime/config.py")
+# The C++ readers' table, generated from config.py's. Checked in too: scripts/core_tests.sh and CI's
+# nvcc runs compile csrc/ without setup.py, and tests/test_config.py fails on a stale copy.
+config.write_cpp_table(os.path.join(ROOT, "csrc", "common", "settings_table.h"))
 mpi_find = _load("_hauler_build_mpi_find", "runtime/mpi_find.py")
 
 
@@ -97,7 +100,9 @@ def cuda_sources():
 
 
 def headers():
-    return [h for ext in ("h", "hpp", "cuh", "inl") for h in _glob(f"csrc/**/*.{ext}")]
+    # interpose/ included: the shim's objects must rebuild when its internal header changes.
+    return [h for top in ("csrc", "interpose") for ext in ("h", "hpp", "cuh", "inl")
+            for h in _glob(f"{top}/**/*.{ext}")]
 
 
 def find_liburing():

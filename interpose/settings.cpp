@@ -1,6 +1,5 @@
-// The shim's settings (HAULER_INTERPOSE*, read once after MPI_Init), its log, and the model file
-// that `hauler-bench calibrate` writes.
-#include <cctype>
+// The shim's settings (read once after MPI_Init through the core's table and parser), its log,
+// and the model file that `hauler-bench calibrate` writes.
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -25,15 +24,6 @@ constexpr const char* kFlavour = "mpi";
 #endif
 
 namespace {
-
-bool env_bool(const char* name, bool dflt) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return dflt;
-  std::string s(v);
-  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (s == "0" || s == "false" || s == "no" || s == "off") return false;
-  return true;
-}
 
 std::string env_str(const char* name) {
   const char* v = std::getenv(name);
@@ -115,38 +105,52 @@ double octaves(int64_t x) {
   return e + (double(x) / double(1ull << e) - 1.0);
 }
 
+namespace hs = hauler::settings;
+
+namespace {
+
+// A setting through the core's table: the parser and the message of Python and the core. An invalid
+// value is reported here, once at MPI_Init, whatever the log level, and the caller turns the
+// feature it steers off (pass-through, never "on"); `then` says what happens instead.
+bool read_setting(hs::Id id, hs::Value* v, const char* then) {
+  std::string error;
+  if (hs::get(id, v, &error)) return true;
+  std::fprintf(stderr, "hauler-interpose[%d] error: %s; %s\n", g_world_rank, error.c_str(), then);
+  *v = hs::Value();
+  return false;
+}
+
+bool read_flag(hs::Id id, const char* then) {
+  hs::Value v;
+  return read_setting(id, &v, then) && v.number != 0;
+}
+
+}  // namespace
+
 void configure() {
   Config& g = g_config;
-  g.pack = env_bool("HAULER_INTERPOSE_PACK", true);
-  g.p2p = env_bool("HAULER_INTERPOSE_P2P", true);
-  g.coll = env_bool("HAULER_INTERPOSE_COLL", true);
-  g.gpu = env_bool("HAULER_INTERPOSE_GPU", true);
-  std::string lv = env_str("HAULER_INTERPOSE_LOG");
-  static const char* names[] = {"debug", "info", "warning", "error", "critical"};
-  for (int i = 0; i < 5; ++i)
-    if (lv == names[i]) g.log = i;
-  g.report = env_str("HAULER_INTERPOSE_REPORT");
-  g_time_packing = !g.report.empty() && g.report != "0";
-  // the named file; "builtin": the defaults above; unset: the calibrated model if one was written
-  g.model = env_str("HAULER_INTERPOSE_MODEL");
-  bool named = !g.model.empty();
-  if (g.model == "builtin") g.model.clear();
-  else if (!named) g.model = default_model_path();
-  if (!g.model.empty()) load_model(g.model, named);
+  hs::Value v;
+  g.log = read_setting(hs::Id::interpose_log, &v, "the log level is warning") ? int(v.number) : kWarning;
   // One packing thread per rank unless HAULER_THREADS says otherwise: ranks share the cores.
   const char* t = std::getenv("HAULER_THREADS");
-  if (t == nullptr || *t == '\0') hauler::settings::set_override("HAULER_THREADS", 1);
-  // The engine reads its settings from the environment on every pack (getenv: ~40 ns, a tenth of
-  // a small message's cost); the shim's environment is fixed at launch, so read them once.
-  try {
-    namespace hs = hauler::settings;
-    hs::set_override("HAULER_THREADS", hs::threads());
-    hs::set_override("HAULER_PACK_PARALLEL_MIN", hs::pack_parallel_min());
-    hs::set_override("HAULER_PACK_STREAM_MIN", hs::pack_stream_min());
-  } catch (const std::exception& e) {
-    logf(kWarning, "%s; built-in defaults", e.what());
-  }
-  g.on = env_bool("HAULER_INTERPOSE", true);
+  if (t == nullptr || t[std::strspn(t, " \t\n\r\f\v")] == '\0') hs::set("HAULER_THREADS", "1");
+  // The engine reads these on every pack: with one invalid, every message goes to the library.
+  bool engine = true;
+  for (hs::Id id : {hs::Id::threads, hs::Id::pack_parallel_min, hs::Id::pack_stream_min})
+    engine = read_setting(id, &v, "every message goes to the library unchanged") && engine;
+  g.pack = read_flag(hs::Id::interpose_pack, "MPI_Pack/MPI_Unpack go to the library") && engine;
+  g.p2p = read_flag(hs::Id::interpose_p2p, "point-to-point messages go to the library") && engine;
+  g.coll = read_flag(hs::Id::interpose_coll, "collectives go to the library") && engine;
+  g.gpu = read_flag(hs::Id::interpose_gpu, "device buffers go to the library") && engine;
+  g.gpu = read_setting(hs::Id::cuda_lib, &v, "device buffers go to the library") && g.gpu;
+  g.report = read_setting(hs::Id::interpose_report, &v, "no report") ? v.text : std::string();
+  g_time_packing = !g.report.empty() && g.report != "0";
+  // the named file; "builtin": the defaults above; unset: the calibrated model if one was written
+  if (!read_setting(hs::Id::interpose_model, &v, "the built-in model decides")) g.model.clear();
+  else if (!v.is_set) g.model = default_model_path();
+  else g.model = v.text == "builtin" ? std::string() : v.text;
+  if (!g.model.empty()) load_model(g.model, v.is_set);
+  g.on = read_flag(hs::Id::interpose, "every call goes to the library");
 }
 
 }  // namespace shim

@@ -2,6 +2,7 @@
 // lock-free view of it (Brief, shim.hpp).
 #include <algorithm>
 
+#include "datatype/decode.hpp"
 #include "shim.hpp"
 
 namespace shim {
@@ -20,98 +21,75 @@ struct Refused {
   std::string why;
 };
 
-dt::TypeRef with_library_bounds(dt::TypeRef node, MPI_Datatype t) {
+// The MPI combiners hauler rebuilds; F90 parameterized types (and anything newer) stay with the
+// library, and so do the MPI-1 *_INTEGER forms (MPI-3.0 removed their names from mpi.h).
+bool combiner_of(int mpi, dt::Combiner* out) {
+  switch (mpi) {
+    case MPI_COMBINER_DUP: *out = dt::Combiner::dup; return true;
+    case MPI_COMBINER_CONTIGUOUS: *out = dt::Combiner::contiguous; return true;
+    case MPI_COMBINER_VECTOR: *out = dt::Combiner::vector; return true;
+    case MPI_COMBINER_HVECTOR: *out = dt::Combiner::hvector; return true;
+    case MPI_COMBINER_INDEXED: *out = dt::Combiner::indexed; return true;
+    case MPI_COMBINER_HINDEXED: *out = dt::Combiner::hindexed; return true;
+    case MPI_COMBINER_INDEXED_BLOCK: *out = dt::Combiner::indexed_block; return true;
+    case MPI_COMBINER_HINDEXED_BLOCK: *out = dt::Combiner::hindexed_block; return true;
+    case MPI_COMBINER_STRUCT: *out = dt::Combiner::structure; return true;
+    case MPI_COMBINER_SUBARRAY: *out = dt::Combiner::subarray; return true;
+    case MPI_COMBINER_DARRAY: *out = dt::Combiner::darray; return true;
+    case MPI_COMBINER_RESIZED: *out = dt::Combiner::resized; return true;
+    default: return false;
+  }
+}
+
+constexpr dt::MpiConstants kMpiConstants{MPI_ORDER_C,         MPI_ORDER_FORTRAN,       MPI_DISTRIBUTE_BLOCK,
+                                         MPI_DISTRIBUTE_CYCLIC, MPI_DISTRIBUTE_NONE, MPI_DISTRIBUTE_DFLT_DARG};
+
+dt::TypeRef with_library_bounds(const dt::TypeRef& node, MPI_Datatype t) {
   MPI_Aint lb = 0, extent = 0;
   PMPI_Type_get_extent(t, &lb, &extent);
   int size = 0;
   PMPI_Type_size(t, &size);
-  if (node->b.size != size)
-    throw Refused{"decoded size " + std::to_string(node->b.size) + " != library size " +
-                  std::to_string(size)};
-  return dt::with_bounds(node, lb, extent);
+  return dt::with_library_bounds(node, size, lb, extent);
 }
 
+// The envelope and contents through PMPI, the node from csrc/datatype/decode (the decoder
+// Datatype.from_mpi uses too).
 dt::TypeRef decode(MPI_Datatype t, int depth) {
   if (depth > 64) throw Refused{"nesting deeper than 64"};
   int ni = 0, na = 0, nt = 0, combiner = 0;
   PMPI_Type_get_envelope(t, &ni, &na, &nt, &combiner);
   if (combiner == MPI_COMBINER_NAMED) {
+    std::string name;
     for (auto& p : g_named_types)
       if (p.first == t) {
-        dt::TypeRef n = dt::named(p.second);
-        int size = 0;
-        PMPI_Type_size(t, &size);
-        if (n->b.size == size) return with_library_bounds(n, t);
+        name = p.second;
         break;
       }
     int size = 0;
     PMPI_Type_size(t, &size);
-    return with_library_bounds(dt::contiguous(size, dt::named("byte")), t);
+    return with_library_bounds(dt::from_named(name, size), t);
   }
+  dt::Combiner c;
+  if (!combiner_of(combiner, &c)) throw Refused{"combiner " + std::to_string(combiner) + " is left to the library"};
   std::vector<int> ints(ni);
   std::vector<MPI_Aint> addrs(na);
   std::vector<MPI_Datatype> types(nt);
   PMPI_Type_get_contents(t, ni, na, nt, ints.data(), addrs.data(), types.data());
   std::vector<dt::TypeRef> olds;
-  std::string err;
+  bool child_refused = false;
   try {
     for (MPI_Datatype x : types) olds.push_back(decode(x, depth + 1));
   } catch (...) {
-    err = "child";
+    child_refused = true;
   }
   for (MPI_Datatype x : types) {  // contents hand back new handles for derived types
-    int a, b, c, comb;
-    PMPI_Type_get_envelope(x, &a, &b, &c, &comb);
+    int a, b, n, comb;
+    PMPI_Type_get_envelope(x, &a, &b, &n, &comb);
     if (comb != MPI_COMBINER_NAMED) PMPI_Type_free(&x);
   }
-  if (!err.empty()) throw Refused{"a member type cannot be decoded"};
-  auto I = [&](int i) -> int64_t { return ints.at(i); };
-  auto range = [&](int from, int n) {
-    std::vector<int64_t> v;
-    for (int i = 0; i < n; ++i) v.push_back(ints.at(from + i));
-    return v;
-  };
-  auto arange = [&](int from, int n) {
-    std::vector<int64_t> v;
-    for (int i = 0; i < n; ++i) v.push_back(addrs.at(from + i));
-    return v;
-  };
-  auto order = [&](int64_t o) { return o == MPI_ORDER_FORTRAN ? dt::Order::fortran : dt::Order::c; };
-  dt::TypeRef node;
-  switch (combiner) {
-    case MPI_COMBINER_DUP: node = dt::dup(olds.at(0)); break;
-    case MPI_COMBINER_CONTIGUOUS: node = dt::contiguous(I(0), olds.at(0)); break;
-    case MPI_COMBINER_VECTOR: node = dt::vector(I(0), I(1), I(2), olds.at(0)); break;
-    case MPI_COMBINER_HVECTOR: node = dt::hvector(I(0), I(1), addrs.at(0), olds.at(0)); break;
-    case MPI_COMBINER_INDEXED: {
-      int n = ints.at(0);
-      node = dt::indexed(range(1, n), range(1 + n, n), olds.at(0));
-      break;
-    }
-    case MPI_COMBINER_HINDEXED: {
-      int n = ints.at(0);
-      node = dt::hindexed(range(1, n), arange(0, n), olds.at(0));
-      break;
-    }
-    case MPI_COMBINER_INDEXED_BLOCK: node = dt::indexed_block(I(1), range(2, ints.at(0)), olds.at(0)); break;
-    case MPI_COMBINER_HINDEXED_BLOCK: node = dt::hindexed_block(I(1), arange(0, ints.at(0)), olds.at(0)); break;
-    case MPI_COMBINER_STRUCT: {
-      int n = ints.at(0);
-      node = dt::structure(range(1, n), arange(0, n), olds);
-      break;
-    }
-    case MPI_COMBINER_SUBARRAY: {
-      int n = ints.at(0);
-      node = dt::subarray(range(1, n), range(1 + n, n), range(1 + 2 * n, n), order(I(1 + 3 * n)), olds.at(0));
-      break;
-    }
-    case MPI_COMBINER_RESIZED: node = dt::resized(olds.at(0), addrs.at(0), addrs.at(1)); break;
-    default:
-      // darray (the libraries disagree with the standard in places), F90 types, ...: the
-      // library keeps these, so its own layout is used.
-      throw Refused{"combiner " + std::to_string(combiner) + " is left to the library"};
-  }
-  return with_library_bounds(node, t);
+  if (child_refused) throw Refused{"a member type cannot be decoded"};
+  std::vector<int64_t> ints64(ints.begin(), ints.end()), addrs64(addrs.begin(), addrs.end());
+  return with_library_bounds(dt::from_contents(c, ints64, addrs64, olds, kMpiConstants), t);
 }
 
 TypeInfoRef lookup(MPI_Datatype t) {

@@ -1,13 +1,14 @@
-"""Decoding an mpi4py datatype into hauler's IR through MPI_Type_get_envelope
-and MPI_Type_get_contents. Every decoded node takes its lower bound and extent
-from the MPI library (MPI_Type_get_extent), so hauler lays data out exactly as
-that library does, including where Open MPI and MPICH disagree."""
+"""Decoding an mpi4py datatype into hauler's IR. mpi4py hands over the envelope and contents
+(MPI_Type_get_envelope / MPI_Type_get_contents); the core's decoder (csrc/datatype/decode.cpp,
+the one the MPI shim uses too) builds each node and gives it the MPI library's lower bound and
+extent, so hauler lays data out exactly as that library does, including where Open MPI and MPICH
+disagree."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from . import _core
-from .errors import HaulerError, InvalidArgument
+from .errors import InvalidArgument
 
 # mpi4py attribute names of predefined types -> hauler named types. Several
 # names may alias one handle (MPI_INT32_T and MPI_INT); any of them will do.
@@ -23,6 +24,16 @@ _PREDEFINED = [
     ("C_DOUBLE_COMPLEX", "c_double_complex"), ("C_LONG_DOUBLE_COMPLEX", "c_long_double_complex"),
     ("FLOAT_INT", "float_int"), ("DOUBLE_INT", "double_int"), ("LONG_INT", "long_int"), ("TWOINT", "2int"),
     ("INT_INT", "2int"), ("SHORT_INT", "short_int"), ("LONG_DOUBLE_INT", "long_double_int"),
+]
+
+# mpi4py's MPI.COMBINER_<X> -> the core decoder's combiner names (the Fortran MPI-1 *_INTEGER
+# forms last, so that a library aliasing them to the address forms keeps the address forms).
+_COMBINERS = [
+    ("DUP", "dup"), ("CONTIGUOUS", "contiguous"), ("VECTOR", "vector"), ("HVECTOR", "hvector"),
+    ("INDEXED", "indexed"), ("HINDEXED", "hindexed"), ("INDEXED_BLOCK", "indexed_block"),
+    ("HINDEXED_BLOCK", "hindexed_block"), ("STRUCT", "struct"), ("SUBARRAY", "subarray"),
+    ("DARRAY", "darray"), ("RESIZED", "resized"), ("HVECTOR_INTEGER", "hvector_integer"),
+    ("HINDEXED_INTEGER", "hindexed_integer"), ("STRUCT_INTEGER", "struct_integer"),
 ]
 
 
@@ -55,79 +66,35 @@ class _Decoder:
     def __init__(self, MPI: Any):
         self.MPI = MPI
         self.named = _named_table(MPI)
-        self.byte = _core.named("byte")
+        self.combiners: Dict[int, str] = {}
+        for attr, name in _COMBINERS:
+            value = getattr(MPI, "COMBINER_" + attr, None)
+            if value is not None:
+                self.combiners.setdefault(value, name)
+        self.constants = [MPI.ORDER_C, MPI.ORDER_FORTRAN, MPI.DISTRIBUTE_BLOCK, MPI.DISTRIBUTE_CYCLIC,
+                          MPI.DISTRIBUTE_NONE, MPI.DISTRIBUTE_DFLT_DARG]
 
     def decode(self, t: Any) -> Any:
         MPI = self.MPI
         combiner = t.Get_envelope()[-1]
         if combiner == MPI.COMBINER_NAMED:
-            node = self._named(t)
+            node = _core.mpi_from_named(self.named.get(_handle(MPI, t), ""), t.Get_size())
         else:
+            name = self.combiners.get(combiner)
+            if name is None:
+                raise InvalidArgument(f"MPI datatype combiner {combiner} (Fortran F90 parameterized types) "
+                                      "is not decoded")
             contents = t.Get_contents()
             ints, addrs, types = list(contents[0]), list(contents[1]), list(contents[-1])
             if len(contents) == 4 and len(contents[2]) > 0:
                 raise InvalidArgument("large-count (MPI-4 _c) datatype constructors are not decoded yet")
+            olds: List[Any] = []
             try:
                 olds = [self.decode(x) for x in types]
             finally:
                 for x in types:  # contents hand back new handles for derived types
                     if x.Get_envelope()[-1] != MPI.COMBINER_NAMED:
                         x.Free()
-            node = self._build(combiner, ints, addrs, olds)
+            node = _core.mpi_from_contents(name, ints, addrs, olds, self.constants)
         lb, extent = t.Get_extent()
-        if node.size != t.Get_size():
-            raise HaulerError(f"decoding the MPI datatype gave {node.size} bytes of data but the MPI library "
-                              f"reports {t.Get_size()}")
-        return _core.with_bounds(node, lb, extent)
-
-    def _named(self, t: Any) -> Any:
-        name = self.named.get(_handle(self.MPI, t))
-        if name is not None:
-            node = _core.named(name)
-            if node.size == t.Get_size():
-                return node
-        # A predefined type hauler has no name for (or of another size here): its bytes.
-        return _core.contiguous(t.Get_size(), self.byte)
-
-    def _build(self, c: int, ints: list, addrs: list, olds: list) -> Any:
-        MPI = self.MPI
-        order = {MPI.ORDER_C: "C", MPI.ORDER_FORTRAN: "F"}
-        if c == MPI.COMBINER_DUP:
-            return _core.dup(olds[0])
-        if c == MPI.COMBINER_CONTIGUOUS:
-            return _core.contiguous(ints[0], olds[0])
-        if c == MPI.COMBINER_VECTOR:
-            return _core.vector(ints[0], ints[1], ints[2], olds[0])
-        if c in (MPI.COMBINER_HVECTOR, getattr(MPI, "COMBINER_HVECTOR_INTEGER", -1)):
-            return _core.hvector(ints[0], ints[1], addrs[0] if addrs else ints[2], olds[0])
-        if c == MPI.COMBINER_INDEXED:
-            n = ints[0]
-            return _core.indexed(ints[1:1 + n], ints[1 + n:1 + 2 * n], olds[0])
-        if c in (MPI.COMBINER_HINDEXED, getattr(MPI, "COMBINER_HINDEXED_INTEGER", -1)):
-            n = ints[0]
-            disps = addrs if addrs else ints[1 + n:1 + 2 * n]
-            return _core.hindexed(ints[1:1 + n], disps, olds[0])
-        if c == MPI.COMBINER_INDEXED_BLOCK:
-            return _core.indexed_block(ints[1], ints[2:2 + ints[0]], olds[0])
-        if c == MPI.COMBINER_HINDEXED_BLOCK:
-            return _core.hindexed_block(ints[1], addrs, olds[0])
-        if c in (MPI.COMBINER_STRUCT, getattr(MPI, "COMBINER_STRUCT_INTEGER", -1)):
-            n = ints[0]
-            disps = addrs if addrs else ints[1 + n:1 + 2 * n]
-            return _core.struct(ints[1:1 + n], disps, olds)
-        if c == MPI.COMBINER_SUBARRAY:
-            n = ints[0]
-            return _core.subarray(ints[1:1 + n], ints[1 + n:1 + 2 * n], ints[1 + 2 * n:1 + 3 * n],
-                                  order[ints[1 + 3 * n]], olds[0])
-        if c == MPI.COMBINER_DARRAY:
-            size, rank, n = ints[0], ints[1], ints[2]
-            g = ints[3:3 + n]
-            dist_names = {MPI.DISTRIBUTE_BLOCK: "block", MPI.DISTRIBUTE_CYCLIC: "cyclic",
-                          MPI.DISTRIBUTE_NONE: "none"}
-            dists = [dist_names[d] for d in ints[3 + n:3 + 2 * n]]
-            dargs = [_core.DEFAULT_DARG if a == MPI.DISTRIBUTE_DFLT_DARG else a for a in ints[3 + 2 * n:3 + 3 * n]]
-            ps = ints[3 + 3 * n:3 + 4 * n]
-            return _core.darray(size, rank, g, dists, dargs, ps, order[ints[3 + 4 * n]], olds[0])
-        if c == MPI.COMBINER_RESIZED:
-            return _core.resized(olds[0], addrs[0], addrs[1])
-        raise InvalidArgument(f"MPI datatype combiner {c} (Fortran F90 parameterized types) is not decoded")
+        return _core.mpi_with_library_bounds(node, t.Get_size(), lb, extent)

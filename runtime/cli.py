@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Optional
 from . import _build, config, interpose, mpi_find
 from ._version import __version__
 
-CUDA_LIB = "libhauler_cuda.so"
 
 
 def _core_status() -> Dict[str, Any]:
@@ -37,10 +36,9 @@ def _core_status() -> Dict[str, Any]:
     return {"importable": True, "path": getattr(mod, "__file__", None), "error": None}
 
 
-def _cuda_status(core_ok: bool, d: str) -> Dict[str, Any]:
-    lib = os.environ.get("HAULER_CUDA_LIB") or os.path.join(d, CUDA_LIB)
-    out: Dict[str, Any] = {"available": False, "status": None, "library": lib,
-                           "library_exists": os.path.isfile(lib), "error": None}
+def _cuda_status(core_ok: bool) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"available": False, "status": None, "library": None,
+                           "library_exists": False, "error": None}
     if not core_ok:
         out["error"] = "unknown: hauler._core cannot be imported"
         return out
@@ -48,6 +46,8 @@ def _cuda_status(core_ok: bool, d: str) -> Dict[str, Any]:
         hauler = importlib.import_module("hauler")
         out["available"] = bool(hauler.cuda_available())
         out["status"] = str(hauler.cuda_status())
+        out["library"] = str(importlib.import_module("hauler._core").cuda_library())  # the loader's search
+        out["library_exists"] = os.path.isfile(out["library"])
     except Exception as e:  # a diagnostic command reports, it does not crash
         out["error"] = f"{type(e).__name__}: {e}"
     return out
@@ -92,7 +92,7 @@ def collect_info() -> Dict[str, Any]:
         "package_dir": os.path.dirname(os.path.abspath(__file__)),
         "core": core,
         "build": _build.read(d),
-        "cuda": _cuda_status(core["importable"], d),
+        "cuda": _cuda_status(core["importable"]),
         "mpi": _mpi_status(),
         "cores": {"os": os.cpu_count(), "usable": usable},
         "settings": _settings(),
@@ -134,7 +134,7 @@ def _print_info(info: Dict[str, Any]) -> None:
         w(f"  cuda        status unknown: {cu['error']}\n")
     else:
         w(f"  cuda        {'available' if cu['available'] else 'not available'}: {cu['status']}\n")
-    w(f"  cuda lib    {cu['library']} ({'present' if cu['library_exists'] else 'absent'})\n")
+    w(f"  cuda lib    {cu['library'] or 'unknown'} ({'present' if cu['library_exists'] else 'absent'})\n")
 
     m = info["mpi"]
     if m["found"]:

@@ -134,7 +134,8 @@ class Datatype:
 
     @staticmethod
     def from_mpi(mpi_datatype: Any) -> "Datatype":
-        """Decode an mpi4py datatype through MPI_Type_get_envelope/get_contents."""
+        """Decode an mpi4py datatype through MPI_Type_get_envelope/get_contents, with the core's
+        decoder (the one the MPI shim uses) and the library's bounds."""
         from ._mpi_decode import decode  # imports mpi4py.MPI, so only when asked
         return Datatype(decode(mpi_datatype))
 

@@ -87,7 +87,7 @@ def default_model_path() -> str:
 def model_in_effect(env: Optional[Dict[str, str]] = None) -> Optional[str]:
     """The model file the shim will read under `env` (default os.environ), or None: built-in."""
     env = os.environ if env is None else env
-    named = env.get("HAULER_INTERPOSE_MODEL", "")
+    named = env.get("HAULER_INTERPOSE_MODEL", "").strip()  # spaced as the shim parses it
     if named:
         return None if named == "builtin" else named
     path = default_model_path()

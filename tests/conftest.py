@@ -55,13 +55,13 @@ def no_gpu():
 @pytest.fixture
 def parallel_always():
     """Packs of any size may run multi-threaded (HAULER_PACK_PARALLEL_MIN=0), restored after."""
-    from hauler import _core
+    from hauler import config
 
-    _core._set_setting("HAULER_PACK_PARALLEL_MIN", 0)
+    config.set("HAULER_PACK_PARALLEL_MIN", 0)
     try:
         yield
     finally:
-        _core._set_setting("HAULER_PACK_PARALLEL_MIN", -1)
+        config.set("HAULER_PACK_PARALLEL_MIN", None)
 
 
 @pytest.fixture(scope="session")

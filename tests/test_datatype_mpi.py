@@ -393,3 +393,60 @@ class TestLibraryDeviations:
             g = geometry(3, [mpi_bounds(t)])
             src = random_bytes(7, g.length)
             assert np.array_equal(d.pack(src, 3, offset=g.origin), mpi_pack(t, src, g.origin, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# The core's decoder (csrc/datatype/decode.cpp, shared with the MPI shim): bad contents are
+# refused by name, never read past
+# ---------------------------------------------------------------------------------------------
+def test_decoder_refuses_bad_contents():
+    import hauler
+    from hauler import _core
+
+    consts = [MPI.ORDER_C, MPI.ORDER_FORTRAN, MPI.DISTRIBUTE_BLOCK, MPI.DISTRIBUTE_CYCLIC,
+              MPI.DISTRIBUTE_NONE, MPI.DISTRIBUTE_DFLT_DARG]
+    d = _core.named("double")
+    with pytest.raises(hauler.InvalidArgument, match="unknown MPI combiner 'f90_real'.*darray"):
+        _core.mpi_from_contents("f90_real", [], [], [], consts)
+    with pytest.raises(hauler.InvalidArgument, match="vector needs 3 integers.*got 2"):
+        _core.mpi_from_contents("vector", [2, 1], [], [d], consts)
+    with pytest.raises(hauler.InvalidArgument, match="indexed needs 7 integers"):
+        _core.mpi_from_contents("indexed", [3, 1, 1, 1, 0, 2], [], [d], consts)  # one displacement short
+    with pytest.raises(hauler.InvalidArgument, match="struct needs 1 integers, 0 addresses and 2 types"):
+        _core.mpi_from_contents("struct", [2, 1, 1], [0, 8], [d], consts)
+    with pytest.raises(hauler.InvalidArgument, match="negative count"):
+        _core.mpi_from_contents("hindexed", [-1], [], [d], consts)
+    with pytest.raises(hauler.InvalidArgument, match="MPI order 12345"):
+        _core.mpi_from_contents("subarray", [1, 4, 2, 1, 12345], [], [d], consts)
+    with pytest.raises(hauler.InvalidArgument, match="MPI distribution 999"):
+        _core.mpi_from_contents("darray", [1, 0, 1, 4, 999, MPI.DISTRIBUTE_DFLT_DARG, 1, MPI.ORDER_C], [], [d],
+                                consts)
+    with pytest.raises(hauler.InvalidArgument, match="6 order and distribution values"):
+        _core.mpi_from_contents("dup", [], [], [d], consts[:5])
+    with pytest.raises(hauler.HaulerError, match="gave 8 bytes of data but the MPI library reports 4"):
+        _core.mpi_with_library_bounds(d, 4, 0, 8)
+    # a predefined type hauler has no name for, or of another size here: its bytes
+    assert _core.mpi_from_named("", 12).size == 12
+    assert _core.mpi_from_named("double", 4).kind == "contiguous"
+    assert _core.mpi_from_named("double", 8).kind == "named"
+
+
+def test_from_mpi_darray_follows_the_library():
+    """Every distribution and both orders through mpi4py: from_mpi packs as MPI_Pack does (the
+    shim decodes the same types with the same code: tests/test_interpose.py)."""
+    B, C, N, DF = MPI.DISTRIBUTE_BLOCK, MPI.DISTRIBUTE_CYCLIC, MPI.DISTRIBUTE_NONE, MPI.DISTRIBUTE_DFLT_DARG
+    grids = [((B, B), (DF, DF), (2, 2)), ((C, N), (DF, DF), (3, 1)), ((C, B), (2, 3), (2, 2)),
+             ((B, C), (4, 1), (2, 3))]
+    for order in (MPI.ORDER_C, MPI.ORDER_FORTRAN):
+        for dists, dargs, ps in grids:
+            for rank in range(ps[0] * ps[1]):
+                t = MPI.DOUBLE.Create_darray(ps[0] * ps[1], rank, (7, 6), dists, dargs, ps, order).Commit()
+                try:
+                    d = Datatype.from_mpi(t)
+                    assert (d.size, d.lb, d.extent) == (t.Get_size(), *t.Get_extent())
+                    for count in (1, 2):
+                        g = geometry(count, [mpi_bounds(t)])
+                        src = random_bytes(rank + count, g.length)
+                        assert np.array_equal(d.pack(src, count, offset=g.origin), mpi_pack(t, src, g.origin, count))
+                finally:
+                    t.Free()

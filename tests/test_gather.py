@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hauler
-from hauler import _core
+from hauler import _core, config
 from hauler.gather import FeatureStore, gather, scatter
 from support import examples
 from support.buffers import POISONS
@@ -25,11 +25,11 @@ DTYPES = [np.uint8, np.int16, np.float16, np.int32, np.float32, np.float64, np.i
 @pytest.fixture
 def threads_split_small():
     """Any gather may be split over the pool (HAULER_GATHER_PARALLEL_MIN=0)."""
-    _core._set_setting("HAULER_GATHER_PARALLEL_MIN", 0)
+    config.set("HAULER_GATHER_PARALLEL_MIN", 0)
     try:
         yield
     finally:
-        _core._set_setting("HAULER_GATHER_PARALLEL_MIN", -1)
+        config.set("HAULER_GATHER_PARALLEL_MIN", None)
 
 
 @st.composite
@@ -147,11 +147,11 @@ def test_scatter_add_equals_numpy_add_at_bitwise(rows, n, dtype, seed, threads):
     src = (rng.standard_normal((n, 6)) * 100).astype(dtype)
     expect = table.copy()
     np.add.at(expect, idx, src)
-    _core._set_setting("HAULER_GATHER_PARALLEL_MIN", 0)
+    config.set("HAULER_GATHER_PARALLEL_MIN", 0)
     try:
         scatter(table, idx, src, reduce="add", threads=threads)
     finally:
-        _core._set_setting("HAULER_GATHER_PARALLEL_MIN", -1)
+        config.set("HAULER_GATHER_PARALLEL_MIN", None)
     assert table.tobytes() == expect.tobytes()
 
 

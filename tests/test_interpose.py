@@ -445,7 +445,8 @@ def fake_gpu(tmp_path_factory):
                     str(HERE / "fakecuda.c")], check=True, timeout=60)
     subprocess.run(["c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-I" + str(root / "csrc"), "-Wl,-z,defs",
                     "-o", str(d / "libhauler_cuda.so"), str(HERE / "emukernels.cpp"),
-                    str(root / "csrc/datatype/pack_emulate.cpp"), str(root / "csrc/gather/gather_emulate.cpp")],
+                    str(root / "csrc/common/gpu_emulation.cpp"), str(root / "csrc/datatype/pack_emulate.cpp"),
+                    str(root / "csrc/gather/gather_emulate.cpp")],
                    check=True, timeout=300)
     return {"LD_PRELOAD": str(d / "libcuda.so.1"), "HAULER_CUDA_LIB": str(d / "libhauler_cuda.so")}
 
@@ -490,3 +491,47 @@ def test_device_buffers_gpu_switch_off(built, fake_gpu, tmp_path):
                     extra=dict(fake_gpu, HAULER_INTERPOSE_GPU="0"))
     t = _report(rep, 2)
     assert t["gpu_packed"] == 0 and t["packed_msgs"] == 0 and t["device_passthrough"] == 2 * 2 * HALO_PACKED, t
+
+
+# ---------------------------------------------------------------------------------------------
+# One decoder: the shim's (MPI_Pack) and Datatype.from_mpi's are csrc/datatype/decode.cpp
+# ---------------------------------------------------------------------------------------------
+DECODE_LINES = 2 * (2 * (4 + 3 + 4 + 6 + 1) + 4)  # counts 1 and 3 of the 40 types each program builds
+
+
+def _pack_all_model(tmp_path):
+    model = tmp_path / "model.txt"
+    model.write_text("max_block 1000000000\nmin_bytes 0\n")
+    return str(model)
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_shim_decodes_as_the_library_packs(flav, built, tmp_path):
+    """darray (both orders, block/cyclic/none, default and given dargs), subarray, resized,
+    struct, nested dup, indexed of resized: MPI_Pack through the shim equals the library's own
+    MPI_Pack (the shim paused), and the shim decoded every type (none left to the library)."""
+    rep = str(tmp_path / "report.%r")
+    out = tmp_path / "out"
+    _launch(flav, 1, [built(flav, "decode"), str(out)], shim=True,
+            env_extra={"HAULER_INTERPOSE_REPORT": rep, "HAULER_INTERPOSE_MODEL": _pack_all_model(tmp_path)})
+    lines = (tmp_path / "out.0").read_text().splitlines()
+    assert lines[-1] == f"lines {DECODE_LINES}", lines[-1]
+    assert not [x for x in lines if "DIFFERS" in x], "\n".join(lines)
+    t = _report(rep, 1)
+    assert t["types_refused"] == 0 and t["types_decoded"] >= DECODE_LINES // 2, t
+    assert t["mpi_pack"] == DECODE_LINES, t
+
+
+def test_shim_and_from_mpi_decode_alike(tmp_path):
+    """The same kinds of types through mpi4py: the shim's MPI_Pack, the library's (shim paused)
+    and Datatype.from_mpi all give the same bytes."""
+    pytest.importorskip("mpi4py")
+    _tools("openmpi")  # mpi4py here is built against Open MPI
+    rep = str(tmp_path / "report.%r")
+    _launch("openmpi", 1, [sys.executable, str(HERE / "decode_prog.py"), str(tmp_path / "out")], shim=True,
+            env_extra={"HAULER_INTERPOSE_REPORT": rep, "HAULER_INTERPOSE_MODEL": _pack_all_model(tmp_path)})
+    lines = (tmp_path / "out.0").read_text().splitlines()
+    assert len(lines) == DECODE_LINES
+    assert not [x for x in lines if "DIFFERS" in x], "\n".join(lines)
+    t = _report(rep, 1)
+    assert t["types_refused"] == 0 and t["mpi_pack"] == DECODE_LINES, t

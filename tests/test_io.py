@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 
 import numpy as np
 import pytest
@@ -30,7 +31,22 @@ def test_backend_is_reported():
     assert io.backend() in ("io_uring", "threads")
     assert io.backend() in io.backend_description()
     assert io.alignment() == 4096
-    assert "available" in io.cufile_status()
+    # cuFile's status follows from the machine's GPU (the loader's own answer, emulation off):
+    # without one, exactly that reason; with one, available or why libcufile did not load.
+    from hauler import _core
+    before = _core._gpu_emulation()
+    _core._use_gpu_emulation(False)
+    try:
+        gpu, why = _core.cuda_available(), _core.cuda_status()
+    finally:
+        _core._use_gpu_emulation(before)
+    status = io.cufile_status()
+    if not gpu:
+        assert status == f"not available: no usable GPU ({why})", status
+    else:
+        assert status == "available" or re.fullmatch(
+            r"not available: (libcufile not found: .+|libcufile lacks .+|cuFileDriverOpen failed \(error -?\d+\))",
+            status), status
 
 
 def test_direct_where_the_file_system_allows(tmp_path):

@@ -18,6 +18,7 @@ void register_datatype(py::module_& m);
 void register_gather(py::module_& m);
 void register_io(py::module_& m);
 void register_kv(py::module_& m);
+void register_kv_transfer(py::module_& m);
 
 // A Python buffer held for the duration of a call (PyBuffer_Release on scope exit).
 class HeldBuffer {

@@ -8,6 +8,7 @@
 
 #include "../common/checked.hpp"
 #include "../common/gpu.hpp"
+#include "../datatype/decode.hpp"
 #include "../datatype/gpu_pack.hpp"
 #include "../datatype/layout.hpp"
 #include "../datatype/pack.hpp"
@@ -193,6 +194,23 @@ void register_datatype(py::module_& m) {
     return wrap(with_bounds(unwrap(o), lb, ext));
   });
   m.attr("DEFAULT_DARG") = kDefaultDarg;
+
+  // The MPI type decoder (datatype/decode.hpp) that the shim uses, fed by runtime/_mpi_decode.py
+  // with what mpi4py's Get_envelope / Get_contents return. constants: the library's
+  // [ORDER_C, ORDER_FORTRAN, DISTRIBUTE_BLOCK, DISTRIBUTE_CYCLIC, DISTRIBUTE_NONE, DISTRIBUTE_DFLT_DARG].
+  m.def("mpi_from_contents", [](const std::string& combiner, const std::vector<int64_t>& ints,
+                                const std::vector<int64_t>& addrs, const std::vector<PyTypeRef>& olds,
+                                const std::vector<int64_t>& constants) {
+    if (constants.size() != 6)
+      fail(Status::invalid_argument, "constants must hold the library's 6 order and distribution values, got " +
+                                         std::to_string(constants.size()));
+    MpiConstants k{constants[0], constants[1], constants[2], constants[3], constants[4], constants[5]};
+    return wrap(from_contents(combiner_of(combiner), ints, addrs, unwrap_all(olds), k));
+  });
+  m.def("mpi_from_named", [](const std::string& name, int64_t size) { return wrap(from_named(name, size)); });
+  m.def("mpi_with_library_bounds", [](const PyTypeRef& o, int64_t size, int64_t lb, int64_t extent) {
+    return wrap(with_library_bounds(unwrap(o), size, lb, extent));
+  });
 
   // Host pack: bytes [position, position + nbytes) of the packed message of
   // `count` elements whose origin is at byte `offset` of `src`, into out[0:nbytes].

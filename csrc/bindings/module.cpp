@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
   hauler::bind::register_gather(m);
   hauler::bind::register_io(m);
   hauler::bind::register_kv(m);
+  hauler::bind::register_kv_transfer(m);
 }

@@ -5,10 +5,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
+#include "../common/copy.hpp"
 #include "../common/settings.hpp"
 #include "../common/status.hpp"
 #include "../common/thread_pool.hpp"
@@ -57,22 +54,6 @@ void check_disjoint(const Segment* segs, int64_t n) {
 
 namespace {
 
-#if defined(__x86_64__)
-// Non-temporal copy of n bytes (a multiple of 16, 16-byte aligned dst): a
-// large output is read later by someone else, so skipping the cache saves
-// the read-for-ownership of every line. 128 B of loads go out before stores.
-void stream_copy(uint8_t* d, const uint8_t* s, int64_t n) {
-  int64_t i = 0;
-  for (; i + 128 <= n; i += 128) {
-    __m128i x[8];
-    for (int k = 0; k < 8; ++k) x[k] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16 * k));
-    for (int k = 0; k < 8; ++k) _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16 * k), x[k]);
-  }
-  for (; i < n; i += 16)
-    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
-}
-#endif
-
 // One piece. Element-sized pieces are fixed-size moves, not calls.
 inline void copy_piece(int64_t dst, int64_t src, int64_t n, bool nt) {
   void* d = reinterpret_cast<void*>(dst);
@@ -86,7 +67,9 @@ inline void copy_piece(int64_t dst, int64_t src, int64_t n, bool nt) {
     default: break;
   }
 #if defined(__x86_64__)
-  if (nt && n >= 256 && (dst | n) % 16 == 0) return stream_copy(static_cast<uint8_t*>(d), static_cast<const uint8_t*>(s), n);
+  // large outputs bypass the cache (read later by someone else: no read-for-ownership)
+  if (nt && n >= 256 && (dst | n) % 16 == 0)
+    return copy::Stream16{n}(static_cast<uint8_t*>(d), static_cast<const uint8_t*>(s));
 #else
   (void)nt;
 #endif

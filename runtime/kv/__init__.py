@@ -9,6 +9,8 @@ from .layout import DTYPES, KVLayout, contiguous_layout_like
 from .moves import copy_blocks, gather_blocks, run_plan, scatter_blocks
 from .plan import Plan, plan
 from .swap import SwapSpace, SwapSpaceFull, UnknownRequest
+from .agent import (Agent, Lease, LeaseExpired, PeerLost, Transfer, TransferCancelled, TransferError,  # noqa: F401
+                    TransferTimeout, TransportRefused)
 
 __all__ = ["KVLayout", "Plan", "plan", "gather_blocks", "scatter_blocks", "copy_blocks", "run_plan",
            "contiguous_layout_like", "DTYPES", "SwapSpace", "SwapSpaceFull", "UnknownRequest"]

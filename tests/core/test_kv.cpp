@@ -158,7 +158,7 @@ bool one_case(int c) {
   CHECK(dst.mem == want, "case %d: host engine differs from the reference (%zu pieces)", c, segs.size());
   dst.mem = poisoned;
   HaulerKVCopyArgs a{reinterpret_cast<const int64_t*>(segs.data()), static_cast<int64_t>(segs.size()),
-                     static_cast<int32_t>(rnd(0, 3))};
+                     static_cast<int32_t>(rnd(0, 3)), nullptr, 0};
   CHECK(hauler_emu_kv_copy(&a, nullptr, 0, nullptr, nullptr, 0) == 0, "case %d: emulated kernel failed", c);
   CHECK(dst.mem == want, "case %d: emulated GPU kernel differs from the reference", c);
 
@@ -177,6 +177,13 @@ bool one_case(int c) {
   copy_moves(rest.data(), static_cast<int64_t>(rest.size()), boxes.data(), static_cast<int64_t>(boxes.size()),
              static_cast<int>(rnd(0, 4)));
   CHECK(dst.mem == want, "case %d: pieces + %zu boxes differ from the reference", c, boxes.size());
+  dst.mem = poisoned;
+  static_assert(sizeof(Box) == kKvBoxFields * sizeof(int64_t), "box rows");
+  HaulerKVCopyArgs ab{reinterpret_cast<const int64_t*>(rest.data()), static_cast<int64_t>(rest.size()),
+                      static_cast<int32_t>(rnd(0, 3)), reinterpret_cast<const int64_t*>(boxes.data()),
+                      static_cast<int64_t>(boxes.size())};
+  CHECK(hauler_emu_kv_copy(&ab, nullptr, 0, nullptr, nullptr, 0) == 0, "case %d: emulated kernel failed", c);
+  CHECK(dst.mem == want, "case %d: emulated GPU kernel with %zu boxes differs from the reference", c, boxes.size());
   g_boxes += boxes.size();
   ++g_pass;
   return true;
