@@ -3,16 +3,13 @@
 //
 // A device pointer must never reach the host pack kernels. Device memory can only exist once the
 // process has loaded the CUDA driver, so the shim asks the driver about a buffer only when
-// libcuda is already loaded (dlopen RTLD_NOLOAD: the shim never loads the driver itself).
+// libcuda is already loaded (hauler::cuda::driver_if_loaded: the shim never loads the driver).
 // Device and managed buffers are packed by the GPU kernels or, without a GPU backend, go to the
 // (CUDA-aware) library unchanged.
-#include <dlfcn.h>
-#include <link.h>
-
 #include <cstdlib>
-#include <cstring>
 #include <map>
 
+#include "common/cuda_driver.hpp"
 #include "common/gpu.hpp"
 #include "datatype/gpu_pack.hpp"
 #include "shim.hpp"
@@ -24,50 +21,20 @@ std::atomic<int64_t> g_cuda_pointer_queries{0};
 
 namespace {
 
-using CuPointerGetAttribute = int (*)(void*, int, unsigned long long);
-std::atomic<CuPointerGetAttribute> g_cu_pointer_get_attribute{nullptr};
-std::atomic<int64_t> g_cuda_driver_probes{0};                 // scans of the loaded objects for libcuda
-std::atomic<unsigned long long> g_loaded_objects_seen{~0ull};  // dl_iterate_phdr's load counter at the last scan
+namespace cuda = hauler::cuda;
 
-struct LoadScan {
-  unsigned long long adds = 0;
-  bool first_only = true;
-  bool found = false;
-};
+// The program's driver once it has loaded one that answers pointer queries (else nullptr), kept
+// here so that a message pays one atomic load for it.
+std::atomic<const cuda::Driver*> g_program_driver{nullptr};
 
-int load_scan(struct dl_phdr_info* info, size_t, void* data) {
-  auto* s = static_cast<LoadScan*>(data);
-  s->adds = info->dlpi_adds;
-  if (s->first_only) return 1;
-  if (info->dlpi_name && std::strstr(info->dlpi_name, "libcuda.so")) {
-    s->found = true;
-    return 1;
-  }
-  return 0;
-}
-
-// The driver's cuPointerGetAttribute once the program has loaded libcuda, else nullptr. Cheap
-// when nothing was loaded since the last look (dl_iterate_phdr's load counter; no file access:
-// dlopen(RTLD_NOLOAD) of a library that is not loaded searches the disk, ~20 us).
-CuPointerGetAttribute cuda_driver() {
-  CuPointerGetAttribute f = g_cu_pointer_get_attribute.load(std::memory_order_acquire);
-  if (f != nullptr) return f;
-  LoadScan first;
-  dl_iterate_phdr(load_scan, &first);
-  if (first.adds == g_loaded_objects_seen.load(std::memory_order_relaxed)) return nullptr;
-  g_loaded_objects_seen.store(first.adds, std::memory_order_relaxed);
-  g_cuda_driver_probes.fetch_add(1, std::memory_order_relaxed);
-  LoadScan all;
-  all.first_only = false;
-  dl_iterate_phdr(load_scan, &all);
-  if (!all.found) return nullptr;
-  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-  if (h == nullptr) return nullptr;
-  f = reinterpret_cast<CuPointerGetAttribute>(dlsym(h, "cuPointerGetAttribute"));
-  if (f == nullptr) return nullptr;
-  g_cu_pointer_get_attribute.store(f, std::memory_order_release);
-  logf(kInfo, "CUDA driver loaded by the program: device buffers are detected and passed through");
-  return f;
+const cuda::Driver* program_driver() {
+  const cuda::Driver* d = g_program_driver.load(std::memory_order_acquire);
+  if (d != nullptr) return d;
+  d = cuda::driver_if_loaded();
+  if (d == nullptr || d->pointer_get_attribute == nullptr) return nullptr;
+  if (g_program_driver.exchange(d, std::memory_order_acq_rel) == nullptr)
+    logf(kInfo, "CUDA driver loaded by the program: device buffers are detected and passed through");
+  return d;
 }
 
 // Device and managed allocations this thread has seen, as the driver reported their address
@@ -81,44 +48,26 @@ HAULER_TLS uintptr_t tl_device_range_lo[kDeviceRanges];
 HAULER_TLS uintptr_t tl_device_range_hi[kDeviceRanges];
 HAULER_TLS unsigned tl_device_range_next;
 
-// The GPU backend (libhauler_cuda.so next to the Python package, or HAULER_CUDA_LIB) and the
-// driver's allocator, looked up the first time a message on a device buffer is to be packed:
-// never on a machine without a driver, since device_buffer() is false there.
-using CuMemAlloc = int (*)(unsigned long long*, size_t);
-using CuMemFree = int (*)(unsigned long long);
+// The GPU backend (libhauler_cuda.so in the Python package, or HAULER_CUDA_LIB: the loader's
+// search) and the driver's allocator, looked up the first time a message on a device buffer is
+// to be packed: never on a machine without a driver, since device_buffer() is false there.
 struct Gpu {
   const hauler::gpu::Backend* backend = nullptr;
-  CuMemAlloc mem_alloc = nullptr;
-  CuMemFree mem_free = nullptr;
+  const cuda::Driver* driver = nullptr;  // with mem_alloc and mem_free
 };
 std::atomic<bool> g_gpu_staging_used{false};
-
-std::string kernels_path() {
-  Dl_info info;
-  if (dladdr(reinterpret_cast<void*>(&kernels_path), &info) == 0 || info.dli_fname == nullptr) return "";
-  std::string self = info.dli_fname;  // <package>/interpose/<flavour>/libhauler_interpose.so
-  for (int up = 0; up < 3; ++up) {
-    size_t slash = self.rfind('/');
-    if (slash == std::string::npos) return "";
-    self.resize(slash);
-  }
-  return self + "/libhauler_cuda.so";
-}
 
 const Gpu& gpu() {
   static const Gpu once = [] {
     Gpu x;
-    hauler::gpu::set_default_library_path(kernels_path());
     x.backend = hauler::gpu::backend();
     if (x.backend == nullptr)
       logf(kWarning, "device buffers go to the library unchanged (no GPU packing): %s",
            hauler::gpu::status_message().c_str());
     else
       logf(kInfo, "device buffers are packed by the GPU kernels: %s", hauler::gpu::status_message().c_str());
-    if (void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD)) {
-      x.mem_alloc = reinterpret_cast<CuMemAlloc>(dlsym(h, "cuMemAlloc_v2"));
-      x.mem_free = reinterpret_cast<CuMemFree>(dlsym(h, "cuMemFree_v2"));
-    }
+    const cuda::Driver* d = cuda::driver_if_loaded();
+    if (d != nullptr && d->mem_alloc != nullptr && d->mem_free != nullptr) x.driver = d;
     g_gpu_staging_used = true;
     return x;
   }();
@@ -136,7 +85,7 @@ std::multimap<size_t, GpuBuf>& gpu_pool(Where w) { return g_gpu_staging_pool[w =
 
 void gpu_release(Where w, GpuBuf b) {
   if (w == Where::device) {
-    if (gpu().mem_free) gpu().mem_free(reinterpret_cast<unsigned long long>(b.mpi));
+    if (gpu().driver) gpu().driver->mem_free(reinterpret_cast<cuda::CUdeviceptr>(b.mpi));
     return;
   }
   char err[256] = "";
@@ -146,24 +95,25 @@ void gpu_release(Where w, GpuBuf b) {
 
 }  // namespace
 
-bool cuda_driver_seen() { return g_cu_pointer_get_attribute.load() != nullptr; }
+bool cuda_driver_seen() { return g_program_driver.load() != nullptr; }
 
 bool gpu_packing_available() { return gpu().backend != nullptr; }
 
 bool device_buffer(const void* p, size_t len) {
-  CuPointerGetAttribute f = cuda_driver();
-  if (f == nullptr) return false;
+  const cuda::Driver* d = program_driver();
+  if (d == nullptr) return false;
   auto a = reinterpret_cast<uintptr_t>(p);
   for (int i = 0; i < kDeviceRanges; ++i)
     if (a >= tl_device_range_lo[i] && a + len <= tl_device_range_hi[i]) return true;
-  const int kMemoryType = 2, kIsManaged = 8, kRangeStart = 11, kRangeSize = 12, kDevice = 2, kUnified = 4;
   unsigned int mem_type = 0, managed = 0;
   g_cuda_pointer_queries.fetch_add(1, std::memory_order_relaxed);
-  if (f(&mem_type, kMemoryType, a) != 0) return false;  // host memory the driver does not know
-  f(&managed, kIsManaged, a);
-  if (mem_type != kDevice && mem_type != kUnified && managed == 0) return false;
+  // an error: host memory the driver does not know
+  if (d->pointer_get_attribute(&mem_type, cuda::kAttrMemoryType, a) != 0) return false;
+  d->pointer_get_attribute(&managed, cuda::kAttrIsManaged, a);
+  if (mem_type != cuda::kMemoryTypeDevice && mem_type != cuda::kMemoryTypeUnified && managed == 0) return false;
   unsigned long long start = 0, size = 0;  // CUdeviceptr and size_t: 8 bytes on every 64-bit ABI
-  if (f(&start, kRangeStart, a) == 0 && f(&size, kRangeSize, a) == 0 && start <= a && a - start < size) {
+  if (d->pointer_get_attribute(&start, cuda::kAttrRangeStart, a) == 0 &&
+      d->pointer_get_attribute(&size, cuda::kAttrRangeSize, a) == 0 && start <= a && a - start < size) {
     unsigned i = tl_device_range_next++ % kDeviceRanges;
     tl_device_range_lo[i] = start;
     tl_device_range_hi[i] = start + size;
@@ -187,8 +137,8 @@ bool gpu_get(Where w, size_t n, GpuBuf* out) {
   const Gpu& G = gpu();
   if (w == Where::device) {
     // The program's current context (a CUDA-aware program has one on the thread that calls MPI).
-    unsigned long long d = 0;
-    if (G.mem_alloc == nullptr || G.mem_alloc(&d, c) != 0 || d == 0) return false;
+    cuda::CUdeviceptr d = 0;
+    if (G.driver == nullptr || G.driver->mem_alloc(&d, c) != 0 || d == 0) return false;
     out->mpi = out->dev = reinterpret_cast<void*>(d);
     return true;
   }

@@ -20,7 +20,7 @@ for p in "${pids[@]}"; do wait "$p"; done  # each one: a bare `wait` would hide 
 # the fake GPU (tests/interpose/fakecuda.c, emukernels.cpp): "device" memory is host memory
 cc -DFAKE_DRIVER -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$OUT/libcuda.so.1" tests/interpose/fakecuda.c
 c++ -std=c++17 -O1 -shared -fPIC -Icsrc -o "$OUT/libhauler_cuda.so" tests/interpose/emukernels.cpp \
-  csrc/datatype/pack_emulate.cpp csrc/gather/gather_emulate.cpp
+  csrc/common/gpu_emulation.cpp csrc/datatype/pack_emulate.cpp csrc/gather/gather_emulate.cpp
 ASAN="$(gcc -print-file-name=libasan.so)"; UBSAN="$(gcc -print-file-name=libubsan.so)"
 printf 'max_block 1000000000\nmin_bytes 0\n' > "$OUT/model.txt"
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
@@ -34,8 +34,8 @@ for flav in openmpi mpich; do
   done
   "mpicc.$flav" -shared -fsanitize=address,undefined -o "$d/libhauler_interpose.so" "$d"/*.o "$OUT"/core/*.o \
     -lstdc++ -ldl -pthread -Wl,--version-script=interpose/exports.map
-  for prog in p2p halo mixed threads decode; do "mpicc.$flav" -O1 -w "tests/interpose/$prog.c" -o "$d/$prog"; done
-  progs=(mixed threads decode)
+  for prog in p2p halo mixed threads decode largecount; do "mpicc.$flav" -O1 -w "tests/interpose/$prog.c" -o "$d/$prog"; done
+  progs=(mixed threads decode largecount)
   if command -v "mpif90.$flav" >/dev/null; then
     "mpif90.$flav" -O1 -w -fallow-argument-mismatch tests/interpose/fort.F90 -o "$d/fort"; progs+=(fort)
     if [ "$flav" = openmpi ]; then  # MPICH's mpi_f08 never reaches the shim (see the README)

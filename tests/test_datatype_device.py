@@ -1,7 +1,8 @@
 """The device-array path of pack/unpack without a GPU, the mpi4py way: a FakeCudaArray exposes
 `__cuda_array_interface__` over host memory. With no GPU the call must fail with NoDevice and
 say why; with the GPU library replaced by the host emulation of the kernels (the same index
-code the GPU runs), device pack/unpack must give the host engine's bytes."""
+code the GPU runs), device pack/unpack must give the host engine's bytes; on a real GPU (the
+`real_gpu` tests, run by scripts/gpu_check.sh) CuPy and torch CUDA arrays must give them too."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,25 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hauler
-from hauler import _core
 from hauler.datatype import DOUBLE, INT, SHORT, Datatype
 from support import examples
 from support.buffers import POISONS, first_diff, poisoned, random_bytes
 from support.device import FakeCudaArray, FakeDLPackArray
 from support.mpi_types import build_hauler, type_specs
+from support.real_gpu import real_gpu  # noqa: F401 (a fixture)
 
 SEEDS = st.integers(0, 2**32 - 1)
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-@pytest.fixture
-def no_gpu_emulation():
-    before = _core._gpu_emulation()
-    _core._use_gpu_emulation(False)
-    try:
-        yield
-    finally:
-        _core._use_gpu_emulation(before)
 
 
 def _geometry(t: Datatype, count: int, margin: int = 8):
@@ -222,24 +213,121 @@ def test_emulated_device_errors_write_nothing(gpu_emulation):
 
 
 # ---------------------------------------------------------------------------------------------
-# A real GPU, where there is one
+# (c) a real GPU, where there is one (scripts/gpu_check.sh): CuPy and torch CUDA arrays against
+# the host engine, on poisoned device outputs; skipped without a GPU
 # ---------------------------------------------------------------------------------------------
-def test_real_gpu_matches_host(no_gpu_emulation):
-    torch = pytest.importorskip("torch")
-    if not (hauler.cuda_available() and torch.cuda.is_available()):
-        pytest.skip("no GPU here: " + hauler.cuda_status())
+@settings(parent=FIXTURE_OK, max_examples=examples(150))
+@given(spec=type_specs(), count=st.integers(0, 3), seed=SEEDS, data=st.data())
+def test_real_gpu_pack_unpack_match_the_host_engine(real_gpu, spec, count, seed, data):
+    """Every canonical form (N-D strided and run lists), whole messages and partial windows."""
+    g = real_gpu
+    t = build_hauler(spec)
+    origin, length = _geometry(t, count, data.draw(st.integers(0, 24), label="margin"))
+    src_host = random_bytes(seed, length)
+    want = t.pack(src_host, count, offset=origin)
+    n = len(want)
+    d_src = g.bytes(src_host)
+    for fill in POISONS:
+        big = g.full(n + 16, fill)
+        t.pack(d_src, count, out=big[:n], offset=origin)
+        got = g.host(big)
+        assert np.array_equal(got[:n], want), f"{g.name} {spec!r} x{count}: {first_diff(got[:n], want)}"
+        assert (got[n:] == fill).all()
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, n), max_size=5), label="cuts")) | {0, n})
+    for p, q in zip(cuts, cuts[1:]):
+        big = g.full(q - p + 8, POISONS[0])
+        t.pack(d_src, count, out=big[:q - p], position=p, nbytes=q - p, offset=origin)
+        got = g.host(big)
+        assert np.array_equal(got[:q - p], want[p:q]), f"window [{p}, {q}): {first_diff(got[:q - p], want[p:q])}"
+        assert (got[q - p:] == POISONS[0]).all()
+    host_dst = poisoned(length)
+    t.unpack(want, host_dst, count, offset=origin)
+    dev_dst = g.bytes(poisoned(length))
+    t.unpack(g.bytes(want), dev_dst, count, offset=origin)
+    got = g.host(dev_dst)
+    assert np.array_equal(got, host_dst), first_diff(got, host_dst)
+    chunked = g.bytes(poisoned(length))
+    for p, q in zip(cuts, cuts[1:]):
+        t.unpack(g.bytes(want[p:q]), chunked, count, position=p, nbytes=q - p, offset=origin)
+    got = g.host(chunked)
+    assert np.array_equal(got, host_dst), first_diff(got, host_dst)
+
+
+@settings(parent=FIXTURE_OK, max_examples=examples(150))
+@given(n=st.integers(1, 3000), bl=st.integers(1, 40), gap=st.integers(0, 9), shift=st.integers(0, 15),
+       oshift=st.integers(0, 15), old=st.sampled_from([DOUBLE, INT, SHORT, Datatype.named("byte")]), seed=SEEDS)
+def test_real_gpu_word_sizes_and_misaligned_pointers(real_gpu, n, bl, gap, shift, oshift, old, seed):
+    """The kernel picks its word (1 to 16 bytes) from block length, stride and the two pointers'
+    alignment: shift both buffers by every offset below 16."""
+    g = real_gpu
+    t = Datatype.vector(n, bl, bl + gap, old)
+    src = random_bytes(seed, t.extent + shift + 16)
+    want = t.pack(src[shift:])
+    d_src = g.bytes(src)
+    out = g.full(t.size + oshift + 8, POISONS[0])
+    t.pack(d_src[shift:], out=out[oshift:oshift + t.size])
+    got = g.host(out)
+    assert np.array_equal(got[oshift:oshift + t.size], want), first_diff(got[oshift:oshift + t.size], want)
+    assert (got[:oshift] == POISONS[0]).all() and (got[oshift + t.size:] == POISONS[0]).all()
+    host_dst = poisoned(t.extent + shift + 16)
+    t.unpack(want, host_dst[shift:])
+    dev_dst = g.bytes(poisoned(t.extent + shift + 16))
+    packed = g.full(t.size + oshift, POISONS[1])
+    packed[oshift:] = g.bytes(want)
+    t.unpack(packed[oshift:], dev_dst[shift:])
+    got = g.host(dev_dst)
+    assert np.array_equal(got, host_dst), first_diff(got, host_dst)
+
+
+def test_real_gpu_streams(real_gpu):
+    """With stream= the call returns once queued; work queued on one stream runs in order."""
+    g = real_gpu
+    s, handle = g.stream()
+    types = [Datatype.vector(4096, 3, 7, DOUBLE), Datatype.subarray([64, 48, 16], [20, 48, 5], [7, 0, 3], INT),
+             Datatype.indexed([1, 3, 2, 5], [40, 0, 9, 20], SHORT)]
+    srcs = [random_bytes(i, t.extent) for i, t in enumerate(types)]
+    d_srcs = [g.bytes(x) for x in srcs]
+    outs = [g.full(t.size, POISONS[0]) for t in types]
+    backs = [g.bytes(poisoned(t.extent)) for t in types]
+    for t, d, o, b in zip(types, d_srcs, outs, backs):
+        t.pack(d, out=o, stream=handle)
+        t.unpack(o, b, stream=handle)  # same stream: runs after the pack
+    s.synchronize()
+    for t, x, o, b in zip(types, srcs, outs, backs):
+        want = t.pack(x)
+        assert np.array_equal(g.host(o), want)
+        host_dst = poisoned(t.extent)
+        t.unpack(want, host_dst)
+        assert np.array_equal(g.host(b), host_dst)
+
+
+def test_real_gpu_from_array_views(real_gpu):
+    """Strided N-D device views through from_array: the view's elements in C order."""
+    g = real_gpu
+    a = np.random.default_rng(7).standard_normal((6, 20, 9))
+    d = g.view(g.bytes(a.view(np.uint8)), np.float64, a.shape)
+    for sl in ((slice(1, 5), slice(1, None, 3), slice(None)), (slice(None), slice(2, 3), slice(None, None, 2)),
+               (slice(None, None, 2), slice(None), slice(4, 5))):
+        v, hv = d[sl], a[sl]
+        t, buf, off = Datatype.from_array(v)
+        out = g.full(t.size + 8, POISONS[0])
+        t.pack(buf, out=out[:t.size], offset=off)
+        got = g.host(out)
+        assert np.array_equal(got[:t.size].view(np.float64), np.ascontiguousarray(hv).ravel()), sl
+        assert (got[t.size:] == POISONS[0]).all()
+
+
+def test_real_gpu_matches_host(real_gpu):
+    g = real_gpu
     for t in (Datatype.vector(1000, 3, 7, DOUBLE), Datatype.indexed([1, 3, 2], [9, 0, 5], INT),
               Datatype.subarray([30, 40, 5], [10, 20, 5], [3, 4, 0], SHORT)):
         src = random_bytes(1, t.extent)
         want = t.pack(src)
-        d_src = torch.from_numpy(src).cuda()
-        d_out = torch.full((t.size,), 0xA5, dtype=torch.uint8, device="cuda")
-        t.pack(d_src, out=d_out)
-        torch.cuda.synchronize()
-        assert np.array_equal(d_out.cpu().numpy(), want)
-        d_dst = torch.full((t.extent,), 0xA5, dtype=torch.uint8, device="cuda")
-        t.unpack(torch.from_numpy(want).cuda(), d_dst)
+        d_out = g.full(t.size, 0xA5)
+        t.pack(g.bytes(src), out=d_out)
+        assert np.array_equal(g.host(d_out), want)
+        d_dst = g.full(t.extent, 0xA5)
+        t.unpack(g.bytes(want), d_dst)
         host = poisoned(t.extent)
         t.unpack(want, host)
-        torch.cuda.synchronize()
-        assert np.array_equal(d_dst.cpu().numpy(), host)
+        assert np.array_equal(g.host(d_dst), host)

@@ -1,6 +1,8 @@
 """The GPU gather without a GPU: device outputs are FakeCudaArrays (`__cuda_array_interface__`
 over host memory) and the GPU library is replaced by the host emulation of the kernel grid (the
-same gather_index.cuh code the GPU runs). Without the emulation the calls fail with NoDevice."""
+same gather_index.cuh code the GPU runs). Without the emulation the calls fail with NoDevice. On a
+real GPU (the `real_gpu` tests, run by scripts/gpu_check.sh) CuPy and torch CUDA arrays are the
+outputs and sources, against numpy."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +15,17 @@ from hauler import _core
 from hauler.gather import FeatureStore
 from support import examples
 from support.device import FakeCudaArray
+from support.real_gpu import real_gpu  # noqa: F401 (a fixture)
+
+
+def _gather_case(rng, rows, row_shape, dtype, toff, n, width):
+    """A random table `toff` elements into its buffer, an index and the rows numpy gathers."""
+    itemsize = np.dtype(dtype).itemsize
+    nb = rows * int(np.prod(row_shape)) * itemsize
+    raw = rng.integers(0, 256, nb + toff * itemsize + 8, dtype=np.uint8)
+    table = raw[toff * itemsize:toff * itemsize + nb].view(dtype).reshape((rows,) + row_shape)
+    idx = rng.integers(0, rows, n).astype(width)
+    return table, idx, table[idx]
 
 
 @settings(max_examples=examples(80), suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -22,11 +35,7 @@ from support.device import FakeCudaArray
 def test_emulated_gpu_gather_equals_numpy(gpu_emulation, rows, row_shape, dtype, toff, ooff, n, width, seed):
     rng = np.random.default_rng(seed)
     itemsize = np.dtype(dtype).itemsize
-    nb = rows * int(np.prod(row_shape)) * itemsize
-    raw = rng.integers(0, 256, nb + toff * itemsize + 8, dtype=np.uint8)
-    table = raw[toff * itemsize:toff * itemsize + nb].view(dtype).reshape((rows,) + row_shape)
-    idx = rng.integers(0, rows, n).astype(width)
-    expect = table[idx]
+    table, idx, expect = _gather_case(rng, rows, row_shape, dtype, toff, n, width)
     fs = FeatureStore({"t": table}).pin()
     assert fs.pinned
     oraw = np.full(expect.nbytes + ooff * itemsize + 64, 0xA5, np.uint8)
@@ -68,6 +77,29 @@ def test_device_gather_without_a_gpu_is_no_device(no_gpu):
         _core.host_register(fs.table("t").__array_interface__["data"][0], 64, True)
 
 
+def _scatter_case(rng, reduce, rows, row_shape, dtype, toff, n, kind, width):
+    """A table of small integers `toff` elements into a poisoned buffer, an index of `kind`, the
+    source rows and the table numpy says the scatter must leave."""
+    itemsize = np.dtype(dtype).itemsize
+    nb = rows * int(np.prod(row_shape)) * itemsize
+    raw = np.full(nb + toff * itemsize + 64, 0xA5, np.uint8)
+    table = raw[toff * itemsize:toff * itemsize + nb].view(dtype).reshape((rows,) + row_shape)
+    table[...] = rng.integers(-50, 50, table.shape).astype(dtype)
+    idx = rng.integers(0, rows, n).astype(width)
+    if kind == "dups" and n:
+        idx[: n // 2] = idx[-1]
+    elif kind == "sorted":
+        idx.sort()
+    src = rng.integers(-50, 50, (n,) + row_shape).astype(dtype)
+    want = table.copy()
+    if reduce == "add":
+        np.add.at(want, idx, src)
+    else:
+        for i, r in enumerate(idx):
+            want[r] = src[i]
+    return raw, table, idx, src, want
+
+
 # -- the GPU scatter (src rows on the device) ------------------------------------------------------
 
 @settings(max_examples=examples(80), suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -83,23 +115,10 @@ def test_emulated_gpu_scatter_equals_numpy(gpu_emulation, reduce, rows, row_shap
     rng = np.random.default_rng(seed)
     itemsize = np.dtype(dtype).itemsize
     nb = rows * int(np.prod(row_shape)) * itemsize
-    raw = np.full(nb + toff * itemsize + 64, 0xA5, np.uint8)
-    table = raw[toff * itemsize:toff * itemsize + nb].view(dtype).reshape((rows,) + row_shape)
-    table[...] = rng.integers(-50, 50, table.shape).astype(dtype)
-    idx = rng.integers(0, rows, n).astype(width)
-    if kind == "dups" and n:
-        idx[: n // 2] = idx[-1]
-    elif kind == "sorted":
-        idx.sort()
+    raw, table, idx, rows_src, want = _scatter_case(rng, reduce, rows, row_shape, dtype, toff, n, kind, width)
     sraw = np.zeros(n * table[0].nbytes + soff * itemsize + 64, np.uint8)
     src = sraw[soff * itemsize:soff * itemsize + n * table[0].nbytes].view(dtype).reshape((n,) + row_shape)
-    src[...] = rng.integers(-50, 50, src.shape).astype(dtype)
-    want = table.copy()
-    if reduce == "add":
-        np.add.at(want, idx, src)
-    else:
-        for i, r in enumerate(idx):
-            want[r] = src[i]
+    src[...] = rows_src
     raw_before = raw.copy()
     fs = FeatureStore({"t": table}).pin()
     if reduce == "add" and itemsize < 4:
@@ -150,3 +169,88 @@ def test_device_scatter_without_a_gpu_is_no_device(no_gpu):
     fs = FeatureStore({"t": np.zeros((4, 2))})
     with pytest.raises(hauler.NoDevice, match="needs a GPU"):
         fs.scatter("t", [0], FakeCudaArray(np.ones((1, 2))))
+
+
+# -- a real GPU, where there is one (scripts/gpu_check.sh); skipped without a GPU -------------------
+
+def _offset_rows(g, nbytes, off, dtype, shape, fill=0xA5, content=None):
+    """A device array of `shape` starting `off` bytes into a poisoned device buffer (the
+    misaligned case when off is not a multiple of 16), and that buffer."""
+    raw = g.full(nbytes + off + 64, fill)
+    if content is not None:
+        raw[off:off + nbytes] = g.bytes(np.ascontiguousarray(content).view(np.uint8))
+    return g.view(raw[off:off + nbytes], dtype, shape), raw
+
+
+@settings(max_examples=examples(60), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 3000), st.sampled_from([(1,), (3,), (8,), (33,), (64,), (300,), (1024,)]),
+       st.sampled_from([np.uint8, np.float16, np.float32, np.float64]), st.integers(0, 31), st.integers(0, 31),
+       st.integers(0, 2000), st.sampled_from([np.int32, np.int64]), st.integers(0, 2**32 - 1))
+def test_real_gpu_gather_equals_numpy(real_gpu, rows, row_shape, dtype, toff, ooff, n, width, seed):
+    """Every row size and alignment of table and output, straight from pinned host memory."""
+    g = real_gpu
+    rng = np.random.default_rng(seed)
+    itemsize = np.dtype(dtype).itemsize
+    table, idx, expect = _gather_case(rng, rows, row_shape, dtype, toff, n, width)
+    fs = FeatureStore({"t": table}).pin()
+    try:
+        lo = ooff * itemsize
+        out, oraw = _offset_rows(g, expect.nbytes, lo, dtype, expect.shape)
+        assert fs.gather("t", idx, out=out, gpu_blocks=int(rng.integers(0, 3))) is out
+        got = g.host(oraw)
+        assert got[lo:lo + expect.nbytes].tobytes() == expect.tobytes()
+        assert (got[:lo] == 0xA5).all() and (got[lo + expect.nbytes:] == 0xA5).all()
+    finally:
+        fs.unpin()
+
+
+@settings(max_examples=examples(60), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["assign", "add"]), st.integers(1, 500), st.sampled_from([(1,), (3,), (8,), (33,), (300,)]),
+       st.sampled_from([np.uint8, np.float16, np.int32, np.uint32, np.int64, np.float32, np.float64]),
+       st.integers(0, 31), st.integers(0, 31), st.integers(0, 2000), st.sampled_from(["random", "dups", "sorted"]),
+       st.sampled_from([np.int32, np.int64]), st.integers(0, 2**32 - 1))
+def test_real_gpu_scatter_equals_numpy(real_gpu, reduce, rows, row_shape, dtype, toff, soff, n, kind, width, seed):
+    """Device rows into a pinned host table: assign (last position wins), add (atomics over the
+    link into host memory; small integers, so float sums are exact in any order)."""
+    g = real_gpu
+    rng = np.random.default_rng(seed)
+    itemsize = np.dtype(dtype).itemsize
+    nb = rows * int(np.prod(row_shape)) * itemsize
+    raw, table, idx, src, want = _scatter_case(rng, reduce, rows, row_shape, dtype, toff, n, kind, width)
+    d_src, _ = _offset_rows(g, src.nbytes, soff * itemsize, dtype, src.shape, content=src)
+    raw_before = raw.copy()
+    fs = FeatureStore({"t": table}).pin()
+    try:
+        if reduce == "add" and itemsize < 4:
+            with pytest.raises(hauler.InvalidArgument, match="add"):
+                fs.scatter("t", idx, d_src, reduce="add")
+            assert np.array_equal(raw, raw_before)
+            return
+        fs.scatter("t", idx, d_src, reduce=reduce, gpu_blocks=int(rng.integers(0, 3)))
+        assert table.tobytes() == want.tobytes()
+        lo, hi = toff * itemsize, toff * itemsize + nb
+        assert (raw[:lo] == 0xA5).all() and (raw[hi:] == 0xA5).all()
+    finally:
+        fs.unpin()
+
+
+def test_real_gpu_gather_to_a_new_device_tensor(real_gpu):
+    """gather(device="cuda"): the zero-copy kernel from a pinned table, the host gather and a copy
+    from an unpinned one (with its warning); both equal to numpy."""
+    if real_gpu.name != "torch":
+        pytest.skip("device= makes torch tensors")
+    torch = real_gpu.mod
+    table = np.random.default_rng(3).standard_normal((5000, 37)).astype(np.float32)
+    idx = np.random.default_rng(4).integers(0, 5000, (70, 3))
+    fs = FeatureStore({"t": table})
+    with pytest.warns(RuntimeWarning, match="not pinned"):
+        host_path = fs.gather("t", idx, device="cuda")
+    fs.pin()
+    try:
+        zero_copy = fs.gather("t", torch.from_numpy(idx), device="cuda")
+        torch.cuda.synchronize()
+        for got in (host_path, zero_copy):
+            assert got.is_cuda and tuple(got.shape) == (70, 3, 37)
+            assert got.cpu().numpy().tobytes() == table[idx].tobytes()
+    finally:
+        fs.unpin()

@@ -13,6 +13,7 @@ void register_common(py::module_& m) {
   m.def("cuda_available", [] { return gpu::available(); },
         "True when GPU kernels can run (a driver, a device and libhauler_cuda.so), or under test emulation");
   m.def("cuda_status", [] { return gpu::status_message(); }, "Why the GPU path is or is not available");
+  m.def("cuda_library", [] { return gpu::library_path(); }, "Where the GPU loader looks for libhauler_cuda.so");
   m.def("_use_gpu_emulation", [](bool on) { gpu::use_emulation(on); },
         "Testing only: run device-pointer calls through the host emulation of the GPU kernels");
   m.def("_gpu_emulation", [] { return gpu::emulation(); });

@@ -6,7 +6,10 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 
+#include "cuda_driver.hpp"
+#include "settings.hpp"
 #include "status.hpp"
 
 namespace hauler::gpu {
@@ -18,14 +21,6 @@ static_assert(HAULER_GPU_EINTERNAL == static_cast<int>(Status::internal), "ABI c
 
 namespace {
 
-// The few driver API entry points the probe needs, declared here so that no
-// CUDA header is needed (CUresult is an int-sized enum, CUdevice an int).
-using CuInit = int (*)(unsigned int);
-using CuDeviceGetCount = int (*)(int*);
-using CuDriverGetVersion = int (*)(int*);
-using CuGetErrorName = int (*)(int, const char**);
-constexpr int kCudaErrorNoDevice = 100;  // CUDA_ERROR_NO_DEVICE
-
 struct Loaded {
   bool ok = false;
   std::string message;
@@ -35,7 +30,6 @@ struct Loaded {
 };
 
 std::atomic<bool> g_emulation{false};
-std::string g_default_library;  // set_default_library_path, before the first load
 
 const char kAnchor = 0;  // an address inside this module, for dladdr
 
@@ -50,15 +44,6 @@ std::string driver_version_string(int v) {
   return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
 }
 
-std::string driver_error(void* driver, int rc) {
-  std::string s = "driver error " + std::to_string(rc);
-  if (auto name_of = reinterpret_cast<CuGetErrorName>(dlsym(driver, "cuGetErrorName"))) {
-    const char* name = nullptr;
-    if (name_of(rc, &name) == 0 && name) s += std::string(" (") + name + ")";
-  }
-  return s;
-}
-
 template <class F>
 bool bind(void* lib, const char* sym, F* out, Loaded& l) {
   *out = reinterpret_cast<F>(dlsym(lib, sym));
@@ -69,37 +54,27 @@ bool bind(void* lib, const char* sym, F* out, Loaded& l) {
 
 Loaded load() {
   Loaded l;
-  // 1. The driver. RTLD_LOCAL: its symbols stay out of the global namespace.
-  void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (!driver) {
-    const char* why = dlerror();
-    if (why && !std::strstr(why, "No such file"))
-      l.message = std::string("no driver (libcuda.so.1 could not be loaded: ") + why + ")";
-    else
-      l.message = "no driver (libcuda.so.1 not found)";
-    return l;
-  }
-  auto cu_init = reinterpret_cast<CuInit>(dlsym(driver, "cuInit"));
-  auto cu_count = reinterpret_cast<CuDeviceGetCount>(dlsym(driver, "cuDeviceGetCount"));
-  auto cu_version = reinterpret_cast<CuDriverGetVersion>(dlsym(driver, "cuDriverGetVersion"));
-  if (!cu_init || !cu_count || !cu_version) {
+  // 1. The driver.
+  const cuda::Driver* driver = cuda::driver(&l.message);
+  if (!driver) return l;
+  if (!driver->init || !driver->device_get_count || !driver->driver_get_version) {
     l.message = "no driver (libcuda.so.1 lacks cuInit, cuDeviceGetCount or cuDriverGetVersion)";
     return l;
   }
   // 2. A device. A driver without a GPU fails cuInit with CUDA_ERROR_NO_DEVICE.
-  int rc = cu_init(0);
-  if (rc == kCudaErrorNoDevice) {
+  int rc = driver->init(0);
+  if (rc == cuda::kErrorNoDevice) {
     l.message = "no device (cuInit returned CUDA_ERROR_NO_DEVICE)";
     return l;
   }
   if (rc != 0) {
-    l.message = driver_error(driver, rc) + " initializing CUDA";
+    l.message = driver->error(rc) + " initializing CUDA";
     return l;
   }
   int count = 0;
-  rc = cu_count(&count);
+  rc = driver->device_get_count(&count);
   if (rc != 0) {
-    l.message = driver_error(driver, rc) + " counting CUDA devices";
+    l.message = driver->error(rc) + " counting CUDA devices";
     return l;
   }
   if (count == 0) {
@@ -107,12 +82,14 @@ Loaded load() {
     return l;
   }
   int driver_version = 0;
-  cu_version(&driver_version);  // informational only
-  // The driver handle stays open for the life of the process, as the CUDA
-  // runtime inside the library will use the same driver.
-
+  driver->driver_get_version(&driver_version);  // informational only
   // 3. The kernels.
-  l.library = library_path();
+  try {
+    l.library = library_path();
+  } catch (const std::exception& e) {  // an invalid HAULER_CUDA_LIB: no GPU path, said why
+    l.message = e.what();
+    return l;
+  }
   bool is_dir = false;
   if (!file_exists(l.library, &is_dir) || is_dir) {
     l.message = "GPU library not built (libhauler_cuda.so not found at " + l.library + ")";
@@ -172,26 +149,38 @@ Status status_of(int rc) {
   }
 }
 
+namespace {
+
+std::string parent_dir(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return path.substr(0, slash == 0 ? 1 : slash);
+}
+
+}  // namespace
+
 std::string library_path() {
-  const char* env = std::getenv("HAULER_CUDA_LIB");
-  if (env && *env) {
-    std::string p = env;
+  std::string p = settings::text(settings::Id::cuda_lib);
+  if (!p.empty()) {
     bool is_dir = false;
     if (file_exists(p, &is_dir) && is_dir) p += "/libhauler_cuda.so";
     return p;
   }
-  if (!g_default_library.empty()) return g_default_library;
   Dl_info info;
-  std::string dir = ".";
-  if (dladdr(&kAnchor, &info) && info.dli_fname && *info.dli_fname) {
-    std::string self = info.dli_fname;
-    size_t slash = self.rfind('/');
-    if (slash != std::string::npos) dir = self.substr(0, slash == 0 ? 1 : slash);
-  }
-  return dir + "/libhauler_cuda.so";
+  if (dladdr(&kAnchor, &info) && info.dli_fname && *info.dli_fname) return library_near(info.dli_fname);
+  return "./libhauler_cuda.so";
 }
 
-void set_default_library_path(const std::string& path) { g_default_library = path; }
+std::string library_near(const std::string& module) {
+  const std::string dir = parent_dir(module);
+  // The Python extension sits beside the library in the package; the MPI shim, which links the
+  // core statically, two folders below it (<package>/interpose/<flavour>/).
+  const std::string beside = dir + "/libhauler_cuda.so";
+  const std::string package = parent_dir(parent_dir(dir)) + "/libhauler_cuda.so";
+  bool is_dir = false;
+  if (!file_exists(beside, &is_dir) && file_exists(package, &is_dir) && !is_dir) return package;
+  return beside;
+}
 
 const Backend* backend() {
   if (g_emulation.load(std::memory_order_acquire)) return &emulation_backend();
@@ -209,6 +198,11 @@ GpuStatus status() {
     s.message = "host emulation of the GPU kernels (testing only)";
     return s;
   }
+  return loader_status();
+}
+
+GpuStatus loader_status() {
+  GpuStatus s;
   const Loaded& l = loaded();
   s.available = l.ok;
   s.message = l.message;

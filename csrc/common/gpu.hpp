@@ -1,5 +1,5 @@
 // The GPU backend loader (Yaksa/UCX pattern). The core never links CUDA: on
-// first use it dlopens the driver, asks it for a device, and only then dlopens
+// first use it loads the driver (cuda_driver.hpp), asks it for a device, and only then dlopens
 // libhauler_cuda.so and fills a table of function pointers from it. "No
 // driver" and "no device" are states, not errors: status() says which, in
 // words, and callers that need a GPU turn it into a Status::no_device error.
@@ -42,6 +42,8 @@ struct GpuStatus {
 const Backend* backend();
 bool available();
 GpuStatus status();
+// What the loader found, whether or not the emulation stands in for it.
+GpuStatus loader_status();
 std::string status_message();
 
 // Replaces the GPU library by the host emulation (on = true) or goes back to
@@ -57,16 +59,15 @@ void synchronize(void* stream = nullptr);
 Status status_of(int rc);
 
 // Where the loader looks for the GPU library: $HAULER_CUDA_LIB (a file, or a
-// directory holding libhauler_cuda.so), else the directory of the module that
-// contains the core (the Python extension _core, or a test executable).
+// directory holding libhauler_cuda.so), else beside the module that contains
+// the core (the Python extension _core, or a test executable), else two
+// folders up from it when the library is there (the MPI shim's place in the
+// package: <package>/interpose/<flavour>/).
 std::string library_path();
+// The search without $HAULER_CUDA_LIB, for a core inside the module file `module`.
+std::string library_near(const std::string& module);
 
-// Where library_path() looks when HAULER_CUDA_LIB is unset, for hosts of the core that do not
-// sit next to libhauler_cuda.so (the MPI interposer lives in a subdirectory). "" = the default.
-void set_default_library_path(const std::string& path);
-
-// The emulation backend, defined beside the emulated kernels
-// (datatype/pack_emulate.cpp).
+// The emulation backend (gpu_emulation.hpp).
 const Backend& emulation_backend();
 
 }  // namespace hauler::gpu

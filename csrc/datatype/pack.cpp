@@ -9,6 +9,7 @@
 #endif
 
 #include "../common/checked.hpp"
+#include "../common/copy.hpp"
 #include "../common/settings.hpp"
 #include "../common/thread_pool.hpp"
 
@@ -227,73 +228,15 @@ int64_t expand_unpack(const Shuffler&, uint8_t*, int64_t, int64_t, const uint8_t
 int64_t permute_unpack(const Shuffler&, uint8_t*, int64_t, int64_t, const uint8_t*, int64_t) { return 0; }
 #endif
 
-// Block copies. Small blocks copy as fixed-size memcpy (compiled to single
-// loads/stores; x86 handles unaligned scalar and vector accesses at full
-// speed, so alignment only matters to the GPU kernels). Large blocks use
-// libc memcpy, which already picks the widest vector path.
-template <int B>
-struct Fixed {
-  int64_t bytes() const { return B; }
-  void operator()(uint8_t* d, const uint8_t* s) const { std::memcpy(d, s, B); }
-};
-
-template <int W>
-struct Words {
-  int64_t n;  // words per block
-  int64_t bytes() const { return n * W; }
-  void operator()(uint8_t* d, const uint8_t* s) const {
-    for (int64_t i = 0; i < n; ++i) std::memcpy(d + i * W, s + i * W, W);
-  }
-};
-
-struct Big {
-  int64_t b;
-  int64_t bytes() const { return b; }
-  void operator()(uint8_t* d, const uint8_t* s) const { std::memcpy(d, s, static_cast<size_t>(b)); }
-};
-
+using copy::Bytes;
+using copy::Fixed;
+using copy::Words;
 #if defined(__x86_64__)
-// Streaming (non-temporal) stores for large pack windows: the packed output
-// is written once and not read back soon, so bypassing the cache saves the
-// read-for-ownership of every output line, a third or more of a strided
-// pack's memory traffic. Each functor needs its stores aligned (checked by
-// the dispatcher); the window ends with an sfence.
-struct Stream8 {
-  int64_t bytes() const { return 8; }
-  void operator()(uint8_t* d, const uint8_t* s) const {
-    long long v;
-    std::memcpy(&v, s, 8);
-    _mm_stream_si64(reinterpret_cast<long long*>(d), v);
-  }
-};
-
-struct Stream16s {
-  int64_t b;  // a multiple of 16
-  int64_t bytes() const { return b; }
-  void operator()(uint8_t* d, const uint8_t* s) const {
-    // Up to 128 B of loads are issued before their stores: a store to an
-    // address whose low 12 bits match a pending load stalls it (4 KiB
-    // aliasing), which block-by-block strided copies otherwise hit regularly.
-    int64_t i = 0;
-    for (; i + 128 <= b; i += 128) {
-      __m128i x[8];
-      for (int k = 0; k < 8; ++k) x[k] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16 * k));
-      for (int k = 0; k < 8; ++k) _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16 * k), x[k]);
-    }
-    for (; i + 64 <= b; i += 64) {
-      __m128i x[4];
-      for (int k = 0; k < 4; ++k) x[k] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16 * k));
-      for (int k = 0; k < 4; ++k) _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16 * k), x[k]);
-    }
-    for (; i < b; i += 16)
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
-  }
-};
-
-template <int B>
-struct StreamFixed : Stream16s {
-  StreamFixed() : Stream16s{B} {}
-};
+// Streaming stores for large pack windows: the read-for-ownership they save is a third or more
+// of a strided pack's memory traffic.
+using copy::Stream16;
+using copy::Stream8;
+using copy::StreamFixed;
 #endif
 
 // Above 64 B libc memcpy wins: it issues all loads of a block before its
@@ -420,7 +363,7 @@ void strided_dispatch(const Plan& p, uint8_t* base, uint8_t* stream, int64_t k0,
     for (int d = 0; d < nd; ++d) lines = lines && dims[d].stride % 64 == 0;
     if (lines && stream_pays(b, dims[nd - 1].stride)) {
       if (b == 64) return strided_blocks<kPack>(StreamFixed<64>{}, dims, nd, base, stream, k0, nb, nt);
-      return strided_blocks<kPack>(Stream16s{b}, dims, nd, base, stream, k0, nb, nt);
+      return strided_blocks<kPack>(Stream16{b}, dims, nd, base, stream, k0, nb, nt);
     }
   }
   if (kPack && nt && b >= 8 && stream_pays(b, dims[nd - 1].stride)) {
@@ -431,7 +374,7 @@ void strided_dispatch(const Plan& p, uint8_t* base, uint8_t* stream, int64_t k0,
         case 16: return strided_blocks<kPack>(StreamFixed<16>{}, dims, nd, base, stream, k0, nb, nt);
         case 32: return strided_blocks<kPack>(StreamFixed<32>{}, dims, nd, base, stream, k0, nb, nt);
         case 64: return strided_blocks<kPack>(StreamFixed<64>{}, dims, nd, base, stream, k0, nb, nt);
-        default: return strided_blocks<kPack>(Stream16s{b}, dims, nd, base, stream, k0, nb, nt);
+        default: return strided_blocks<kPack>(Stream16{b}, dims, nd, base, stream, k0, nb, nt);
       }
     }
   }
@@ -446,7 +389,7 @@ void strided_dispatch(const Plan& p, uint8_t* base, uint8_t* stream, int64_t k0,
     case 64: return strided_blocks<kPack>(Fixed<64>{}, dims, nd, base, stream, k0, nb, nt);
     default: break;
   }
-  if (b >= kBigBlock) return strided_blocks<kPack>(Big{b}, dims, nd, base, stream, k0, nb, nt);
+  if (b >= kBigBlock) return strided_blocks<kPack>(Bytes{b}, dims, nd, base, stream, k0, nb, nt);
   switch (word_for(b)) {
     case 16: return strided_blocks<kPack>(Words<16>{b / 16}, dims, nd, base, stream, k0, nb, nt);
     case 8: return strided_blocks<kPack>(Words<8>{b / 8}, dims, nd, base, stream, k0, nb, nt);

@@ -27,13 +27,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "../common/device_word.cuh"
 #include "../common/gpu_abi.h"
-
-#ifdef __CUDACC__
-#define HAULER_HD __host__ __device__
-#else
-#define HAULER_HD
-#endif
 
 #define HAULER_DEV_MAX_DIMS 8
 
@@ -63,15 +58,6 @@ struct HaulerDevLayout {
 namespace hauler::dt {
 
 using DevLayout = HaulerDevLayout;
-
-// Largest power of two <= 16 dividing v (16 for v == 0).
-HAULER_HD inline int word_align(uint64_t v) {
-  if (v % 16 == 0) return 16;
-  if (v % 8 == 0) return 8;
-  if (v % 4 == 0) return 4;
-  if (v % 2 == 0) return 2;
-  return 1;
-}
 
 HAULER_HD inline int min_word(int a, int b) { return a < b ? a : b; }
 
@@ -135,32 +121,6 @@ HAULER_HD inline int64_t find_run(const int64_t* prefix, int64_t nruns, int64_t 
   return lo;
 }
 
-// Access types: the vector types nvcc turns into single 16/8-byte loads; on
-// the host, may_alias types (the buffers hold arbitrary data) of the same
-// size and alignment, so a misaligned access is undefined there too and the
-// sanitizer build flags it.
-#ifdef __CUDACC__
-template <int W> struct WordType;
-template <> struct WordType<16> { using type = uint4; };
-template <> struct WordType<8> { using type = uint2; };
-template <> struct WordType<4> { using type = uint32_t; };
-template <> struct WordType<2> { using type = uint16_t; };
-template <> struct WordType<1> { using type = uint8_t; };
-#else
-struct alignas(16) HostWord16 {
-  uint64_t lo, hi;
-} __attribute__((may_alias));
-typedef uint64_t __attribute__((may_alias)) HostWord8;
-typedef uint32_t __attribute__((may_alias)) HostWord4;
-typedef uint16_t __attribute__((may_alias)) HostWord2;
-template <int W> struct WordType;
-template <> struct WordType<16> { using type = HostWord16; };
-template <> struct WordType<8> { using type = HostWord8; };
-template <> struct WordType<4> { using type = HostWord4; };
-template <> struct WordType<2> { using type = HostWord2; };
-template <> struct WordType<1> { using type = uint8_t; };
-#endif
-
 // Host (emulation) only: called with the destination of every store, so tests
 // can count writes per byte. Null outside tests; device code never reads it.
 inline void (*emulation_store_hook)(const void* dst, int bytes) = nullptr;
@@ -170,7 +130,7 @@ inline void (*emulation_store_hook)(const void* dst, int bytes) = nullptr;
 template <int W, bool kPack, bool kRuns>
 HAULER_HD inline void pack_words(const DevLayout& l, uint8_t* origin, uint8_t* buf, int64_t pos, int64_t n,
                                  uint64_t tid, uint64_t nthreads) {
-  using T = typename WordType<W>::type;
+  using T = typename Word<W>::type;
   const int64_t words = n / W;
   const int64_t first = pos / W;         // stream word of buf[0]
   const int64_t per_rep = l.block / W;   // words per repetition

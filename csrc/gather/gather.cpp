@@ -12,6 +12,7 @@
 #endif
 
 #include "../common/checked.hpp"
+#include "../common/copy.hpp"
 #include "../common/settings.hpp"
 #include "../common/status.hpp"
 #include "../common/thread_pool.hpp"
@@ -146,39 +147,13 @@ Elem elem_of(const std::string& c) {
 
 namespace {
 
-// Fixed sizes compile to straight-line vector moves (all loads of a row are
-// issued before its stores for sizes up to 256 B by GCC/Clang's expansion).
 template <int R>
-struct FixedRow {
-  int64_t bytes() const { return R; }
-  void operator()(uint8_t* d, const uint8_t* s) const { std::memcpy(d, s, R); }
-};
-
-struct AnyRow {
-  int64_t r;
-  int64_t bytes() const { return r; }
-  void operator()(uint8_t* d, const uint8_t* s) const { std::memcpy(d, s, static_cast<size_t>(r)); }
-};
-
+using FixedRow = copy::Fixed<R>;
+using AnyRow = copy::Bytes;
 #if defined(__x86_64__)
-// Non-temporal stores: the gathered batch is written once and read later
-// (by the training step or a copy to the GPU), so bypassing the cache saves
-// the read-for-ownership of every output line. Rows of a multiple of 16 B
-// into a 16-byte aligned output; 128 B of loads go out before their stores.
-struct StreamRow {
-  int64_t r;
-  int64_t bytes() const { return r; }
-  void operator()(uint8_t* d, const uint8_t* s) const {
-    int64_t i = 0;
-    for (; i + 128 <= r; i += 128) {
-      __m128i x[8];
-      for (int k = 0; k < 8; ++k) x[k] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16 * k));
-      for (int k = 0; k < 8; ++k) _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16 * k), x[k]);
-    }
-    for (; i < r; i += 16)
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
-  }
-};
+// Non-temporal stores: the gathered batch is written once and read later (by the training step
+// or a copy to the GPU). Rows of a multiple of 16 B into a 16-byte aligned output.
+using StreamRow = copy::Stream16;
 #endif
 
 // Rows up to 1 KiB are prefetched whole (17 lines: 16 plus the one an

@@ -30,13 +30,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "../common/device_word.cuh"
 #include "../common/gpu_abi.h"
-
-#ifdef __CUDACC__
-#define HAULER_GHD __host__ __device__
-#else
-#define HAULER_GHD
-#endif
 
 // Plain data: the ABI struct and a kernel argument.
 struct HaulerGatherArgs {
@@ -75,28 +70,20 @@ namespace hauler::gather {
 constexpr uint32_t kGpuThreadsPerBlock = 256;
 constexpr int64_t kAlignBytes = 128;  // the GPU's memory request (and PCIe read) granule
 
-HAULER_GHD inline int align_of(uint64_t v) {
-  if (v % 16 == 0) return 16;
-  if (v % 8 == 0) return 8;
-  if (v % 4 == 0) return 4;
-  if (v % 2 == 0) return 2;
-  return 1;
-}
-
 // The widest access every row read and write allows.
-HAULER_GHD inline int gather_word(const void* table, int64_t row_stride, int64_t row_bytes, const void* out) {
-  int w = align_of(reinterpret_cast<uintptr_t>(table));
-  int x = align_of(static_cast<uint64_t>(row_stride));
+HAULER_HD inline int gather_word(const void* table, int64_t row_stride, int64_t row_bytes, const void* out) {
+  int w = word_align(reinterpret_cast<uintptr_t>(table));
+  int x = word_align(static_cast<uint64_t>(row_stride));
   w = x < w ? x : w;
-  x = align_of(static_cast<uint64_t>(row_bytes));
+  x = word_align(static_cast<uint64_t>(row_bytes));
   w = x < w ? x : w;
-  x = align_of(reinterpret_cast<uintptr_t>(out));
+  x = word_align(reinterpret_cast<uintptr_t>(out));
   return x < w ? x : w;
 }
 
 // Threads per row: the smallest power of two covering the row's words, at
 // most a warp (32).
-HAULER_GHD inline int gather_group(int64_t row_bytes, int word) {
+HAULER_HD inline int gather_group(int64_t row_bytes, int word) {
   const int64_t words = row_bytes / word;
   int g = 1;
   while (g < 32 && g < words) g *= 2;
@@ -105,12 +92,12 @@ HAULER_GHD inline int gather_group(int64_t row_bytes, int word) {
 
 // Bytes the circular shift aligns each group step to: 128, or the step
 // itself when a group moves fewer bytes per step.
-HAULER_GHD inline int64_t shift_unit(int group, int word) {
+HAULER_HD inline int64_t shift_unit(int group, int word) {
   const int64_t step = static_cast<int64_t>(group) * word;
   return step < kAlignBytes ? step : kAlignBytes;
 }
 
-HAULER_GHD inline void gather_launch_shape(int64_t n, int group, int sm_count, int max_blocks, uint32_t* grid,
+HAULER_HD inline void gather_launch_shape(int64_t n, int group, int sm_count, int max_blocks, uint32_t* grid,
                                            uint32_t* block) {
   const int64_t per_block = kGpuThreadsPerBlock / group;  // rows in flight per block
   int64_t blocks = (n + per_block - 1) / per_block;
@@ -120,28 +107,6 @@ HAULER_GHD inline void gather_launch_shape(int64_t n, int group, int sm_count, i
   *grid = static_cast<uint32_t>(blocks);
   *block = kGpuThreadsPerBlock;
 }
-
-#ifdef __CUDACC__
-template <int W> struct GWord;
-template <> struct GWord<16> { using type = uint4; };
-template <> struct GWord<8> { using type = uint2; };
-template <> struct GWord<4> { using type = uint32_t; };
-template <> struct GWord<2> { using type = uint16_t; };
-template <> struct GWord<1> { using type = uint8_t; };
-#else
-struct alignas(16) GHostWord16 {
-  uint64_t lo, hi;
-} __attribute__((may_alias));
-typedef uint64_t __attribute__((may_alias)) GHostWord8;
-typedef uint32_t __attribute__((may_alias)) GHostWord4;
-typedef uint16_t __attribute__((may_alias)) GHostWord2;
-template <int W> struct GWord;
-template <> struct GWord<16> { using type = GHostWord16; };
-template <> struct GWord<8> { using type = GHostWord8; };
-template <> struct GWord<4> { using type = GHostWord4; };
-template <> struct GWord<2> { using type = GHostWord2; };
-template <> struct GWord<1> { using type = uint8_t; };
-#endif
 
 // Host (emulation) only: called with every load and store address, so tests
 // can count writes per byte and check that each group step reads within
@@ -167,20 +132,20 @@ inline void emulated_access(const void* s, void* d, int64_t row, int64_t step, i
 // template argument, which would drop the attribute.
 template <int W>
 struct CopyWord {
-  using T = typename GWord<W>::type;
-  HAULER_GHD void operator()(T* d, const T* s) const { *d = *s; }
+  using T = typename Word<W>::type;
+  HAULER_HD void operator()(T* d, const T* s) const { *d = *s; }
 };
 
 #ifdef __CUDACC__
 template <class E> struct AddAlias { using type = E; };
 #else
-typedef float __attribute__((may_alias)) GHostF32;
-typedef double __attribute__((may_alias)) GHostF64;
+typedef float __attribute__((may_alias)) HostF32;
+typedef double __attribute__((may_alias)) HostF64;
 template <class E> struct AddAlias;
-template <> struct AddAlias<float> { using type = GHostF32; };
-template <> struct AddAlias<double> { using type = GHostF64; };
-template <> struct AddAlias<uint32_t> { using type = GHostWord4; };
-template <> struct AddAlias<uint64_t> { using type = GHostWord8; };
+template <> struct AddAlias<float> { using type = HostF32; };
+template <> struct AddAlias<double> { using type = HostF64; };
+template <> struct AddAlias<uint32_t> { using type = HostWord4; };
+template <> struct AddAlias<uint64_t> { using type = HostWord8; };
 #endif
 
 #ifdef __CUDACC__
@@ -195,7 +160,7 @@ __device__ inline void atomic_add_word(uint64_t* d, uint64_t v) {
 template <class E>
 struct AddWord {
   using T = typename AddAlias<E>::type;
-  HAULER_GHD void operator()(T* d, const T* s) const {
+  HAULER_HD void operator()(T* d, const T* s) const {
 #ifdef __CUDA_ARCH__
     atomic_add_word(d, *s);
 #else
@@ -209,7 +174,7 @@ struct AddWord {
 // side in host memory across the link) at the start of an aligned unit.
 // rows(i, &src, &dst, &anchor) names row i's source and destination.
 template <int W, class Rows, class Move>
-HAULER_GHD inline void move_rows(int64_t n, int group, int64_t row_bytes, uint64_t tid, uint64_t nthreads,
+HAULER_HD inline void move_rows(int64_t n, int group, int64_t row_bytes, uint64_t tid, uint64_t nthreads,
                                  const Rows& rows, const Move& move) {
   using T = typename Move::T;
   static_assert(sizeof(T) == W, "the word type has W bytes");
@@ -241,7 +206,7 @@ template <class I>
 struct GatherRows {
   const HaulerGatherArgs& a;
   const I* index;
-  HAULER_GHD void operator()(int64_t i, const uint8_t** src, uint8_t** dst, const uint8_t** anchor) const {
+  HAULER_HD void operator()(int64_t i, const uint8_t** src, uint8_t** dst, const uint8_t** anchor) const {
     *src = static_cast<const uint8_t*>(a.table) + static_cast<int64_t>(index[i]) * a.row_stride;
     *dst = static_cast<uint8_t*>(a.out) + i * a.row_bytes;
     *anchor = *src;  // reads cross the link
@@ -252,7 +217,7 @@ template <class I>
 struct ScatterRows {
   const HaulerScatterArgs& a;
   const I* index;
-  HAULER_GHD void operator()(int64_t i, const uint8_t** src, uint8_t** dst, const uint8_t** anchor) const {
+  HAULER_HD void operator()(int64_t i, const uint8_t** src, uint8_t** dst, const uint8_t** anchor) const {
     const int64_t from = a.src_row ? a.src_row[i] : i;
     *src = static_cast<const uint8_t*>(a.src) + from * a.row_bytes;
     *dst = static_cast<uint8_t*>(a.table) + static_cast<int64_t>(index[i]) * a.row_stride;
@@ -262,19 +227,19 @@ struct ScatterRows {
 
 // The per-thread bodies: thread `tid` of `nthreads` (a multiple of the group).
 template <int W, class I>
-HAULER_GHD inline void gather_rows(const HaulerGatherArgs& a, const I* index, uint64_t tid, uint64_t nthreads) {
+HAULER_HD inline void gather_rows(const HaulerGatherArgs& a, const I* index, uint64_t tid, uint64_t nthreads) {
   move_rows<W>(a.n, a.group, a.row_bytes, tid, nthreads, GatherRows<I>{a, index}, CopyWord<W>{});
 }
 
 // Move: CopyWord<W> (assign) or AddWord<E> (add, W = sizeof(E)).
 template <int W, class Move, class I>
-HAULER_GHD inline void scatter_rows(const HaulerScatterArgs& a, const I* index, uint64_t tid, uint64_t nthreads) {
+HAULER_HD inline void scatter_rows(const HaulerScatterArgs& a, const I* index, uint64_t tid, uint64_t nthreads) {
   move_rows<W>(a.n, a.group, a.row_bytes, tid, nthreads, ScatterRows<I>{a, index}, Move{});
 }
 
 // Runtime-dispatched bodies for the emulator (the CUDA kernels instantiate
 // the templates per word and index width).
-HAULER_GHD inline void gather_thread(const HaulerGatherArgs& a, uint64_t tid, uint64_t nthreads) {
+HAULER_HD inline void gather_thread(const HaulerGatherArgs& a, uint64_t tid, uint64_t nthreads) {
 #define HAULER_GATHER_CASE(W)                                                                          \
   case W:                                                                                              \
     if (a.index_width == 4) gather_rows<W>(a, static_cast<const int32_t*>(a.index), tid, nthreads);    \
@@ -292,12 +257,12 @@ HAULER_GHD inline void gather_thread(const HaulerGatherArgs& a, uint64_t tid, ui
 }
 
 template <int W, class Move>
-HAULER_GHD inline void scatter_width(const HaulerScatterArgs& a, uint64_t tid, uint64_t nthreads) {
+HAULER_HD inline void scatter_width(const HaulerScatterArgs& a, uint64_t tid, uint64_t nthreads) {
   if (a.index_width == 4) scatter_rows<W, Move>(a, static_cast<const int32_t*>(a.index), tid, nthreads);
   else scatter_rows<W, Move>(a, static_cast<const int64_t*>(a.index), tid, nthreads);
 }
 
-HAULER_GHD inline void scatter_thread(const HaulerScatterArgs& a, uint64_t tid, uint64_t nthreads) {
+HAULER_HD inline void scatter_thread(const HaulerScatterArgs& a, uint64_t tid, uint64_t nthreads) {
   switch (a.op) {
     case HAULER_GPU_SCATTER_ADD_F32: scatter_width<4, AddWord<float>>(a, tid, nthreads); return;
     case HAULER_GPU_SCATTER_ADD_F64: scatter_width<8, AddWord<double>>(a, tid, nthreads); return;
@@ -352,7 +317,7 @@ inline int check_gather(const HaulerGatherArgs* a, char* err, size_t errlen) {
 }
 
 // The element size of a scatter op: 0 for assign, -1 for an unknown op.
-HAULER_GHD inline int scatter_elem_bytes(int op) {
+HAULER_HD inline int scatter_elem_bytes(int op) {
   switch (op) {
     case HAULER_GPU_SCATTER_ASSIGN: return 0;
     case HAULER_GPU_SCATTER_ADD_F32: case HAULER_GPU_SCATTER_ADD_U32: return 4;

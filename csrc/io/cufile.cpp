@@ -1,6 +1,6 @@
 // Device buffers: cuFile (GPUDirect Storage) loaded with dlopen when libcufile
 // and a GPU exist, else a host bounce buffer copied with the CUDA driver
-// (cuMemcpyDtoH/HtoD, also dlopened). No CUDA or cufile headers: the few
+// (cuMemcpyDtoH/HtoD, from the common driver loader). No CUDA or cufile headers: the few
 // types used are declared here as cufile.h (CUDA 11.4+) lays them out.
 // Compiled everywhere; exercised only where a GPU exists.
 #include <dlfcn.h>
@@ -9,6 +9,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "../common/cuda_driver.hpp"
 #include "../common/gpu.hpp"
 #include "io.hpp"
 
@@ -39,16 +40,6 @@ using FnHandleDeregister = void (*)(CUfileHandle_t);
 using FnRead = ssize_t (*)(CUfileHandle_t, void*, size_t, off_t, off_t);
 using FnWrite = ssize_t (*)(CUfileHandle_t, const void*, size_t, off_t, off_t);
 
-// ---- the driver calls of the bounce path ----
-using CUresult = int;
-using CUdeviceptr = unsigned long long;
-using FnCopyDtoH = CUresult (*)(void*, CUdeviceptr, size_t);
-using FnCopyHtoD = CUresult (*)(CUdeviceptr, const void*, size_t);
-using FnPtrAttr = CUresult (*)(void*, int, CUdeviceptr);
-using FnCtxPush = CUresult (*)(void*);
-using FnCtxPop = CUresult (*)(void**);
-constexpr int CU_POINTER_ATTRIBUTE_CONTEXT = 1;
-
 struct Loaded {
   bool cufile = false;
   std::string cufile_why;
@@ -56,30 +47,24 @@ struct Loaded {
   FnHandleDeregister dereg = nullptr;
   FnRead read = nullptr;
   FnWrite write = nullptr;
-  bool driver = false;
-  FnCopyDtoH dtoh = nullptr;
-  FnCopyHtoD htod = nullptr;
-  FnPtrAttr attr = nullptr;
-  FnCtxPush push = nullptr;
-  FnCtxPop pop = nullptr;
+  const cuda::Driver* driver = nullptr;  // with the calls the bounce path needs
 };
 
 const Loaded& loaded() {
   static Loaded L;
   static std::once_flag once;
   std::call_once(once, [] {
-    if (!gpu::available() || gpu::emulation()) {
-      L.cufile_why = "no usable GPU (" + gpu::status_message() + ")";
+    // The machine's GPU, not the test emulation: emulated device memory is host memory, which
+    // never goes to cuFile (device_io refuses it first), and this answer is kept for good.
+    const gpu::GpuStatus gpu = gpu::loader_status();
+    if (!gpu.available) {
+      L.cufile_why = "no usable GPU (" + gpu.message + ")";
       return;
     }
-    if (void* cu = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL)) {
-      L.dtoh = reinterpret_cast<FnCopyDtoH>(dlsym(cu, "cuMemcpyDtoH_v2"));
-      L.htod = reinterpret_cast<FnCopyHtoD>(dlsym(cu, "cuMemcpyHtoD_v2"));
-      L.attr = reinterpret_cast<FnPtrAttr>(dlsym(cu, "cuPointerGetAttribute"));
-      L.push = reinterpret_cast<FnCtxPush>(dlsym(cu, "cuCtxPushCurrent_v2"));
-      L.pop = reinterpret_cast<FnCtxPop>(dlsym(cu, "cuCtxPopCurrent_v2"));
-      L.driver = L.dtoh && L.htod && L.attr && L.push && L.pop;
-    }
+    const cuda::Driver* d = cuda::driver();
+    if (d && d->memcpy_dtoh && d->memcpy_htod && d->pointer_get_attribute && d->ctx_push_current &&
+        d->ctx_pop_current)
+      L.driver = d;
     void* lib = dlopen("libcufile.so.0", RTLD_NOW | RTLD_LOCAL);
     if (!lib) lib = dlopen("libcufile.so", RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
@@ -146,28 +131,29 @@ int64_t device_io(const std::shared_ptr<FileState>& st, Op op, uint64_t dev, int
     }
     // registration refused (e.g. a file system without GDS support): bounce below
   }
-  if (!L.driver) fail(Status::no_device, "the CUDA driver lacks cuMemcpyDtoH/HtoD; cannot bounce device buffers");
-  void* ctx = nullptr;
-  if (L.attr(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT, dev) != 0 || ctx == nullptr)
+  const cuda::Driver* D = L.driver;
+  if (!D) fail(Status::no_device, "the CUDA driver lacks cuMemcpyDtoH/HtoD; cannot bounce device buffers");
+  cuda::CUcontext ctx = nullptr;
+  if (D->pointer_get_attribute(&ctx, cuda::kAttrContext, dev) != 0 || ctx == nullptr)
     fail(Status::invalid_argument, "pointer " + std::to_string(dev) + " is not device memory the driver knows");
-  L.push(ctx);
+  D->ctx_push_current(ctx);
   struct Pop {
-    const Loaded& L;
+    const cuda::Driver* D;
     ~Pop() {
-      void* c;
-      L.pop(&c);
+      cuda::CUcontext c;
+      D->ctx_pop_current(&c);
     }
-  } pop{L};
+  } pop{D};
   int64_t chunk = std::max<int64_t>(task_size() * 8, kAlign);
   BounceBuffer bb(std::min(chunk, len));
   for (int64_t done = 0; done < len;) {
     int64_t n = std::min(bb.capacity(), len - done);
     if (op == Op::read) {
       execute(st, Op::read, bb.data(), n, off + done);
-      if (L.htod(dev + static_cast<uint64_t>(done), bb.data(), static_cast<size_t>(n)) != 0)
+      if (D->memcpy_htod(dev + static_cast<uint64_t>(done), bb.data(), static_cast<size_t>(n)) != 0)
         fail(Status::io_error, "cuMemcpyHtoD failed");
     } else {
-      if (L.dtoh(bb.data(), dev + static_cast<uint64_t>(done), static_cast<size_t>(n)) != 0)
+      if (D->memcpy_dtoh(bb.data(), dev + static_cast<uint64_t>(done), static_cast<size_t>(n)) != 0)
         fail(Status::io_error, "cuMemcpyDtoH failed");
       execute(st, Op::write, bb.data(), n, off + done);
     }

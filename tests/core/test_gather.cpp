@@ -21,7 +21,7 @@
 #include "common/gpu.hpp"
 #include "common/settings.hpp"
 #include "common/status.hpp"
-#include "datatype/pack_emulate.hpp"
+#include "common/gpu_emulation.hpp"
 #include "gather/gather.hpp"
 #include "gather/gather_index.cuh"
 #include "gather/gpu_gather.hpp"
@@ -187,7 +187,7 @@ void emulated_gather_case(const Case& c, int sms, int max_blocks) {
   std::vector<uint8_t> out(static_cast<size_t>(bytes + 256), 0x5A);
   uint8_t* o = out.data() + c.ooff;
   track(out);
-  dt::set_emulated_sm_count(sms);
+  gpu::set_emulated_sm_count(sms);
   gpu_gather(t, ib.view(c.width, c.n), o, nullptr, max_blocks);
   bool data_ok = true, once = true, outside = true;
   for (int64_t i = 0; i < c.n && data_ok; ++i)
@@ -244,7 +244,7 @@ void emulated_scatter_case(const Case& c, Reduce red, Elem e, int sms, int max_b
   scatter(Table{host.data() + toff, c.rows, rb, stride}, ib.view(c.width, c.n), src.data() + soff, red, e,
           Options{1, -1, -1});
   track(dev);
-  dt::set_emulated_sm_count(sms);
+  gpu::set_emulated_sm_count(sms);
   gpu_scatter(Table{dev.data() + toff, c.rows, rb, stride}, ib.view(c.width, c.n), src.data() + soff, red, e, nullptr,
               max_blocks);
   bool once = true;

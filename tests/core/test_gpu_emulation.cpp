@@ -7,12 +7,15 @@
 // random windows, every emulated store is counted: each packed byte (pack) or
 // type-map byte (unpack) must be written exactly once, nothing else touched.
 //
-// Build (as CI does):
-//   g++ -std=c++17 -O1 -g -Icsrc -pthread tests/core/test_gpu_emulation.cpp
-//       csrc/common/*.cpp csrc/datatype/*.cpp -ldl
-// Env: HAULER_TEST_SEED (default: random, printed), HAULER_TEST_TYPES (default 300).
+// Where the real GPU library loads (a driver, a device, the library), fixed
+// cases also run on the GPU against the host engine; elsewhere the output
+// says why not.
+//
+// Built with the host core by scripts/core_tests.sh.
+// Env: HAULER_TEST_SEED (default: random, printed), HAULER_TEST_TYPES (default 300),
+// HAULER_CUDA_LIB (default: runtime/libhauler_cuda.so when run from the tree's root).
 // Last line: "N passed, M failed"; exit status 1 on any failure.
-#include <dlfcn.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cinttypes>
@@ -25,12 +28,14 @@
 #include <string>
 #include <vector>
 
+#include "common/cuda_driver.hpp"
 #include "common/gpu.hpp"
+#include "common/gpu_emulation.hpp"
+#include "common/settings.hpp"
 #include "common/status.hpp"
 #include "datatype/gpu_pack.hpp"
 #include "datatype/layout.hpp"
 #include "datatype/pack.hpp"
-#include "datatype/pack_emulate.hpp"
 #include "datatype/pack_index.cuh"
 #include "datatype/type.hpp"
 
@@ -338,7 +343,7 @@ void check_plan(const Plan& p) {
   }
   for (auto [pos, n] : windows) {
     static const int sms[] = {1, 2, 3, 8, 132};
-    set_emulated_sm_count(sms[rnd(0, 4)]);
+    gpu::set_emulated_sm_count(sms[rnd(0, 4)]);
     check_window_case(p, map, overlapping, pos, n);
   }
 }
@@ -392,18 +397,50 @@ void test_loader() {
   CHECK(gpu::status_message() == m, "switching emulation off restores the loader's status");
   gpu::use_emulation(true);
 
-  // $HAULER_CUDA_LIB: a file is used as is, a directory gets the library name.
+  // HAULER_CUDA_LIB (read through the settings table, so set by its setter): a file is used as
+  // is, a directory gets the library name, an invalid value is refused with the parser's text.
   const char* old = std::getenv("HAULER_CUDA_LIB");
-  std::string saved = old ? old : "";
-  setenv("HAULER_CUDA_LIB", "/nonexistent/libx.so", 1);
+  const std::string saved = old ? old : "";
+  settings::set("HAULER_CUDA_LIB", "/nonexistent/libx.so");
   CHECK(gpu::library_path() == "/nonexistent/libx.so", "HAULER_CUDA_LIB names a file");
-  setenv("HAULER_CUDA_LIB", "/tmp", 1);
+  settings::set("HAULER_CUDA_LIB", "/tmp");
   CHECK(gpu::library_path() == "/tmp/libhauler_cuda.so", "HAULER_CUDA_LIB names a directory");
+  settings::reset("HAULER_CUDA_LIB");
+  if (!old) {
+    std::string def = gpu::library_path();
+    CHECK(def.size() > 18 && def.compare(def.size() - 18, 18, "/libhauler_cuda.so") == 0,
+          "default library path ends in the library's name: " + def);
+  }
+  setenv("HAULER_CUDA_LIB", "/tmp/bad\001name", 1);
+  settings::reset("HAULER_CUDA_LIB");  // drops the cached read: the next use parses the variable
+  bool refused = false;
+  try {
+    gpu::library_path();
+  } catch (const hauler::Error& e) {
+    refused = std::string(e.what()).find("HAULER_CUDA_LIB=") != std::string::npos;
+  }
+  CHECK(refused, "an invalid HAULER_CUDA_LIB is refused with the setting's name");
   if (old) setenv("HAULER_CUDA_LIB", saved.c_str(), 1);
   else unsetenv("HAULER_CUDA_LIB");
-  std::string def = gpu::library_path();
-  CHECK(def.size() > 18 && def.compare(def.size() - 18, 18, "/libhauler_cuda.so") == 0,
-        "default library path is beside the module: " + def);
+  settings::reset("HAULER_CUDA_LIB");
+
+  // Without $HAULER_CUDA_LIB: beside the module (the Python extension), else in the package two
+  // folders up when it is there (the MPI shim in <package>/interpose/<flavour>/).
+  char tmpl[] = "/tmp/hauler_libsearch_XXXXXX";
+  const std::string root = mkdtemp(tmpl) ? tmpl : "";
+  CHECK(!root.empty(), "temporary directory");
+  if (root.empty()) return;
+  const std::string shim_dir = root + "/interpose/openmpi";
+  CHECK(std::system(("mkdir -p " + shim_dir).c_str()) == 0, "mkdir " + shim_dir);
+  CHECK(gpu::library_near(root + "/_core.so") == root + "/libhauler_cuda.so", "beside the extension, built or not");
+  CHECK(gpu::library_near(shim_dir + "/libshim.so") == shim_dir + "/libhauler_cuda.so",
+        "no library in the package: reported as missing beside the module");
+  std::fclose(std::fopen((root + "/libhauler_cuda.so").c_str(), "w"));
+  CHECK(gpu::library_near(shim_dir + "/libshim.so") == root + "/libhauler_cuda.so",
+        "the shim finds the package's library: " + gpu::library_near(shim_dir + "/libshim.so"));
+  std::fclose(std::fopen((shim_dir + "/libhauler_cuda.so").c_str(), "w"));
+  CHECK(gpu::library_near(shim_dir + "/libshim.so") == shim_dir + "/libhauler_cuda.so", "one beside it comes first");
+  CHECK(std::system(("rm -rf " + root).c_str()) == 0, "rm -rf " + root);
 }
 
 void test_index_helpers() {
@@ -499,7 +536,7 @@ void test_64bit_positions() {
       for (auto& b : mem) b = static_cast<uint8_t>(g_rng());
       uint8_t* origin = mem.data() + 16 - p.span_lo;
       std::vector<uint8_t> a(static_cast<size_t>(n) + 1, 0), b(static_cast<size_t>(n) + 1, 1);
-      set_emulated_sm_count(1);
+      gpu::set_emulated_sm_count(1);
       gpu_pack(p, origin, a.data(), pos, n);
       pack_window(p, origin, b.data(), pos, n);
       CHECK(std::memcmp(a.data(), b.data(), static_cast<size_t>(n)) == 0,
@@ -508,33 +545,95 @@ void test_64bit_positions() {
   }
 }
 
-// The real GPU library, if one was built and named: without a GPU its entry
-// points must fail with a sentence, not crash.
-void test_real_library() {
-  const char* path = std::getenv("HAULER_TEST_CUDA_LIB");
-  if (!path || !*path) return;
-  void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-  CHECK(lib != nullptr, std::string("dlopen ") + path + ": " + (lib ? "" : dlerror()));
-  if (!lib) return;
-  auto abi = reinterpret_cast<hauler_gpu_abi_fn>(dlsym(lib, "hauler_cuda_abi"));
-  auto init = reinterpret_cast<hauler_gpu_init_fn>(dlsym(lib, "hauler_cuda_init"));
-  auto pack = reinterpret_cast<hauler_gpu_pack_fn>(dlsym(lib, "hauler_cuda_pack"));
-  CHECK(abi && init && pack && abi() == HAULER_GPU_ABI, "library exports its entry points and ABI version");
-  if (!abi || !init || !pack) return;
-  HaulerDeviceInfo info;
-  char err[512] = "";
-  int rc = init(&info, err, sizeof err);
-  std::printf("# %s init: rc %d, %s\n", path, rc, rc ? err : info.name);
-  if (rc != 0) {
-    CHECK(std::strlen(err) > 0, "init failure comes with a sentence");
-    Plan p = make_plan(canonical(vector(8, 4, 8, named("byte"))));
-    DevLayout d = dev_layout(p);
-    d.word = 4;
-    alignas(16) uint8_t src[128] = {}, out[64] = {};
-    rc = pack(&d, src, out, 0, 32, 1, nullptr, err, sizeof err);
-    std::printf("# %s pack without a GPU: rc %d, %s\n", path, rc, err);
-    CHECK(rc != 0 && std::strlen(err) > 0, "pack without a GPU fails with a sentence");
+// The real GPU library through the loader, wherever one loads: its kernels must move the same
+// bytes as the host engine, in device memory the driver allocates. Without one, say plainly why
+// nothing ran (the loader's sentence).
+struct DeviceBuf {
+  const cuda::Driver* d;
+  cuda::CUdeviceptr p = 0;
+  DeviceBuf(const cuda::Driver* drv, size_t n) : d(drv) {
+    int rc = d->mem_alloc(&p, n);
+    if (rc != cuda::kSuccess) fail(Status::internal, "cuMemAlloc(" + std::to_string(n) + "): " + d->error(rc));
   }
+  ~DeviceBuf() { d->mem_free(p); }
+  DeviceBuf(const DeviceBuf&) = delete;
+  DeviceBuf& operator=(const DeviceBuf&) = delete;
+  uint8_t* ptr() const { return reinterpret_cast<uint8_t*>(p); }
+  void put(const void* src, size_t n) const { check(d->memcpy_htod(p, src, n), "cuMemcpyHtoD"); }
+  void get(void* dst, size_t n) const { check(d->memcpy_dtoh(dst, p, n), "cuMemcpyDtoH"); }
+  void check(int rc, const char* what) const {
+    if (rc != cuda::kSuccess) fail(Status::internal, std::string(what) + ": " + d->error(rc));
+  }
+};
+
+void real_pack_case(const cuda::Driver* d, const Plan& p, const std::string& name) {
+  const size_t span = static_cast<size_t>(p.span_hi - p.span_lo), total = static_cast<size_t>(p.total);
+  std::vector<uint8_t> mem(span), host(total + 1, 0xA5), dev(total + 1, 0x5A);
+  for (auto& b : mem) b = static_cast<uint8_t>(g_rng());
+  DeviceBuf dmem(d, span + 16), dbuf(d, total + 16);
+  dmem.put(mem.data(), span);
+  uint8_t* origin = dmem.ptr() - p.span_lo;
+  // pack: the whole message, then a window at an odd position (1-byte words)
+  gpu_pack(p, origin, dbuf.ptr(), 0, p.total);
+  gpu::synchronize(nullptr);
+  dbuf.get(dev.data(), total);
+  pack_window(p, mem.data() - p.span_lo, host.data(), 0, p.total);
+  CHECK(std::memcmp(dev.data(), host.data(), total) == 0, name + ": GPU pack equals the host engine");
+  if (p.total > 3) {
+    const int64_t pos = 1, n = p.total - 3;
+    gpu_pack(p, origin, dbuf.ptr(), pos, n);
+    gpu::synchronize(nullptr);
+    dbuf.get(dev.data(), static_cast<size_t>(n));
+    pack_window(p, mem.data() - p.span_lo, host.data(), pos, n);
+    CHECK(std::memcmp(dev.data(), host.data(), static_cast<size_t>(n)) == 0,
+          name + ": GPU pack of an unaligned window equals the host engine");
+  }
+  // unpack into poisoned memory: the type map's bytes change, the gaps keep the poison
+  std::vector<uint8_t> packed(total), want(span, 0xEE), got(span);
+  for (auto& b : packed) b = static_cast<uint8_t>(g_rng());
+  dmem.put(want.data(), span);
+  dbuf.put(packed.data(), total);
+  gpu_unpack(p, origin, dbuf.ptr(), 0, p.total);
+  gpu::synchronize(nullptr);
+  dmem.get(got.data(), span);
+  unpack_window(p, want.data() - p.span_lo, packed.data(), 0, p.total);
+  CHECK(got == want, name + ": GPU unpack equals the host engine, gaps untouched");
+}
+
+void test_real_library() {
+  gpu::use_emulation(false);
+  const gpu::GpuStatus s = gpu::status();
+  if (!s.available) {
+    std::printf("# real GPU library NOT run: %s\n", s.message.c_str());
+    gpu::use_emulation(true);
+    return;
+  }
+  std::printf("# real GPU library %s: %s\n", s.library.c_str(), s.message.c_str());
+  const cuda::Driver* d = cuda::driver();
+  CHECK(d && d->device_get && d->primary_ctx_retain && d->primary_ctx_release && d->ctx_push_current &&
+            d->ctx_pop_current && d->mem_alloc && d->mem_free && d->memcpy_htod && d->memcpy_dtoh,
+        "the driver table has the calls the test needs");
+  if (!d) return;
+  cuda::CUdevice dev = 0;
+  cuda::CUcontext ctx = nullptr;
+  CHECK(d->device_get(&dev, s.device.device) == cuda::kSuccess && d->primary_ctx_retain(&ctx, dev) == cuda::kSuccess &&
+            d->ctx_push_current(ctx) == cuda::kSuccess,
+        "the device's primary context is current");
+  try {
+    real_pack_case(d, make_plan(canonical(vector(1000, 3, 7, named("double")))), "vector of 24-byte blocks");
+    real_pack_case(d, make_plan(canonical(vector(777, 1, 3, named("byte")))), "vector of 1-byte blocks");
+    real_pack_case(d, make_plan(canonical(indexed({1, 2, 1, 5}, {0, 2, 7, 11}, named("short")))),
+                   "indexed run list");
+    real_pack_case(d, make_plan(canonical(subarray({40, 30, 20}, {8, 30, 3}, {5, 0, 17}, Order::c, named("float")))),
+                   "3-D subarray");
+    real_pack_case(d, make_plan(canonical(hvector(int64_t(2000), 1, -24, named("double")))), "negative stride");
+  } catch (const std::exception& e) {
+    report(false, std::string("real GPU library: ") + e.what());
+  }
+  cuda::CUcontext popped = nullptr;
+  d->ctx_pop_current(&popped);
+  d->primary_ctx_release(dev);
+  gpu::use_emulation(true);
 }
 
 }  // namespace
@@ -548,6 +647,12 @@ int main() {
   std::printf("# seed %" PRIu64 " (HAULER_TEST_SEED to repeat), %d random types\n", g_seed, ntypes);
   g_rng.seed(g_seed);
 
+  // The GPU library a build of this tree made (setup.py puts it beside the Python extension, in
+  // runtime/), unless HAULER_CUDA_LIB names one: scripts/core_tests.sh runs from the tree's root.
+  char cwd[4096];
+  if (!std::getenv("HAULER_CUDA_LIB") && getcwd(cwd, sizeof cwd) &&
+      access((std::string(cwd) + "/runtime/libhauler_cuda.so").c_str(), F_OK) == 0)
+    setenv("HAULER_CUDA_LIB", (std::string(cwd) + "/runtime/libhauler_cuda.so").c_str(), 1);
   test_loader();  // leaves the emulation on
   test_index_helpers();
   test_backend_validation();

@@ -1,10 +1,9 @@
 // A stand-in for libhauler_cuda.so on machines without a GPU: the host emulation of the
-// kernels (csrc/datatype/pack_emulate.cpp, csrc/gather/gather_emulate.cpp) under the names the
+// kernels (csrc/common/gpu_emulation.cpp and the capabilities' *_emulate.cpp) under the names the
 // GPU loader binds. With the fake driver (fakecuda.c built with -DFAKE_DRIVER), "device"
 // memory is host memory, so the interposer's GPU path can be compared byte for byte with the
 // MPI library alone.
-#include "datatype/pack_emulate.hpp"
-#include "gather/gather_emulate.hpp"
+#include "common/gpu_emulation.hpp"
 
 #define HAULER_CUDA_EXPORT extern "C" __attribute__((visibility("default")))
 
