@@ -5,9 +5,11 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 
 #include "gpu_abi.h"
 
@@ -38,7 +40,7 @@ struct DeviceFacts {
   int pools = 0;     // stream-ordered allocation (cudaMallocAsync)
 };
 
-inline int device_facts(int device, DeviceFacts* f, char* err, size_t errlen) {
+inline int query_device_facts(int device, DeviceFacts* f, char* err, size_t errlen) {
   f->device = device;
   HAULER_CUDA_TRY(cudaDeviceGetAttribute(&f->sms, cudaDevAttrMultiProcessorCount, device),
                   "cudaDeviceGetAttribute(multiprocessor count)");
@@ -46,6 +48,32 @@ inline int device_facts(int device, DeviceFacts* f, char* err, size_t errlen) {
                   "cudaDeviceGetAttribute(pageable memory access)");
   HAULER_CUDA_TRY(cudaDeviceGetAttribute(&f->pools, cudaDevAttrMemoryPoolsSupported, device),
                   "cudaDeviceGetAttribute(memory pools)");
+  return HAULER_GPU_OK;
+}
+
+// A device's facts do not change while the process runs: queried on its first call only, so a
+// pack or gather call costs no attribute queries (one table for the whole library).
+inline int device_facts(int device, DeviceFacts* f, char* err, size_t errlen) {
+  constexpr int kCached = 64;  // devices beyond it are queried every call
+  static std::atomic<bool> ready[kCached];
+  static DeviceFacts cache[kCached];
+  static std::mutex mu;
+  const bool cached = device >= 0 && device < kCached;
+  if (cached && ready[device].load(std::memory_order_acquire)) {
+    *f = cache[device];
+    return HAULER_GPU_OK;
+  }
+  DeviceFacts q;
+  int rc = query_device_facts(device, &q, err, errlen);
+  if (rc != HAULER_GPU_OK) return rc;
+  if (cached) {
+    std::lock_guard<std::mutex> lk(mu);
+    if (!ready[device].load(std::memory_order_relaxed)) {
+      cache[device] = q;
+      ready[device].store(true, std::memory_order_release);
+    }
+  }
+  *f = q;
   return HAULER_GPU_OK;
 }
 
