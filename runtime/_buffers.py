@@ -60,6 +60,19 @@ class _DLTensor(ctypes.Structure):
                 ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
 
 
+def _check_c_contiguous(shape: Any, strides: Any, itemsize: int) -> None:
+    """InvalidArgument unless byte strides `strides` lay `shape` out in C order. The stride of an
+    axis of length 1 is free, and an empty array has no layout (CuPy and torch give any strides)."""
+    if 0 in shape:
+        return
+    expect = itemsize
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n != 1 and s != expect:
+            raise InvalidArgument("device array is not C-contiguous; build its type with "
+                                  "Datatype.from_array and pass the base array")
+        expect *= n
+
+
 def _from_dlpack(obj: Any) -> DeviceBuffer:
     capsule = obj.__dlpack__()
     get = ctypes.pythonapi.PyCapsule_GetPointer
@@ -68,11 +81,7 @@ def _from_dlpack(obj: Any) -> DeviceBuffer:
     shape = [t.shape[i] for i in range(t.ndim)]
     itemsize = (t.dtype_bits * t.dtype_lanes + 7) // 8
     if t.strides:
-        expect = itemsize
-        for i in reversed(range(t.ndim)):
-            if shape[i] != 1 and t.strides[i] * itemsize != expect:
-                raise InvalidArgument("device array is not contiguous; build its type with Datatype.from_array")
-            expect *= shape[i]
+        _check_c_contiguous(shape, [t.strides[i] * itemsize for i in range(t.ndim)], itemsize)
     n = itemsize
     for s in shape:
         n *= s
@@ -89,12 +98,7 @@ def device_buffer(obj: Any) -> Optional[DeviceBuffer]:
         itemsize = int(typestr[2:])
         strides = cai.get("strides")
         if strides is not None:
-            expect = itemsize
-            for n, s in zip(reversed(shape), reversed(strides)):
-                if n != 1 and s != expect:
-                    raise InvalidArgument("device array is not C-contiguous; build its type with "
-                                          "Datatype.from_array and pass the base array")
-                expect *= n
+            _check_c_contiguous(shape, strides, itemsize)
         nbytes = itemsize
         for n in shape:
             nbytes *= n

@@ -212,6 +212,27 @@ def test_emulated_device_errors_write_nothing(gpu_emulation):
     assert (a == POISONS[0]).all()
 
 
+def test_emulated_empty_device_arrays_have_any_strides(gpu_emulation):
+    """CuPy and torch give an empty array strides such as (0,) or (8, 0): it has no layout, so it is
+    no less contiguous than any other; a non-empty one with the same strides is still refused."""
+    t = Datatype.vector(4, 2, 3, INT)
+    for shape, strides in (((0,), (0,)), ((0,), (16,)), ((0, 3), (24, 0)), ((2, 0), (0, 8))):
+        empty = FakeCudaArray(np.empty(shape, np.uint8), strides=strides)
+        assert t.pack(FakeCudaArray(random_bytes(1, 64)), count=0, out=empty) is empty
+        assert t.unpack(empty, FakeCudaArray(random_bytes(1, 64)), count=0) is not None
+        assert t.pack(empty, count=0, out=FakeCudaArray(np.empty(0, np.uint8))) is not None
+    out = poisoned(t.size)
+    with pytest.raises(hauler.InvalidArgument, match="not C-contiguous"):
+        t.pack(FakeCudaArray(random_bytes(1, 64)), out=FakeCudaArray(out, strides=(0,)))
+    assert (out == POISONS[0]).all()
+
+
+def test_empty_device_arrays_without_a_gpu_raise_no_device(no_gpu):
+    t = Datatype.vector(4, 2, 3, INT)
+    with pytest.raises(hauler.NoDevice):
+        t.pack(FakeCudaArray(random_bytes(1, 64)), count=0, out=FakeCudaArray(np.empty(0, np.uint8), strides=(0,)))
+
+
 # ---------------------------------------------------------------------------------------------
 # (c) a real GPU, where there is one (scripts/gpu_check.sh): CuPy and torch CUDA arrays against
 # the host engine, on poisoned device outputs; skipped without a GPU
