@@ -8,7 +8,7 @@ from __future__ import annotations
 import ctypes
 import operator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from .errors import InvalidArgument, Overflow, ReadOnlyBuffer
 
@@ -110,6 +110,26 @@ def device_buffer(obj: Any) -> Optional[DeviceBuffer]:
         if kind in (_kDLCUDA, _kDLCUDAManaged):
             return _from_dlpack(obj)
     return None
+
+
+def launch_stream(stream: Optional[int], *arrays: Any) -> Tuple[int, bool]:
+    """The cudaStream_t (an int) a device call on `arrays` runs on, and whether the call waits for
+    it. `stream` when given: the call returns once its work is queued. Else torch's current stream
+    on the tensor's device when one of the arrays is a torch CUDA tensor or a span of one
+    (Datatype.from_array), since torch's array interface (v2) names no stream; else the first
+    stream an array's interface names (0: the legacy default stream). The call waits for those."""
+    if stream is not None:
+        return as_int("stream", stream, minimum=0), False
+    for a in arrays:
+        t = getattr(a, "_owner", a)
+        if is_torch_tensor(t) and t.is_cuda:
+            import torch
+            return int(torch.cuda.current_stream(t.device).cuda_stream), True
+    for a in arrays:
+        cai = getattr(a, "__cuda_array_interface__", None)
+        if cai is not None and cai.get("stream"):
+            return as_int("the array interface's stream", cai["stream"], minimum=0), True
+    return 0, True
 
 
 def torch_as_numpy(t: Any, writable: bool, what: str) -> Any:

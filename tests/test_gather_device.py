@@ -254,3 +254,26 @@ def test_real_gpu_gather_to_a_new_device_tensor(real_gpu):
             assert got.cpu().numpy().tobytes() == table[idx].tobytes()
     finally:
         fs.unpin()
+
+
+def test_real_gpu_gather_into_a_torch_tensor_runs_on_the_current_stream(real_gpu):
+    """gather(out=<torch tensor>) queues the kernel on torch's current stream, after the work
+    already there: a fill queued behind a long kernel lands first, the rows after it."""
+    if real_gpu.name != "torch":
+        pytest.skip("torch's current stream applies to torch tensors")
+    torch = real_gpu.mod
+    table = np.random.default_rng(5).standard_normal((3000, 24)).astype(np.float32)
+    idx = np.random.default_rng(6).integers(0, 3000, 500)
+    fs = FeatureStore({"t": table}).pin()
+    try:
+        out = torch.zeros((500, 24), dtype=torch.float32, device="cuda")
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(50_000_000)  # keeps the side stream busy well past a launch elsewhere
+            out.fill_(-1.0)
+            fs.gather("t", idx, out=out)  # on the legacy default stream the fill would win
+        torch.cuda.synchronize()
+        assert out.cpu().numpy().tobytes() == table[idx].tobytes()
+    finally:
+        fs.unpin()
