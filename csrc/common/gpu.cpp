@@ -293,32 +293,27 @@ void* host_register(void* p, size_t n, bool readonly) {
 
 void host_unregister(void* p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  std::vector<uintptr_t> holds;
-  {
-    std::lock_guard<std::mutex> lk(g_reg_mu);
-    auto it = std::find_if(g_users.rbegin(), g_users.rend(), [a](const User& u) { return u.p == a; });
-    if (it == g_users.rend()) {
-      char s[48];
-      std::snprintf(s, sizeof s, "%p", p);
-      fail(Status::invalid_argument, std::string("host memory at ") + s + " has no GPU registration of hauler's in "
-                                     "force (unregistered twice, or never registered)");
-    }
-    holds = std::move(it->holds);
-    g_users.erase(std::next(it).base());
+  // One lock across the backend calls: a register racing with the last unregister of its pages
+  // must not find them still registered and take the registration for someone else's.
+  std::lock_guard<std::mutex> lk(g_reg_mu);
+  auto it = std::find_if(g_users.rbegin(), g_users.rend(), [a](const User& u) { return u.p == a; });
+  if (it == g_users.rend()) {
+    char s[48];
+    std::snprintf(s, sizeof s, "%p", p);
+    fail(Status::invalid_argument, std::string("host memory at ") + s + " has no GPU registration of hauler's in "
+                                   "force (unregistered twice, or never registered)");
   }
+  const std::vector<uintptr_t> holds = std::move(it->holds);
+  g_users.erase(std::next(it).base());
   std::string errors;
   for (uintptr_t base : holds) {
-    Owned o;
-    {
-      std::lock_guard<std::mutex> lk(g_reg_mu);
-      auto oi = g_owned.find(base);
-      if (--oi->second.users > 0) continue;
-      o = oi->second;
-      g_owned.erase(oi);
-    }
+    auto oi = g_owned.find(base);
+    if (--oi->second.users > 0) continue;
+    const Backend* b = oi->second.backend;
+    g_owned.erase(oi);
     char err[512] = "";
-    if (o.backend->host_unregister(reinterpret_cast<void*>(base), err, sizeof err) != 0)
-      errors += std::string(errors.empty() ? "" : "; ") + o.backend->name + ": " + err;
+    if (b->host_unregister(reinterpret_cast<void*>(base), err, sizeof err) != 0)
+      errors += std::string(errors.empty() ? "" : "; ") + b->name + ": " + err;
   }
   if (!errors.empty()) fail(Status::internal, "unregistering host memory from the GPU: " + errors);
 }
