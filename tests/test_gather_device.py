@@ -56,17 +56,20 @@ def test_emulated_checks_before_launch(gpu_emulation):
     with pytest.raises(hauler.InvalidArgument, match="not pinned"):
         fs.gather("t", [1, 2], out=FakeCudaArray(out))
     fs.pin()
-    with pytest.raises(hauler.OutOfRange, match=r"index\[1\] = 10 is out of range"):
-        fs.gather("t", [1, 10], out=FakeCudaArray(out))
-    assert (out == -1.0).all()
-    with pytest.raises(hauler.ReadOnlyBuffer):
-        fs.gather("t", [1, 2], out=FakeCudaArray(out, readonly=True))
-    with pytest.raises(hauler.BufferTooSmall, match="too small for 3 rows"):
-        fs.gather("t", [1, 2, 3], out=FakeCudaArray(out))
-    # tables added after pin() are pinned too
-    fs.add("u", np.ones((4, 2)))
-    fs.gather("u", [3, 0], out=FakeCudaArray(out))
-    assert (out == 1.0).all()
+    try:  # a registration must not outlive the table (its pages would stay registered)
+        with pytest.raises(hauler.OutOfRange, match=r"index\[1\] = 10 is out of range"):
+            fs.gather("t", [1, 10], out=FakeCudaArray(out))
+        assert (out == -1.0).all()
+        with pytest.raises(hauler.ReadOnlyBuffer):
+            fs.gather("t", [1, 2], out=FakeCudaArray(out, readonly=True))
+        with pytest.raises(hauler.BufferTooSmall, match="too small for 3 rows"):
+            fs.gather("t", [1, 2, 3], out=FakeCudaArray(out))
+        # tables added after pin() are pinned too
+        fs.add("u", np.ones((4, 2)))
+        fs.gather("u", [3, 0], out=FakeCudaArray(out))
+        assert (out == 1.0).all()
+    finally:
+        fs.unpin()
 
 
 def test_device_gather_without_a_gpu_is_no_device(no_gpu):
@@ -125,6 +128,7 @@ def test_emulated_gpu_scatter_equals_numpy(gpu_emulation, reduce, rows, row_shap
         with pytest.raises(hauler.InvalidArgument, match="add"):
             fs.scatter("t", idx, FakeCudaArray(src), reduce="add")
         assert np.array_equal(raw, raw_before)
+        fs.unpin()  # a registration must not outlive its table: the pages would stay registered
         return
     fs.scatter("t", idx, FakeCudaArray(src), reduce=reduce, gpu_blocks=int(rng.integers(0, 3)))
     assert table.tobytes() == want.tobytes()
@@ -141,28 +145,31 @@ def test_emulated_scatter_checks_before_launch(gpu_emulation, tmp_path):
     with pytest.raises(hauler.InvalidArgument, match="not pinned"):
         fs.scatter("t", [1, 2], src)
     fs.pin()
-    with pytest.raises(hauler.OutOfRange, match=r"index\[1\] = 10 is out of range"):
-        fs.scatter("t", [1, 10], src)
-    with pytest.raises(hauler.InvalidArgument, match="shape"):
-        fs.scatter("t", [1, 2, 3], src)
-    with pytest.raises(hauler.InvalidArgument, match="dtype"):
-        fs.scatter("t", [1, 2], FakeCudaArray(np.ones((2, 2), np.float32)))
-    fs.add("h", np.zeros((4, 2), np.int16))
-    with pytest.raises(hauler.InvalidArgument, match="no atomic add"):
-        fs.scatter("h", [0, 0], FakeCudaArray(np.ones((2, 2), np.int16)), reduce="add")
-    assert np.array_equal(table, before) and not fs.table("h").any()
-    ro = np.zeros((4, 2))
-    ro.flags.writeable = False
-    fs.add("ro", ro)
-    with pytest.raises(hauler.ReadOnlyBuffer):
-        fs.scatter("ro", [0], FakeCudaArray(np.ones((1, 2))))
-    fs.scatter("t", [], FakeCudaArray(np.ones((0, 2))))                  # nothing to do
-    assert np.array_equal(table, before)
-    np.save(tmp_path / "f.npy", np.zeros((4, 2)))
-    fs.add("f", str(tmp_path / "f.npy"), backend="file", writable=True)
-    with pytest.raises(hauler.InvalidArgument, match="NVMe table .* move the rows through host memory"):
-        fs.scatter("f", [0], FakeCudaArray(np.ones((1, 2))))
-    assert not np.load(tmp_path / "f.npy").any()
+    try:
+        with pytest.raises(hauler.OutOfRange, match=r"index\[1\] = 10 is out of range"):
+            fs.scatter("t", [1, 10], src)
+        with pytest.raises(hauler.InvalidArgument, match="shape"):
+            fs.scatter("t", [1, 2, 3], src)
+        with pytest.raises(hauler.InvalidArgument, match="dtype"):
+            fs.scatter("t", [1, 2], FakeCudaArray(np.ones((2, 2), np.float32)))
+        fs.add("h", np.zeros((4, 2), np.int16))
+        with pytest.raises(hauler.InvalidArgument, match="no atomic add"):
+            fs.scatter("h", [0, 0], FakeCudaArray(np.ones((2, 2), np.int16)), reduce="add")
+        assert np.array_equal(table, before) and not fs.table("h").any()
+        ro = np.zeros((4, 2))
+        ro.flags.writeable = False
+        fs.add("ro", ro)
+        with pytest.raises(hauler.ReadOnlyBuffer):
+            fs.scatter("ro", [0], FakeCudaArray(np.ones((1, 2))))
+        fs.scatter("t", [], FakeCudaArray(np.ones((0, 2))))                  # nothing to do
+        assert np.array_equal(table, before)
+        np.save(tmp_path / "f.npy", np.zeros((4, 2)))
+        fs.add("f", str(tmp_path / "f.npy"), backend="file", writable=True)
+        with pytest.raises(hauler.InvalidArgument, match="NVMe table .* move the rows through host memory"):
+            fs.scatter("f", [0], FakeCudaArray(np.ones((1, 2))))
+        assert not np.load(tmp_path / "f.npy").any()
+    finally:
+        fs.unpin()
 
 
 def test_device_scatter_without_a_gpu_is_no_device(no_gpu):
