@@ -212,6 +212,21 @@ def interpose_core_sources():
     return [s for d in INTERPOSE_CORE_DIRS for s in _glob(f"csrc/{d}/**/*.cpp")]
 
 
+def _has_large_count(cc, build_temp):
+    """Whether the flavour's library exports the MPI-4 large-count calls the shim uses (MPICH 4 does,
+    Open MPI 4.1 does not): a program that calls one must compile and link with its mpicc."""
+    d = os.path.join(build_temp, "interpose", "probe")
+    os.makedirs(d, exist_ok=True)
+    src = os.path.join(d, "large_count.c")
+    with open(src, "w") as f:
+        f.write("#include <mpi.h>\nint main(void) { MPI_Count a, b, c, d; int e;\n"
+                "  return PMPI_Type_get_envelope_c(MPI_INT, &a, &b, &c, &d, &e) + PMPI_Send_c(0, 0, MPI_INT, 0, 0,"
+                " MPI_COMM_WORLD); }\n")
+    p = subprocess.run([cc.path, *cc.args, src, "-o", os.path.join(d, "large_count")],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return p.returncode == 0
+
+
 def build_interpose(build_temp, out_root):
     """Build one shim per flavour under out_root/<flavour>/; returns the "interpose" build info."""
     info = {"built": False, "reason": "", "libraries": {}, "log": None}
@@ -251,12 +266,17 @@ def build_interpose(build_temp, out_root):
         jobs.append((cxx, src, obj, ()))
     shim_srcs = _glob("interpose/*.cpp")
     shim_objs = {}
+    large_count = {}
     for flav, cc in flavours:
         shim_objs[flav] = []
+        large_count[flav] = _has_large_count(cc, build_temp)
+        # the objects of each answer apart: a library upgrade must not reuse the other kind
+        flags = list(cc.args) + ([] if large_count[flav] else ["-DHAULER_MPI_LARGE_COUNT=0"])
+        sub = flav if large_count[flav] else flav + "-nolc"
         for src in shim_srcs:
-            obj = os.path.join(obj_dir, flav, os.path.splitext(src)[0] + ".o")
+            obj = os.path.join(obj_dir, sub, os.path.splitext(src)[0] + ".o")
             shim_objs[flav].append(obj)
-            jobs.append((cc.path, src, obj, cc.args))
+            jobs.append((cc.path, src, obj, flags))
     n = config.get("HAULER_BUILD_JOBS") or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
         results = list(pool.map(lambda j: compile_one(*j), jobs))
@@ -282,7 +302,8 @@ def build_interpose(build_temp, out_root):
             mpiexec = None
         info["libraries"][flav] = {"library": f"{INTERPOSE_DIR}/{flav}/{INTERPOSE_LIB}",
                                    "mpicc": cc.path, "vendor": cc.vendor,
-                                   "version_line": cc.version_line, "mpiexec": mpiexec}
+                                   "version_line": cc.version_line, "mpiexec": mpiexec,
+                                   "large_count": large_count[flav]}
     info["built"] = bool(info["libraries"])
     info["reason"] = "built" if info["built"] else "linking failed"
     return info
@@ -516,6 +537,7 @@ setup(
         # torch_geometric: pure Python; 2.8.1 installs beside torch 2.13.0 without touching it
         "test": ["pytest", "hypothesis", "numpy", "mpi4py>=3.1", "torch_geometric>=2.5,<2.9"],
         "torch": ["torch>=2.1,<2.14"],
+        "plot": ["matplotlib>=3.5"],  # hauler-bench all's plots
     },
     entry_points={
         "console_scripts": [

@@ -10,6 +10,7 @@ its module to ``COMMANDS``. Modules load only when their subcommand runs, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from typing import List, Optional
@@ -28,6 +29,9 @@ COMMANDS = {
            "file I/O GB/s: hauler.io (io_uring, O_DIRECT) vs fio, numpy, torch and Python; activation offload"),
     "kv": ("hauler.bench.kv",
            "KV-cache block gather/scatter/copy and swap to host/SSD: hauler.kv vs per-block loops, torch, memcpy, fio"),
+    "all": ("hauler.bench.all",
+            "every benchmark (pack, mpi, gather, io, kv): JSON, CSV, a PASS/MISS summary of the targets and "
+            "plots in one folder (--out DIR)"),
 }
 
 
@@ -46,16 +50,36 @@ def build_parser(argv: List[str]) -> argparse.ArgumentParser:
                     "case with units and a correctness column, ratios against peers measured in "
                     "the same run; --json or --csv for machines.")
     parser.add_argument("--version", action="version", version=f"hauler-bench {_version()}")
+    _add_output(parser)
     sub = parser.add_subparsers(dest="command", metavar="BENCHMARK")
     # only the chosen subcommand's module is imported (its options need it)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = _benchmark_named(argv)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
             mod = importlib.import_module(module)
             mod.add_arguments(p)
+            _add_output(p)
             p.set_defaults(func=mod.main)
     return parser
+
+
+def _benchmark_named(argv: List[str]) -> Optional[str]:
+    """The first word that is not an option nor the value of --output."""
+    it = iter(argv)
+    for a in it:
+        if a == "--output":
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    # before or after the benchmark's name, as fio takes --output anywhere
+    p.add_argument("--output", metavar="FILE", default=argparse.SUPPRESS,
+                   help="write the report (table, --json or --csv) to FILE instead of stdout; "
+                        "progress and errors stay on stderr")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -66,7 +90,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args))
+        output = getattr(args, "output", None)
+        if output is None:
+            return int(args.func(args))
+        with open(output, "w") as f, contextlib.redirect_stdout(f):
+            return int(args.func(args))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. piped into head

@@ -98,10 +98,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{format_size(QUICK_BATCH)} with --quick)")
     p.add_argument("--rows", type=_rows_arg, default=None, metavar="64,256,...",
                    help=f"row sizes in bytes (default {','.join(map(str, ROWS))})")
-    p.add_argument("--orders", type=_orders_arg, default=ORDERS, metavar="random,sorted")
+    p.add_argument("--orders", type=_orders_arg, default=ORDERS, metavar="random,sorted",
+                   help="index orders to measure (comma-separated; default all)")
     p.add_argument("--repeat", type=core.positive_int, default=None,
                    help=f"timed rounds per row (default {DEFAULT_REPEAT}; {QUICK_REPEAT} with --quick)")
-    p.add_argument("--warmup", type=core.non_negative_int, default=1)
+    p.add_argument("--warmup", type=core.non_negative_int, default=1,
+                   help="untimed calls of each contender before the rounds (default 1)")
     p.add_argument("--threads", type=core.positive_int, default=None,
                    help="threads for hauler's gather (default: HAULER_GATHER_THREADS, else the core count)")
     p.add_argument("--no-loader", action="store_true", help="skip the DataLoader epoch")
@@ -112,7 +114,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nvme-rows", type=_rows_arg, default=None, metavar="256,4096",
                    help=f"row sizes of the NVMe block (default {','.join(map(str, NVME_ROWS))})")
     p.add_argument("--quick", action="store_true", help="small table, three row sizes, three rounds (for tests)")
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--seed", type=int, default=12345, help="seed of the random table and indices")
     core.add_format_args(p)
 
 

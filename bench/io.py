@@ -101,15 +101,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"request sizes of the sweep (default {','.join(format_size(s) for s in SIZES)})")
     p.add_argument("--qd", type=_ints_arg, default=None,
                    help=f"queue depths of the sweep (default {','.join(map(str, QDS))})")
-    p.add_argument("--patterns", type=core.list_arg(PATTERNS), default=PATTERNS, metavar=",".join(PATTERNS))
+    p.add_argument("--patterns", type=core.list_arg(PATTERNS), default=PATTERNS, metavar=",".join(PATTERNS),
+                   help="access patterns to measure (comma-separated; default all)")
     p.add_argument("--budget", type=lambda t: _sizes_arg(t)[0], default=None,
                    help=f"bytes moved per sweep measurement, at most (default {format_size(DEFAULT_BUDGET)})")
     p.add_argument("--repeat", type=core.positive_int, default=None, help=f"rounds (default {DEFAULT_REPEAT})")
     p.add_argument("--parts", type=core.list_arg(("sweep", "file", "offload")), default=("sweep", "file", "offload"),
-                   metavar="sweep,file,offload")
+                   metavar="sweep,file,offload",
+                   help="parts to run (comma-separated): the request size/depth sweep, whole files, activation offload")
     p.add_argument("--no-fio", action="store_true", help="do not run fio")
     p.add_argument("--quick", action="store_true", help="small files and few cases (for tests)")
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--seed", type=int, default=12345, help="seed of the random data and offsets")
     core.add_format_args(p)
 
 

@@ -102,14 +102,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"extent sizes (default {','.join(format_size(e) for e in EXTENTS)})")
     p.add_argument("--counts", type=_counts_arg, default=None, metavar="256,1024,...",
                    help=f"extents per move (default {','.join(map(str, COUNTS))})")
-    p.add_argument("--orders", type=core.list_arg(ORDERS), default=ORDERS, metavar="random,sequential")
-    p.add_argument("--ops", type=core.list_arg(OPS), default=OPS, metavar="gather,scatter,copy")
+    p.add_argument("--orders", type=core.list_arg(ORDERS), default=ORDERS, metavar="random,sequential",
+                   help="block id orders to measure (comma-separated; default all)")
+    p.add_argument("--ops", type=core.list_arg(OPS), default=OPS, metavar="gather,scatter,copy",
+                   help="block moves to measure (comma-separated; default all)")
     p.add_argument("--max-bytes", type=core.size_arg, default=None,
                    help=f"skip local cases moving more (default {format_size(DEFAULT_MAX_BYTES)}; "
                         f"{format_size(QUICK_MAX_BYTES)} with --quick)")
     p.add_argument("--repeat", type=core.positive_int, default=None,
                    help=f"timed rounds (default {DEFAULT_REPEAT}; {QUICK_REPEAT} with --quick)")
-    p.add_argument("--warmup", type=core.non_negative_int, default=1)
+    p.add_argument("--warmup", type=core.non_negative_int, default=1,
+                   help="untimed calls of each contender before the rounds (default 1)")
     p.add_argument("--threads", type=core.positive_int, default=None,
                    help="threads of hauler's local moves (default: HAULER_THREADS, else the core count)")
     p.add_argument("--no-swap", action="store_true", help="skip the swap section")
@@ -121,7 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fio", action="store_true", help="do not run fio")
     p.add_argument("--no-transfer", action="store_true", help="skip the 2-process section (bench/kv_transfer.py)")
     p.add_argument("--quick", action="store_true", help="two extent sizes, two counts, a small request (for tests)")
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--seed", type=int, default=12345, help="seed of the random cache and block ids")
     core.add_format_args(p)
 
 

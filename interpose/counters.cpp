@@ -1,6 +1,12 @@
 // The shim's counters (one set per thread) and the per-rank report written at MPI_Finalize
 // (HAULER_INTERPOSE_REPORT).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "shim.hpp"
 
@@ -42,6 +48,27 @@ Stats& new_thread_stats() {
 
 void count_fortran() { stats().fortran++; }
 
+namespace {
+
+// HAULER_INTERPOSE_REPORT's file for this rank, never one file shared by the ranks: every %r
+// becomes the rank; a directory (existing, or named with a trailing '/') gets
+// hauler-interpose.<rank>.txt; any other name gets .<rank> appended.
+std::string report_path(std::string path, int rank) {
+  const std::string r = std::to_string(rank);
+  bool named = false;
+  for (size_t at = path.find("%r"); at != std::string::npos; at = path.find("%r", at + r.size())) {
+    path.replace(at, 2, r);
+    named = true;
+  }
+  if (named) return path;
+  struct stat st {};
+  if (path.back() == '/' || (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)))
+    return path + (path.back() == '/' ? "" : "/") + "hauler-interpose." + r + ".txt";
+  return path + "." + r;
+}
+
+}  // namespace
+
 void write_report() {
   const Config& g = g_config;
   if (g.report.empty() || g.report == "0") return;
@@ -49,11 +76,14 @@ void write_report() {
   FILE* f = stderr;
   bool close = false;
   if (path != "1" && path != "stderr") {
-    size_t at = path.find("%r");
-    if (at != std::string::npos) path.replace(at, 2, std::to_string(g_world_rank));
-    f = std::fopen(path.c_str(), "a");
+    path = report_path(path, g_world_rank);
+    // not fopen("a"): a symlink planted at the name is refused, and a new report is private
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
+    f = fd < 0 ? nullptr : ::fdopen(fd, "a");
     if (!f) {
-      logf(kError, "HAULER_INTERPOSE_REPORT=%s cannot be written", path.c_str());
+      int err = errno;
+      if (fd >= 0) ::close(fd);
+      logf(kError, "HAULER_INTERPOSE_REPORT=%s cannot be written (%s)", path.c_str(), std::strerror(err));
       return;
     }
     close = true;

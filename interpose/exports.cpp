@@ -1,8 +1,58 @@
 // The exported MPI entry points: each checks the kill switch (and its feature switch), then
 // forwards to PMPI_X or calls the implementation in namespace shim.
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
 #include "shim.hpp"
 
 using namespace shim;
+
+
+// The shim is compiled against one MPI's mpi.h: its handles (ints for MPICH, pointers for Open MPI)
+// and constants. Preloaded into a program of the other MPI, even passing a call through would cut
+// the program's handles to the wrong width (a segfault inside the library), so it cannot stay
+// quietly off: before the library starts, it checks that the library answering PMPI_Init is the
+// one whose marker function it was built for and that the other MPI's is not loaded; if not it says
+// so in one line (from the job's first rank) and the process exits with status 1.
+#if defined(OPEN_MPI)
+static const char* const kBuiltFor = "Open MPI";
+static const char* const kOwnMarker = "ompi_mpi_init";
+static const char* const kOtherMarker = "MPIR_Err_create_code";
+#else
+static const char* const kBuiltFor = "MPICH";  // MPICH and its ABI (Intel MPI, MVAPICH)
+static const char* const kOwnMarker = "MPIR_Err_create_code";
+static const char* const kOtherMarker = "ompi_mpi_init";
+#endif
+
+static const char* library_of(void* symbol) {
+  Dl_info d{};
+  return symbol && dladdr(symbol, &d) && d.dli_fname ? d.dli_fname : nullptr;
+}
+
+static void require_own_library() {
+  void* init = dlsym(RTLD_DEFAULT, "PMPI_Init");
+  void* own = dlsym(RTLD_DEFAULT, kOwnMarker);
+  void* other = dlsym(RTLD_DEFAULT, kOtherMarker);
+  const char* init_lib = library_of(init);
+  const char* own_lib = library_of(own);
+  if (init_lib && own_lib && std::strcmp(init_lib, own_lib) == 0 && other == nullptr) return;
+  const char* rank = nullptr;  // one line per job: the first rank only, as the launcher numbers them
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"})
+    if ((rank = getenv(v)) != nullptr) break;
+  if (!rank || std::strcmp(rank, "0") == 0) {
+    const char* seen = other ? library_of(other) : init_lib;
+    std::fprintf(stderr,
+                 "hauler-interpose: this shim is built for %s but the program's MPI library is %s; exiting "
+                 "(run it with the shim of that MPI: hauler run picks it from the program)\n",
+                 kBuiltFor, seen ? seen : "not found");
+    std::fflush(stderr);
+  }
+  _exit(1);
+}
 
 // After the library's MPI_Init / MPI_Init_thread returned rc.
 static int started(int rc) {
@@ -16,9 +66,13 @@ static int started(int rc) {
   return rc;
 }
 
-HAULER_EXPORT int MPI_Init(int* argc, char*** argv) { return started(PMPI_Init(argc, argv)); }
+HAULER_EXPORT int MPI_Init(int* argc, char*** argv) {
+  require_own_library();
+  return started(PMPI_Init(argc, argv));
+}
 
 HAULER_EXPORT int MPI_Init_thread(int* argc, char*** argv, int required, int* provided) {
+  require_own_library();
   return started(PMPI_Init_thread(argc, argv, required, provided));
 }
 

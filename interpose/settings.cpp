@@ -43,20 +43,24 @@ std::string default_model_path() {
 }
 
 // named: HAULER_INTERPOSE_MODEL named the file, so a file that cannot be read is worth a warning;
-// the calibrated default is only read when it exists.
+// the calibrated default is only read when it exists. A file with a line the shim does not
+// understand (unknown key, garbage, a bad number) is not half used: rank 0 names the first such
+// line once and the built-in model decides.
 void load_model(const std::string& path, bool named) {
   Config& g = g_config;
   FILE* f = std::fopen(path.c_str(), "r");
   if (!f) {
-    if (named) logf(kWarning, "HAULER_INTERPOSE_MODEL=%s cannot be read; built-in defaults", path.c_str());
+    if (named && g_world_rank <= 0) logf(kWarning, "HAULER_INTERPOSE_MODEL=%s cannot be read; built-in defaults", path.c_str());
     return;
   }
+  Config m;  // the built-in values, overwritten line by line
   char key[128];
-  long long val;
   char line[512];
-  while (std::fgets(line, sizeof line, f)) {
+  int lineno = 0;
+  const char* bad = nullptr;
+  while (!bad && std::fgets(line, sizeof line, f)) {
+    ++lineno;
     if (line[0] == '#' || std::sscanf(line, "%127s", key) != 1) continue;
-    bool number = std::sscanf(line, "%*s %lld", &val) == 1;
     // "key value" for every flavour, "<flavour>.key value" for this one (hauler-bench calibrate)
     const char* k = key;
     const char* dot = std::strchr(key, '.');
@@ -64,21 +68,36 @@ void load_model(const std::string& path, bool named) {
       if (std::strncmp(key, kFlavour, static_cast<size_t>(dot - key)) != 0 || kFlavour[dot - key] != '\0') continue;
       k = dot + 1;
     }
-    char where[16];
-    long long block = 0, bytes = 0;
+    char where[16], rest[2];
+    long long block = 0, bytes = 0, val = 0;
     double speedup = 0;
     if (std::strcmp(k, "grid") == 0) {  // grid peer|self BLOCK BYTES SPEEDUP
-      if (std::sscanf(line, "%*s %15s %lld %lld %lf", where, &block, &bytes, &speedup) == 4 && block > 0 &&
-          bytes > 0 && (std::strcmp(where, "peer") == 0 || std::strcmp(where, "self") == 0))
-        g.grid[where[0] == 's'].push_back(Config::Cell{octaves(block), octaves(bytes), speedup});
+      if (std::sscanf(line, "%*s %15s %lld %lld %lf %1s", where, &block, &bytes, &speedup, rest) == 4 && block > 0 &&
+          bytes > 0 && speedup >= 0 && (std::strcmp(where, "peer") == 0 || std::strcmp(where, "self") == 0))
+        m.grid[where[0] == 's'].push_back(Config::Cell{octaves(block), octaves(bytes), speedup});
+      else
+        bad = "want: grid peer|self BLOCK BYTES SPEEDUP (sizes above 0)";
       continue;
     }
-    if (!number) continue;
-    if (std::strcmp(k, "max_block") == 0) g.max_block = val;
-    else if (std::strcmp(k, "min_bytes") == 0) g.min_bytes = val;
-    else if (std::strcmp(k, "gpu_oneshot_max") == 0) g.gpu_oneshot_max = val;
+    int64_t* field = std::strcmp(k, "max_block") == 0         ? &m.max_block
+                     : std::strcmp(k, "min_bytes") == 0       ? &m.min_bytes
+                     : std::strcmp(k, "gpu_oneshot_max") == 0 ? &m.gpu_oneshot_max
+                                                              : nullptr;
+    if (!field) bad = "unknown key (known: max_block, min_bytes, gpu_oneshot_max, grid)";
+    else if (std::sscanf(line, "%*s %lld %1s", &val, rest) != 1 || val < 0) bad = "want: KEY NUMBER (at least 0)";
+    else *field = val;
   }
   std::fclose(f);
+  if (bad) {
+    if (g_world_rank <= 0)
+      logf(kError, "HAULER_INTERPOSE_MODEL %s line %d: %s; the built-in model decides", path.c_str(), lineno, bad);
+    return;
+  }
+  g.max_block = m.max_block;
+  g.min_bytes = m.min_bytes;
+  g.gpu_oneshot_max = m.gpu_oneshot_max;
+  g.grid[0] = std::move(m.grid[0]);
+  g.grid[1] = std::move(m.grid[1]);
   logf(kInfo, "model %s: max_block=%lld min_bytes=%lld gpu_oneshot_max=%lld grid peer=%zu self=%zu cells",
        path.c_str(), (long long)g.max_block, (long long)g.min_bytes, (long long)g.gpu_oneshot_max,
        g.grid[0].size(), g.grid[1].size());

@@ -33,6 +33,12 @@
 #include "datatype/pack.hpp"
 #include "datatype/type.hpp"
 
+// The MPI-4 large-count calls (MPI_Type_get_envelope_c, MPI_Send_c, ...): an MPI-4 mpi.h declares
+// them; setup.py defines this 0 for a flavour whose library does not export them.
+#ifndef HAULER_MPI_LARGE_COUNT
+#define HAULER_MPI_LARGE_COUNT (MPI_VERSION >= 4)
+#endif
+
 #define HAULER_EXPORT extern "C" __attribute__((visibility("default")))
 // The shim is preloaded, so its thread-locals can sit in the static TLS block (initial-exec: a
 // plain %fs-relative load, not a __tls_get_addr call and an init guard on every MPI call).

@@ -1,6 +1,7 @@
 // The type cache: MPI types decoded into hauler's layouts at MPI_Type_commit, and each thread's
 // lock-free view of it (Brief, shim.hpp).
 #include <algorithm>
+#include <climits>
 
 #include "datatype/decode.hpp"
 #include "shim.hpp"
@@ -44,12 +45,34 @@ bool combiner_of(int mpi, dt::Combiner* out) {
 constexpr dt::MpiConstants kMpiConstants{MPI_ORDER_C,         MPI_ORDER_FORTRAN,       MPI_DISTRIBUTE_BLOCK,
                                          MPI_DISTRIBUTE_CYCLIC, MPI_DISTRIBUTE_NONE, MPI_DISTRIBUTE_DFLT_DARG};
 
+// MPI_Type_size_x: a type of more than 2 GiB of data has no int size (MPI_Type_size says MPI_UNDEFINED).
+int64_t type_size(MPI_Datatype t) {
+  MPI_Count size = 0;
+  PMPI_Type_size_x(t, &size);
+  return static_cast<int64_t>(size);
+}
+
 dt::TypeRef with_library_bounds(const dt::TypeRef& node, MPI_Datatype t) {
   MPI_Aint lb = 0, extent = 0;
   PMPI_Type_get_extent(t, &lb, &extent);
-  int size = 0;
-  PMPI_Type_size(t, &size);
-  return dt::with_library_bounds(node, size, lb, extent);
+  return dt::with_library_bounds(node, type_size(t), lb, extent);
+}
+
+// The envelope; false when the type was built with MPI-4 large counts (MPI_Type_vector_c, ...):
+// the plain MPI_Type_get_envelope raises a (fatal) error for those, so an MPI-4 library is asked
+// with MPI_Type_get_envelope_c, and such a type stays with the library.
+bool envelope(MPI_Datatype t, int* ni, int* na, int* nt, int* combiner) {
+#if HAULER_MPI_LARGE_COUNT
+  MPI_Count ci = 0, ca = 0, cl = 0, ct = 0;
+  PMPI_Type_get_envelope_c(t, &ci, &ca, &cl, &ct, combiner);
+  *ni = static_cast<int>(ci);
+  *na = static_cast<int>(ca);
+  *nt = static_cast<int>(ct);
+  return cl == 0 && ci <= INT_MAX && ca <= INT_MAX && ct <= INT_MAX;
+#else
+  PMPI_Type_get_envelope(t, ni, na, nt, combiner);
+  return true;
+#endif
 }
 
 // The envelope and contents through PMPI, the node from csrc/datatype/decode (the decoder
@@ -57,7 +80,7 @@ dt::TypeRef with_library_bounds(const dt::TypeRef& node, MPI_Datatype t) {
 dt::TypeRef decode(MPI_Datatype t, int depth) {
   if (depth > 64) throw Refused{"nesting deeper than 64"};
   int ni = 0, na = 0, nt = 0, combiner = 0;
-  PMPI_Type_get_envelope(t, &ni, &na, &nt, &combiner);
+  bool small = envelope(t, &ni, &na, &nt, &combiner);
   if (combiner == MPI_COMBINER_NAMED) {
     std::string name;
     for (auto& p : g_named_types)
@@ -65,10 +88,9 @@ dt::TypeRef decode(MPI_Datatype t, int depth) {
         name = p.second;
         break;
       }
-    int size = 0;
-    PMPI_Type_size(t, &size);
-    return with_library_bounds(dt::from_named(name, size), t);
+    return with_library_bounds(dt::from_named(name, type_size(t)), t);
   }
+  if (!small) throw Refused{"built with MPI-4 large counts"};
   dt::Combiner c;
   if (!combiner_of(combiner, &c)) throw Refused{"combiner " + std::to_string(combiner) + " is left to the library"};
   std::vector<int> ints(ni);
@@ -84,7 +106,7 @@ dt::TypeRef decode(MPI_Datatype t, int depth) {
   }
   for (MPI_Datatype x : types) {  // contents hand back new handles for derived types
     int a, b, n, comb;
-    PMPI_Type_get_envelope(x, &a, &b, &n, &comb);
+    envelope(x, &a, &b, &n, &comb);
     if (comb != MPI_COMBINER_NAMED) PMPI_Type_free(&x);
   }
   if (child_refused) throw Refused{"a member type cannot be decoded"};

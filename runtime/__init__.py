@@ -17,10 +17,16 @@ except ImportError as _e:  # keep `hauler info` able to say what is wrong with t
 
 # Submodules that load on first use so `import hauler` stays cheap (no mpi4py.MPI, no torch).
 _LAZY_SUBMODULES = ("datatype", "gather", "io", "kv", "offload")
+# Exceptions defined beside the code that raises them, importable from here too (on first use).
+_LAZY_ERRORS = {"CapacityExceeded": "tensorstore", "CorruptEntry": "_store_format", "SwapSpaceFull": "kv",
+                "UnknownRequest": "kv", "ConfigError": "config", "MpiNotFound": "mpi_find",
+                "InterposeNotBuilt": "interpose", "StoreLocked": "_store_lock", "UnsafeDirectory": "_store_lock",
+                **{n: "kv.transport" for n in ("TransferError", "PeerLost", "TransferTimeout", "LeaseExpired",
+                                               "TransferCancelled", "TransportRefused", "PeerMemoryError")}}
 
 __all__ = ["__version__", "cuda_available", "cuda_status", "HaulerError", "InvalidArgument",
            "Overflow", "BufferTooSmall", "OutOfRange", "ReadOnlyBuffer", "NoDevice",
-           "HaulerIOError", *_LAZY_SUBMODULES]
+           "HaulerIOError", *_LAZY_ERRORS, *_LAZY_SUBMODULES]
 
 
 def _require_core():
@@ -45,8 +51,10 @@ def __getattr__(name):
         # import_module, not `from . import name`: the latter looks the name up on this module
         # first, which lands back here and recurses.
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_ERRORS:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY_ERRORS[name]}"), name)
     raise AttributeError(f"module 'hauler' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES) | set(_LAZY_ERRORS))

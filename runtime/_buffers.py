@@ -89,8 +89,17 @@ def _from_dlpack(obj: Any) -> DeviceBuffer:
     return DeviceBuffer(ptr=(t.data or 0) + t.byte_offset, nbytes=n, readonly=False)
 
 
+def check_torch_device(t: Any, what: str) -> None:
+    """mps, xpu, meta, ...: not a GPU hauler lacks (NoDevice) but a kind of memory it never moves."""
+    if t.device.type not in ("cpu", "cuda"):
+        raise InvalidArgument(f"{what} is a tensor on device {str(t.device)!r}: that device is not supported "
+                              "(hauler moves CPU memory and CUDA device memory)")
+
+
 def device_buffer(obj: Any) -> Optional[DeviceBuffer]:
     """The device memory behind `obj`, or None for host objects."""
+    if is_torch_tensor(obj):
+        check_torch_device(obj, "the tensor")
     cai = getattr(obj, "__cuda_array_interface__", None)
     if cai is not None:
         shape = tuple(cai["shape"])
@@ -137,6 +146,7 @@ def torch_as_numpy(t: Any, writable: bool, what: str) -> Any:
     viewed as integers of the same size: packing moves bytes, not values."""
     if t.is_cuda:
         raise InvalidArgument(f"{what} is a CUDA tensor; pass it as a device array")
+    check_torch_device(t, what)
     t = t.detach()
     if t.is_conj() or t.is_neg():
         if writable:

@@ -3,14 +3,18 @@ them). TensorStore builds on this module; hauler.io re-exports both, so neither 
 """
 from __future__ import annotations
 
+import collections
+import errno
 import concurrent.futures
 import os
+import stat
+import threading
 from typing import Any, Optional
 
 from . import _buffers
-from .errors import InvalidArgument, NoDevice
+from .errors import HaulerIOError, InvalidArgument, NoDevice
 
-__all__ = ["File", "Future", "backend", "backend_description", "backend_is_fallback",
+__all__ = ["File", "Future", "empty", "backend", "backend_description", "backend_is_fallback",
            "registration", "registration_failed", "counters", "cufile_status", "alignment"]
 
 
@@ -63,69 +67,176 @@ def alignment() -> int:
     return int(_core().io_alignment())
 
 
-class Future:
-    """The result of :meth:`File.pread` / :meth:`File.pwrite`: ``result(timeout=None)`` gives the
-    byte count or raises the request's error; ``done()``, ``cancel()`` (only before the request
-    started), ``cancelled()``. The buffer stays referenced until the request finished."""
+def empty(shape: Any, dtype: Any = "uint8", like: str = "numpy") -> Any:
+    """An uninitialized array (``like="numpy"``) or CPU tensor (``like="torch"``) whose memory
+    starts on a page (4 KiB) boundary, so O_DIRECT reads and writes of it at aligned offsets use
+    it in place (no bounce buffers). ``dtype``: a numpy dtype, or a torch dtype with torch."""
+    import numpy as np
+    from ._store_format import aligned_empty
+    from .errors import Overflow
+    dims = _buffers.as_ints("shape", (shape,) if isinstance(shape, int) or hasattr(shape, "__index__") else shape)
+    if any(d < 0 for d in dims):
+        raise InvalidArgument(f"shape must have no negative dimension, got {tuple(dims)}")
+    if like not in ("numpy", "torch"):
+        raise InvalidArgument(f'like must be "numpy" or "torch", got {like!r}')
+    if like == "torch":
+        import torch
+        tdtype = dtype if isinstance(dtype, torch.dtype) else torch.from_numpy(np.empty(0, _np_dtype(dtype))).dtype
+        itemsize = tdtype.itemsize
+    else:
+        ndtype = _np_dtype(dtype)
+        itemsize = ndtype.itemsize
+    nbytes = itemsize
+    for d in dims:
+        nbytes *= d
+    if nbytes >= 1 << 63:
+        raise Overflow(f"shape {tuple(dims)} of {itemsize}-byte items is {nbytes} bytes: beyond 64 bits")
+    raw = aligned_empty(max(nbytes, 1), 0, alignment())[:nbytes]  # an empty slice keeps the aligned address
+    if like == "torch":
+        return torch.from_numpy(raw).view(tdtype).reshape(dims)
+    return raw.view(ndtype).reshape(dims)
 
-    __slots__ = ("_f", "_obj", "_value", "_error", "_settled")
 
-    def __init__(self, core_future: Any, obj: Any = None, value: Any = None):
+def _np_dtype(dtype: Any) -> Any:
+    import numpy as np
+    try:
+        return np.dtype(dtype)
+    except TypeError as e:
+        raise InvalidArgument(f"dtype {dtype!r} is not a numpy dtype: {e}") from None
+
+
+class Future(concurrent.futures.Future):
+    """The result of :meth:`File.pread` / :meth:`File.pwrite`: a ``concurrent.futures.Future``
+    (``concurrent.futures.wait``, ``as_completed`` and ``add_done_callback`` work) whose
+    ``result(timeout=None)`` gives the byte count or raises the request's error; ``cancel()``
+    succeeds only before the request started. The buffer stays referenced until the request
+    finished. A thread of hauler's completes futures nobody waits on (for callbacks and waiters);
+    ``result()`` and ``done()`` complete it themselves when the request has finished."""
+
+    def __init__(self, core_future: Any, obj: Any = None):
+        super().__init__()
         self._f = core_future
         self._obj = obj
-        self._value = value
-        self._error: Optional[BaseException] = None
-        self._settled = core_future is None
+        self._settle_lock = threading.Lock()
+        _completer.track(self)
 
     def _settle(self) -> None:
-        if self._settled:
-            return
-        try:
-            self._value = self._f.get()
-        except BaseException as e:  # noqa: BLE001 - carried to result()
-            self._error = e
-        self._settled = True
-        self._f.release_buffer()
+        """Moves the core future's outcome into this one, once (it must have finished)."""
+        with self._settle_lock:
+            if super().done():
+                return
+            try:
+                value = self._f.get()
+            except BaseException as e:  # noqa: BLE001 - carried to result()
+                self.set_exception(e)
+            else:
+                self.set_result(value)
+            finally:
+                self._f.release_buffer()
+                self._obj = None
 
     def done(self) -> bool:
-        return self._f is None or bool(self._f.done())
+        if not super().done() and self._f.done():
+            if self._f.cancelled():
+                super().cancel()
+            else:
+                self._settle()
+        return super().done()
 
     def running(self) -> bool:
-        return self._f is not None and bool(self._f.running())
+        return not super().done() and bool(self._f.running())
 
     def cancel(self) -> bool:
-        return self._f is not None and bool(self._f.cancel())
+        if super().cancelled():
+            return True
+        if super().done() or not self._f.cancel():
+            return False
+        with self._settle_lock:
+            self._obj = None
+            return super().cancel()
 
-    def cancelled(self) -> bool:
-        return self._f is not None and bool(self._f.cancelled())
+    def _wait_core(self, timeout: Optional[float]) -> None:
+        if not super().done():
+            if not self._f.wait(-1.0 if timeout is None else max(float(timeout), 0.0)):
+                raise concurrent.futures.TimeoutError(f"the I/O request did not finish within {timeout} s")
+            self.done()
 
     def result(self, timeout: Optional[float] = None) -> Any:
-        if self.cancelled():
-            raise concurrent.futures.CancelledError("the I/O request was cancelled before it started")
-        if not self._settled:
-            if not self._f.wait(-1.0 if timeout is None else max(float(timeout), 0.0)):
-                raise TimeoutError(f"the I/O request did not finish within {timeout} s")
-            self._settle()
-        if self._error is not None:
-            raise self._error
-        return self._value
+        self._wait_core(timeout)
+        return super().result(0)
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        try:
-            self.result(timeout)
-        except (TimeoutError, concurrent.futures.CancelledError):
-            raise
-        except BaseException as e:  # noqa: BLE001
-            return e
-        return None
+        self._wait_core(timeout)
+        return super().exception(0)
 
     def __repr__(self) -> str:
         state = "cancelled" if self.cancelled() else "done" if self.done() else "pending"
         return f"<hauler.io.Future {state}>"
 
 
+class _Completer:
+    """Completes hauler.io futures that nobody waits on, so waiters and callbacks run: one thread,
+    started at the first request, that sleeps in the oldest pending request (GIL released) and
+    then sweeps every pending one (a request finishing out of order is seen within POLL_S)."""
+
+    POLL_S = 0.02
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._pending: "collections.deque[Future]" = collections.deque()
+        self._thread: Optional[threading.Thread] = None
+
+    def track(self, fut: Future) -> None:
+        with self._cv:
+            self._pending.append(fut)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hauler-io-futures", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending:
+                    self._cv.wait()
+                first = self._pending[0]
+            first._f.wait(self.POLL_S)
+            with self._cv:
+                pending = list(self._pending)
+            finished = [f for f in pending if f.done()]  # done() settles a finished one
+            if finished:
+                gone = set(map(id, finished))
+                with self._cv:
+                    self._pending = collections.deque(f for f in self._pending if id(f) not in gone)
+
+    def _after_fork(self) -> None:
+        # the thread is gone in a child; futures the parent submitted settle there with an error
+        self._cv = threading.Condition()
+        self._thread = None
+        pending, self._pending = self._pending, collections.deque()
+        for fut in pending:
+            self.track(fut)
+
+
+_completer = _Completer()
+os.register_at_fork(after_in_child=_completer._after_fork)
+
+
 def _check_int(name: str, v: Any, minimum: int = 0) -> int:
     return _buffers.as_int(name, v, minimum)
+
+
+def _check_size(size: Any) -> Optional[int]:
+    """None (the whole buffer) or an exact int in [0, 2**63): never a float or a wider int."""
+    return None if size is None else _check_int("size", size)
+
+
+def _check_offsets(name: str, values: Any) -> list:
+    out = _buffers.as_ints(name, values)
+    for i, v in enumerate(out):
+        if v < 0:
+            raise InvalidArgument(f"{name}[{i}] must be >= 0, got {v}")
+    return out
 
 
 class File:
@@ -142,6 +253,9 @@ class File:
         self._path = os.fspath(path)
         d = -1 if direct is None else (1 if direct else 0)
         self._f = _core().IOFile(self._path, mode, d)
+        if stat.S_ISDIR(os.fstat(self._f.fileno()).st_mode):  # refused here, not at the first read
+            self._f.close()
+            raise HaulerIOError(errno.EISDIR, f"EISDIR: {self._path} is a directory, not a file", self._path)
 
     # -- properties
     @property
@@ -197,7 +311,7 @@ class File:
         return _buffers.host_object(buf, "buf", writable=writable), None
 
     def _device(self, dev: Any, size: Optional[int], offset: int, read: bool) -> int:
-        n = dev.nbytes if size is None else _check_int("size", size)
+        n = dev.nbytes if size is None else size
         if n > dev.nbytes:
             from .errors import BufferTooSmall
             raise BufferTooSmall(f"buf holds {dev.nbytes} bytes, fewer than the {n} requested")
@@ -210,7 +324,7 @@ class File:
     # -- blocking
     def read_into(self, buf: Any, size: Optional[int] = None, offset: int = 0) -> int:
         """Reads ``size`` bytes (default: all of ``buf``) at ``offset`` into ``buf``; blocking."""
-        offset = _check_int("offset", offset)
+        offset, size = _check_int("offset", offset), _check_size(size)
         host, dev = self._prepare(buf, True)
         if dev is not None:
             return self._device(dev, size, offset, True)
@@ -218,7 +332,7 @@ class File:
 
     def write(self, buf: Any, size: Optional[int] = None, offset: int = 0) -> int:
         """Writes ``size`` bytes (default: all of ``buf``) of ``buf`` at ``offset``; blocking."""
-        offset = _check_int("offset", offset)
+        offset, size = _check_int("offset", offset), _check_size(size)
         host, dev = self._prepare(buf, False)
         if dev is not None:
             return self._device(dev, size, offset, False)
@@ -231,7 +345,7 @@ class File:
         host, dev = self._prepare(buf, True)
         if dev is not None:
             raise InvalidArgument("read_many takes host buffers")
-        return int(self._f.read_many(host, [int(o) for o in offsets], _check_int("size", size)))
+        return int(self._f.read_many(host, _check_offsets("offsets", offsets), _check_int("size", size)))
 
     def read_extents(self, buf: Any, offsets: Any, sizes: Any) -> int:
         """Reads ``len(offsets)`` pieces of different sizes, piece i (``sizes[i]`` bytes from file
@@ -250,7 +364,7 @@ class File:
         name = "read_extents" if read else "write_extents"
         if dev is not None:
             raise InvalidArgument(f"{name} takes host buffers")
-        return int(getattr(self._f, name)(host, [int(o) for o in offsets], [int(n) for n in sizes]))
+        return int(getattr(self._f, name)(host, _check_offsets("offsets", offsets), _check_offsets("sizes", sizes)))
 
     def write_many(self, buf: Any, offsets: Any, size: int) -> int:
         """Writes bytes [i*size, (i+1)*size) of ``buf`` at file offset ``offsets[i]`` for every i,
@@ -259,12 +373,12 @@ class File:
         host, dev = self._prepare(buf, False)
         if dev is not None:
             raise InvalidArgument("write_many takes host buffers")
-        return int(self._f.write_many(host, [int(o) for o in offsets], _check_int("size", size)))
+        return int(self._f.write_many(host, _check_offsets("offsets", offsets), _check_int("size", size)))
 
     # -- asynchronous
     def pread(self, buf: Any, size: Optional[int] = None, offset: int = 0) -> Future:
         """Starts reading ``size`` bytes at ``offset`` into ``buf``; returns a :class:`Future`."""
-        offset = _check_int("offset", offset)
+        offset, size = _check_int("offset", offset), _check_size(size)
         host, dev = self._prepare(buf, True)
         if dev is not None:
             return _device_future(lambda: self._device(dev, size, offset, True), buf)
@@ -272,7 +386,7 @@ class File:
 
     def pwrite(self, buf: Any, size: Optional[int] = None, offset: int = 0) -> Future:
         """Starts writing ``size`` bytes of ``buf`` at ``offset``; returns a :class:`Future`."""
-        offset = _check_int("offset", offset)
+        offset, size = _check_int("offset", offset), _check_size(size)
         host, dev = self._prepare(buf, False)
         if dev is not None:
             return _device_future(lambda: self._device(dev, size, offset, False), buf)
@@ -286,40 +400,12 @@ class File:
         self._f.truncate(_check_int("size", size))
 
 
-class _Done:
-    """A finished core future (device requests run synchronously)."""
-
-    def __init__(self, fn):
-        self._err = None
-        self._val = None
-        try:
-            self._val = fn()
-        except BaseException as e:  # noqa: BLE001
-            self._err = e
-
-    def wait(self, timeout=-1.0):
-        return True
-
-    def done(self):
-        return True
-
-    def running(self):
-        return False
-
-    def cancel(self):
-        return False
-
-    def cancelled(self):
-        return False
-
-    def get(self):
-        if self._err is not None:
-            raise self._err
-        return self._val
-
-    def release_buffer(self):
-        pass
-
-
-def _device_future(fn, obj) -> Future:
-    return Future(_Done(fn), obj)
+def _device_future(fn, obj) -> concurrent.futures.Future:
+    """Device requests run synchronously (cuFile or a host bounce, before pread/pwrite return):
+    their future is already done."""
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        fut.set_result(fn())
+    except BaseException as e:  # noqa: BLE001 - carried to result()
+        fut.set_exception(e)
+    return fut

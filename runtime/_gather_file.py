@@ -1,6 +1,8 @@
 """hauler.gather's file table: rows in a file (raw or .npy) read through hauler.io, never mapped."""
 from __future__ import annotations
 
+import fcntl
+import math
 import os
 from typing import Any, Optional, Tuple
 
@@ -9,6 +11,7 @@ import numpy as np
 from . import _buffers
 from ._fileio import File, alignment
 from ._gather_table import _addr, _core, _Table
+from ._store_lock import lock_or_refuse
 from .errors import InvalidArgument, OutOfRange, ReadOnlyBuffer
 
 
@@ -58,21 +61,37 @@ class _FileTable(_Table):
     extents: read the blocks holding the touched rows (one request), apply the rows there with the
     memory tables' scatter (same duplicate rules), write those extents back (one request). Bytes
     of a block outside the touched rows are written back as they were read, so a failed write
-    leaves every other row intact; two processes writing rows that share a block at the same time
-    can lose one's update (no locking). ``bytes_read``/``blocks_read``/``extents_read``,
+    leaves every other row intact, and the blocks written before the failure are written back as
+    they were read (the scatter then changed nothing; blocks that cannot be restored either are
+    named in the error with the target rows they hold). ``writable=True`` takes an exclusive
+    ``flock`` of the file (a second writable open, in any process, raises StoreLocked naming the
+    holder); ``writable="shared"`` opens share it, and each read-modify-write holds an fcntl
+    byte-range lock on its blocks, so scatters from several processes into rows sharing blocks
+    wait for each other instead of losing updates. Read-only opens take no lock (a gather during a
+    scatter may see a row half written). ``bytes_read``/``blocks_read``/``extents_read``,
     ``bytes_written``/``blocks_written``/``extents_written`` and ``requests`` count what was asked
     of the engine (``reset_counters()``)."""
 
     def __init__(self, name: str, path: str, shape: Tuple[int, ...], dtype: np.dtype, offset: int,
-                 direct: Optional[bool] = None, writable: bool = False):
+                 direct: Optional[bool] = None, writable: Any = False, lock: bool = True):
         dtype = np.dtype(dtype)
         if len(shape) < 1:
             raise InvalidArgument(f"table {name!r} must have at least one dimension (rows), got a scalar")
-        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        shape = tuple(_buffers.as_int(f"table {name!r}: shape[{i}]", s, 0) for i, s in enumerate(shape))
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize   # exact: a product that wraps is caught below
         if row_bytes == 0:
             raise InvalidArgument(f"table {name!r} has empty rows (shape {shape})")
+        if writable not in (False, True, "shared"):
+            raise InvalidArgument(f"table {name!r}: writable must be False, True or 'shared', got {writable!r}")
         self.file = File(path, "r+" if writable else "r", direct=direct)
-        self.writable = bool(writable)
+        self.writable = writable
+        if writable and lock:   # a table unpickled in a worker is its owner's, handed on: no lock of its own
+            try:
+                lock_or_refuse(self.file.fileno(), path, writable == "shared", f"writable file table {path!r}",
+                               "writable='shared' opens share it, their scatters serialized by byte-range locks")
+            except BaseException:
+                self.file.close()
+                raise
         size = self.file.size()
         need = offset + shape[0] * row_bytes
         if size < need:
@@ -158,7 +177,25 @@ class _FileTable(_Table):
         if flat.size == 0:
             return
         rows, slot = np.unique(flat, return_inverse=True)
+        span = self._span(rows)
+        # other processes' scatters into these blocks wait: their read-modify-writes would lose ours
+        fcntl.lockf(self.file.fileno(), fcntl.LOCK_EX, span[1] - span[0], span[0])
+        try:
+            self._scatter_locked(rows, slot, src, reduce, elem, threads)
+        finally:
+            fcntl.lockf(self.file.fileno(), fcntl.LOCK_UN, span[1] - span[0], span[0])
+
+    def _span(self, rows: np.ndarray) -> Tuple[int, int]:
+        """The byte range [start, end) of the blocks holding sorted rows."""
+        B = self.block
+        start = (self.offset + int(rows[0]) * self.row_bytes) // B * B
+        end = -(-(self.offset + (int(rows[-1]) + 1) * self.row_bytes) // B) * B
+        return start, end
+
+    def _scatter_locked(self, rows: np.ndarray, slot: np.ndarray, src: np.ndarray, reduce: str, elem: str,
+                        threads: int) -> None:
         buf, offsets, sizes, window, pos = self._read_blocks(rows)
+        before = buf.copy()
         # the touched rows, packed, are a small memory table: the host scatter applies src to it with
         # the memory tables' rules (assign: last position wins; add: numpy.add.at order)
         stage = window[pos]
@@ -166,11 +203,44 @@ class _FileTable(_Table):
         _core().scatter_host(_addr(stage), rows.size, self.row_bytes, self.row_bytes, _addr(slot), slot.size, 8,
                              _addr(src), src.nbytes, reduce, elem, threads)
         window[pos] = stage  # rows are disjoint in buf; the rest of each block stays as read
-        self.file.write_extents(buf, offsets, sizes)
+        try:
+            self.file.write_extents(buf, offsets, sizes)
+        except Exception as err:
+            again = type(err)(f"{err}{self._roll_back(before, offsets, sizes, rows)}")
+            if isinstance(err, OSError):
+                again.errno = err.errno
+            raise again from err
         self.requests += 1
         self.extents_written += len(offsets)
         self.bytes_written += sum(sizes)
         self.blocks_written += int(buf.size // self.block)
+
+    def _roll_back(self, before: np.ndarray, offsets: Any, sizes: Any, rows: np.ndarray) -> str:
+        """After a failed write-back, writes every block's bytes as read back, block by block: the
+        scatter then changed nothing. Blocks that cannot be restored either (the failure again) are
+        named in the error with the target rows they hold, which may hold new values."""
+        B = self.block
+        failed = []
+        k = 0
+        for off, size in zip(offsets, sizes):
+            for b in range(0, size, B):
+                n = min(B, size - b)
+                try:
+                    self.file.write(before[k:k + n], offset=off + b)
+                except Exception:  # noqa: BLE001 - reported below, with the original error
+                    failed.append(off + b)
+                k += n
+        if not failed:
+            note = "; the scatter changed nothing (every block written was restored)"
+        else:
+            lo = self.offset + rows.astype(np.int64) * self.row_bytes
+            hit = np.zeros(rows.size, bool)
+            for f in failed:
+                hit |= (lo < f + B) & (lo + self.row_bytes > f)
+            note = (f"; {len(failed)} block(s) could not be restored either, so target rows "
+                    f"{rows[hit].tolist()[:20]}{' ...' if hit.sum() > 20 else ''} may hold new or old values; "
+                    f"every other row is as it was")
+        return note
 
     pinnable = False  # rows come from the file; gather(device=...) gathers on the host and copies
 
@@ -198,11 +268,11 @@ class _FileTable(_Table):
 
     def __setstate__(self, state):
         _FileTable.__init__(self, state["name"], state["path"], tuple(state["shape"]), np.dtype(state["dtype"]),
-                            state["offset"], state["direct"], state.get("writable", False))
+                            state["offset"], state["direct"], state.get("writable", False), lock=False)
 
 
 def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direct: Optional[bool],
-                writable: bool) -> _FileTable:
+                writable: Any) -> _FileTable:
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"table {name!r}: no such file {path!r}")
@@ -218,11 +288,12 @@ def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direc
     dt = np.dtype(dtype)
     if dt.hasobject:
         raise InvalidArgument(f"table {name!r}: dtype {dt} holds Python objects; tables hold plain data")
-    shp = (-1,) if shape is None else (tuple(int(s) for s in shape) if not np.isscalar(shape) else (int(shape),))
-    if any(s < 0 for s in shp[1:]) or shp[0] < -1:
-        raise InvalidArgument(f"table {name!r}: bad shape {shape!r}")
+    dims = (-1,) if shape is None else (shape if not np.isscalar(shape) else (shape,))
+    shp = tuple(_buffers.as_int(f"table {name!r}: shape[{i}]", s, -1 if i == 0 else 0) for i, s in enumerate(dims))
+    if not shp:
+        raise InvalidArgument(f"table {name!r} must have at least one dimension (rows), got shape {shape!r}")
     if shp[0] == -1:
-        row_bytes = int(np.prod(shp[1:], dtype=np.int64)) * dt.itemsize
+        row_bytes = math.prod(shp[1:]) * dt.itemsize
         if row_bytes == 0:
             raise InvalidArgument(f"table {name!r} has empty rows (shape {shape})")
         shp = ((os.path.getsize(path) - offset) // row_bytes,) + shp[1:]

@@ -84,7 +84,43 @@ def parse_header(h: bytes, path: str) -> Dict[str, Any]:
         meta["crc"] = meta["crc32"]
     elif meta["checksum"] not in (None, "crc32c"):
         raise CorruptEntry(f"{path}: unknown checksum algorithm {meta['checksum']!r} in the header")
+    check_fields(meta, path)
     return meta
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_fields(meta: Dict[str, Any], path: str) -> None:
+    """The header's fields have the types and ranges a put writes (a crafted header raises
+    CorruptEntry here, not a TypeError or ValueError later)."""
+    bad = None
+    if not isinstance(meta["key"], str):
+        bad = f"key {meta['key']!r} is not a string"
+    elif meta["kind"] not in ("torch", "numpy"):
+        bad = f"kind {meta['kind']!r} is neither 'torch' nor 'numpy'"
+    elif not isinstance(meta["dtype"], str):
+        bad = f"dtype {meta['dtype']!r} is not a string"
+    elif not isinstance(meta["shape"], list) or not all(_is_int(d) and d >= 0 for d in meta["shape"]):
+        bad = f"shape {meta['shape']!r} is not a list of non-negative integers"
+    elif not _is_int(meta["nbytes"]) or meta["nbytes"] < 0:
+        bad = f"nbytes {meta['nbytes']!r} is not a non-negative integer"
+    elif "offset" in meta and not (_is_int(meta["offset"]) and HEADER <= meta["offset"] < 2 * HEADER):
+        bad = f"data offset {meta['offset']!r} is not an integer in [{HEADER}, {2 * HEADER})"
+    elif meta["crc"] is not None and not (_is_int(meta["crc"]) and 0 <= meta["crc"] <= 0xFFFFFFFF):
+        bad = f"checksum value {meta['crc']!r} is not a 32-bit integer"
+    if bad is not None:
+        raise CorruptEntry(f"{path}: bad header: {bad}")
+
+
+def check_shape(path: str, shape: Any, itemsize: int, nbytes: int, dtype: Any) -> None:
+    """shape x itemsize makes nbytes exactly (Python integers: a product cannot wrap)."""
+    n = 1
+    for d in shape:
+        n *= d
+    if n * itemsize != nbytes:
+        raise CorruptEntry(f"{path}: shape {list(shape)} x {dtype} does not make {nbytes} bytes")
 
 
 def keyed(err: BaseException, key: str) -> BaseException:

@@ -5,6 +5,9 @@
                             run an MPI job with the interposer preloaded (LD_PRELOAD)
     hauler interpose --path [--mpi openmpi|mpich]
                             print the interposer library path (for batch scripts, srun)
+    hauler shm [--clean] [--dir DIR]
+                            list this user's shared feature tables in /dev/shm (pid, bytes,
+                            alive or stale); --clean removes those whose process is gone
 
 Imports stay lazy: the command works (and says what is wrong) even when the
 compiled core ``hauler._core`` cannot be imported, and it never imports
@@ -21,7 +24,7 @@ import shutil
 import sys
 from typing import Any, Dict, List, Optional
 
-from . import _build, config, interpose, mpi_find
+from . import _build, config, errors, interpose, mpi_find
 from ._version import __version__
 
 
@@ -179,6 +182,20 @@ def cmd_interpose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shm(args: argparse.Namespace) -> int:
+    from . import _gather_shm
+    d = args.dir or _gather_shm.shm_dir()
+    found = _gather_shm.tables(d)
+    gone = {t["path"] for t in _gather_shm.remove_stale(d)} if args.clean else set()
+    for t in found:
+        state = "removed" if t["path"] in gone else ("alive" if t["alive"] else "stale")
+        print(f"{t['path']}  pid {t['pid']}  {t['bytes']} bytes  {state}")
+    stale = sum(1 for t in found if not t["alive"])
+    print(f"{len(found)} shared table(s) of this user in {d}, {stale} of dead processes"
+          + (f", {len(gone)} removed" if args.clean else (" (--clean removes them)" if stale else "")))
+    return 0
+
+
 RUN_USAGE = "usage: hauler run [--launcher MPIEXEC] [--dry-run] [launcher options] -- program args..."
 RUN_HELP = f"""{RUN_USAGE}
 
@@ -187,9 +204,13 @@ unchanged MPI program packs its derived datatypes with hauler's engine.
 
 options (before '--'):
   --launcher MPIEXEC   the launcher to run (a name on PATH or a path); default: the mpiexec of the
-                       MPI hauler finds (HAULER_MPICC > MPICC > PATH). Its flavour (Open MPI or
-                       MPICH) picks the interposer built for it and how LD_PRELOAD is passed
-                       (Open MPI: -x LD_PRELOAD=..., MPICH: -genv LD_PRELOAD ...).
+                       MPI hauler finds (HAULER_MPICC > MPICC > PATH). Known: Open MPI's
+                       mpiexec/mpirun/prterun (-x NAME=VALUE), MPICH's Hydra mpiexec
+                       (-genv NAME VALUE), Slurm's srun (--export=ALL,NAME=VALUE); LD_PRELOAD
+                       (yours kept after the shim) and every HAULER_* setting reach all ranks.
+                       Another launcher is refused: use `hauler interpose --path` yourself.
+                       The interposer is the one built for the MPI library the program loads
+                       (its ELF DT_NEEDED; for Python, mpi4py's), named on stderr.
   --dry-run            print the command line that would run, and run nothing
   -h, --help           print this help and exit
   launcher options     anything else before '--' goes to the launcher unchanged (e.g. -n 4)
@@ -230,17 +251,26 @@ def cmd_run(argv: List[str]) -> int:
         i += 1
     try:
         launcher = launcher or interpose.default_launcher()
-        cmd = interpose.launch_argv(launcher, rest, program)
+        if not dry and shutil.which(launcher) is None:
+            sys.stderr.write(f"hauler run: launcher {launcher!r} not found or not executable "
+                             f"(give one with --launcher, or put mpiexec on PATH)\n")
+            return 127
+        flav, lib, why = interpose.choose(launcher, program)
+        cmd = interpose.launch_argv(launcher, rest, program, lib=lib)
     except (interpose.InterposeNotBuilt, mpi_find.MpiNotFound) as e:
         sys.stderr.write(f"hauler run: {e}\n")
         return 1
+    except errors.InvalidArgument as e:  # a launcher hauler does not know, a value srun cannot carry
+        sys.stderr.write(f"hauler run: {e}\n")
+        return 2
+    launcher_flav = interpose.flavour_of_launcher(launcher)
+    sys.stderr.write(f"hauler run: MPI {flav} ({why}): shim {lib}; launcher {launcher} ({launcher_flav})\n")
+    if launcher_flav not in ("unknown", flav):
+        sys.stderr.write(f"hauler run: warning: the program loads {flav} but {launcher} is {launcher_flav}'s "
+                         f"launcher; the ranks may not find each other\n")
     if dry:
         print(" ".join(cmd))
         return 0
-    if shutil.which(cmd[0]) is None:
-        sys.stderr.write(f"hauler run: launcher {cmd[0]!r} not found or not executable "
-                         f"(give one with --launcher, or put mpiexec on PATH)\n")
-        return 127
     sys.stdout.flush()
     try:
         os.execvp(cmd[0], cmd)
@@ -271,6 +301,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--mpi", choices=["openmpi", "mpich"], default=None,
                    help="MPI flavour (default: that of the MPI found, HAULER_MPICC > MPICC > PATH)")
     p.set_defaults(func=cmd_interpose)
+    p = sub.add_parser("shm", help="this user's shared feature tables in /dev/shm; --clean removes those "
+                                   "of dead processes")
+    p.add_argument("--clean", action="store_true", help="remove the tables whose process is gone")
+    p.add_argument("--dir", default=None, help="where to look (default: /dev/shm)")
+    p.set_defaults(func=cmd_shm)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -125,7 +125,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "Interposer log level on stderr: debug, info, warning, error or critical.",
             choices=_LEVELS),
     Setting("HAULER_INTERPOSE_REPORT", None, "str", RUN,
-            "Per-rank interposer report at MPI_Finalize: 1 = stderr, else a file path (%r = rank)."),
+            "Per-rank interposer report at MPI_Finalize: 1 = stderr; a path with %r (rank); a directory "
+            "(hauler-interpose.<rank>.txt); any other name gets .<rank> appended."),
     Setting("HAULER_INTERPOSE_MODEL", None, "path", RUN,
             "Interposer model file (pack vs pass-through); unset = the one hauler-bench calibrate wrote "
             "($XDG_CONFIG_HOME or ~/.config, hauler/interpose-model.txt) if any, else built-in; builtin = built-in."),

@@ -19,6 +19,8 @@ work on Python buffers.
 """
 from __future__ import annotations
 
+import re
+import sys
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -118,10 +120,24 @@ class Datatype:
 
     @staticmethod
     def from_numpy_dtype(dtype: Any) -> "Datatype":
-        """The named type of a numpy scalar dtype (bytes of its size for dtypes MPI has no name for)."""
-        dt = np.dtype(dtype)
+        """The type of a numpy dtype: the named type of a scalar (bytes of its size for dtypes MPI
+        has no name for); for a structured dtype, the struct of its fields at their offsets
+        (subarray fields as blocks, nested structs recursively), resized to its itemsize."""
+        try:
+            dt = np.dtype(dtype)
+        except TypeError as e:
+            raise InvalidArgument(f"{dtype!r} is not a numpy dtype: {e}") from None
+        if dt.names is not None:
+            fields = [dt.fields[n] for n in dt.names]
+            members = [(_numpy_block(f[0]), f[1]) for f in fields]
+            st = Datatype.struct([n for (n, _), _ in members], [off for _, off in members],
+                                 [t for (_, t), _ in members])
+            return Datatype.resized(st, 0, dt.itemsize)
+        if dt.subdtype is not None:
+            n, t = _numpy_block(dt)
+            return Datatype.contiguous(n, t)
         name = _NUMPY_NAMES.get((dt.kind, dt.itemsize))
-        if name is not None and not dt.fields:
+        if name is not None:
             return Datatype.named(name)
         return Datatype.contiguous(dt.itemsize, BYTE)
 
@@ -157,9 +173,10 @@ class Datatype:
         return self._t.layout(as_int("count", count))
 
     def describe(self, count: int = 1) -> str:
-        """The constructor tree and the canonical form, readable."""
+        """The constructor tree with argument names (each type's bounds beside it), then the
+        canonical form and the host kernel, readable."""
         lay = self._t.layout(as_int("count", count))
-        return (self._t.describe_tree() + "canonical: " + self._t.describe_layout(count) +
+        return (_named_tree(self._t.describe_tree()) + "canonical: " + self._t.describe_layout(count) +
                 f"\nhost kernel: {lay['kernel']}" + (f", {lay['word']}-byte words" if lay["word"] else ", memcpy"))
 
     def __repr__(self) -> str:
@@ -174,7 +191,13 @@ class Datatype:
         and returns `out` (a new numpy uint8 array when out is None). Device arrays (CUDA array
         interface or DLPack) go to the GPU kernels: on `stream` (a cudaStream_t as an int) the call
         returns once they are queued; without one it runs on the array's stream and waits for them.
-        Every check runs before any byte is written."""
+        Every check runs before any byte is written.
+
+        mpi4py buffer specs work for `src` (``[buf, count, MPI.DOUBLE]``, ``[buf, MPI.DOUBLE]``:
+        count = the buffer's bytes / extent; the type must be this one) and `out`
+        (``[buf, n, MPI.BYTE]``: its first n bytes). A torch src gives a torch result."""
+        src, count = self._element_spec(src, count, "src")
+        out, nbytes = _byte_spec(out, nbytes, "out")
         count = as_int("count", count)
         position, offset = as_int("position", position), as_int("offset", offset)
         nb = None if nbytes is None else as_int("nbytes", nbytes)
@@ -190,18 +213,25 @@ class Datatype:
                               nb, st, wait)
             return out
         src_h = host_object(src, "src")
-        if out is None:
+        fresh = out is None
+        if fresh:
             n = self._t.pack_size(count) - position if nb is None else nb
             out = np.empty(max(n, 0), dtype=np.uint8)
         out_h = host_object(out, "out", writable=True)
         _core.pack_host(self._t, count, src_h, offset, out_h, position, nb, _threads(threads))
+        if fresh and is_torch_tensor(src):
+            import torch
+            return torch.from_numpy(out)
         return out
 
     def unpack(self, packed: Any, dst: Any, count: int = 1, position: int = 0, offset: int = 0,
                nbytes: Optional[int] = None, *, threads: Optional[int] = None, stream: int = 0) -> Any:
         """Unpack packed bytes [position, position + nbytes) (default: to the end), read from
         packed[0:nbytes], into the `count` elements whose origin is at byte `offset` of `dst`.
-        Returns `dst`. Bytes of `dst` outside the type map are never touched."""
+        Returns `dst`. Bytes of `dst` outside the type map are never touched. mpi4py buffer specs
+        work as in :meth:`pack` (`dst` an element spec, `packed` a byte spec)."""
+        dst, count = self._element_spec(dst, count, "dst")
+        packed, nbytes = _byte_spec(packed, nbytes, "packed")
         count = as_int("count", count)
         position, offset = as_int("position", position), as_int("offset", offset)
         nb = None if nbytes is None else as_int("nbytes", nbytes)
@@ -219,10 +249,167 @@ class Datatype:
         return dst
 
 
+    def _element_spec(self, obj: Any, count: Any, what: str) -> Tuple[Any, Any]:
+        """(buffer, count) of an mpi4py-style buffer spec of this type, or (obj, count) as given."""
+        spec = _spec(obj)
+        if spec is None:
+            return obj, count
+        buf, n, t = spec
+        if not _same_type(self, t):
+            raise InvalidArgument(f"{what} is a buffer spec of {t!r}, not of this type {self!r}")
+        if n is None:
+            if self.extent <= 0:
+                raise InvalidArgument(f"{what}: a buffer spec without a count needs a type of positive "
+                                      f"extent, this one has {self.extent}")
+            n = _nbytes(buf, what) // self.extent
+        if count != 1 and count != n:
+            raise InvalidArgument(f"count={count} disagrees with the count {n} of the {what} buffer spec")
+        return buf, n
+
+
+def _spec(obj: Any) -> Optional[Tuple[Any, Optional[int], Datatype]]:
+    """(buffer, count or None, type) of ``[buf, count, type]`` / ``[buf, type]``; None otherwise."""
+    if not isinstance(obj, (list, tuple)) or len(obj) not in (2, 3) or not _is_type(obj[-1]):
+        return None
+    count = as_int("buffer spec count", obj[1], minimum=0) if len(obj) == 3 else None
+    return obj[0], count, _as_datatype(obj[-1])
+
+
+def _byte_spec(obj: Any, nbytes: Any, what: str) -> Tuple[Any, Any]:
+    """The buffer of a byte spec (``[buf, n, MPI.BYTE]`` / MPI.PACKED), n bytes of it as nbytes."""
+    spec = _spec(obj)
+    if spec is None:
+        return obj, nbytes
+    buf, n, t = spec
+    if not (_same_type(t, BYTE) or _same_type(t, PACKED)):
+        raise InvalidArgument(f"{what} holds packed bytes: its buffer spec must be of MPI.BYTE or MPI.PACKED, "
+                              f"got {t!r}")
+    if n is not None and nbytes is not None and n != nbytes:
+        raise InvalidArgument(f"nbytes={nbytes} disagrees with the count {n} of the {what} buffer spec")
+    return buf, nbytes if n is None else n
+
+
+def _nbytes(buf: Any, what: str) -> int:
+    dev = device_buffer(buf)
+    if dev is not None:
+        return dev.nbytes
+    try:
+        return memoryview(host_object(buf, what)).nbytes
+    except TypeError:
+        raise InvalidArgument(f"{what}: {type(buf).__name__} does not expose a buffer") from None
+
+
+def _same_type(a: Datatype, b: Datatype) -> bool:
+    """The same elements at the same places with the same bounds (however they were built)."""
+    if a._t is b._t:
+        return True
+    return (a.size, a.lb, a.extent) == (b.size, b.lb, b.extent) and a.layout() == b.layout()
+
+
+def _is_type(obj: Any) -> bool:
+    return isinstance(obj, Datatype) or _is_mpi_type(obj)
+
+
+def _is_mpi_type(obj: Any) -> bool:
+    mpi = sys.modules.get("mpi4py.MPI")  # an mpi4py datatype exists only once its module is loaded
+    return mpi is not None and isinstance(obj, mpi.Datatype)
+
+
+def _as_datatype(dt: Any) -> Datatype:
+    if isinstance(dt, Datatype):
+        return dt
+    if _is_mpi_type(dt):
+        return Datatype.from_mpi(dt)
+    raise InvalidArgument(f"expected a hauler Datatype or an mpi4py datatype, got {type(dt).__name__}")
+
+
 def _t(dt: Any) -> Any:
-    if not isinstance(dt, Datatype):
-        raise InvalidArgument(f"expected a hauler Datatype, got {type(dt).__name__}")
-    return dt._t
+    return _as_datatype(dt)._t
+
+
+def _numpy_block(dt: np.dtype) -> Tuple[int, Datatype]:
+    """(element count, type) of a struct field: a subarray field is a block of its base type."""
+    if dt.subdtype is not None:
+        base, shape = dt.subdtype
+        n = 1
+        for d in shape:
+            n *= d
+        return n, Datatype.from_numpy_dtype(base)
+    return 1, Datatype.from_numpy_dtype(dt)
+
+
+# Argument names per constructor, for describe(): (name, how many) in MPI's order; "n" = as many
+# as the list arguments share, "1" = one value.
+_ARG_NAMES = {
+    "contiguous": (("count", 1),), "vector": (("count", 1), ("blocklength", 1), ("stride", 1)),
+    "hvector": (("count", 1), ("blocklength", 1), ("stride", 1)),
+    "indexed": (("blocklengths", "n"), ("displacements", "n")),
+    "hindexed": (("blocklengths", "n"), ("displacements", "n")),
+    "indexed_block": (("blocklengths", "n"), ("displacements", "n")),
+    "hindexed_block": (("blocklengths", "n"), ("displacements", "n")),
+    "struct": (("blocklengths", "n"), ("displacements", "n")),
+    "subarray": (("sizes", "n"), ("subsizes", "n"), ("starts", "n"), ("order", 1)),
+    "darray": (("size", 1), ("rank", 1), ("gsizes", "n"), ("distribs", "n"), ("dargs", "n"), ("psizes", "n"),
+               ("order", 1)),
+    "resized": (("lb", 1), ("extent", 1)),
+}
+_TYPE_ARG = {"struct": "types[{}]"}  # the rest have one type argument, oldtype
+_LINE = re.compile(r"^( *)(\w+)(?: (\S+))?(?:\(([^)]*)\))?  (lb=.*)$")
+_DISTRIBS = {0: "none", 1: "block", 2: "cyclic"}
+
+
+def _fmt_list(v: list) -> str:
+    if len(v) > 8:
+        return "[" + ", ".join(map(str, v[:6])) + f", ... ({len(v)} values)]"
+    return "[" + ", ".join(map(str, v)) + "]"
+
+
+def _named_args(kind: str, args: list) -> str:
+    spec = _ARG_NAMES.get(kind)
+    if spec is None or not args:
+        return "" if not args else "(" + ", ".join(map(str, args)) + ")"
+    singles = sum(1 for _, k in spec if k == 1)
+    lists = sum(1 for _, k in spec if k == "n")
+    n = (len(args) - singles) // lists if lists else 0
+    out, i = [], 0
+    for name, k in spec:
+        if k == 1:
+            v: Any = args[i]
+            if name == "order":
+                v = '"C"' if v == 0 else '"F"'
+            i += 1
+        else:
+            v = args[i:i + n]
+            if name == "distribs":
+                v = [_DISTRIBS.get(x, x) for x in v]
+            i += n
+            v = _fmt_list(v)
+        out.append(f"{name}={v}")
+    return "(" + ", ".join(out) + ")"
+
+
+def _named_tree(tree: str) -> str:
+    """The core's constructor tree with each argument named and each child labelled by the
+    argument it is (oldtype, types[i])."""
+    lines, child_index = [], {}
+    for raw in tree.splitlines():
+        m = _LINE.match(raw)
+        if m is None:
+            lines.append(raw)
+            continue
+        indent, kind, name, args, bounds = m.groups()
+        depth = len(indent) // 2
+        label = ""
+        if depth:
+            parent = child_index.get(depth - 1)
+            i = parent[1]
+            parent[1] += 1
+            label = (_TYPE_ARG.get(parent[0], "oldtype").format(i)) + ": "
+        child_index[depth] = [kind, 0]
+        vals = [int(x) for x in args.split(",")] if args else []
+        head = name if kind == "named" else kind + _named_args(kind, vals)
+        lines.append(f"{indent}{label}{head}  {bounds}")
+    return "\n".join(lines) + "\n"
 
 
 def _threads(threads: Optional[int]) -> int:

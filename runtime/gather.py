@@ -46,19 +46,19 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _buffers
+from . import _buffers, _gather_shm, config
 from ._gather_file import _file_table
 from ._gather_table import _addr, _core, _Table, _torch, _unlink
 from .errors import InvalidArgument, NoDevice, ReadOnlyBuffer
 
 __all__ = ["FeatureStore", "GatherCollate", "gather", "scatter", "SHM_DIR"]
 
-SHM_DIR = "/dev/shm"
+SHM_DIR = _gather_shm.SHM_DIR
 
 
 def _in_worker() -> bool:
@@ -74,14 +74,14 @@ def _in_worker() -> bool:
 def _threads(threads: Optional[int]) -> int:
     if threads is not None:
         return _buffers.as_int("threads", threads, minimum=0)
-    if _in_worker() and not os.environ.get("HAULER_GATHER_THREADS", "").strip():
+    if _in_worker() and config.source("HAULER_GATHER_THREADS") == "default":  # an override counts too
         return 1
     return 0
 
 
 # -- tables ---------------------------------------------------------------------------------------
 
-def _table_from(name: str, data: Any, shared: bool, writable: bool) -> _Table:
+def _table_from(name: str, data: Any, shared: bool, writable: bool, mode: int = 0o600) -> _Table:
     if isinstance(data, (str, os.PathLike)):
         path = os.fspath(data)
         if not os.path.exists(path):
@@ -93,7 +93,7 @@ def _table_from(name: str, data: Any, shared: bool, writable: bool) -> _Table:
         if not isinstance(arr, np.memmap) and not isinstance(arr, np.ndarray):
             raise InvalidArgument(f"table {name!r}: {path!r} holds no array")
         t = _Table(name, arr, "mmap", path=os.path.abspath(path))
-        return _share(t) if shared else t
+        return _share(t, mode) if shared else t
     torch_dtype, keep = None, None
     if _buffers.is_torch_tensor(data):
         if data.is_cuda:
@@ -113,28 +113,26 @@ def _table_from(name: str, data: Any, shared: bool, writable: bool) -> _Table:
     if arr.dtype.hasobject:
         raise InvalidArgument(f"table {name!r} holds Python objects (dtype {arr.dtype}); tables hold plain data")
     t = _Table(name, arr, "memory", torch_dtype, keep=keep)
-    return _share(t) if shared else t
+    return _share(t, mode) if shared else t
 
 
-def _share(t: _Table) -> _Table:
-    """A copy of the table in /dev/shm, mapped; pickles by path."""
+def _share(t: _Table, mode: int = 0o600) -> _Table:
+    """A copy of the table in /dev/shm (mode: its permission bits), mapped; pickles by path."""
     if t.kind == "shared":
         return t
-    base = SHM_DIR if os.path.isdir(SHM_DIR) else None
-    if base is None:
-        import tempfile
-        base = tempfile.gettempdir()
-    path = os.path.join(base, f"hauler-{os.getpid()}-{uuid.uuid4().hex[:12]}.npy")
     src = np.ascontiguousarray(t.arr)
-    dst = np.lib.format.open_memmap(path, mode="w+", dtype=src.dtype, shape=src.shape)
+    dst, path, fd = _gather_shm.create(src.shape, src.dtype, mode)
     try:
         dst[...] = src
         dst.flush()
     except BaseException:
         del dst
         _unlink(path)
+        os.close(fd)
         raise
-    return _Table(t.name, dst, "shared", t.torch_dtype, path=path, owner=True)
+    table = _Table(t.name, dst, "shared", t.torch_dtype, path=path, owner=True)
+    weakref.finalize(table, os.close, fd)   # its lock: held while the table lives
+    return table
 
 
 # -- indices and outputs --------------------------------------------------------------------------
@@ -211,15 +209,18 @@ class FeatureStore:
     # tables
     def add(self, name: str, data: Any, *, shared: bool = False, writable: bool = False,
             backend: Optional[str] = None, dtype: Any = None, shape: Any = None, offset: int = 0,
-            direct: Optional[bool] = None) -> None:
+            direct: Optional[bool] = None, shared_mode: int = 0o600) -> None:
         """Add (or replace) table `name`: a numpy array, CPU torch tensor or .npy path (mapped;
-        `writable` maps it read-write). `shared` copies it once into /dev/shm (see the module help).
+        `writable` maps it read-write). `shared` copies it once into /dev/shm (see the module help),
+        in a file of mode `shared_mode` (0600: this user only, whatever the umask).
 
         ``backend="file"``: `data` is a path read through the I/O engine (hauler.io, O_DIRECT where
         allowed; `direct` as for io.File), never mapped: a .npy file, or a raw file of rows given
         `dtype` and `shape` (rows may be -1: as many as the file holds) starting at byte `offset`.
         Gathers read only the blocks holding the wanted rows; `writable` opens the file read-write
-        so scatter can update rows (a read-modify-write of the blocks holding them)."""
+        so scatter can update rows (a read-modify-write of the blocks holding them): True locks the
+        file for this process alone, "shared" lets several processes scatter into it (each scatter
+        holds a byte-range lock on its blocks)."""
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"table name must be a non-empty string, got {name!r}")
         if backend not in (None, "memory", "mmap", "file"):
@@ -234,7 +235,7 @@ class FeatureStore:
         else:
             if dtype is not None or shape is not None or offset or direct is not None:
                 raise InvalidArgument("dtype=, shape=, offset= and direct= apply to backend='file' only")
-            t = _table_from(name, data, shared, writable)
+            t = _table_from(name, data, shared, writable, _gather_shm.check_mode(shared_mode))
         old = self._tables.get(name)
         if old is not None:
             old.unregister()  # first: the new table may be the same memory
@@ -257,12 +258,13 @@ class FeatureStore:
         t.close()
         return True
 
-    def share(self) -> "FeatureStore":
+    def share(self, shared_mode: int = 0o600) -> "FeatureStore":
         """Move every ordinary-memory table into /dev/shm (one copy, shared with every worker
-        process however it was started); returns self."""
+        process however it was started; files of mode `shared_mode`); returns self."""
+        mode = _gather_shm.check_mode(shared_mode)
         for name, t in list(self._tables.items()):
             if t.kind == "memory":
-                self._tables[name] = _share(t)
+                self._tables[name] = _share(t, mode)
         return self
 
     def names(self) -> List[str]:

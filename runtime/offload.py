@@ -23,6 +23,11 @@ wake-ups, but the submission work lands on that thread; see the README). A tenso
 has not finished yet is handed back from memory instead of being read. Entries are deleted when
 autograd frees the saved tensors (after backward).
 
+Given a directory, offload writes in a subdirectory of its own, ``offload-<pid>-<random>``
+(``off.directory``; 0700, files 0600, locked like any TensorStore), removed by ``close()``: ranks
+or processes given the same directory never see each other's activations. Subdirectories whose
+process is gone are removed by the next offload made in the same directory.
+
 ``off.stats`` counts what happened: saved, skipped (parameters / small), shared, bytes written,
 read back, hits in memory, and the time unpack waited for reads.
 """
@@ -30,6 +35,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import shutil
 import tempfile
 import threading
 import time
@@ -84,13 +91,23 @@ class Offload:
             raise InvalidArgument(f"{', '.join(ignored)} configure the store offload makes for a directory; "
                                   f"with store=, give them to that TensorStore")
         self._tmp = None
+        self._own_dir: Optional[str] = None
         if store is None:
             if directory is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="hauler-offload-")
                 directory = self._tmp.name
-            store = TensorStore(directory, threads=threads, sync=False, checksum=verify, recycle=recycle,
-                                keep_files=keep_files, inline=inline)
+            else:
+                directory = _own_subdirectory(os.fspath(directory))
+                self._own_dir = directory
+            try:
+                store = TensorStore(directory, threads=threads, sync=False, checksum=verify, recycle=recycle,
+                                    keep_files=keep_files, inline=inline)
+            except BaseException:
+                if self._own_dir is not None:
+                    shutil.rmtree(self._own_dir, ignore_errors=True)
+                raise
         self.store = store
+        self.directory = store.directory
         self.min_bytes = min_bytes
         self.prefetch = prefetch
         self.keep_last = keep_last
@@ -243,6 +260,40 @@ class Offload:
         self.store.close()
         if self._tmp is not None:
             self._tmp.cleanup()
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._own_dir = None
+
+
+_SUBDIR = re.compile(r"offload-(\d+)-[0-9a-f]{12}")
+
+
+def _own_subdirectory(directory: str) -> str:
+    """A new subdirectory of directory for this process's offload (after removing those of dead
+    processes of this user whose store lock nobody holds)."""
+    import uuid
+    from ._store_lock import StoreLock, StoreLocked, pid_alive
+    from .errors import InvalidArgument
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        names = os.listdir(directory)
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidArgument(f"offload directory {directory!r}: it or a parent is a file, not a directory") from None
+    me = os.geteuid()
+    for name in names:
+        m = _SUBDIR.fullmatch(name)
+        p = os.path.join(directory, name)
+        if m is None or pid_alive(int(m.group(1))):
+            continue
+        try:
+            if os.lstat(p).st_uid != me:
+                continue
+            lock = StoreLock(p, what="offload")   # refused while a live process (a fork) holds it
+        except (OSError, StoreLocked):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        lock.release()
+    return os.path.join(directory, f"offload-{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
 
 def _discard(store: Any, key: str) -> None:

@@ -22,8 +22,10 @@ import concurrent.futures
 import hashlib
 import os
 import threading
+import re
 import time
 import uuid
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -32,13 +34,16 @@ import numpy as np
 
 from . import _buffers
 from ._fileio import File
-from ._store_format import (HEADER, PADDED, SPARE, SUFFIX, CorruptEntry, aligned_empty, check_size, checksum,
-                            data_offset, entry_file_size, header, parse_header, read_entry, unlink_quietly)
+from ._store_format import (HEADER, PADDED, SPARE, SUFFIX, CorruptEntry, aligned_empty, check_shape, check_size,
+                            checksum, data_offset, entry_file_size, header, parse_header, read_entry, unlink_quietly)
 from ._store_inline import InlineRequests, Op
+from ._store_lock import MARK, StoreLock, StoreLocked, UnsafeDirectory, check_file_mode, private_dir
 from ._store_recycler import Recycler
 from .errors import HaulerIOError, InvalidArgument
 
-__all__ = ["TensorStore", "CorruptEntry", "CapacityExceeded"]
+__all__ = ["TensorStore", "CorruptEntry", "CapacityExceeded", "StoreLocked", "UnsafeDirectory"]
+
+_ENTRY = re.compile(r"[0-9a-f]{40}" + re.escape(SUFFIX))
 
 
 class CapacityExceeded(HaulerIOError):
@@ -91,13 +96,13 @@ class TensorStore(InlineRequests):
 
     def __init__(self, directory: Any, capacity: Optional[int] = None, threads: int = 4,
                  direct: Optional[bool] = None, sync: bool = True, checksum: bool = True,
-                 recycle: int = 0, keep_files: int = 0, inline: bool = False):
+                 recycle: int = 0, keep_files: int = 0, inline: bool = False, *,
+                 read_only: bool = False, file_mode: int = 0o600, repair: bool = False):
         self.directory = os.fspath(directory)
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise InvalidArgument(f"TensorStore directory {self.directory!r}: it or a parent is a file, "
-                                  f"not a directory") from None
+        self.file_mode = check_file_mode(file_mode)
+        self.read_only = bool(read_only)
+        if self.read_only and repair:
+            raise InvalidArgument("repair=True deletes files: it needs a writing store, not read_only=True")
         self.capacity = None if capacity is None else _buffers.as_int("capacity", capacity, 0)
         self._direct = direct
         self._sync = bool(sync)
@@ -110,8 +115,21 @@ class TensorStore(InlineRequests):
                                   "per entry runs on the worker threads)")
         self._inline = bool(inline)
         self._entries: Dict[str, _Entry] = {}
-        self._fresh_workers()
-        self._scan()
+        self.untrusted: List[Any] = []   # (path, reason) of files the last open did not trust
+        if self.read_only:
+            if not os.path.isdir(self.directory):
+                raise InvalidArgument(f"TensorStore directory {self.directory!r} does not exist (read_only=True "
+                                      f"opens an existing store)")
+        private_dir(self.directory, self.file_mode, "TensorStore directory")
+        self._owner = StoreLock(self.directory, self.read_only, self.file_mode, "TensorStore")
+        self._closed = False
+        try:
+            self._fresh_workers()
+            self._scan(bool(repair))
+        except BaseException:
+            self._owner.release()
+            raise
+        weakref.finalize(self, self._owner.release)   # a store never closed lets go when collected
         _STORES.add(self)
 
     def _fresh_workers(self) -> None:
@@ -144,25 +162,51 @@ class TensorStore(InlineRequests):
     def _path(self, key: str) -> str:
         return os.path.join(self.directory, hashlib.sha1(key.encode()).hexdigest() + SUFFIX)
 
-    def _scan(self) -> None:
-        for name in os.listdir(self.directory):
+    def _scan(self, repair: bool) -> None:
+        mine = self._owner.id
+        own_tmp = re.compile(r"[0-9a-f]{40}\.(tmp\.)?%s-[0-9a-f]{8}(%s|%s)" % (mine, re.escape(SUFFIX), re.escape(SPARE))) \
+            if mine and not self.read_only else None
+        for name in sorted(os.listdir(self.directory)):
             p = os.path.join(self.directory, name)
-            if (".tmp." in name and name.endswith(SUFFIX)) or name.endswith(SPARE):
-                try:
-                    os.unlink(p)  # an interrupted put (the previous value, if any, is intact) or a spare
-                except OSError:
-                    pass
+            if name == MARK or os.path.isdir(p):
                 continue
-            if not name.endswith(SUFFIX):
+            if own_tmp is not None and own_tmp.fullmatch(name) and (".tmp." in name) == name.endswith(SUFFIX):
+                unlink_quietly(p)   # this store's interrupted put (the previous value is intact) or spare
                 continue
-            try:
-                with open(p, "rb") as f:
-                    meta = parse_header(f.read(HEADER), p)
-                size = os.path.getsize(p)
-            except (OSError, CorruptEntry):
-                continue  # reported when read by key
-            self._entries[meta["key"]] = _Entry(meta["key"], size, False, time.monotonic(),
-                                                meta if meta["version"] == PADDED else None)
+            why = self._distrust(name, p)
+            if why is None:
+                continue
+            if repair and (name.endswith(SUFFIX) or name.endswith(SPARE)):
+                unlink_quietly(p)
+                why += "; removed (repair=True)"
+            self.untrusted.append((p, why))
+        odd = [u for u in self.untrusted if u[0].endswith(SUFFIX) or u[0].endswith(SPARE)]
+        if odd and not repair:   # files that look like a store's: other files are only listed
+            warnings.warn(f"TensorStore {self.directory!r}: {len(odd)} file(s) named like entries are not entries "
+                          f"of this store and were left alone (see store.untrusted; repair=True removes them): "
+                          f"{odd[0][0]!r}: {odd[0][1]}", stacklevel=3)
+
+    def _distrust(self, name: str, p: str) -> Optional[str]:
+        """Records the entry at p and returns None, or says why p is not trusted as an entry."""
+        if not _ENTRY.fullmatch(name):
+            return "not named like an entry of this store (another store's temporary or spare file, or not hauler's)"
+        try:
+            with open(p, "rb") as f:
+                meta = parse_header(f.read(HEADER), p)
+            size = os.path.getsize(p)
+        except (OSError, CorruptEntry) as e:
+            return f"header unreadable ({e})"
+        if not isinstance(meta["key"], str) or os.path.basename(self._path(meta["key"])) != name:
+            return f"holds key {meta['key']!r}, whose entry has another name (copied or renamed)"
+        try:
+            want = entry_file_size(meta)
+        except (TypeError, ValueError):
+            return "header has a non-numeric size or offset"
+        if size != want:
+            return f"{size} bytes on disk, the header says {want}"
+        self._entries[meta["key"]] = _Entry(meta["key"], size, False, time.monotonic(),
+                                            meta if meta["version"] == PADDED else None)
+        return None
 
     def _key_lock(self, key: str) -> threading.Lock:
         with self._lock:
@@ -246,6 +290,7 @@ class TensorStore(InlineRequests):
         value must not be modified until the future is done; the future gives None or raises."""
         if not isinstance(key, str) or not key:
             raise InvalidArgument(f"key must be a non-empty string, got {key!r}")
+        self._writing("put")
         arr, meta = self._describe(key, value)
         self._poll()
         with self._lock:
@@ -321,10 +366,10 @@ class TensorStore(InlineRequests):
                 self._put_done(key, file_bytes, pin, ok)
         del keep
 
-    @staticmethod
-    def _tmp_path(final: str) -> str:
-        """Where a put of the entry at final writes before it is renamed into place."""
-        return f"{final[:-len(SUFFIX)]}.tmp.{uuid.uuid4().hex[:8]}{SUFFIX}"
+    def _tmp_path(self, final: str) -> str:
+        """Where a put of the entry at final writes before it is renamed into place (the name
+        carries the store's id: cleanup at open removes only its own)."""
+        return f"{final[:-len(SUFFIX)]}.tmp.{self._owner.id}-{uuid.uuid4().hex[:8]}{SUFFIX}"
 
     def _reserve_with_spare(self, key: str, file_bytes: int, pin: bool) -> Any:
         """Takes a spare file for the put (or None) and reserves its bytes; when the put does not
@@ -387,7 +432,9 @@ class TensorStore(InlineRequests):
                 if spare[1] > file_bytes:
                     f.truncate(file_bytes)
                 return f
-        return File(tmp, "x", direct=self._direct)
+        f = File(tmp, "x", direct=self._direct)
+        os.chmod(tmp, self.file_mode)   # whatever the umask; made just now (O_EXCL) in a directory of ours
+        return f
 
     def _retire(self, path: str) -> None:
         """Removes a deleted entry's file: kept as a spare while keep_files allows, else unlinked."""
@@ -403,7 +450,7 @@ class TensorStore(InlineRequests):
                 if keep:
                     self._spare_bytes += size
             if keep:
-                spare = f"{path[:-len(SUFFIX)]}.{uuid.uuid4().hex[:8]}{SPARE}"
+                spare = f"{path[:-len(SUFFIX)]}.{self._owner.id}-{uuid.uuid4().hex[:8]}{SPARE}"
                 try:
                     os.rename(path, spare)
                 except FileNotFoundError:
@@ -481,6 +528,7 @@ class TensorStore(InlineRequests):
             dtype = getattr(torch, meta["dtype"], None)
             if not isinstance(dtype, torch.dtype):
                 raise CorruptEntry(f"{path}: unknown torch dtype {meta['dtype']!r}")
+            check_shape(path, shape, dtype.itemsize, nbytes, dtype)
             if out is not None:
                 if not (_buffers.is_torch_tensor(out) and out.dtype == dtype and tuple(out.shape) == shape
                         and out.is_contiguous()):
@@ -494,10 +542,12 @@ class TensorStore(InlineRequests):
             return t, flat
         try:
             dtype = np.dtype(meta["dtype"])
-        except TypeError:
+        except (TypeError, ValueError, SyntaxError):
             raise CorruptEntry(f"{path}: unknown numpy dtype {meta['dtype']!r}") from None
-        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != nbytes:
-            raise CorruptEntry(f"{path}: shape {shape} x {dtype} does not make {nbytes} bytes")
+        if dtype.hasobject or dtype.itemsize == 0:
+            raise CorruptEntry(f"{path}: dtype {meta['dtype']!r} holds Python objects or no bytes; a put never "
+                               f"writes one")
+        check_shape(path, shape, dtype.itemsize, nbytes, dtype)
         if out is not None:
             o = np.asarray(out)
             if o.dtype != dtype or o.shape != shape or not o.flags.c_contiguous or not o.flags.writeable:
@@ -509,6 +559,7 @@ class TensorStore(InlineRequests):
     # -- delete / close
     def delete(self, key: str) -> None:
         """Removes ``key`` (KeyError if absent)."""
+        self._writing("delete")
         self._settle(key)
         with self._key_lock(key):
             with self._lock:
@@ -546,8 +597,16 @@ class TensorStore(InlineRequests):
         self._track(self._deleting, key, fut)
         return fut
 
+    def _writing(self, what: str) -> None:
+        if self.read_only:
+            raise InvalidArgument(f"TensorStore {self.directory!r} is open read_only=True: no {what}")
+
     def close(self) -> None:
-        """Waits for pending puts/gets/deletions, stops the worker threads, removes spare files."""
+        """Waits for pending puts/gets/deletions, stops the worker threads, removes spare files,
+        releases the directory's lock."""
+        if self._closed:
+            return
+        self._closed = True
         self._settle_all()
         with self._ops_lock:
             driver = self._driver
@@ -564,6 +623,7 @@ class TensorStore(InlineRequests):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        self._owner.release()
 
     def __enter__(self) -> "TensorStore":
         return self

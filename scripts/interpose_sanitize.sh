@@ -34,8 +34,8 @@ for flav in openmpi mpich; do
   done
   "mpicc.$flav" -shared -fsanitize=address,undefined -o "$d/libhauler_interpose.so" "$d"/*.o "$OUT"/core/*.o \
     -lstdc++ -ldl -pthread -Wl,--version-script=interpose/exports.map
-  for prog in p2p halo mixed threads decode; do "mpicc.$flav" -O1 -w "tests/interpose/$prog.c" -o "$d/$prog"; done
-  progs=(mixed threads decode)
+  for prog in p2p halo mixed threads decode largecount; do "mpicc.$flav" -O1 -w "tests/interpose/$prog.c" -o "$d/$prog"; done
+  progs=(mixed threads decode largecount)
   if command -v "mpif90.$flav" >/dev/null; then
     "mpif90.$flav" -O1 -w -fallow-argument-mismatch tests/interpose/fort.F90 -o "$d/fort"; progs+=(fort)
     if [ "$flav" = openmpi ]; then  # MPICH's mpi_f08 never reaches the shim (see the README)

@@ -2,7 +2,7 @@
 # Bring a Debian machine to a working state for hauler; safe to re-run (fast when nothing changed).
 #   1. system packages (MPI, liburing, ...): apt-get when root, else print the exact command and stop
 #   2. a virtualenv at .venv in the repo root (reused)
-#   3. torch 2.13.0 (CPU), mpi4py built against Open MPI, hauler itself: pip install -e '.[test,torch]'
+#   3. torch 2.13.0 (CPU), mpi4py built against Open MPI, hauler itself: pip install -e '.[test,torch,plot]'
 # Quiet by default; -v / --verbose shows every command's output. Errors always show.
 # PYTHON picks the interpreter for a new venv (default python3).
 set -euo pipefail
@@ -44,9 +44,22 @@ run() {
   fi
 }
 
-# ---- 1. system packages ---------------------------------------------------------------------
+# ---- 0. a stamp of what steps 1-3b installed: when it still holds, they are skipped -----------
+# (no dpkg, apt-get or pip: a re-run starts the main job in seconds); step 3c has its own stamp.
 PY="${PYTHON:-python3}"
 command -v "$PY" >/dev/null 2>&1 || { echo "setup.sh: $PY not found; install Python >= 3.9" >&2; exit 1; }
+DEPS_STAMP_FILE="$ROOT/.venv/.hauler-deps-stamp"
+deps_stamp() {
+  { cat "${BASH_SOURCE[0]}"; "$PY" -V 2>&1; uname -m; id -u; } | sha256sum | cut -d' ' -f1
+}
+DEPS_STAMP="$(deps_stamp)"
+DEPS_OK=0
+if [ -x "$ROOT/.venv/bin/python" ] && [ "$(cat "$DEPS_STAMP_FILE" 2>/dev/null || true)" = "$DEPS_STAMP" ]; then
+  DEPS_OK=1
+fi
+
+# ---- 1. system packages ---------------------------------------------------------------------
+if [ "$DEPS_OK" != 1 ]; then
 PKGS=(openmpi-bin libopenmpi-dev mpich libmpich-dev liburing-dev libaio-dev fio build-essential)
 # The interpreter's own needs (Debian's python3 lacks venv / headers unless these are installed).
 "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || PKGS+=(python3-venv)
@@ -74,9 +87,11 @@ else
   say "WARNING: no dpkg (not Debian): make sure the equivalents of these are installed: ${PKGS[*]}" >&2
 fi
 
+fi  # DEPS_OK
+
 # ---- 2. the virtualenv ------------------------------------------------------------------------
 VPY="$ROOT/.venv/bin/python"
-if ! { [ -x "$VPY" ] && "$VPY" -c 'import sys, pip; sys.exit(sys.version_info < (3, 9))' >/dev/null 2>&1; }; then
+if [ "$DEPS_OK" != 1 ] && ! { [ -x "$VPY" ] && "$VPY" -c 'import sys, pip; sys.exit(sys.version_info < (3, 9))' >/dev/null 2>&1; }; then
   say "creating .venv with $("$PY" -V 2>&1)"
   rm -rf "$ROOT/.venv"
   run venv "$PY" -m venv "$ROOT/.venv"
@@ -97,6 +112,7 @@ sys.exit(0 if len(sys.argv) < 3 or v.split("+")[0] == sys.argv[2] else 1)
 EOF
 }
 
+if [ "$DEPS_OK" != 1 ]; then
 # build requirements (the package is built without build isolation: faster, no downloads on re-run)
 if ! "$VPY" -c 'import setuptools, wheel, pybind11, sys
 from importlib.metadata import version
@@ -133,6 +149,8 @@ if ! mpi4py_ok; then
     --force-reinstall --no-deps 'mpi4py>=3.1'
   mpi4py_ok || { echo "setup.sh: mpi4py installed but not linked to Open MPI" >&2; exit 1; }
 fi
+echo "$DEPS_STAMP" > "$DEPS_STAMP_FILE"
+fi  # DEPS_OK
 
 # ---- 3c. hauler itself (editable), skipped when nothing that the build reads has changed ------
 stamp() {
@@ -157,9 +175,9 @@ sys.exit(os.path.realpath(os.path.dirname(hauler.__file__)) != os.path.realpath(
 EOF
 }
 if [ "$(cat "$STAMP_FILE" 2>/dev/null || true)" != "$NEW_STAMP" ] || ! installed_here; then
-  say "building and installing hauler (pip install -e '.[test,torch]')"
+  say "building and installing hauler (pip install -e '.[test,torch,plot]')"
   rm -f "$STAMP_FILE"
-  run hauler "${PIP[@]}" install --no-build-isolation -c "$CONSTRAINTS" -e '.[test,torch]'
+  run hauler "${PIP[@]}" install --no-build-isolation -c "$CONSTRAINTS" -e '.[test,torch,plot]'
   echo "$NEW_STAMP" > "$STAMP_FILE"
 fi
 

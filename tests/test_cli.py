@@ -94,7 +94,7 @@ def test_info_does_not_initialize_mpi():
 def test_run_with_a_launcher_that_cannot_start(kind, tmp_path):
     """A launcher that is missing or cannot run is named in one line, not a traceback: exit 127
     (missing, or no execute permission) or 126 (the kernel refuses to run it)."""
-    launcher = tmp_path / "mpiexec"
+    launcher = tmp_path / "mpiexec.mpich"  # a known launcher by name: nothing asks it --version
     if kind != "missing":
         launcher.write_text("plain text, no interpreter line\n")
         launcher.chmod(0o644 if kind == "not executable" else 0o755)
@@ -103,7 +103,10 @@ def test_run_with_a_launcher_that_cannot_start(kind, tmp_path):
     p = run("run", "--launcher", str(launcher), "--", "true", check=False)
     if kind == "not a program":
         assert p.returncode == 126, (p.returncode, p.stderr)
-        assert p.stderr.startswith(f"hauler run: cannot start {str(launcher)!r}: "), p.stderr
+        # after the line that names the shim chosen, the one line of the failure
+        first, last = p.stderr.strip().splitlines()
+        assert first.startswith("hauler run: MPI ") and " shim " in first, p.stderr
+        assert last.startswith(f"hauler run: cannot start {str(launcher)!r}: "), p.stderr
     else:
         assert p.returncode == 127, (p.returncode, p.stderr)
         assert p.stderr.strip() == (f"hauler run: launcher {str(launcher)!r} not found or not executable "
@@ -134,3 +137,48 @@ def test_run_without_separator_is_a_usage_error():
     p = run("run", "prog", check=False)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.startswith("usage: hauler run ") and "--help" in p.stderr
+
+
+@pytest.mark.parametrize("launcher,expect", [
+    ("mpiexec.openmpi", ["-x", "LD_PRELOAD={lib}:/usr/lib/user.so", "-x", "HAULER_INTERPOSE_LOG=debug",
+                         "-x", "HAULER_INTERPOSE_REPORT=/tmp/r.%r", "-n", "2"]),
+    ("prterun", ["-x", "LD_PRELOAD={lib}:/usr/lib/user.so", "-x", "HAULER_INTERPOSE_LOG=debug",
+                 "-x", "HAULER_INTERPOSE_REPORT=/tmp/r.%r", "-n", "2"]),
+    ("mpiexec.hydra", ["-genv", "LD_PRELOAD", "{lib}:/usr/lib/user.so", "-genv", "HAULER_INTERPOSE_LOG", "debug",
+                       "-genv", "HAULER_INTERPOSE_REPORT", "/tmp/r.%r", "-n", "2"]),
+    ("srun", ["--export=ALL,LD_PRELOAD={lib}:/usr/lib/user.so,HAULER_INTERPOSE_LOG=debug,"
+              "HAULER_INTERPOSE_REPORT=/tmp/r.%r", "-n", "2"]),
+])
+def test_run_dry_run_each_launchers_syntax(launcher, expect, tmp_path):
+    """--dry-run shows how each known launcher gets the shim (the user's LD_PRELOAD kept after it)
+    and every HAULER_* setting to remote ranks; srun with --export=ALL,..., never -x (exclude)."""
+    from hauler import interpose
+    libs = interpose.libraries()
+    if not libs:
+        pytest.skip("no interposer built")
+    fake = tmp_path / launcher   # only its name matters to a dry run
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAULER_")}
+    env.update(LD_PRELOAD="/usr/lib/user.so", HAULER_INTERPOSE_LOG="debug", HAULER_INTERPOSE_REPORT="/tmp/r.%r")
+    p = subprocess.run([sys.executable, "-m", "hauler.cli", "run", "--dry-run", "--launcher", str(fake), "-n", "2",
+                        "--", "true"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 0, p.stderr
+    words = p.stdout.split()
+    assert words[0] == str(fake) and words[-1] == "true", words
+    lib = next(w for w in words if "libhauler_interpose.so" in w).split("LD_PRELOAD=")[-1].split(",")[0].split(":")[0]
+    assert lib in libs.values()
+    assert words[1:-1] == [w.format(lib=lib) for w in expect], words
+    assert "-x" not in words or launcher != "srun"
+
+
+def test_run_unknown_launcher_is_refused_with_the_known_list(tmp_path):
+    fake = tmp_path / "aprun"
+    fake.write_text("#!/bin/sh\necho some other launcher\n")
+    fake.chmod(0o755)
+    p = run("run", "--dry-run", "--launcher", str(fake), "--", "true", check=False)
+    assert p.returncode == 2, p.stderr
+    msg = p.stderr.strip()
+    assert len(msg.splitlines()) == 1 and "aprun" in msg, msg
+    for known in ("prterun", "mpiexec.hydra", "srun", "-genv", "hauler interpose --path"):
+        assert known in msg, msg

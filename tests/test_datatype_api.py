@@ -427,7 +427,7 @@ def test_threads_argument_validated():
 def test_describe_shows_the_canonical_form():
     t = Datatype.vector(1024, 1, 4, DOUBLE)
     d = t.describe()
-    assert "vector(1024, 1, 4)" in d and "canonical:" in d
+    assert "vector(count=1024, blocklength=1, stride=4)" in d and "oldtype: double" in d and "canonical:" in d
     assert "strided block" in d and "(1024, 32)" in d
     assert "strided-1d" in d
     r = Datatype.indexed([1, 2, 1], [0, 5, 7], INT).describe()
@@ -463,7 +463,7 @@ def test_named_constants_match_numpy_and_ctypes():
         assert t.pack(arr, 3).tobytes() == want, repr(t)
     assert set(NAMED_TYPES) >= {name for name in NAMED}
     for dt in ["f8", "f4", "f2", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "c8", "c16", "?", "V7", "S3",
-               "M8[s]", np.longdouble, [("a", "i4"), ("b", "f8")]]:
+               "M8[s]", np.longdouble]:
         assert Datatype.from_numpy_dtype(dt).size == np.dtype(dt).itemsize, dt
 
 

@@ -104,3 +104,26 @@ def _cycles(graph):
 def test_no_module_of_hauler_imports_one_that_imports_it_back():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a -> b -> c -> a"]
     assert _cycles(_import_graph(os.path.dirname(hauler.__file__))) == []
+
+
+def test_every_hauler_exception_is_importable_from_hauler():
+    # every exception class any hauler module defines, found by walking the package
+    import importlib
+    import pkgutil
+    found = {}
+    for m in pkgutil.walk_packages(hauler.__path__, "hauler."):
+        if m.name.startswith("hauler.bench"):
+            continue
+        try:
+            mod = importlib.import_module(m.name)
+        except ImportError:  # optional dependency absent (torch_geometric, ...)
+            continue
+        for v in vars(mod).values():
+            if isinstance(v, type) and issubclass(v, Exception) and v.__module__.startswith("hauler"):
+                found[v.__name__] = v
+    assert {"CapacityExceeded", "CorruptEntry", "SwapSpaceFull", "HaulerIOError"} <= set(found)
+    for name, cls in found.items():
+        assert getattr(hauler, name) is cls, name
+        assert name in hauler.__all__, name
+    from hauler.io import CapacityExceeded, CorruptEntry
+    assert CapacityExceeded is found["CapacityExceeded"] and CorruptEntry is found["CorruptEntry"]

@@ -277,6 +277,121 @@ def test_kill_switch_passes_everything_through(flav, built, tmp_path):
     assert not list(tmp_path.glob("report.*")), "the switched-off shim wrote a report"
 
 
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_large_count_types_and_calls(flav, built, tmp_path):
+    """MPI-4 large counts (MPICH 4; Open MPI 4.1 has none, and the program sends the same with the
+    plain calls): a type built with MPI_Type_vector_c, and one built over it, stay with the library
+    (the shim queried them with MPI_Type_get_envelope_c instead of aborting in the plain call);
+    MPI_Send_c/Recv_c/Isend_c/Irecv_c/Sendrecv_c/Pack_c/Unpack_c of a plain vector are packed by the
+    shim like the int calls; every byte and status as with the library alone."""
+    rep = _run_pair(flav, 2, [built(flav, "largecount")], tmp_path)
+    t = _report(rep, 2)
+    if flav == "mpich":
+        # per rank: the plain vector decoded, the two large-count types refused; plain(v) packs 2
+        # sends and 2 receives and 2 Pack/Unpack, large_calls(v) 3 sends, 3 receives and 2 more
+        assert t["types_decoded"] == 2 and t["types_refused"] == 4, t
+        assert t["packed_msgs"] == 10 and t["unpacked_msgs"] == 10 and t["mpi_pack"] == 8, t
+    else:
+        assert t["types_decoded"] == 2 and t["types_refused"] == 0, t
+        assert t["packed_msgs"] == 8 and t["unpacked_msgs"] == 8 and t["mpi_pack"] == 8, t
+
+
+@pytest.mark.parametrize("prog_flav,shim_flav", [("openmpi", "mpich"), ("mpich", "openmpi")])
+def test_shim_of_the_other_mpi_refuses_in_one_line(prog_flav, shim_flav, built, tmp_path):
+    """The shim of one MPI preloaded into a program of the other (as a hand-written LD_PRELOAD
+    would): even passing calls through would cut the program's handles to the other MPI's width,
+    so it checks which library answers PMPI_Init before the library starts, says so in one line
+    and the ranks exit with status 1: no segfault, no core dump, no report."""
+    _tools(shim_flav)
+    exe = built(prog_flav, "largecount")
+    _, mpiexec = _tools(prog_flav)
+    q = mpi_find.VENDOR_QUIRKS[VENDOR[prog_flav]]
+    opts = ["-n", "2"] + list(q["args"]) + (list(q["root_args"]) if os.geteuid() == 0 else [])
+    wrong = interpose.libraries()[shim_flav]
+    rep = str(tmp_path / "report.%r")
+    env = dict(os.environ, **q["env"], LD_PRELOAD=wrong, HAULER_INTERPOSE_REPORT=rep)
+    fwd = (["-x", "LD_PRELOAD", "-x", "HAULER_INTERPOSE_REPORT"] if prog_flav == "openmpi"
+           else ["-genv", "LD_PRELOAD", wrong, "-genv", "HAULER_INTERPOSE_REPORT", rep])
+    p = subprocess.run([mpiexec] + fwd + opts + [exe, str(tmp_path / "out")], env=env, cwd=tmp_path,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT)
+    text = p.stdout.decode("utf-8", "replace")
+    assert p.returncode not in (0, 139) and p.returncode > 0, (p.returncode, text[-4000:])
+    assert "Segmentation" not in text and "signal" not in text and not list(tmp_path.glob("core*")), text[-4000:]
+    lines = [ln for ln in text.splitlines() if ln.startswith("hauler-interpose:")]
+    assert len(lines) == 1, text[-4000:]   # one line for the job, from its first rank
+    built_for = "MPICH" if shim_flav == "mpich" else "Open MPI"
+    assert f"built for {built_for}" in lines[0], lines
+    assert ("libmpi.so.40" if prog_flav == "openmpi" else "libmpich.so.12") in lines[0], lines
+    assert not list(tmp_path.glob("report.*")) and not list(tmp_path.glob("out.*")), "the program ran on"
+
+
+@pytest.mark.parametrize("prog_flav,launcher_flav", [("openmpi", "mpich"), ("mpich", "openmpi")])
+def test_hauler_run_picks_the_programs_mpi(prog_flav, launcher_flav, built):
+    """`hauler run` picks the shim from the library the program loads (DT_NEEDED), not from the
+    launcher's name, and says which; --dry-run shows the command."""
+    _tools(launcher_flav)
+    exe = built(prog_flav, "largecount")
+    _, launcher = _tools(launcher_flav)
+    p = subprocess.run([sys.executable, "-m", "hauler.cli", "run", "--dry-run", "--launcher", launcher,
+                        "-n", "2", "--", exe, "x"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 0, p.stderr
+    lib = interpose.libraries()[prog_flav]
+    assert lib in p.stdout and interpose.libraries()[launcher_flav] not in p.stdout, p.stdout
+    needed = "libmpi.so.40" if prog_flav == "openmpi" else "libmpich.so.12"
+    assert f"MPI {prog_flav} ({exe} needs {needed})" in p.stderr and "warning" in p.stderr, p.stderr
+    assert interpose.program_flavour([sys.executable])[0] in (None, "openmpi", "mpich")
+
+
+def test_elf_needed_of_non_elf(tmp_path):
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\n")
+    assert interpose.elf_needed(str(script)) == [] and interpose.elf_needed(str(tmp_path / "none")) == []
+    trunc = tmp_path / "t"
+    trunc.write_bytes(Path(sys.executable).resolve().read_bytes()[:200])  # header only: sections cut off
+    assert interpose.elf_needed(str(trunc)) == []
+    assert interpose.program_flavour([str(script)])[0] is None
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_report_one_file_per_rank(flav, built, tmp_path):
+    """HAULER_INTERPOSE_REPORT never makes the ranks share one file: a directory gets
+    hauler-interpose.<rank>.txt, a name without %r gets .<rank> appended."""
+    exe = built(flav, "largecount")
+    d = tmp_path / "reports"
+    d.mkdir()
+    _launch(flav, 2, [exe, str(tmp_path / "a")], shim=True, env_extra={"HAULER_INTERPOSE_REPORT": str(d)})
+    assert sorted(p.name for p in d.iterdir()) == ["hauler-interpose.0.txt", "hauler-interpose.1.txt"]
+    _report(str(d / "hauler-interpose.%r.txt"), 2)
+    plain = tmp_path / "report.txt"
+    _launch(flav, 2, [exe, str(tmp_path / "b")], shim=True, env_extra={"HAULER_INTERPOSE_REPORT": str(plain)})
+    assert not plain.exists()
+    t = _report(str(plain) + ".%r", 2)
+    for r in (0, 1):
+        assert Path(f"{plain}.{r}").read_text().count("hauler-interpose rank") == 1
+
+
+@pytest.mark.parametrize("bad", ["pack_everything 1\n", "max_block\n", "min_bytes ten\n", "%%garbage%%\n",
+                                 "grid peer 64\n", "max_block 64 extra\n"])
+def test_bad_model_file_reported_once_builtin_used(bad, built, tmp_path):
+    """A model file with a line the shim does not understand is named once (rank 0, the line's
+    number) and not half used: its earlier line (min_bytes huge: pass everything) does not apply,
+    the built-in model packs the program's vectors, results as with the library alone."""
+    flav = "mpich" if shutil.which("mpiexec.mpich") else "openmpi"
+    model = tmp_path / "bad-model.txt"
+    model.write_text("# a model\nmin_bytes 1000000000\n" + bad + "max_block 64\n")
+    lib, shim = str(tmp_path / "lib"), str(tmp_path / "shim")
+    exe = built(flav, "largecount")
+    _launch(flav, 2, [exe, lib], shim=False)
+    rep = str(tmp_path / "report.%r")
+    p = _launch(flav, 2, [exe, shim], shim=True,
+                env_extra={"HAULER_INTERPOSE_MODEL": str(model), "HAULER_INTERPOSE_REPORT": rep})
+    _compare(lib, shim, 2)
+    text = p.stdout.decode("utf-8", "replace")
+    lines = [ln for ln in text.splitlines() if "HAULER_INTERPOSE_MODEL" in ln]
+    assert len(lines) == 1 and f"{model} line 3:" in lines[0] and "built-in" in lines[0], text[-3000:]
+    assert _report(rep, 2)["packed_msgs"] > 0
+
+
 def test_feature_switch_p2p_off(built, tmp_path):
     flav = "openmpi" if shutil.which("mpiexec.openmpi") else "mpich"
     rep = _run_pair(flav, 2, [built(flav, "p2p"), "7"], tmp_path, extra={"HAULER_INTERPOSE_P2P": "0"})

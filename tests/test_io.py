@@ -3,6 +3,7 @@ unaligned buffers/offsets/sizes on both backends, O_DIRECT and buffered, futures
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import os
 import re
 
@@ -131,6 +132,35 @@ def test_futures(tmp_path, backend):
     assert disk_bytes(p) == data.tobytes()
 
 
+def test_futures_work_with_concurrent_futures(tmp_path, backend):
+    data = rand(1024 * 1024, 9)
+    p = tmp_path / "cf"
+    with io.File(p, "w+") as f:
+        seen = []
+        futs = [f.pwrite(data[i:i + 128 * 1024], offset=i) for i in range(0, data.nbytes, 128 * 1024)]
+        assert all(isinstance(x, concurrent.futures.Future) for x in futs)
+        for x in futs:
+            x.add_done_callback(seen.append)
+        done, not_done = concurrent.futures.wait(futs, timeout=60)
+        assert not not_done and len(done) == len(futs)
+        assert sorted(map(id, seen)) == sorted(map(id, futs))  # every callback ran, once
+        outs = [np.zeros(256 * 1024, np.uint8) for _ in range(4)]
+        reads = {f.pread(o, offset=i * 256 * 1024): i for i, o in enumerate(outs)}
+        got = [reads[x] for x in concurrent.futures.as_completed(reads, timeout=60)]
+        assert sorted(got) == [0, 1, 2, 3]
+        assert all(x.result() == 256 * 1024 for x in reads)
+        # a callback added after completion runs at once; an error reaches wait() and callbacks
+        late = []
+        futs[0].add_done_callback(late.append)
+        assert late == [futs[0]]
+        bad = f.pread(np.zeros(4096, np.uint8), offset=data.nbytes)
+        errs = []
+        bad.add_done_callback(lambda x: errs.append(x.exception()))
+        concurrent.futures.wait([bad], timeout=60)
+        assert isinstance(bad.exception(), OutOfRange) and isinstance(errs[0], OutOfRange)
+    assert np.array_equal(np.concatenate(outs), data)
+
+
 def test_cancel_before_start(tmp_path):
     # one request thread: the second request queues behind the first and can be cancelled
     config.set("HAULER_IO_REQUESTS", 1)
@@ -216,6 +246,64 @@ def test_bad_arguments(tmp_path):
         io.File(tmp_path / "missing", "r")
     with pytest.raises(HaulerIOError, match="EEXIST"):
         io.File(p, "x")
+
+
+def test_sizes_offsets_and_paths_checked_before_any_io(tmp_path):
+    p = tmp_path / "s"
+    p.write_bytes(b"\0" * 8192)
+    buf = bytearray(4096)
+    with io.File(p, "r+") as f:
+        for call in (f.read_into, f.write, f.pread, f.pwrite):
+            with pytest.raises(hauler.Overflow, match="size=.* does not fit in 64 bits"):
+                call(buf, size=1 << 64)
+            with pytest.raises(hauler.Overflow, match="offset="):
+                call(buf, offset=1 << 70)
+            with pytest.raises(InvalidArgument, match="offset must be an integer, got float"):
+                call(buf, offset=4096.0)
+            with pytest.raises(InvalidArgument, match="size must be an integer, got float"):
+                call(buf, size=10.0)
+        with pytest.raises(InvalidArgument, match=r"offsets\[1\] must be an integer, got float"):
+            f.read_many(buf, [0, 1.5], 100)
+        with pytest.raises(hauler.Overflow, match=r"sizes\[0\]"):
+            f.read_extents(buf, [0], [1 << 64])
+        with pytest.raises(InvalidArgument, match=r"offsets\[0\] must be >= 0"):
+            f.write_extents(buf, [-4096], [10])
+    assert disk_bytes(p) == b"\0" * 8192
+    with pytest.raises(HaulerIOError, match="EISDIR.*is a directory") as e:
+        io.File(tmp_path, "r")
+    assert e.value.errno == errno.EISDIR
+
+
+@pytest.mark.parametrize("like", ["numpy", "torch"])
+def test_aligned_empty(tmp_path, like):
+    import torch
+    for shape, dtype in [((3, 1000), "float32"), (5, np.int16), ((0,), "uint8"), ((2, 4096), torch.bfloat16)]:
+        if like == "numpy" and isinstance(dtype, torch.dtype):
+            with pytest.raises(InvalidArgument, match="not a numpy dtype"):
+                io.empty(shape, dtype)
+            continue
+        a = io.empty(shape, dtype, like=like)
+        want = (shape,) if isinstance(shape, int) else shape
+        assert tuple(a.shape) == want
+        ptr = a.ctypes.data if like == "numpy" else a.data_ptr()
+        assert ptr % 4096 == 0
+        assert isinstance(a, np.ndarray if like == "numpy" else torch.Tensor)
+    a = io.empty((256, 1024), np.float32, like=like)
+    a[:] = 1.5
+    before = io.counters()["bounced_bytes"]
+    with io.File(tmp_path / "e", "w+") as f:
+        f.write(a)
+        b = io.empty((256, 1024), np.float32, like=like)
+        f.read_into(b)
+        if f.direct:
+            assert io.counters()["bounced_bytes"] == before  # used in place
+    assert (b == 1.5).all()
+    with pytest.raises(InvalidArgument, match="like must be"):
+        io.empty(4, like="cupy")
+    with pytest.raises(InvalidArgument, match="negative"):
+        io.empty((2, -1))
+    with pytest.raises(hauler.Overflow):
+        io.empty((1 << 40, 1 << 30), np.float64)
 
 
 def test_device_array_without_gpu(tmp_path, no_gpu):

@@ -235,3 +235,85 @@ def test_stream_is_for_device_moves(gpu_emulation):
         kv.gather_blocks(h.layout, [5, 2], np.zeros(h.layout.block_bytes * 2, np.uint8), stream=7)
     with pytest.raises(InvalidArgument, match="stream must be >= 0"):
         kv.gather_blocks(c.layout, [5, 2], out, stream=-1)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8"])
+@pytest.mark.parametrize("other", ["vllm_flash_nhd", "vllm_flash_hnd", "contiguous"])
+def test_legacy_caches_move_as_tiled_transposes(dtype, other):
+    """vLLM's legacy caches keep the dims of a head apart (dim-major value, x-packed key): their moves
+    to and from token-major layouts are boxes, equal to the numpy reference on poisoned outputs both
+    ways, and segments() still lists the canonical pieces of the same move."""
+    from hauler import _core
+    rng = np.random.default_rng(21)
+    leg = make_cache("vllm_legacy", rng, L=2, NB=7, BS=19, H=3, D=40, dtype=dtype, x=8 if dtype == "int8" else 4)
+    tok = make_cache(other, rng, L=2, NB=7, BS=19, H=3, D=40, dtype=dtype)
+    for s, d, sb, db in ((leg, tok, [6, 1, 6, 3], [0, 4, 2, 5]), (tok, leg, [2, 0, 5], [1, 6, 3])):
+        poison(d)
+        before = d.snapshot()
+        p = kv.plan(s.layout, sb, d.layout, db)
+        segs, boxes = p._moves
+        assert len(boxes) and len(segs) == 0
+        assert p.nbytes == int(p.segments()[:, 2].sum()) == len(sb) * s.layout.block_bytes
+        assert p.num_segments > 10 * len(boxes)
+        kv.run_plan(p)
+        assert d.blocks(db).tobytes() == s.blocks(sb).tobytes()
+        rest = [b for b in range(d.layout.num_blocks) if b not in db]
+        for v, w in zip(d.planes, before):
+            assert v[rest].tobytes() == w[rest].tobytes()
+        poison(d)  # the canonical pieces move the same bytes
+        _core.kv_copy_host(p.segments(), np.zeros((0, 12), np.int64), 1)
+        assert d.blocks(db).tobytes() == s.blocks(sb).tobytes()
+
+
+def test_legacy_copy_inside_one_cache_moves_whole_rows(parallel_always):
+    c = make_cache("vllm_legacy", np.random.default_rng(22), L=1, NB=6, BS=16, H=2, D=32)
+    p = kv.plan(c.layout, [4, 0], c.layout, [1, 5])
+    boxes = p._moves[1]
+    assert len(boxes) and (boxes[:, 2] > 64).all()   # both sides dim-major alike: whole rows per piece
+    want = c.blocks([4, 0]).tobytes()
+    kv.copy_blocks(c.layout, c.layout, [[4, 1], [0, 5]], plan=p, threads=3)
+    assert c.blocks([1, 5]).tobytes() == want
+
+
+def test_a_reused_plan_checks_what_the_call_passes():
+    """The repeated-call path (plan given) still refuses ids changed in place, a buffer made read-only
+    and a torch buffer re-pointed since the plan was built, before writing anything."""
+    import torch
+    c = make_cache("vllm_flash_nhd", np.random.default_rng(23), L=2, NB=6, BS=4, H=2, D=8)
+    ids = np.array([4, 1, 4], np.int64)
+    out = np.full(c.layout.block_bytes * 3, 0xA5, np.uint8)
+    p = kv.plan(c.layout, ids, kv.contiguous_layout_like(c.layout, 3, out), np.arange(3))
+    kv.gather_blocks(c.layout, ids, out, plan=p)
+    assert out.tobytes() == c.blocks(ids).tobytes()
+    ids[1] = 2                                   # the plan keeps its own copy of the ids
+    assert list(p.src_blocks) == [4, 1, 4]
+    out[...] = 0xA5
+    with pytest.raises(InvalidArgument, match="other block ids"):
+        kv.gather_blocks(c.layout, ids, out, plan=p)
+    assert (out == 0xA5).all()
+    ids[1] = 1
+    out.setflags(write=False)
+    with pytest.raises(ReadOnlyBuffer):
+        kv.gather_blocks(c.layout, ids, out, plan=p)
+    t = torch.zeros(c.layout.block_bytes * 3, dtype=torch.uint8)
+    pt = kv.plan(c.layout, ids, kv.contiguous_layout_like(c.layout, 3, t), np.arange(3))
+    kv.gather_blocks(c.layout, ids, t, plan=pt)
+    assert t.numpy().tobytes() == c.blocks(ids).tobytes()
+    t.set_(torch.zeros(c.layout.block_bytes * 3, dtype=torch.uint8))
+    with pytest.raises(InvalidArgument, match="other layouts or buffers"):
+        kv.gather_blocks(c.layout, ids, t, plan=pt)
+    assert (t == 0).all()
+    # scatter and copy with their plans, repeated
+    src = np.arange(c.layout.block_bytes * 2, dtype=np.uint64).astype(np.uint8)
+    dst_ids = np.array([5, 0], np.int64)
+    ps = kv.plan(kv.contiguous_layout_like(c.layout, 2, src), np.arange(2), c.layout, dst_ids)
+    for _ in range(2):
+        kv.scatter_blocks(c.layout, dst_ids, src, plan=ps)
+    assert c.blocks(dst_ids).tobytes() == src.tobytes()
+    m = np.array([[5, 2], [0, 3]], np.int64)
+    pc = kv.plan(c.layout, m[:, 0], c.layout, m[:, 1])
+    kv.copy_blocks(c.layout, c.layout, m, plan=pc)
+    assert c.blocks([2, 3]).tobytes() == src.tobytes()
+    m[1, 1] = 4
+    with pytest.raises(InvalidArgument, match="other block ids"):
+        kv.copy_blocks(c.layout, c.layout, m, plan=pc)

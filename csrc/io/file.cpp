@@ -174,7 +174,25 @@ struct Slot {
   BounceBuffer bb;
   int64_t s = 0, e = 0, a0 = 0;
   bool bounced = false;
+  // a bounced write staged ahead on a copy thread: posted, then ready or failed (under the
+  // batch's mutex)
+  enum Stage : int { none = 0, posted = 1, ready = 2, failed = 3 } stage = none;
+  std::exception_ptr stage_err;
 };
+
+// Copies between bounce buffers and user memory run here, so the thread driving the queue keeps
+// it full while they run (a copy on that thread leaves the drive idle for its duration).
+int copy_threads() { return std::max(1, std::min(4, static_cast<int>(std::thread::hardware_concurrency()) / 2)); }
+TaskThreads& copiers() {
+  static TaskThreads* p = new TaskThreads(copy_threads);  // never destroyed, like the request threads
+  return *p;
+}
+// Bounced writes staged this many tasks ahead of the one being submitted.
+constexpr size_t kStageAhead = 4;
+// Pieces smaller than this are copied on the queue's thread (a hand-off costs more).
+constexpr int64_t kAsyncCopyMin = 64 * 1024;
+// Reads' copies queued on the copy threads at most (each holds a bounce buffer).
+constexpr int kMaxCopying = 8;
 
 struct Chunk {
   uint8_t* user;
@@ -210,7 +228,14 @@ class RequestBatch : public Batch {
     n_ = chunks_.size();
     slots_.resize(n_);
   }
+  ~RequestBatch() { drain(); }
   size_t size() const { return n_; }
+
+  // Waits for the copies still running on the copy threads (they use this batch).
+  void drain() {
+    std::unique_lock<std::mutex> l(m_);
+    copy_cv_.wait(l, [this] { return copying_ == 0; });
+  }
 
   Task* prepare(size_t i) override {
     if (failed_.load(std::memory_order_acquire)) return nullptr;
@@ -232,23 +257,27 @@ class RequestBatch : public Batch {
     sl.bounced = true;
     sl.a0 = down(sl.s);
     int64_t a1 = up(sl.e);
-    try {
-      sl.bb = BounceBuffer(a1 - sl.a0);
-      if (op_ == Op::write) {
-        // read-modify-write of the partial head and tail blocks; where the file has no bytes
-        // to keep around the data (past its end when the request started), zeros, not a read
-        bool head = sl.s != sl.a0, tail = sl.e != a1;
-        if (head) keep_block(sl.bb.data(), sl.a0, sl.a0 < size_before_);
-        if (tail && !(head && a1 - kAlign == sl.a0))
-          keep_block(sl.bb.data() + (a1 - kAlign - sl.a0), a1 - kAlign, sl.e < size_before_);
-        std::memcpy(sl.bb.data() + (sl.s - sl.a0), user, static_cast<size_t>(sl.e - sl.s));
-        std::lock_guard<std::mutex> g(m_);
-        max_bounced_end_ = std::max(max_bounced_end_, a1);
+    if (op_ == Op::write) {
+      // stage this task and the next few on the copy threads, then wait for this one
+      for (size_t j = i; j < n_ && j < i + kStageAhead; ++j) post_stage(j);
+      std::exception_ptr err;
+      {
+        std::unique_lock<std::mutex> l(m_);
+        copy_cv_.wait(l, [&] { return sl.stage >= Slot::ready; });
+        err = sl.stage_err;
       }
-    } catch (...) {
-      record(sl.s, Status::io_error, std::current_exception());
-      sl.bb = BounceBuffer();
-      return nullptr;
+      if (err) {
+        record(sl.s, Status::io_error, err);
+        sl.bb = BounceBuffer();
+        return nullptr;
+      }
+    } else {
+      try {
+        sl.bb = BounceBuffer(a1 - sl.a0);
+      } catch (...) {
+        record(sl.s, Status::io_error, std::current_exception());
+        return nullptr;
+      }
     }
     g_bounced_bytes.fetch_add(a1 - sl.a0, std::memory_order_relaxed);
     t.buf = sl.bb.data();
@@ -276,6 +305,22 @@ class RequestBatch : public Batch {
                           " while reading " + what_ + " (the file shrank underneath?); no partial result is returned";
         record(sl.s, Status::out_of_range, std::make_exception_ptr(Error(Status::out_of_range, msg)));
       } else if (sl.bounced) {
+        bool async = false;
+        if (sl.e - sl.s >= kAsyncCopyMin) {
+          std::lock_guard<std::mutex> g(m_);
+          async = copying_ < kMaxCopying;  // else copy here: bounce memory stays bounded
+          copying_ += async;
+        }
+        if (async) {
+          // out of the bounce buffer on a copy thread; the buffer goes back to the pool there
+          copiers().post([this, i] {
+            Slot& c = slots_[i];
+            std::memcpy(chunks_[i].user, c.bb.data() + (c.s - c.a0), static_cast<size_t>(c.e - c.s));
+            c.bb = BounceBuffer();
+            done_copying();
+          });
+          return;
+        }
         std::memcpy(chunks_[i].user, sl.bb.data() + (sl.s - sl.a0), static_cast<size_t>(sl.e - sl.s));
       }
     }
@@ -298,6 +343,55 @@ class RequestBatch : public Batch {
     failed_.store(true, std::memory_order_release);
   }
 
+  // Task j of a write, when it bounces: its bounce buffer filled (edge blocks kept, the user's
+  // bytes copied in) on a copy thread, once; small pieces are staged by the caller's thread.
+  void post_stage(size_t j) {
+    int64_t s = chunks_[j].s, e = chunks_[j].e;
+    if (s % kAlign == 0 && e % kAlign == 0 && reinterpret_cast<uintptr_t>(chunks_[j].user) % kAlign == 0)
+      return;  // straight from user memory
+    {
+      std::lock_guard<std::mutex> g(m_);
+      if (slots_[j].stage != Slot::none) return;
+      slots_[j].stage = Slot::posted;
+      ++copying_;
+    }
+    if (e - s < kAsyncCopyMin) {
+      stage(j);
+      return;
+    }
+    copiers().post([this, j] { stage(j); });
+  }
+
+  void stage(size_t j) {
+    Slot& sl = slots_[j];
+    int64_t s = chunks_[j].s, e = chunks_[j].e, a0 = down(s), a1 = up(e);
+    std::exception_ptr err;
+    try {
+      sl.bb = BounceBuffer(a1 - a0);
+      // read-modify-write of the partial head and tail blocks; where the file has no bytes
+      // to keep around the data (past its end when the request started), zeros, not a read
+      bool head = s != a0, tail = e != a1;
+      if (head) keep_block(sl.bb.data(), a0, a0 < size_before_);
+      if (tail && !(head && a1 - kAlign == a0)) keep_block(sl.bb.data() + (a1 - kAlign - a0), a1 - kAlign, e < size_before_);
+      std::memcpy(sl.bb.data() + (s - a0), chunks_[j].user, static_cast<size_t>(e - s));
+    } catch (...) {
+      err = std::current_exception();
+      sl.bb = BounceBuffer();
+    }
+    std::lock_guard<std::mutex> g(m_);
+    if (!err) max_bounced_end_ = std::max(max_bounced_end_, a1);
+    sl.stage_err = err;
+    sl.stage = err ? Slot::failed : Slot::ready;
+    --copying_;
+    copy_cv_.notify_all();
+  }
+
+  void done_copying() {
+    std::lock_guard<std::mutex> g(m_);
+    --copying_;
+    copy_cv_.notify_all();
+  }
+
   void keep_block(uint8_t* p, int64_t off, bool read) {
     if (read) pread_fill(st_, p, kAlign, off);
     else std::memset(p, 0, kAlign);
@@ -316,6 +410,8 @@ class RequestBatch : public Batch {
   int64_t err_at_ = 0;
   std::atomic<bool> failed_{false};
   int64_t max_bounced_end_ = 0;
+  std::condition_variable copy_cv_;
+  int copying_ = 0;  // copies posted to the copy threads and not yet finished
 };
 
 }  // namespace
@@ -390,6 +486,7 @@ int64_t execute_segments(const std::shared_ptr<FileState>& stp, Op op, const std
   } catch (...) {
     run_err = std::current_exception();
   }
+  batch.drain();  // the last reads' copies out of bounce buffers; writes staged but never sent
   if (op == Op::write && st.direct) {
     // bounce writes cover whole blocks: cut what went past the intended end
     int64_t want = std::max(size_before, hi);

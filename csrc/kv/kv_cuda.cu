@@ -1,4 +1,5 @@
-// The KV block-copy kernel: one launch per plan (index math in kv_index.cuh).
+// The KV block-copy kernel: one launch per plan, its pieces and its boxes
+// (tiled transposes of dim-major caches); index math in kv_index.cuh.
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -23,10 +24,11 @@ struct DeviceCopy {
   }
 };
 
-__global__ void kv_copy_kernel(const int64_t* segs, int64_t n) {
+__global__ void kv_copy_kernel(const int64_t* segs, int64_t n, const int64_t* boxes, int64_t nboxes) {
   const uint64_t tid = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const uint64_t nthreads = static_cast<uint64_t>(gridDim.x) * blockDim.x;
   hauler::kv::kv_copy_thread(segs, n, tid, nthreads, DeviceCopy{});
+  hauler::kv::kv_box_thread(boxes, nboxes, tid, nthreads, DeviceCopy{});
 }
 
 int fail(char* err, size_t errlen, int rc, const char* what, cudaError_t e) {
@@ -69,11 +71,11 @@ extern "C" {
 __attribute__((visibility("default"))) int hauler_cuda_kv_copy(const HaulerKVCopyArgs* args, const int64_t* regions,
                                                                int64_t nregions, void* stream, char* err,
                                                                size_t errlen) {
-  if (!args || args->n < 0 || (args->n > 0 && !args->segs)) {
+  if (!args || args->n < 0 || (args->n > 0 && !args->segs) || args->nboxes < 0 || (args->nboxes > 0 && !args->boxes)) {
     if (err && errlen) snprintf(err, errlen, "bad KV copy arguments");
     return HAULER_GPU_EINVAL;
   }
-  if (args->n == 0) return HAULER_GPU_OK;
+  if (args->n == 0 && args->nboxes == 0) return HAULER_GPU_OK;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   int dev = 0, sms = 0, pageable = 0, pools = 0;
   HAULER_KCUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
@@ -85,18 +87,23 @@ __attribute__((visibility("default"))) int hauler_cuda_kv_copy(const HaulerKVCop
   int rc = check_regions(regions, nregions, pageable, err, errlen);
   if (rc != HAULER_GPU_OK) return rc;
 
-  // The pieces go up stream-ordered (from pageable memory cudaMemcpyAsync
-  // returns once they are staged, so the caller may free them).
-  const size_t bytes = static_cast<size_t>(args->n) * 3 * sizeof(int64_t);
+  // The pieces and boxes go up stream-ordered, in one buffer (from pageable
+  // memory cudaMemcpyAsync returns once they are staged, so the caller may free them).
+  const size_t seg_bytes = static_cast<size_t>(args->n) * 3 * sizeof(int64_t);
+  const size_t box_bytes = static_cast<size_t>(args->nboxes) * hauler::kv::kKvBoxFields * sizeof(int64_t);
   void* d = nullptr;
-  if (pools) HAULER_KCUDA_TRY(cudaMallocAsync(&d, bytes, s), "cudaMallocAsync(pieces)");
-  else HAULER_KCUDA_TRY(cudaMalloc(&d, bytes), "cudaMalloc(pieces)");
-  cudaError_t e = cudaMemcpyAsync(d, args->segs, bytes, cudaMemcpyHostToDevice, s);
+  if (pools) HAULER_KCUDA_TRY(cudaMallocAsync(&d, seg_bytes + box_bytes, s), "cudaMallocAsync(pieces)");
+  else HAULER_KCUDA_TRY(cudaMalloc(&d, seg_bytes + box_bytes), "cudaMalloc(pieces)");
+  const int64_t* dsegs = static_cast<const int64_t*>(d);
+  const int64_t* dboxes = dsegs + 3 * args->n;
+  cudaError_t e = seg_bytes ? cudaMemcpyAsync(d, args->segs, seg_bytes, cudaMemcpyHostToDevice, s) : cudaSuccess;
+  if (e == cudaSuccess && box_bytes)
+    e = cudaMemcpyAsync(static_cast<char*>(d) + seg_bytes, args->boxes, box_bytes, cudaMemcpyHostToDevice, s);
   cudaError_t launch_error = cudaSuccess;
   if (e == cudaSuccess) {
     uint32_t grid = 0, block = 0;
-    hauler::kv::kv_launch_shape(args->n, sms, args->max_blocks, &grid, &block);
-    kv_copy_kernel<<<grid, block, 0, s>>>(static_cast<const int64_t*>(d), args->n);
+    hauler::kv::kv_launch_shape(args->n + args->nboxes, sms, args->max_blocks, &grid, &block);
+    kv_copy_kernel<<<grid, block, 0, s>>>(dsegs, args->n, dboxes, args->nboxes);
     launch_error = cudaGetLastError();
   }
   cudaError_t f;

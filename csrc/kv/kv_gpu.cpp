@@ -27,8 +27,8 @@ hauler_kv_copy_fn cuda_entry() {
 
 }  // namespace
 
-void copy_segments_device(const Segment* segs, int64_t n, const int64_t* regions, int64_t nregions, void* stream,
-                          bool sync, int max_blocks) {
+void copy_segments_device(const Segment* segs, int64_t n, const Box* boxes, int64_t nboxes, const int64_t* regions,
+                          int64_t nregions, void* stream, bool sync, int max_blocks) {
   hauler_kv_copy_fn fn = nullptr;
   const char* name = "emulation";
   if (gpu::emulation()) {
@@ -42,11 +42,13 @@ void copy_segments_device(const Segment* segs, int64_t n, const int64_t* regions
                               "before hauler.kv; rebuild hauler");
   }
   static_assert(sizeof(Segment) == 3 * sizeof(int64_t), "pieces are (src, dst, nbytes) triples");
-  HaulerKVCopyArgs a{reinterpret_cast<const int64_t*>(segs), n, max_blocks};
+  static_assert(sizeof(Box) == kKvBoxFields * sizeof(int64_t), "boxes are kKvBoxFields int64 rows");
+  HaulerKVCopyArgs a{reinterpret_cast<const int64_t*>(segs), n, max_blocks, reinterpret_cast<const int64_t*>(boxes),
+                     nboxes};
   char err[512] = {0};
   int rc = fn(&a, regions, nregions, stream, err, sizeof err);
   if (rc != 0) fail(gpu::status_of(rc), std::string("GPU KV copy (") + name + "): " + err);
-  if (sync && n > 0) gpu::synchronize(stream);
+  if (sync && n + nboxes > 0) gpu::synchronize(stream);
 }
 
 }  // namespace hauler::kv

@@ -19,11 +19,11 @@ int hauler_emu_kv_copy(const HaulerKVCopyArgs* args, const int64_t* regions, int
 
 namespace hauler::kv {
 
-// Moves the pieces with one launch on `stream` (a cudaStream_t; 0 = the legacy
+// Moves the pieces and boxes with one launch on `stream` (a cudaStream_t; 0 = the legacy
 // default stream) and waits for it when sync. Memory outside device memory
 // must be pinned and mapped (torch pin_memory, cudaHostRegister): each of the
 // `regions` is checked before the launch. Throws no_device without a GPU.
-void copy_segments_device(const Segment* segs, int64_t n, const int64_t* regions, int64_t nregions, void* stream,
-                          bool sync, int max_blocks);
+void copy_segments_device(const Segment* segs, int64_t n, const Box* boxes, int64_t nboxes, const int64_t* regions,
+                          int64_t nregions, void* stream, bool sync, int max_blocks);
 
 }  // namespace hauler::kv

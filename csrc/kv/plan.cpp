@@ -89,7 +89,41 @@ void check_blocks(const BlockList& b, int64_t num_blocks, const char* side) {
 
 }  // namespace
 
-std::vector<Segment> make_plan(const Layout& src, const Layout& dst, const PlanRequest& req, PlanInfo* info) {
+namespace {
+
+// The dims of one head as `runs`: when they are at least two pieces of one
+// size up to kBoxUnitMax, evenly spaced on both sides, returns true with the
+// box's innermost axis (count, source and destination steps) and piece size.
+bool box_runs(const std::vector<Segment>& runs, Axis* axis, int64_t* unit) {
+  if (runs.size() < 2 || runs[0].n > kBoxUnitMax) return false;
+  const int64_t ss = runs[1].src - runs[0].src, ds = runs[1].dst - runs[0].dst;
+  for (size_t r = 1; r < runs.size(); ++r)
+    if (runs[r].n != runs[0].n || runs[r].src - runs[r - 1].src != ss || runs[r].dst - runs[r - 1].dst != ds)
+      return false;
+  *axis = Axis{static_cast<int64_t>(runs.size()), ss, ds};
+  *unit = runs[0].n;
+  return true;
+}
+
+// Folds axes contiguous on both sides into the box's unit (a box between two
+// caches of one dim-major layout moves whole rows, not elements).
+Box folded(Box b) {
+  for (bool again = true; again;) {
+    again = false;
+    for (int a = 0; a < 3; ++a)
+      if (b.n[a] > 1 && b.ss[a] == b.unit && b.ds[a] == b.unit) {
+        b.unit *= b.n[a];
+        b.n[a] = 1;
+        again = true;
+      }
+  }
+  return b;
+}
+
+}  // namespace
+
+std::vector<Segment> make_plan(const Layout& src, const Layout& dst, const PlanRequest& req, PlanInfo* info,
+                               std::vector<Box>* boxes) {
   src.validate("src layout");
   dst.validate("dst layout");
   auto mismatch = [](const char* what, int64_t a, int64_t b) {
@@ -164,13 +198,24 @@ std::vector<Segment> make_plan(const Layout& src, const Layout& dst, const PlanR
     Out rout(plane_runs[p]);
     for (int64_t d = 0; d < src.head_size; ++d) rout.push(src.dim_offset(p, d), dst.dim_offset(p, d), e);
   }
+  std::vector<Axis> run_axis(static_cast<size_t>(src.num_planes));
+  std::vector<int64_t> unit(static_cast<size_t>(src.num_planes), 0);
+  for (int64_t p = 0; p < src.num_planes; ++p)
+    if (!boxes || !box_runs(plane_runs[p], &run_axis[p], &unit[p])) unit[p] = 0;
   for (int64_t l : layers)
     for (int64_t p = 0; p < src.num_planes; ++p) {
       const PlaneStrides &a = src.strides[p], &b = dst.strides[p];
       const int64_t bs0 = src.base(l, p) + h0 * a.head, bd0 = dst.base(l, p) + dh0 * b.head;
-      for (const TokRun& r : truns)
-        emit_box(out, bs0 + r.sb * a.block + r.st * a.token, bd0 + r.db * b.block + r.dt * b.token,
-                 Axis{r.n, a.token, b.token}, Axis{nh, a.head, b.head}, plane_runs[p], row_bytes);
+      for (const TokRun& r : truns) {
+        const int64_t s0 = bs0 + r.sb * a.block + r.st * a.token, d0 = bd0 + r.db * b.block + r.dt * b.token;
+        if (unit[p]) {
+          const Axis& ra = run_axis[p];
+          boxes->push_back(folded(Box{s0 + plane_runs[p][0].src, d0 + plane_runs[p][0].dst, unit[p],
+                                      {r.n, nh, ra.n}, {a.token, a.head, ra.ss}, {b.token, b.head, ra.ds}}));
+        } else {
+          emit_box(out, s0, d0, Axis{r.n, a.token, b.token}, Axis{nh, a.head, b.head}, plane_runs[p], row_bytes);
+        }
+      }
     }
   return segs;
 }

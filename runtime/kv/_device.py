@@ -20,7 +20,11 @@ def _torch_stream(*layouts: Any) -> int:
     return 0
 
 
-def copy(segs: np.ndarray, src: Any, dst: Any, stream: Optional[int] = None, max_blocks: int = 0) -> None:
+def copy(segs: np.ndarray, src: Any, dst: Any, stream: Optional[int] = None, max_blocks: int = 0,
+         boxes: Optional[np.ndarray] = None) -> None:
+    """Move pieces (n, 3) and boxes (m, 12) (a plan's _moves) in one launch."""
     regions = np.array([r for l in (src, dst) for r in l.regions()], dtype=np.int64).reshape(-1, 2)
     st = _torch_stream(src, dst) if stream is None else as_int("stream", stream, minimum=0)
-    _core.kv_copy_device(segs, regions, st, stream is None, int(max_blocks))
+    if boxes is None:
+        boxes = np.zeros((0, 12), np.int64)
+    _core.kv_copy_device(segs, boxes, regions, st, stream is None, int(max_blocks))

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _core
-from .._buffers import as_int
+from .._buffers import as_int, is_torch_tensor
 from ..errors import InvalidArgument, ReadOnlyBuffer
 from .layout import KVLayout, contiguous_layout_like
 from .plan import Plan, block_ids, plan as make_plan
@@ -22,9 +22,12 @@ def _threads(threads: Optional[int]) -> int:
 
 def run_plan(p: Plan, *, threads: Optional[int] = None, stream: Optional[int] = None) -> None:
     """Perform a plan's move. Both layouts must be this process's memory; the destination writable.
-    threads: host moves (default HAULER_THREADS). stream: device moves (a cudaStream_t as an int): the
-    launch is queued on it and the call returns; without it the move runs on the current torch stream
-    (or the default stream) and the call waits for it."""
+    threads: host moves (default: one thread below 64 MiB, else HAULER_THREADS). stream: device moves (a
+    cudaStream_t as an int): the launch is queued on it and the call returns; without it the move runs on
+    the current torch stream (or the default stream) and the call waits for it."""
+    if type(p) is Plan and p._checked is _HOST and stream is None:   # a host plan that passed every check
+        _core.kv_copy_host(*p._moves, 0 if threads is None else _threads(threads))
+        return
     if not isinstance(p, Plan):
         raise InvalidArgument(f"plan must be a kv.Plan, got {type(p).__name__}")
     src, dst = p.src_layout, p.dst_layout
@@ -39,14 +42,56 @@ def run_plan(p: Plan, *, threads: Optional[int] = None, stream: Optional[int] = 
         if src.device is None and dst.device is None:
             raise InvalidArgument("stream= applies to device layouts; both layouts are host memory (host moves "
                                   "are synchronous)")
-    segs = p.segments()
-    if _overlaps(src, dst):
-        _core.kv_check_disjoint(segs)
-    if src.device is not None or dst.device is not None:
+    if p._checked is None:
+        if _overlaps(src, dst):
+            _core.kv_check_disjoint(p.segments())
+        p._checked = _HOST if src.device is None and dst.device is None else _DEVICE
+    if p._checked is _DEVICE:
         from . import _device
-        _device.copy(segs, src, dst, stream)
+        segs, boxes = p._moves
+        _device.copy(segs, src, dst, stream, boxes=boxes)
         return
-    _core.kv_copy_host(segs, _threads(threads))
+    _core.kv_copy_host(*p._moves, _threads(threads))
+
+
+_HOST, _DEVICE = "host", "device"   # Plan._checked once the one-time checks passed
+
+
+def _same_ids(frozen: np.ndarray, ids: Any) -> bool:
+    """Whether `ids` (as a caller passes them) are the plan's block ids, without converting them."""
+    if not isinstance(ids, np.ndarray) or ids.dtype != frozen.dtype or ids.shape != frozen.shape:
+        return False
+    return ids.tobytes() == frozen.tobytes() if ids.size <= 4096 else bool(np.array_equal(ids, frozen))
+
+
+def _same_buffer(layout: KVLayout, buf: Any, write: bool) -> bool:
+    """Whether `buf` is the very array a contiguous layout was made over, in place (and still writable)."""
+    o = layout._owners
+    if len(o) != 1 or o[0] is not buf:
+        return False
+    if isinstance(buf, np.ndarray):      # a live ndarray's memory cannot move while the layout holds it
+        return (buf.flags.writeable or not write) and buf.flags.c_contiguous
+    if is_torch_tensor(buf):             # torch tensors can be re-pointed in place (set_, resize_)
+        return (buf.data_ptr() == layout._bases[0] and buf.is_contiguous()
+                and buf.numel() * buf.element_size() >= layout.block_bytes * layout.num_blocks)
+    return False
+
+
+def _same_pairs(p: Plan, m: Any) -> bool:
+    """Whether the (n, 2) `mapping` names the plan's source and destination blocks."""
+    if not isinstance(m, np.ndarray) or m.dtype != p.src_blocks.dtype or m.shape != (len(p.src_blocks), 2):
+        return False
+    if p._pairs is None:
+        p._pairs = np.stack([p.src_blocks, p.dst_blocks], axis=1).tobytes()
+    return m.tobytes() == p._pairs
+
+
+def _is_seq(p: Plan, side: int) -> bool:
+    """Whether the plan's source (0) or destination (1) block ids are 0, 1, ... (a gather or scatter plan)."""
+    if p._seq is None:
+        p._seq = tuple(bool(b.dtype == np.int64 and np.array_equal(b, np.arange(len(b))))
+                       for b in (p.src_blocks, p.dst_blocks))
+    return p._seq[side]
 
 
 def _overlaps(a: KVLayout, b: KVLayout) -> bool:
@@ -71,6 +116,8 @@ def _check_plan(p: Any, src: KVLayout, dst: KVLayout, sb: np.ndarray, db: np.nda
                               f"plan {p.src_layout!r} -> {p.dst_layout!r}, call {src!r} -> {dst!r}")
     if not (np.array_equal(p.src_blocks, sb) and np.array_equal(p.dst_blocks, db)):
         raise InvalidArgument("plan was built for other block ids than this call's")
+    if dst._readonly:   # the plan's layout may predate a buffer made read-only since
+        raise ReadOnlyBuffer(f"the destination {dst!r} is read-only")
     return p
 
 
@@ -78,6 +125,10 @@ def gather_blocks(layout: KVLayout, blocks: Any, out: Any, plan: Optional[Plan] 
                   threads: Optional[int] = None, stream: Optional[int] = None) -> Any:
     """Copy `blocks` (in list order, repeats allowed) into the contiguous `out`, laid out as
     contiguous_layout_like(layout, len(blocks), out). Returns out."""
+    if (type(plan) is Plan and stream is None and plan.src_layout is layout and _same_ids(plan.src_blocks, blocks)
+            and _same_buffer(plan.dst_layout, out, True) and _is_seq(plan, 1)):
+        run_plan(plan, threads=threads)
+        return out
     ids = block_ids(blocks, "blocks")
     if len(ids) == 0:
         return out
@@ -91,6 +142,10 @@ def gather_blocks(layout: KVLayout, blocks: Any, out: Any, plan: Optional[Plan] 
 def scatter_blocks(layout: KVLayout, blocks: Any, src: Any, plan: Optional[Plan] = None, *,
                    threads: Optional[int] = None, stream: Optional[int] = None) -> None:
     """The reverse of gather_blocks: the contiguous `src` into `blocks` (each at most once)."""
+    if (type(plan) is Plan and stream is None and plan.dst_layout is layout and _same_ids(plan.dst_blocks, blocks)
+            and _same_buffer(plan.src_layout, src, False) and _is_seq(plan, 0)):
+        run_plan(plan, threads=threads)
+        return
     ids = block_ids(blocks, "blocks")
     if len(ids) == 0:
         return
@@ -104,6 +159,10 @@ def copy_blocks(src_layout: KVLayout, dst_layout: KVLayout, mapping: Any, plan: 
                 threads: Optional[int] = None, stream: Optional[int] = None) -> None:
     """Copy block mapping[i, 0] of src_layout to block mapping[i, 1] of dst_layout (the same layout for a
     copy inside one cache: no destination block may be a source block then)."""
+    if (type(plan) is Plan and stream is None and plan.src_layout is src_layout and plan.dst_layout is dst_layout
+            and _same_pairs(plan, mapping)):
+        run_plan(plan, threads=threads)
+        return
     m = mapping
     if hasattr(m, "detach"):
         m = m.detach().cpu().numpy()

@@ -67,41 +67,55 @@ class Plan:
     """A validated, coalesced block move (see kv.plan). Immutable; reuse it for every move it describes."""
 
     __slots__ = ("src_layout", "dst_layout", "src_blocks", "dst_blocks", "num_tokens", "heads", "dst_heads", "layers",
-                 "_segs", "_types")
+                 "_segs", "_moves", "_nbytes", "_args", "_types", "_checked", "_seq", "_pairs")
 
     def __init__(self, src_layout: KVLayout, dst_layout: KVLayout, src_blocks: np.ndarray, dst_blocks: np.ndarray,
-                 info: tuple, segs: np.ndarray):
+                 info: tuple, segs: np.ndarray, boxes: np.ndarray, args: tuple):
         self.src_layout, self.dst_layout = src_layout, dst_layout
         self.src_blocks, self.dst_blocks = src_blocks, dst_blocks
         _, T, h0, h1, dh0, layers = info
         self.num_tokens, self.heads, self.dst_heads = T, (h0, h1), (dh0, dh0 + h1 - h0)
         self.layers = tuple(layers)
-        segs.setflags(write=False)
-        self._segs = segs
+        for a in (segs, boxes):
+            a.setflags(write=False)
+        # What the movers run: pieces plus boxes (grids of small pieces moved as tiled transposes); the
+        # canonical pieces of segments() are then built on first use from the same request (`args`).
+        self._moves = (segs, boxes)
+        self._segs = segs if len(boxes) == 0 else None
+        self._nbytes = int(segs[:, 2].sum()) + int((boxes[:, 2] * boxes[:, 3:6].prod(axis=1)).sum())
+        self._args = args
         self._types = None
+        self._checked = None   # the move's one-time checks (kv.moves), done on first run
+        self._seq = None       # whether src_blocks / dst_blocks are 0, 1, ... (a scatter's / gather's plan)
+        self._pairs = None     # (n, 2) src -> dst ids as bytes, for copy_blocks' check of its mapping
 
     def segments(self) -> np.ndarray:
         """(n, 3) int64: (src_address, dst_address, nbytes), read-only, in the order (layer, plane, token,
         head, dim) (inside one block pair, the (token, head) order both sides share when it makes pieces larger)."""
+        if self._segs is None:
+            segs = _core.kv_plan(*self._args, False)[0]
+            segs.setflags(write=False)
+            self._segs = segs
         return self._segs
 
     @property
     def nbytes(self) -> int:
-        return int(self._segs[:, 2].sum()) if len(self._segs) else 0
+        return self._nbytes
 
     @property
     def num_segments(self) -> int:
-        return len(self._segs)
+        return len(self.segments())
 
     def _datatypes(self):
         if self._types is None:
-            self._types = (_side_type(self._segs, 0, self._groups()), _side_type(self._segs, 1, self._groups()))
+            segs, g = self.segments(), self._groups()
+            self._types = (_side_type(segs, 0, g), _side_type(segs, 1, g))
         return self._types
 
     def _groups(self) -> int:
         """How many (layer, plane) groups of identical piece patterns the pieces split into (1: none)."""
         g = len(self.layers) * self.src_layout.num_planes
-        s = self._segs
+        s = self.segments()
         if g <= 1 or len(s) % g:
             return 1
         k = len(s) // g
@@ -122,7 +136,7 @@ class Plan:
 
     def describe(self) -> str:
         n = self.num_segments
-        sizes = self._segs[:, 2] if n else np.zeros(0, np.int64)
+        sizes = self.segments()[:, 2] if n else np.zeros(0, np.int64)
         return (f"kv.Plan: {len(self.src_blocks)} source blocks -> {len(self.dst_blocks)} destination blocks, "
                 f"{self.num_tokens} tokens, layers {list(self.layers) if len(self.layers) < 8 else f'{len(self.layers)} layers'}, "
                 f"heads {self.heads} -> {self.dst_heads}\n"
@@ -185,6 +199,15 @@ def plan(src_layout: KVLayout, src_blocks: Any, dst_layout: KVLayout, dst_blocks
             raise InvalidArgument(f"dst_heads {(d0, d1)} starts below 0")
         dh0 = d0
     nt = -1 if num_tokens is None else as_int("num_tokens", num_tokens, minimum=0)
-    segs, *info = _core.kv_plan(src_layout._desc(), dst_layout._desc(), sb.ctypes.data, len(sb), sb.itemsize,
-                                db.ctypes.data, len(db), db.itemsize, lay, h0, h1, dh0, nt)
-    return Plan(src_layout, dst_layout, sb, db, (None, *info), segs)
+    sb, db = _frozen(sb), _frozen(db)
+    args = (src_layout._desc(), dst_layout._desc(), sb.ctypes.data, len(sb), sb.itemsize, db.ctypes.data, len(db),
+            db.itemsize, lay, h0, h1, dh0, nt)
+    segs, *info, boxes = _core.kv_plan(*args, True)
+    return Plan(src_layout, dst_layout, sb, db, (None, *info), segs, boxes, args)
+
+
+def _frozen(ids: np.ndarray) -> np.ndarray:
+    """A read-only copy the plan owns (the caller may reuse its array; segments() re-plans from these)."""
+    c = ids.copy()
+    c.setflags(write=False)
+    return c
