@@ -8,7 +8,7 @@ from __future__ import annotations
 import ctypes
 import operator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from .errors import InvalidArgument, Overflow, ReadOnlyBuffer
 
@@ -60,6 +60,19 @@ class _DLTensor(ctypes.Structure):
                 ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
 
 
+def _check_c_contiguous(shape: Any, strides: Any, itemsize: int) -> None:
+    """InvalidArgument unless byte strides `strides` lay `shape` out in C order. The stride of an
+    axis of length 1 is free, and an empty array has no layout (CuPy and torch give any strides)."""
+    if 0 in shape:
+        return
+    expect = itemsize
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n != 1 and s != expect:
+            raise InvalidArgument("device array is not C-contiguous; build its type with "
+                                  "Datatype.from_array and pass the base array")
+        expect *= n
+
+
 def _from_dlpack(obj: Any) -> DeviceBuffer:
     capsule = obj.__dlpack__()
     get = ctypes.pythonapi.PyCapsule_GetPointer
@@ -68,11 +81,7 @@ def _from_dlpack(obj: Any) -> DeviceBuffer:
     shape = [t.shape[i] for i in range(t.ndim)]
     itemsize = (t.dtype_bits * t.dtype_lanes + 7) // 8
     if t.strides:
-        expect = itemsize
-        for i in reversed(range(t.ndim)):
-            if shape[i] != 1 and t.strides[i] * itemsize != expect:
-                raise InvalidArgument("device array is not contiguous; build its type with Datatype.from_array")
-            expect *= shape[i]
+        _check_c_contiguous(shape, [t.strides[i] * itemsize for i in range(t.ndim)], itemsize)
     n = itemsize
     for s in shape:
         n *= s
@@ -98,12 +107,7 @@ def device_buffer(obj: Any) -> Optional[DeviceBuffer]:
         itemsize = int(typestr[2:])
         strides = cai.get("strides")
         if strides is not None:
-            expect = itemsize
-            for n, s in zip(reversed(shape), reversed(strides)):
-                if n != 1 and s != expect:
-                    raise InvalidArgument("device array is not C-contiguous; build its type with "
-                                          "Datatype.from_array and pass the base array")
-                expect *= n
+            _check_c_contiguous(shape, strides, itemsize)
         nbytes = itemsize
         for n in shape:
             nbytes *= n
@@ -115,6 +119,26 @@ def device_buffer(obj: Any) -> Optional[DeviceBuffer]:
         if kind in (_kDLCUDA, _kDLCUDAManaged):
             return _from_dlpack(obj)
     return None
+
+
+def launch_stream(stream: Optional[int], *arrays: Any) -> Tuple[int, bool]:
+    """The cudaStream_t (an int) a device call on `arrays` runs on, and whether the call waits for
+    it. `stream` when given: the call returns once its work is queued. Else torch's current stream
+    on the tensor's device when one of the arrays is a torch CUDA tensor or a span of one
+    (Datatype.from_array), since torch's array interface (v2) names no stream; else the first
+    stream an array's interface names (0: the legacy default stream). The call waits for those."""
+    if stream is not None:
+        return as_int("stream", stream, minimum=0), False
+    for a in arrays:
+        t = getattr(a, "_owner", a)
+        if is_torch_tensor(t) and t.is_cuda:
+            import torch
+            return int(torch.cuda.current_stream(t.device).cuda_stream), True
+    for a in arrays:
+        cai = getattr(a, "__cuda_array_interface__", None)
+        if cai is not None and cai.get("stream"):
+            return as_int("the array interface's stream", cai["stream"], minimum=0), True
+    return 0, True
 
 
 def torch_as_numpy(t: Any, writable: bool, what: str) -> Any:

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _core
 from ._buffers import (as_int, as_ints, check_writable_device, device_buffer, host_object, is_torch_tensor,
-                       torch_as_numpy)
+                       launch_stream, torch_as_numpy)
 from .errors import InvalidArgument
 
 __all__ = ["Datatype", "NAMED_TYPES", "DEFAULT_DARG"]  # the named-type constants are appended below
@@ -208,9 +208,9 @@ class Datatype:
                 raise InvalidArgument("pack on a device array needs both src and out on the device "
                                       "(out must be given)")
             check_writable_device(dout, "out")
-            st = as_int("stream", stream, minimum=0)
+            st, wait = launch_stream(stream or None, src, out)
             _core.pack_device(self._t, count, dsrc.ptr, dsrc.nbytes, offset, dout.ptr, dout.nbytes, position,
-                              nb, st or dsrc.stream, st == 0)
+                              nb, st, wait)
             return out
         src_h = host_object(src, "src")
         fresh = out is None
@@ -240,9 +240,9 @@ class Datatype:
             if dpk is None or ddst is None:
                 raise InvalidArgument("unpack on a device array needs both packed and dst on the device")
             check_writable_device(ddst, "dst")
-            st = as_int("stream", stream, minimum=0)
+            st, wait = launch_stream(stream or None, dst, packed)
             _core.unpack_device(self._t, count, dpk.ptr, dpk.nbytes, ddst.ptr, ddst.nbytes, offset, position, nb,
-                                st or ddst.stream, st == 0)
+                                st, wait)
             return dst
         _core.unpack_host(self._t, count, host_object(packed, "packed"), host_object(dst, "dst", writable=True),
                           offset, position, nb, _threads(threads))

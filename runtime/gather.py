@@ -323,7 +323,7 @@ class FeatureStore:
         dev_out = _buffers.device_buffer(out) if out is not None else None
         if dev_out is not None:
             _buffers.check_writable_device(dev_out, "out")
-            self._gather_device(t, idx, dev_out.ptr, dev_out.nbytes, dev_out.stream, blocks)
+            self._gather_device(t, idx, dev_out.ptr, dev_out.nbytes, _buffers.launch_stream(None, out)[0], blocks)
             return out
         if device is not None and str(device) != "cpu":
             return self._gather_to_device(t, idx, shape, device, blocks)
@@ -435,7 +435,7 @@ class FeatureStore:
         ptr = self._device_ptr(t, "scatter")
         elem = f"{t.arr.dtype.kind}{t.arr.dtype.itemsize}"
         _core().scatter_device(ptr, t.rows, t.row_bytes, t.row_stride, _addr(idx), idx.size, idx.itemsize, dev.ptr,
-                               dev.nbytes, reduce, elem, dev.stream or 0, True, blocks)
+                               dev.nbytes, reduce, elem, _buffers.launch_stream(None, src)[0], True, blocks)
 
     def _gather_to_device(self, t: _Table, idx: np.ndarray, shape: Tuple[int, ...], device: Any,
                           blocks: int = -1) -> Any:

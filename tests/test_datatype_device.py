@@ -212,6 +212,62 @@ def test_emulated_device_errors_write_nothing(gpu_emulation):
     assert (a == POISONS[0]).all()
 
 
+def test_emulated_empty_device_arrays_have_any_strides(gpu_emulation):
+    """CuPy and torch give an empty array strides such as (0,) or (8, 0): it has no layout, so it is
+    no less contiguous than any other; a non-empty one with the same strides is still refused."""
+    t = Datatype.vector(4, 2, 3, INT)
+    for shape, strides in (((0,), (0,)), ((0,), (16,)), ((0, 3), (24, 0)), ((2, 0), (0, 8))):
+        empty = FakeCudaArray(np.empty(shape, np.uint8), strides=strides)
+        assert t.pack(FakeCudaArray(random_bytes(1, 64)), count=0, out=empty) is empty
+        assert t.unpack(empty, FakeCudaArray(random_bytes(1, 64)), count=0) is not None
+        assert t.pack(empty, count=0, out=FakeCudaArray(np.empty(0, np.uint8))) is not None
+    out = poisoned(t.size)
+    with pytest.raises(hauler.InvalidArgument, match="not C-contiguous"):
+        t.pack(FakeCudaArray(random_bytes(1, 64)), out=FakeCudaArray(out, strides=(0,)))
+    assert (out == POISONS[0]).all()
+
+
+class _StreamArray(FakeCudaArray):
+    def __init__(self, host, stream):
+        super().__init__(host)
+        self.__cuda_array_interface__["stream"] = stream
+
+
+def test_launch_stream_rule():
+    """One rule for every device call: the stream= argument (no wait), else torch's current stream
+    for torch CUDA tensors, else the first stream an array's interface names (waits for it)."""
+    from hauler._buffers import launch_stream
+    a, b = _StreamArray(poisoned(8), None), _StreamArray(poisoned(8), 7)
+    assert launch_stream(None, a) == (0, True)
+    assert launch_stream(None, a, b) == (7, True)
+    assert launch_stream(None, _StreamArray(poisoned(8), 1), b) == (1, True)  # the first one named
+    assert launch_stream(5, b) == (5, False)
+    assert launch_stream(0, b) == (0, False)
+    for bad in (-1, 1.5, "x"):
+        with pytest.raises(hauler.InvalidArgument):
+            launch_stream(bad, a)
+    with pytest.raises(hauler.InvalidArgument):
+        launch_stream(None, _StreamArray(poisoned(8), -3))
+
+
+def test_emulated_bad_stream_writes_nothing(gpu_emulation):
+    t = Datatype.vector(4, 2, 3, INT)
+    out = poisoned(t.size)
+    with pytest.raises(hauler.InvalidArgument, match="stream"):
+        t.pack(FakeCudaArray(random_bytes(1, 64)), out=FakeCudaArray(out), stream=-1)
+    assert (out == POISONS[0]).all()
+    dst = poisoned(64)
+    with pytest.raises(hauler.InvalidArgument, match="stream"):
+        t.unpack(FakeCudaArray(random_bytes(2, t.size)), FakeCudaArray(dst), stream=-1)
+    assert (dst == POISONS[0]).all()
+
+
+def test_empty_device_arrays_without_a_gpu_raise_no_device(no_gpu):
+    t = Datatype.vector(4, 2, 3, INT)
+    with pytest.raises(hauler.NoDevice):
+        t.pack(FakeCudaArray(random_bytes(1, 64)), count=0, out=FakeCudaArray(np.empty(0, np.uint8), strides=(0,)))
+
+
 # ---------------------------------------------------------------------------------------------
 # (c) a real GPU, where there is one (scripts/gpu_check.sh): CuPy and torch CUDA arrays against
 # the host engine, on poisoned device outputs; skipped without a GPU
@@ -277,6 +333,25 @@ def test_real_gpu_word_sizes_and_misaligned_pointers(real_gpu, n, bl, gap, shift
     t.unpack(packed[oshift:], dev_dst[shift:])
     got = g.host(dev_dst)
     assert np.array_equal(got, host_dst), first_diff(got, host_dst)
+
+
+def test_real_gpu_torch_tensors_run_on_the_current_stream(real_gpu):
+    """Without stream=, a pack of torch tensors runs on torch's current stream: it sees the bytes
+    written there just before, behind a long kernel, and the call waits for them."""
+    if real_gpu.name != "torch":
+        pytest.skip("torch's current stream applies to torch tensors")
+    torch = real_gpu.mod
+    t = Datatype.vector(1024, 3, 5, INT)
+    want = random_bytes(9, t.extent)
+    src = real_gpu.bytes(poisoned(t.extent))
+    new = real_gpu.bytes(want)
+    out = real_gpu.full(t.size, POISONS[0])
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # keeps the side stream busy well past a launch elsewhere
+        src.copy_(new)
+        t.pack(src, out=out)  # on the legacy default stream it would read the poison
+    assert np.array_equal(real_gpu.host(out), t.pack(want))
 
 
 def test_real_gpu_streams(real_gpu):

@@ -56,17 +56,20 @@ def test_emulated_checks_before_launch(gpu_emulation):
     with pytest.raises(hauler.InvalidArgument, match="not pinned"):
         fs.gather("t", [1, 2], out=FakeCudaArray(out))
     fs.pin()
-    with pytest.raises(hauler.OutOfRange, match=r"index\[1\] = 10 is out of range"):
-        fs.gather("t", [1, 10], out=FakeCudaArray(out))
-    assert (out == -1.0).all()
-    with pytest.raises(hauler.ReadOnlyBuffer):
-        fs.gather("t", [1, 2], out=FakeCudaArray(out, readonly=True))
-    with pytest.raises(hauler.BufferTooSmall, match="too small for 3 rows"):
-        fs.gather("t", [1, 2, 3], out=FakeCudaArray(out))
-    # tables added after pin() are pinned too
-    fs.add("u", np.ones((4, 2)))
-    fs.gather("u", [3, 0], out=FakeCudaArray(out))
-    assert (out == 1.0).all()
+    try:  # a registration must not outlive the table (its pages would stay registered)
+        with pytest.raises(hauler.OutOfRange, match=r"index\[1\] = 10 is out of range"):
+            fs.gather("t", [1, 10], out=FakeCudaArray(out))
+        assert (out == -1.0).all()
+        with pytest.raises(hauler.ReadOnlyBuffer):
+            fs.gather("t", [1, 2], out=FakeCudaArray(out, readonly=True))
+        with pytest.raises(hauler.BufferTooSmall, match="too small for 3 rows"):
+            fs.gather("t", [1, 2, 3], out=FakeCudaArray(out))
+        # tables added after pin() are pinned too
+        fs.add("u", np.ones((4, 2)))
+        fs.gather("u", [3, 0], out=FakeCudaArray(out))
+        assert (out == 1.0).all()
+    finally:
+        fs.unpin()
 
 
 def test_device_gather_without_a_gpu_is_no_device(no_gpu):
@@ -125,6 +128,7 @@ def test_emulated_gpu_scatter_equals_numpy(gpu_emulation, reduce, rows, row_shap
         with pytest.raises(hauler.InvalidArgument, match="add"):
             fs.scatter("t", idx, FakeCudaArray(src), reduce="add")
         assert np.array_equal(raw, raw_before)
+        fs.unpin()  # a registration must not outlive its table: the pages would stay registered
         return
     fs.scatter("t", idx, FakeCudaArray(src), reduce=reduce, gpu_blocks=int(rng.integers(0, 3)))
     assert table.tobytes() == want.tobytes()
@@ -141,28 +145,31 @@ def test_emulated_scatter_checks_before_launch(gpu_emulation, tmp_path):
     with pytest.raises(hauler.InvalidArgument, match="not pinned"):
         fs.scatter("t", [1, 2], src)
     fs.pin()
-    with pytest.raises(hauler.OutOfRange, match=r"index\[1\] = 10 is out of range"):
-        fs.scatter("t", [1, 10], src)
-    with pytest.raises(hauler.InvalidArgument, match="shape"):
-        fs.scatter("t", [1, 2, 3], src)
-    with pytest.raises(hauler.InvalidArgument, match="dtype"):
-        fs.scatter("t", [1, 2], FakeCudaArray(np.ones((2, 2), np.float32)))
-    fs.add("h", np.zeros((4, 2), np.int16))
-    with pytest.raises(hauler.InvalidArgument, match="no atomic add"):
-        fs.scatter("h", [0, 0], FakeCudaArray(np.ones((2, 2), np.int16)), reduce="add")
-    assert np.array_equal(table, before) and not fs.table("h").any()
-    ro = np.zeros((4, 2))
-    ro.flags.writeable = False
-    fs.add("ro", ro)
-    with pytest.raises(hauler.ReadOnlyBuffer):
-        fs.scatter("ro", [0], FakeCudaArray(np.ones((1, 2))))
-    fs.scatter("t", [], FakeCudaArray(np.ones((0, 2))))                  # nothing to do
-    assert np.array_equal(table, before)
-    np.save(tmp_path / "f.npy", np.zeros((4, 2)))
-    fs.add("f", str(tmp_path / "f.npy"), backend="file", writable=True)
-    with pytest.raises(hauler.InvalidArgument, match="NVMe table .* move the rows through host memory"):
-        fs.scatter("f", [0], FakeCudaArray(np.ones((1, 2))))
-    assert not np.load(tmp_path / "f.npy").any()
+    try:
+        with pytest.raises(hauler.OutOfRange, match=r"index\[1\] = 10 is out of range"):
+            fs.scatter("t", [1, 10], src)
+        with pytest.raises(hauler.InvalidArgument, match="shape"):
+            fs.scatter("t", [1, 2, 3], src)
+        with pytest.raises(hauler.InvalidArgument, match="dtype"):
+            fs.scatter("t", [1, 2], FakeCudaArray(np.ones((2, 2), np.float32)))
+        fs.add("h", np.zeros((4, 2), np.int16))
+        with pytest.raises(hauler.InvalidArgument, match="no atomic add"):
+            fs.scatter("h", [0, 0], FakeCudaArray(np.ones((2, 2), np.int16)), reduce="add")
+        assert np.array_equal(table, before) and not fs.table("h").any()
+        ro = np.zeros((4, 2))
+        ro.flags.writeable = False
+        fs.add("ro", ro)
+        with pytest.raises(hauler.ReadOnlyBuffer):
+            fs.scatter("ro", [0], FakeCudaArray(np.ones((1, 2))))
+        fs.scatter("t", [], FakeCudaArray(np.ones((0, 2))))                  # nothing to do
+        assert np.array_equal(table, before)
+        np.save(tmp_path / "f.npy", np.zeros((4, 2)))
+        fs.add("f", str(tmp_path / "f.npy"), backend="file", writable=True)
+        with pytest.raises(hauler.InvalidArgument, match="NVMe table .* move the rows through host memory"):
+            fs.scatter("f", [0], FakeCudaArray(np.ones((1, 2))))
+        assert not np.load(tmp_path / "f.npy").any()
+    finally:
+        fs.unpin()
 
 
 def test_device_scatter_without_a_gpu_is_no_device(no_gpu):
@@ -252,5 +259,28 @@ def test_real_gpu_gather_to_a_new_device_tensor(real_gpu):
         for got in (host_path, zero_copy):
             assert got.is_cuda and tuple(got.shape) == (70, 3, 37)
             assert got.cpu().numpy().tobytes() == table[idx].tobytes()
+    finally:
+        fs.unpin()
+
+
+def test_real_gpu_gather_into_a_torch_tensor_runs_on_the_current_stream(real_gpu):
+    """gather(out=<torch tensor>) queues the kernel on torch's current stream, after the work
+    already there: a fill queued behind a long kernel lands first, the rows after it."""
+    if real_gpu.name != "torch":
+        pytest.skip("torch's current stream applies to torch tensors")
+    torch = real_gpu.mod
+    table = np.random.default_rng(5).standard_normal((3000, 24)).astype(np.float32)
+    idx = np.random.default_rng(6).integers(0, 3000, 500)
+    fs = FeatureStore({"t": table}).pin()
+    try:
+        out = torch.zeros((500, 24), dtype=torch.float32, device="cuda")
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(50_000_000)  # keeps the side stream busy well past a launch elsewhere
+            out.fill_(-1.0)
+            fs.gather("t", idx, out=out)  # on the legacy default stream the fill would win
+        torch.cuda.synchronize()
+        assert out.cpu().numpy().tobytes() == table[idx].tobytes()
     finally:
         fs.unpin()

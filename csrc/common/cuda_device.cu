@@ -53,15 +53,18 @@ HAULER_CUDA_EXPORT int hauler_cuda_host_register(void* p, size_t n, int readonly
   unsigned int flags = cudaHostRegisterMapped | cudaHostRegisterPortable;
   if (readonly) flags |= cudaHostRegisterReadOnly;
   cudaError_t r = cudaHostRegister(p, n, flags);
+  bool shared = false;
   if (r == cudaErrorHostMemoryAlreadyRegistered) {
-    // Small tables can share a page with another registered table: fine when
-    // the registration in place covers this whole range.
+    // Small tables can share a page with another registered range: fine when
+    // the registration in place covers this whole range. It is not ours to
+    // unregister: the return code says so.
     cudaGetLastError();
     cudaPointerAttributes first, last;
     if (cudaPointerGetAttributes(&first, p) == cudaSuccess &&
         cudaPointerGetAttributes(&last, static_cast<const uint8_t*>(p) + (n - 1)) == cudaSuccess &&
         first.type == cudaMemoryTypeHost && last.type == cudaMemoryTypeHost) {
       r = cudaSuccess;
+      shared = true;
     } else {
       cudaGetLastError();
     }
@@ -70,18 +73,18 @@ HAULER_CUDA_EXPORT int hauler_cuda_host_register(void* p, size_t n, int readonly
   void* d = nullptr;
   cudaError_t e = cudaHostGetDevicePointer(&d, p, 0);
   if (e != cudaSuccess) {
-    cudaHostUnregister(p);
+    if (!shared) cudaHostUnregister(p);
     return fail(err, errlen, HAULER_GPU_EINTERNAL, "cudaHostGetDevicePointer", e);
   }
   *device = d;
-  return HAULER_GPU_OK;
+  return shared ? HAULER_GPU_ALREADY_REGISTERED : HAULER_GPU_OK;
 }
 
 HAULER_CUDA_EXPORT int hauler_cuda_host_unregister(void* p, char* err, size_t errlen) {
   cudaError_t e = cudaHostUnregister(p);
-  if (e == cudaErrorHostMemoryNotRegistered) {  // covered by another table's registration
+  if (e == cudaErrorHostMemoryNotRegistered) {
     cudaGetLastError();
-    return HAULER_GPU_OK;
+    return fail(err, errlen, HAULER_GPU_EINVAL, "cudaHostUnregister (no registration starts at this address)", e);
   }
   if (e != cudaSuccess) return fail(err, errlen, HAULER_GPU_EINTERNAL, "cudaHostUnregister", e);
   return HAULER_GPU_OK;

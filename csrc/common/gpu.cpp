@@ -2,11 +2,17 @@
 
 #include <dlfcn.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <stdexcept>
+#include <vector>
 
 #include "cuda_driver.hpp"
 #include "settings.hpp"
@@ -223,6 +229,99 @@ void synchronize(void* stream) {
   char err[512] = "";
   int rc = b->synchronize(stream, err, sizeof err);
   if (rc != 0) fail(status_of(rc), std::string(b->name) + " synchronize: " + err);
+}
+
+namespace {
+
+// A registration hauler made: its pages, and the host_register calls still using it.
+struct Owned {
+  uintptr_t lo, hi;  // [first page, end of last page)
+  bool readonly;
+  int users;
+  const Backend* backend;  // the one that made it unregisters it
+};
+
+// One host_register call in force: the registrations of hauler's it holds (none when the range
+// lies in someone else's).
+struct User {
+  uintptr_t p;
+  std::vector<uintptr_t> holds;
+};
+
+std::mutex g_reg_mu;
+std::map<uintptr_t, Owned> g_owned;  // by the address registered
+std::vector<User> g_users;
+
+std::string where(const void* p, size_t n) {
+  char s[64];
+  std::snprintf(s, sizeof s, "%zu bytes at %p", n, p);
+  return s;
+}
+
+}  // namespace
+
+void* host_register(void* p, size_t n, bool readonly) {
+  const Backend* b = backend();
+  if (!b) fail(Status::no_device, status_message() + ": registering host memory needs a GPU");
+  if (!p || n == 0) fail(Status::invalid_argument, "cannot register " + where(p, n) + " for the GPU: " +
+                                                       (p ? "the range is empty" : "the pointer is null"));
+  const uintptr_t pg = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE)), a = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t lo = a / pg * pg, hi = (a + n + pg - 1) / pg * pg;
+  std::lock_guard<std::mutex> lk(g_reg_mu);
+  User u{a, {}};
+  for (const auto& [base, o] : g_owned) {
+    if (o.lo >= hi || lo >= o.hi) continue;
+    if (o.readonly && !readonly)
+      fail(Status::invalid_argument, "cannot register " + where(p, n) + " writable for the GPU: it shares pages "
+                                         "with a read-only registration (pin the read-only table after, or make "
+                                         "both writable)");
+    u.holds.push_back(base);
+  }
+  void* dev = nullptr;
+  char err[512] = "";
+  int rc = b->host_register(p, n, readonly ? 1 : 0, &dev, err, sizeof err);
+  if (rc == HAULER_GPU_OK) {
+    g_owned[a] = Owned{lo, hi, readonly, 0, b};
+    u.holds.push_back(a);
+  } else if (rc != HAULER_GPU_ALREADY_REGISTERED) {
+    fail(status_of(rc), "registering " + where(p, n) + " for the GPU (" + b->name + "): " + err);
+  }
+  for (uintptr_t base : u.holds) ++g_owned[base].users;
+  g_users.push_back(std::move(u));
+  return dev;
+}
+
+void host_unregister(void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  // One lock across the backend calls: a register racing with the last unregister of its pages
+  // must not find them still registered and take the registration for someone else's.
+  std::lock_guard<std::mutex> lk(g_reg_mu);
+  auto it = std::find_if(g_users.rbegin(), g_users.rend(), [a](const User& u) { return u.p == a; });
+  if (it == g_users.rend()) {
+    char s[48];
+    std::snprintf(s, sizeof s, "%p", p);
+    fail(Status::invalid_argument, std::string("host memory at ") + s + " has no GPU registration of hauler's in "
+                                   "force (unregistered twice, or never registered)");
+  }
+  const std::vector<uintptr_t> holds = std::move(it->holds);
+  g_users.erase(std::next(it).base());
+  std::string errors;
+  for (uintptr_t base : holds) {
+    auto oi = g_owned.find(base);
+    if (--oi->second.users > 0) continue;
+    const Backend* b = oi->second.backend;
+    g_owned.erase(oi);
+    char err[512] = "";
+    if (b->host_unregister(reinterpret_cast<void*>(base), err, sizeof err) != 0)
+      errors += std::string(errors.empty() ? "" : "; ") + b->name + ": " + err;
+  }
+  if (!errors.empty()) fail(Status::internal, "unregistering host memory from the GPU: " + errors);
+}
+
+int host_registration_users(const void* p) {
+  std::lock_guard<std::mutex> lk(g_reg_mu);
+  auto it = g_owned.find(reinterpret_cast<uintptr_t>(p));
+  return it == g_owned.end() ? 0 : it->second.users;
 }
 
 }  // namespace hauler::gpu

@@ -67,6 +67,19 @@ std::string library_path();
 // The search without $HAULER_CUDA_LIB, for a core inside the module file `module`.
 std::string library_near(const std::string& module);
 
+// Registers [p, p + n) for GPU access (pinned in place, mapped) and returns the device address
+// of p. Pages are registered whole, so ranges may share a registration (small tables on one page,
+// one table pinned twice): hauler counts the users of each registration it made and unregisters
+// it when the last one leaves; a range inside a registration made by someone else (torch's
+// pinned memory, the application's cudaHostRegister) is used as it is and never unregistered by
+// hauler. A writable range inside a read-only registration of hauler's is refused
+// (invalid_argument). Throws no_device without a backend.
+void* host_register(void* p, size_t n, bool readonly);
+// Ends the latest host_register(p, ...) still in force; invalid_argument when there is none.
+void host_unregister(void* p);
+// The users of the registration hauler made at exactly p (0: none). For tests.
+int host_registration_users(const void* p);
+
 // The emulation backend (gpu_emulation.hpp).
 const Backend& emulation_backend();
 

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HAULER_GPU_ABI 3 /* 2: row gather entry points (csrc/gather); 3: row scatter */
+#define HAULER_GPU_ABI 4 /* 2: row gather entry points (csrc/gather); 3: row scatter; 4: shared registrations */
 
 /* Return codes: 0 or a hauler::Status value (status.hpp; gpu.cpp asserts they agree). */
 #define HAULER_GPU_OK 0
@@ -18,6 +18,9 @@
 #define HAULER_GPU_ERANGE 4
 #define HAULER_GPU_ENODEV 6
 #define HAULER_GPU_EINTERNAL 8
+/* Not an error (host_register only): the range lies inside a registration made before, by hauler
+ * or by anyone else; *device is set, and the caller must not unregister the range for it. */
+#define HAULER_GPU_ALREADY_REGISTERED 100
 
 #ifdef __cplusplus
 extern "C" {
@@ -65,9 +68,13 @@ typedef int (*hauler_gpu_gather_fn)(const struct HaulerGatherArgs* args, void* s
  * validated, uploaded stream-ordered. Asynchronous on `stream`. */
 typedef int (*hauler_gpu_scatter_fn)(const struct HaulerScatterArgs* args, void* stream, char* err, size_t errlen);
 /* Registers (pins in place and maps) [p, p + n) for GPU access: *device receives
- * the address kernels use. readonly != 0 for read-only mappings. */
+ * the address kernels use. readonly != 0 for read-only mappings. Returns
+ * HAULER_GPU_ALREADY_REGISTERED, not OK, when an earlier registration covers
+ * the range (pages are registered whole, so small tables can share one): the
+ * core counts references to hauler's own registrations (gpu::host_register). */
 typedef int (*hauler_gpu_host_register_fn)(void* p, size_t n, int readonly, void** device, char* err,
                                            size_t errlen);
+/* Unregisters the registration made at exactly p (an error when there is none). */
 typedef int (*hauler_gpu_host_unregister_fn)(void* p, char* err, size_t errlen);
 
 #ifdef __cplusplus

@@ -38,6 +38,12 @@ constexpr int kDefaultEmulatedSms = 2;
 void set_emulated_sm_count(int sms);
 int emulated_sm_count();
 
+// The emulated device keeps host registrations as CUDA does (whole pages, unregistered by the
+// address registered, "already registered" for a range inside one), so the core's reference
+// counting of shared registrations runs in tests. Whether p's page is registered; how many are.
+bool emulated_registered(const void* p);
+size_t emulated_registrations();
+
 // Runs body(tid, nthreads) for every thread of a grid of `grid` blocks of `block` threads, one
 // after another: the emulation checks the index math and the work split (each output word has
 // one writer), not concurrency.

@@ -41,15 +41,14 @@ HAULER_CUDA_EXPORT int hauler_cuda_pack(const HaulerDevLayout* layout, void* ori
   if (rc != HAULER_GPU_OK || n == 0) return rc;
   DevLayout l = *layout;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  hauler::cuda::DeviceFacts f;
-  rc = hauler::cuda::device_facts(&f, err, errlen);
-  if (rc != HAULER_GPU_OK) return rc;
   // The first byte of the type's span lies in the caller's buffer even when
   // the origin itself does not (negative lower bounds).
-  const char* remedy = " (pass device, managed or cudaHostRegister'ed memory)";
-  rc = hauler::cuda::check_pointer(static_cast<uint8_t*>(origin) + l.span_lo, "memory", f, remedy, err, errlen);
-  if (rc != HAULER_GPU_OK) return rc;
-  rc = hauler::cuda::check_pointer(buf, "packed buffer", f, remedy, err, errlen);
+  hauler::cuda::Pointer qs[2] = {{static_cast<uint8_t*>(origin) + l.span_lo, "memory", {}},
+                                 {buf, "packed buffer", {}}};
+  hauler::cuda::DeviceScope scope;
+  hauler::cuda::DeviceFacts f;
+  rc = hauler::cuda::enter_call(qs, 2, " (pass device, managed or cudaHostRegister'ed memory)", &scope, &f, err,
+                                errlen);
   if (rc != HAULER_GPU_OK) return rc;
 
   // Run lists live in host memory in the Plan; they are uploaded for this

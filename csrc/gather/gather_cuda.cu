@@ -64,18 +64,17 @@ void launch_scatter(const HaulerScatterArgs& a, uint32_t grid, uint32_t block, c
 }
 
 // The launch both entry points share: check the table and row-buffer
-// pointers, upload the host index arrays, start the kernel.
+// pointers, switch to the device that owns them, upload the host index
+// arrays, start the kernel, and give the caller's device back.
 template <class Args, class Launch>
 int run_rows(Args& a, const void* table, const void* rows_buf, const char* rows_what, hauler::cuda::Upload* pieces,
              int npieces, void* stream, Launch launch, const char* kernel_what, char* err, size_t errlen) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  hauler::cuda::Pointer qs[2] = {{table, "table", {}}, {rows_buf, rows_what, {}}};
+  hauler::cuda::DeviceScope scope;
   hauler::cuda::DeviceFacts f;
-  int rc = hauler::cuda::device_facts(&f, err, errlen);
-  if (rc != HAULER_GPU_OK) return rc;
-  const char* remedy = ": pin() the table (cudaHostRegister) or pass device memory";
-  rc = hauler::cuda::check_pointer(table, "table", f, remedy, err, errlen);
-  if (rc != HAULER_GPU_OK) return rc;
-  rc = hauler::cuda::check_pointer(rows_buf, rows_what, f, remedy, err, errlen);
+  int rc = hauler::cuda::enter_call(qs, 2, ": pin() the table (cudaHostRegister) or pass device memory", &scope, &f,
+                                    err, errlen);
   if (rc != HAULER_GPU_OK) return rc;
   uint32_t grid = 0, block = 0;
   hauler::gather::gather_launch_shape(a.n, a.group, f.sms, a.max_blocks, &grid, &block);

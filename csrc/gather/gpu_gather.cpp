@@ -115,21 +115,8 @@ void gpu_scatter(const Table& t, const Index& idx, const void* src, Reduce r, El
   if (rc != 0) fail(gpu::status_of(rc), std::string("GPU scatter (") + b.name + "): " + err);
 }
 
-void* host_register(void* p, size_t n, bool readonly) {
-  const gpu::Backend& b = need_backend("pinning a table");
-  void* dev = nullptr;
-  char err[512] = "";
-  int rc = b.host_register(p, n, readonly ? 1 : 0, &dev, err, sizeof err);
-  if (rc != 0) fail(gpu::status_of(rc), std::string("pinning ") + std::to_string(n) + " bytes at a table (" +
-                                            b.name + "): " + err);
-  return dev;
-}
+void* host_register(void* p, size_t n, bool readonly) { return gpu::host_register(p, n, readonly); }
 
-void host_unregister(void* p) {
-  const gpu::Backend& b = need_backend("unpinning a table");
-  char err[512] = "";
-  int rc = b.host_unregister(p, err, sizeof err);
-  if (rc != 0) fail(gpu::status_of(rc), std::string("unpinning a table (") + b.name + "): " + err);
-}
+void host_unregister(void* p) { gpu::host_unregister(p); }
 
 }  // namespace hauler::gather

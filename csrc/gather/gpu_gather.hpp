@@ -33,7 +33,8 @@ struct GpuChoice {
 GpuChoice gpu_choice(const Table& t, const void* out);
 
 // Registers [p, p + n) for GPU access (pinned in place, mapped); returns the
-// device address of p. Throws no_device without a backend.
+// device address of p. Shared registrations are reference counted
+// (gpu::host_register). Throws no_device without a backend.
 void* host_register(void* p, size_t n, bool readonly);
 void host_unregister(void* p);
 

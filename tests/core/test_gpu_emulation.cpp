@@ -518,6 +518,78 @@ void test_backend_validation() {
 
 // Stream positions past 2^32 (the 64-bit index paths): stride-0 repetitions
 // make a huge stream over a few bytes of memory.
+// Shared host registrations: pages are registered whole, so two tables on one page share one
+// registration; hauler counts its users and unregisters at zero, and never unregisters a
+// registration someone else made.
+void test_shared_registrations() {
+  gpu::use_emulation(true);
+  const size_t pg = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<uint8_t> mem(4 * pg);
+  uint8_t* page0 = mem.data() + (pg - reinterpret_cast<uintptr_t>(mem.data()) % pg);  // 3 whole pages
+  const size_t before = gpu::emulated_registrations();
+
+  // A, then B on A's page: B holds A's registration, which outlives A's unregister.
+  uint8_t* a = page0;
+  uint8_t* b = page0 + 100;
+  CHECK(gpu::host_register(a, 100, false) == a, "first range registered");
+  CHECK(gpu::host_registration_users(a) == 1, "one user of the new registration");
+  CHECK(gpu::host_register(b, 100, false) == b, "second range on the same page gets its device address");
+  CHECK(gpu::host_registration_users(a) == 2, "the sharing range counted");
+  CHECK(gpu::host_registration_users(b) == 0, "no registration of its own at the sharing range");
+  gpu::host_unregister(a);
+  CHECK(gpu::emulated_registered(b), "the page stays registered while the sharing range uses it");
+  CHECK(gpu::host_registration_users(a) == 1, "one user left");
+  gpu::host_unregister(b);
+  CHECK(!gpu::emulated_registered(a), "unregistered when the last user left");
+  CHECK(gpu::emulated_registrations() == before, "nothing left registered");
+
+  // The same range twice (one table pinned by two stores): two users.
+  gpu::host_register(a, pg, true);
+  gpu::host_register(a, pg, true);
+  CHECK(gpu::host_registration_users(a) == 2, "the same range twice: two users");
+  gpu::host_unregister(a);
+  CHECK(gpu::emulated_registered(a), "still registered for the second user");
+  gpu::host_unregister(a);
+  CHECK(!gpu::emulated_registered(a), "unregistered with the second user");
+  expect_error([&] { gpu::host_unregister(a); }, Status::invalid_argument, "no GPU registration of hauler's",
+               "unregistering once too often");
+
+  // A range spanning two of hauler's registrations holds both.
+  gpu::host_register(page0, pg, false);
+  gpu::host_register(page0 + pg, pg, false);
+  gpu::host_register(page0 + pg - 8, 16, false);
+  CHECK(gpu::host_registration_users(page0) == 2 && gpu::host_registration_users(page0 + pg) == 2,
+        "a range across two registrations holds both");
+  gpu::host_unregister(page0);
+  gpu::host_unregister(page0 + pg);
+  CHECK(gpu::emulated_registered(page0) && gpu::emulated_registered(page0 + pg), "both kept for the spanning range");
+  gpu::host_unregister(page0 + pg - 8);
+  CHECK(gpu::emulated_registrations() == before, "both unregistered with the spanning range");
+
+  // A writable range inside one of hauler's read-only registrations is refused, and changes nothing.
+  gpu::host_register(a, 64, true);
+  expect_error([&] { gpu::host_register(b, 64, false); }, Status::invalid_argument, "read-only registration",
+               "writable range on a read-only registration's page");
+  CHECK(gpu::host_registration_users(a) == 1, "the refusal took no reference");
+  gpu::host_unregister(a);
+
+  // Someone else's registration (the application's cudaHostRegister): used, never unregistered.
+  void* dev = nullptr;
+  char err[256] = "";
+  CHECK(hauler_emu_host_register(page0, 2 * pg, 0, &dev, err, sizeof err) == HAULER_GPU_OK, "foreign registration");
+  CHECK(gpu::host_register(page0, 64, false) == page0, "a range inside a foreign registration");
+  CHECK(gpu::host_registration_users(page0) == 0, "hauler counts no registration of its own there");
+  gpu::host_unregister(page0);
+  CHECK(gpu::emulated_registered(page0), "the foreign registration survives hauler's unregister");
+  CHECK(hauler_emu_host_unregister(page0, err, sizeof err) == HAULER_GPU_OK, "its owner unregisters it");
+
+  // Bad arguments.
+  expect_error([&] { gpu::host_register(nullptr, 64, false); }, Status::invalid_argument, "null",
+               "registering a null pointer");
+  expect_error([&] { gpu::host_register(a, 0, false); }, Status::invalid_argument, "empty", "registering 0 bytes");
+  CHECK(gpu::emulated_registrations() == before, "the tests leave nothing registered");
+}
+
 void test_64bit_positions() {
   CHECK(div_nonneg(int64_t(5) << 33, 3) == (int64_t(5) << 33) / 3 && div_nonneg(7, 2) == 3 &&
             div_nonneg(int64_t(1) << 40, int64_t(1) << 35) == 32,
@@ -657,6 +729,7 @@ int main() {
   test_index_helpers();
   test_backend_validation();
   test_64bit_positions();
+  test_shared_registrations();
   test_real_library();
 
   int built = 0, attempts = 0;
