@@ -103,10 +103,16 @@ class _Table:
         """Makes the rows readable by GPU threads in place (cudaHostRegister); device_ptr set."""
         if self.device_ptr is None and self.rows > 0:
             self.device_ptr = int(_core().host_register(_addr(self.arr), self.nbytes, not self.arr.flags.writeable))
+            # a table dropped while pinned must not leave its pages registered (a later table on
+            # them could not pin); runs before the table's array is released
+            self._unpin = weakref.finalize(self, _core().host_unregister, _addr(self.arr))
 
     def unregister(self) -> None:
         if self.device_ptr is not None:
             self.device_ptr = None
+            unpin = getattr(self, "_unpin", None)
+            if unpin is not None:
+                unpin.detach()
             _core().host_unregister(_addr(self.arr))
 
     def not_pinned_error(self, what: str) -> InvalidArgument:

@@ -72,6 +72,23 @@ def test_emulated_checks_before_launch(gpu_emulation):
         fs.unpin()
 
 
+def test_dropped_pinned_store_gives_its_pages_back(gpu_emulation):
+    table = np.arange(4096.0).reshape(512, 8)
+    fs = FeatureStore({"t": table[:256]})  # half the pages: a lingering registration blocks the whole
+    fs.pin()
+    del fs  # dropped without unpin(): its registration must go with it
+    import gc
+    gc.collect()
+    again = FeatureStore({"t": table})
+    again.pin()  # on the same pages: refused while the first registration lingered
+    try:
+        out = np.full((2, 8), -1.0)
+        again.gather("t", [5, 7], out=FakeCudaArray(out))
+        assert np.array_equal(out, table[[5, 7]])
+    finally:
+        again.unpin()
+
+
 def test_device_gather_without_a_gpu_is_no_device(no_gpu):
     fs = FeatureStore({"t": np.zeros((4, 2))})
     with pytest.raises(hauler.NoDevice, match="needs a GPU"):
