@@ -114,7 +114,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=core.non_negative_int, default=1,
                    help="untimed calls of each contender before the rounds (default 1)")
     p.add_argument("--threads", type=core.positive_int, default=None,
-                   help="threads of hauler's local moves (default: HAULER_THREADS, else the core count)")
+                   help="threads of hauler's local moves (default: hauler.kv's own rule: one thread for moves "
+                        "below 64 MiB, else HAULER_THREADS or the core count)")
     p.add_argument("--no-swap", action="store_true", help="skip the swap section")
     p.add_argument("--swap-blocks", type=core.positive_int, default=None,
                    help=f"blocks of the swapped request (default {SWAP_BLOCKS}; {QUICK_SWAP_BLOCKS} with --quick)")
@@ -191,7 +192,9 @@ def run(opts: Options, out: Optional[core.Output] = None) -> Report:
     header = [
         ("hauler", f"{hinfo['version']} ({hinfo['core']}); build: {hinfo['build_summary']}; "
                    f"cuda: {'available' if hinfo['cuda_available'] else 'not available'}: {hinfo['cuda_status']}"),
-        ("threads", f"hauler {opts.threads or hinfo['threads_default']} (local moves); torch {torch.get_num_threads()} (intra-op); numpy 1"),
+        ("threads", (f"hauler {opts.threads}" if opts.threads else
+                     f"hauler 1 below 64 MiB, else {hinfo['threads_default']}")
+         + f" (local moves); torch {torch.get_num_threads()} (intra-op); numpy 1"),
         ("versions", f"numpy {hinfo['numpy']}, torch {torch.__version__}, python {mach['python']}"),
         ("machine", f"{mach['cpu']}, {mach['cores_usable']} usable cores of {mach['cores_os']}, {mach['memory']}; "
                     f"{mach['host']}, {mach['os']}; {mach['date']}"),
