@@ -3,6 +3,7 @@ them). TensorStore builds on this module; hauler.io re-exports both, so neither 
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import errno
 import concurrent.futures
@@ -185,6 +186,7 @@ class _Completer:
         self._cv = threading.Condition()
         self._pending: "collections.deque[Future]" = collections.deque()
         self._thread: Optional[threading.Thread] = None
+        self._stopping = False
 
     def track(self, fut: Future) -> None:
         with self._cv:
@@ -194,11 +196,23 @@ class _Completer:
                 self._thread.start()
             self._cv.notify()
 
+    def stop(self) -> None:
+        """At exit, before the interpreter finalizes: a daemon thread that retakes the GIL after
+        the core's wait then would be unwound through pybind11's frames (std::terminate)."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(1.0)
+
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._pending:
+                while not self._pending and not self._stopping:
                     self._cv.wait()
+                if self._stopping:
+                    return
                 first = self._pending[0]
             first._f.wait(self.POLL_S)
             with self._cv:
@@ -220,6 +234,7 @@ class _Completer:
 
 _completer = _Completer()
 os.register_at_fork(after_in_child=_completer._after_fork)
+atexit.register(_completer.stop)
 
 
 def _check_int(name: str, v: Any, minimum: int = 0) -> int:
