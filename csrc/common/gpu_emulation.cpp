@@ -55,7 +55,8 @@ int emulated_sm_count() { return g_sms.load(std::memory_order_relaxed); }
 const Backend& emulation_backend() {
   static const Backend b{"emulation",           hauler_emu_abi,           hauler_emu_init,
                          hauler_emu_pack,       hauler_emu_synchronize,   hauler_emu_gather,
-                         hauler_emu_host_register, hauler_emu_host_unregister, hauler_emu_scatter};
+                         hauler_emu_host_register, hauler_emu_host_unregister, hauler_emu_scatter,
+                         hauler_emu_kv_copy};
   return b;
 }
 

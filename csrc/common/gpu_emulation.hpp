@@ -27,6 +27,9 @@ int hauler_emu_pack(const struct HaulerDevLayout* layout, void* origin, void* bu
 // Row gather and scatter (gather/gather_emulate.cpp).
 int hauler_emu_gather(const struct HaulerGatherArgs* args, void* stream, char* err, size_t errlen);
 int hauler_emu_scatter(const struct HaulerScatterArgs* args, void* stream, char* err, size_t errlen);
+// KV block copy (kv/kv_emulate.cpp).
+int hauler_emu_kv_copy(const struct HaulerKVCopyArgs* args, const int64_t* regions, int64_t nregions, void* stream,
+                       char* err, size_t errlen);
 }
 
 namespace hauler::gpu {
