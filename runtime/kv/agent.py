@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import InvalidArgument, NoDevice, OutOfRange
 from .transport import (CmaTransport, LeaseExpired, PeerLost, ShmTransport, TransferCancelled, TransferError,
-                        TransferTimeout, TransportRefused, b64, recv_frame, send_frame, serve_stage,
+                        TransferTimeout, TransportRefused, b64, close_rings, recv_frame, send_frame, serve_stage,
                         shm_prefix, unb64)
 from .transport_ipc import IpcMapping, IpcTransport, device_ordinal, export_handles
 
@@ -787,6 +787,7 @@ class Agent:
                              name=f"hauler-kv-{self.name}-conn").start()
 
     def _serve(self, conn):
+        rings = {}
         try:
             while True:
                 header, payload = recv_frame(conn)
@@ -796,10 +797,13 @@ class Agent:
                 elif op == "stage":
                     with self._lock:
                         regions = [r for reg in self._regs if reg.layout.device is None for r in reg.regions]
-                    serve_stage(conn, header, payload, regions)
+                    serve_stage(conn, header, payload, regions, rings)
+                elif op == "abort":  # a read cancelled after its last chunk went out: nothing to stop
+                    send_frame(conn, {"op": "aborted"})
         except (OSError, ValueError):
             pass  # peer gone or closed: its transfers fail on its side
         finally:
+            close_rings(rings)
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
