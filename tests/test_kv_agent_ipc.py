@@ -185,8 +185,9 @@ def test_segment_outside_the_export_is_refused(peer, gpu_emulation):
 
 
 def test_docs_example_runs(tmp_path):
-    """docs/kv-transfer.md's python block (until tests/test_readme.py runs every docs block): the CUDA
-    IPC example on a GPU; elsewhere it must still import, run and say why it stops."""
+    """docs/kv-transfer.md's python block as the script it is (tests/test_readme.py execs docs blocks
+    under another __name__, where a spawn-based two-process example only defines its functions): the
+    CUDA IPC example on a GPU; elsewhere it must still import, run and say why it stops."""
     import os
     import re
     import subprocess
