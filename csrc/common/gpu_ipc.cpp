@@ -45,6 +45,7 @@ cuda::CUresult in_context(const cuda::Driver& d, cuda::CUcontext ctx, F f) {
 struct Opened {
   cuda::CUdevice device;
   cuda::CUcontext ctx;
+  int refs;  // the driver maps a handle once per context and counts the opens: so do we
 };
 std::mutex g_mu;
 std::map<uintptr_t, Opened> g_opened;  // peers' allocations this process mapped through the driver
@@ -124,7 +125,7 @@ void* ipc_open(const uint8_t* handle, int device, uint64_t* size) {
                             "process exited or freed it), or the handle is not from this node and boot");
   }
   std::lock_guard<std::mutex> lk(g_mu);
-  g_opened[static_cast<uintptr_t>(p)] = Opened{dev, ctx};
+  ++g_opened.try_emplace(static_cast<uintptr_t>(p), Opened{dev, ctx, 0}).first->second.refs;
   *size = bytes;
   return reinterpret_cast<void*>(static_cast<uintptr_t>(p));
 }
@@ -142,7 +143,7 @@ void ipc_close(void* mapped) {
     if (it == g_opened.end())
       fail(Status::invalid_argument, "nothing mapped from a peer starts at " + addr(mapped) + " (closed twice?)");
     o = it->second;
-    g_opened.erase(it);
+    if (--it->second.refs == 0) g_opened.erase(it);
   }
   const cuda::Driver& d = ipc_driver("unmapping a peer's device memory (CUDA IPC)");
   cuda::CUresult rc = in_context(d, o.ctx, [&] {
