@@ -33,7 +33,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..errors import InvalidArgument, NoDevice, OutOfRange
+from ..errors import HaulerError, InvalidArgument, NoDevice, OutOfRange
 from .transport import (CmaTransport, LeaseExpired, PeerLost, ShmTransport, TransferCancelled, TransferError,
                         TransferTimeout, TransportRefused, b64, close_rings, recv_frame, send_frame, serve_stage,
                         shm_prefix, unb64)
@@ -413,7 +413,7 @@ class Agent:
         if device:
             try:
                 meta["ipc"] = export_handles(reg.regions)
-            except (NoDevice, InvalidArgument) as e:  # this side still drives transfers (staged)
+            except HaulerError as e:  # not exportable: this side still drives its transfers (staged)
                 meta["ipc_error"] = str(e)
         return _MAGIC + json.dumps(meta).encode()
 
