@@ -164,7 +164,8 @@ def _index_array(index: Any) -> Tuple[np.ndarray, bool]:
                               f"got {type(index).__name__}")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return np.ascontiguousarray(arr), was_torch
+    # not ascontiguousarray: it makes a 0-d index 1-d, and a scalar index drops the row dimension
+    return (arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)), was_torch
 
 
 def _out_array(t: _Table, out: Any, shape: Tuple[int, ...], what: str = "out") -> np.ndarray:
