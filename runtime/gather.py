@@ -51,7 +51,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _buffers, _gather_shm, config
+from . import _buffers, _gather_registry, _gather_shm, config
 from ._gather_file import _file_table
 from ._gather_table import _addr, _core, _Table, _torch, _unlink
 from .errors import InvalidArgument, NoDevice, ReadOnlyBuffer
@@ -59,6 +59,15 @@ from .errors import InvalidArgument, NoDevice, ReadOnlyBuffer
 __all__ = ["FeatureStore", "GatherCollate", "gather", "scatter", "SHM_DIR"]
 
 SHM_DIR = _gather_shm.SHM_DIR
+
+
+def _torch_ops(index: Any, t: Any) -> Any:
+    """hauler._torch_ops when torch is in play (a torch index or table), else None: imports
+    torch only when the caller already did."""
+    if _buffers.is_torch_tensor(index) or _buffers.is_torch_tensor(getattr(t, "keep", None)):
+        from . import _torch_ops
+        return _torch_ops
+    return None
 
 
 def _in_worker() -> bool:
@@ -116,10 +125,17 @@ def _table_from(name: str, data: Any, shared: bool, writable: bool, mode: int = 
     return _share(t, mode) if shared else t
 
 
+def _check_shareable(t: _Table) -> None:
+    if getattr(t.keep, "requires_grad", False):
+        raise InvalidArgument(f"table {t.name!r} requires grad: a shared table is a copy in /dev/shm, which "
+                              "would not carry its gradient; share a detached tensor or keep it in memory")
+
+
 def _share(t: _Table, mode: int = 0o600) -> _Table:
     """A copy of the table in /dev/shm (mode: its permission bits), mapped; pickles by path."""
     if t.kind == "shared":
         return t
+    _check_shareable(t)
     src = np.ascontiguousarray(t.arr)
     dst, path, fd = _gather_shm.create(src.shape, src.dtype, mode)
     try:
@@ -204,6 +220,7 @@ class FeatureStore:
     def __init__(self, tables: Optional[Dict[str, Any]] = None, *, shared: bool = False):
         self._tables: Dict[str, _Table] = {}
         self._pinned = False
+        self._opened()
         for name, data in (tables or {}).items():
             self.add(name, data, shared=shared)
 
@@ -263,6 +280,8 @@ class FeatureStore:
         """Move every ordinary-memory table into /dev/shm (one copy, shared with every worker
         process however it was started; files of mode `shared_mode`); returns self."""
         mode = _gather_shm.check_mode(shared_mode)
+        for t in self._tables.values():
+            _check_shareable(t)
         for name, t in list(self._tables.items()):
             if t.kind == "memory":
                 self._tables[name] = _share(t, mode)
@@ -304,10 +323,16 @@ class FeatureStore:
         return self._get(name).path
 
     # gather / scatter
-    def gather(self, name: str, index: Any, out: Any = None, device: Any = None, *,
+    def gather(self, name: str, index: Any, out: Any = None, device: Any = None, *, sparse: bool = False,
                threads: Optional[int] = None, stream: Optional[bool] = None,
                gpu_blocks: Optional[int] = None) -> Any:
-        """Rows `index` of table `name` (shape index.shape + row_shape).
+        """Rows `index` of table `name` (shape index.shape + row_shape; a scalar index gives one row,
+        as table[5] does).
+
+        Autograd: from a table added as a tensor that requires grad, the result carries a gradient
+        (the scatter-add of its gradient into the table's rows; `sparse=True`: a sparse COO
+        gradient, as nn.Embedding(sparse=True)). torch.compile traces the call as the custom op
+        torch.ops.hauler.gather (see hauler._torch_ops).
 
         `out`: a numpy array / CPU tensor of exactly that shape and dtype (C-contiguous, writable)
         or a device array (``__cuda_array_interface__``) to gather into. `device`: None or "cpu"
@@ -316,6 +341,16 @@ class FeatureStore:
         stores on/off (default: by HAULER_GATHER_STREAM_MIN). `gpu_blocks`: cap on the GPU kernel's
         thread blocks for this call (default HAULER_GATHER_GPU_BLOCKS), to leave the GPU to
         training kernels running beside it."""
+        ops = _torch_ops(index, self._tables.get(name))
+        if ops is not None:
+            result = ops.gather(self, name, index, out, device, bool(sparse))
+            if result is not None:
+                return result
+        return self._gather(name, index, out, device, threads=threads, stream=stream, gpu_blocks=gpu_blocks)
+
+    def _gather(self, name: str, index: Any, out: Any = None, device: Any = None, *,
+                threads: Optional[int] = None, stream: Optional[bool] = None,
+                gpu_blocks: Optional[int] = None) -> Any:
         t = self._get(name)
         idx, idx_torch = _index_array(index)
         shape = tuple(idx.shape) + t.row_shape
@@ -353,7 +388,15 @@ class FeatureStore:
         first, so the last position wins there too. add: one atomicAdd per element (float32/64,
         (u)int32/64; 8/16-bit integers have no atomic and raise InvalidArgument), duplicates
         added in no fixed order (integers exact; floats may differ from numpy.add.at in the last
-        bits). `gpu_blocks` caps the kernel's thread blocks as for gather."""
+        bits). `gpu_blocks` caps the kernel's thread blocks as for gather. A scatter autograd would
+        have to record (src or the table requiring grad, grad mode on) is refused: it writes in place."""
+        ops = _torch_ops(src, self._tables.get(name)) or _torch_ops(index, None)
+        if ops is not None and ops.scatter(self, name, index, src, reduce):
+            return
+        self._scatter(name, index, src, reduce=reduce, threads=threads, gpu_blocks=gpu_blocks)
+
+    def _scatter(self, name: str, index: Any, src: Any, *, reduce: str = "assign",
+                 threads: Optional[int] = None, gpu_blocks: Optional[int] = None) -> None:
         t = self._get(name)
         if reduce not in ("assign", "add"):
             raise InvalidArgument(f"reduce must be 'assign' or 'add', got {reduce!r}")
@@ -460,7 +503,7 @@ class FeatureStore:
                           RuntimeWarning, stacklevel=3)
             t.warned_fallback = True
         host = torch.empty(shape, dtype=dtype, pin_memory=True)
-        self.gather(t.name, idx, out=host)
+        self._gather(t.name, idx, out=host)
         return host.to(dev, non_blocking=True)
 
     # lifetime and pickling
@@ -488,10 +531,18 @@ class FeatureStore:
     def __setstate__(self, state):
         self._tables = {t.name: t for t in state["tables"]}
         self._pinned = False  # a pin belongs to the process that made it
+        self._opened()
+
+    def _opened(self) -> None:
+        self._id = str(next(_gather_registry.IDS))   # torch.compile's graphs name the store by it
+        _gather_registry.STORES[self._id] = self
 
     def __repr__(self) -> str:
         parts = [f"{n}: {t.kind} {t.arr.shape} {self.dtype(n)}" for n, t in self._tables.items()]
         return f"FeatureStore({'; '.join(parts)})"
+
+
+_gather_registry.store_class = FeatureStore
 
 
 def _torch_dtype_of(np_dtype: np.dtype) -> Any:
