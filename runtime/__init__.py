@@ -7,7 +7,7 @@ a GPU is asked about.
 import importlib
 
 from ._version import __version__
-from .errors import (BufferTooSmall, HaulerError, HaulerIOError, InvalidArgument, NoDevice,
+from .errors import (BufferTooSmall, Closed, HaulerError, HaulerIOError, InvalidArgument, NoDevice,
                      OutOfRange, Overflow, ReadOnlyBuffer)
 try:
     from . import _core
@@ -27,7 +27,7 @@ _LAZY_ERRORS = {"CapacityExceeded": "tensorstore", "CorruptEntry": "_store_forma
 
 __all__ = ["__version__", "cuda_available", "cuda_status", "HaulerError", "InvalidArgument",
            "Overflow", "BufferTooSmall", "OutOfRange", "ReadOnlyBuffer", "NoDevice",
-           "HaulerIOError", *_LAZY_ERRORS, *_LAZY_SUBMODULES]
+           "HaulerIOError", "Closed", *_LAZY_ERRORS, *_LAZY_SUBMODULES]
 
 
 def _require_core():

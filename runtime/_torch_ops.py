@@ -21,7 +21,7 @@ from torch.library import custom_op
 import numpy as np
 
 from . import _gather_registry
-from .errors import InvalidArgument
+from .errors import Closed, InvalidArgument
 
 _ADD_DTYPES = (torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
@@ -29,6 +29,8 @@ def _store(store: str) -> Any:
     fs = _gather_registry.STORES.get(store)
     if fs is None:
         raise InvalidArgument(f"FeatureStore #{store} no longer exists (a compiled function outlived its store?)")
+    if fs._closed:
+        raise Closed("this FeatureStore is closed: a compiled function's gather needs an open store")
     return fs
 
 

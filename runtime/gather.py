@@ -54,6 +54,7 @@ import numpy as np
 from . import _buffers, _gather_registry, _gather_shm, config
 from ._gather_file import _file_table
 from ._gather_table import _addr, _core, _Table, _torch, _unlink
+from ._lifetime import needs_open
 from .errors import InvalidArgument, NoDevice, ReadOnlyBuffer
 
 __all__ = ["FeatureStore", "GatherCollate", "gather", "scatter", "SHM_DIR"]
@@ -225,6 +226,7 @@ class FeatureStore:
             self.add(name, data, shared=shared)
 
     # tables
+    @needs_open
     def add(self, name: str, data: Any, *, shared: bool = False, writable: bool = False,
             backend: Optional[str] = None, dtype: Any = None, shape: Any = None, offset: int = 0,
             direct: Optional[bool] = None, shared_mode: int = 0o600) -> None:
@@ -268,6 +270,7 @@ class FeatureStore:
         if old is not None and old is not t:
             old.close()
 
+    @needs_open
     def remove(self, name: str) -> bool:
         t = self._tables.pop(name, None)
         if t is None:
@@ -276,6 +279,7 @@ class FeatureStore:
         t.close()
         return True
 
+    @needs_open
     def share(self, shared_mode: int = 0o600) -> "FeatureStore":
         """Move every ordinary-memory table into /dev/shm (one copy, shared with every worker
         process however it was started; files of mode `shared_mode`); returns self."""
@@ -287,12 +291,15 @@ class FeatureStore:
                 self._tables[name] = _share(t, mode)
         return self
 
+    @needs_open
     def names(self) -> List[str]:
         return list(self._tables)
 
+    @needs_open
     def __contains__(self, name: object) -> bool:
         return name in self._tables
 
+    @needs_open
     def __len__(self) -> int:
         return len(self._tables)
 
@@ -303,26 +310,32 @@ class FeatureStore:
             known = ", ".join(repr(n) for n in self._tables) or "none"
             raise KeyError(f"no table named {name!r} in this FeatureStore (tables: {known})") from None
 
+    @needs_open
     def table(self, name: str) -> Any:
         """The whole table, no copy: a torch tensor for torch tables, else a numpy array."""
         t = self._get(name)
         return t.as_user()
 
+    @needs_open
     def shape(self, name: str) -> Tuple[int, ...]:
         return tuple(self._get(name).arr.shape)
 
+    @needs_open
     def dtype(self, name: str) -> Any:
         t = self._get(name)
         return t.torch_dtype if t.torch_dtype is not None else t.arr.dtype
 
+    @needs_open
     def kind(self, name: str) -> str:
         """'memory', 'shared', 'mmap' or 'file' (read through the I/O engine)."""
         return self._get(name).kind
 
+    @needs_open
     def path(self, name: str) -> Optional[str]:
         return self._get(name).path
 
     # gather / scatter
+    @needs_open
     def gather(self, name: str, index: Any, out: Any = None, device: Any = None, *, sparse: bool = False,
                threads: Optional[int] = None, stream: Optional[bool] = None,
                gpu_blocks: Optional[int] = None) -> Any:
@@ -376,6 +389,7 @@ class FeatureStore:
             return t.as_user(arr, torch_out=True)
         return arr
 
+    @needs_open
     def scatter(self, name: str, index: Any, src: Any, *, reduce: str = "assign",
                 threads: Optional[int] = None, gpu_blocks: Optional[int] = None) -> None:
         """table[index[i]] = src[i] (reduce="assign": with duplicate indices the LAST position
@@ -426,6 +440,7 @@ class FeatureStore:
         t.scatter_from(idx, s, reduce, _threads(threads))
 
     # GPU
+    @needs_open
     def pin(self) -> "FeatureStore":
         """Register every table for zero-copy GPU reads (cudaHostRegister, in place). NoDevice
         when there is no usable GPU, saying why. Tables added later are pinned as they come."""
@@ -437,6 +452,7 @@ class FeatureStore:
         self._pinned = True
         return self
 
+    @needs_open
     def unpin(self) -> None:
         for t in self._tables.values():
             t.unregister()
@@ -508,7 +524,10 @@ class FeatureStore:
 
     # lifetime and pickling
     def close(self) -> None:
-        """Unpin and drop every table (shared tables' /dev/shm files are deleted)."""
+        """Unpin and drop every table (shared tables' /dev/shm files are deleted); then every method
+        but close() raises Closed."""
+        if self._closed:
+            return
         try:
             self.unpin()
         except Exception:
@@ -518,13 +537,16 @@ class FeatureStore:
                 t._finalizer()
             t.close()
         self._tables.clear()
+        self._closed = True
 
+    @needs_open
     def __enter__(self) -> "FeatureStore":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @needs_open
     def __getstate__(self):
         return {"tables": list(self._tables.values())}
 
@@ -534,10 +556,16 @@ class FeatureStore:
         self._opened()
 
     def _opened(self) -> None:
+        self._closed = False
         self._id = str(next(_gather_registry.IDS))   # torch.compile's graphs name the store by it
         _gather_registry.STORES[self._id] = self
 
+    def _closed_name(self) -> str:
+        return "this FeatureStore"
+
     def __repr__(self) -> str:
+        if self._closed:
+            return "FeatureStore(closed)"
         parts = [f"{n}: {t.kind} {t.arr.shape} {self.dtype(n)}" for n, t in self._tables.items()]
         return f"FeatureStore({'; '.join(parts)})"
 
