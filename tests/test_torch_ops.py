@@ -166,6 +166,17 @@ def test_gradient_through_a_compiled_function_equals_eager():
     assert torch.equal(compiled_grad, w.grad)
 
 
+def test_sparse_gradient_through_a_compiled_function_equals_eager():
+    w = torch.randn(20, 4, requires_grad=True)
+    fs = FeatureStore({"w": w})
+    idx = torch.tensor([1, 5, 5])
+    torch.compile(lambda i: fs.gather("w", i, sparse=True).pow(2).sum(), fullgraph=True,
+                  backend="aot_eager")(idx).backward()
+    compiled_grad, w.grad = w.grad, None
+    fs.gather("w", idx, sparse=True).pow(2).sum().backward()
+    assert compiled_grad.is_sparse and torch.equal(compiled_grad.to_dense(), w.grad.to_dense())
+
+
 def test_gradient_reaches_a_table_computed_from_parameters():
     base = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
     table = (base * 3).contiguous()
