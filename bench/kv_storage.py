@@ -90,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(a: argparse.Namespace) -> Options:
     q = bool(a.quick)
-    return Options(contexts=a.contexts or (QUICK_CONTEXTS if q else CONTEXTS), links=a.links or (QUICK_LINKS if q else LINKS),
+    return Options(contexts=a.contexts or (QUICK_CONTEXTS if q else CONTEXTS),
+                   links=a.links or (QUICK_LINKS if q else LINKS),
                    layers=QUICK_LAYERS if q else LAYERS, batch=QUICK_BATCH if q else BATCH,
                    repeat=a.repeat or (QUICK_REPEAT if q else REPEAT), threads=a.drive_threads,
                    directory=a.directory, quick=q, seed=a.seed)
@@ -156,7 +157,7 @@ def run(opts: Options, out: Optional[core.Output] = None) -> Report:
         ("rounds", f"1 warm-up step, then {opts.repeat} timed step(s) each, alternating; step/s of the median step; "
                    "B/step: bytes crossing the link both ways (control messages included); drive rd: KV the drive "
                    "read inside (never crossing)"),
-        ("correct", "in-storage outputs == the baseline's (torch SDPA) within 2e-3 (float16 outputs)"),
+        ("correct", "in-storage outputs == the baseline's (torch SDPA) within rtol = atol = 2e-3 (float16 outputs)"),
         ("drive files", f"{directory} ({_fs_type(os.path.realpath(directory))}); "
                         f"{'O_DIRECT' if direct else 'BUFFERED: ' + why}; I/O backend {io.backend_description()}"),
         ("versions", f"hauler {hinfo['version']}, torch {torch.__version__}, python {mach['python']}"),
@@ -216,7 +217,7 @@ def _context(opts: Options, rep: Report, out: core.Output, sa: Any, ctx: int, ge
                     step(fn)
                     times[mode].append(time.perf_counter() - t0)
                     traffic[mode] = sa.counters
-            ok = all(torch.allclose(a.float(), b.float(), rtol=0, atol=2e-3) for a, b in zip(got["in"], got["base"]))
+            ok = all(torch.allclose(a.float(), b.float(), rtol=2e-3, atol=2e-3) for a, b in zip(got["in"], got["base"]))
             t_in, t_base = statistics.median(times["in"]), statistics.median(times["base"])
             row = {"section": "storage-attention", "context": ctx, "link_gbps": gbps, "instorage_sps": 1 / t_in,
                    "baseline_sps": 1 / t_base, "speedup": t_base / t_in,

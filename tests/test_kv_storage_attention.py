@@ -1,7 +1,7 @@
 """hauler.kv.StorageAttention: a real drive process, real files, real shared memory. Outputs are
 checked against torch's scaled_dot_product_attention (float32, enable_gqa) over the very KV that
-was put: float32 outputs within rtol=atol=1e-5; float16 outputs within 2e-3 and bfloat16 within
-1.6e-2 absolute (their rounding of outputs of magnitude <= 1: one unit in the last place, twice).
+was put: float32 outputs within rtol=atol=1e-5; float16 outputs within rtol=atol=2e-3 and bfloat16
+within rtol=atol=1.6e-2 (two units in the last place: both sides round float32 results).
 Faults are real too: a killed drive, a stopped one, a truncated SSD copy."""
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from hauler.kv.storage_attention import Link  # noqa: E402
 from hauler.tensorstore import CorruptEntry  # noqa: E402
 
 LAYERS = 3
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=0, atol=2e-3),
-       torch.bfloat16: dict(rtol=0, atol=1.6e-2)}
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3),
+       torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2)}
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,8 @@ def test_bad_arguments(drive):
     for layer in (LAYERS, -1):
         with pytest.raises(OutOfRange, match=f"layer {layer} is outside"):
             drive.attend(q, ["ok"], layer)
+    with pytest.raises(InvalidArgument, match="scale must be a finite number"):
+        drive.attend(q, ["ok"], 0, scale="big")
     with pytest.raises(InvalidArgument, match="layer must be an integer"):
         drive.attend(q, ["ok"], 1.0)
     with pytest.raises(InvalidArgument, match="but v is"):
@@ -191,7 +193,8 @@ def test_adopt_swapspace_ssd_copy(drive, tmp_path):
         n = drive.adopt(space, "req", layout, as_request="adopted")
         assert n == 4 * layout.block_bytes
         c = drive.counters
-        assert c["adopted_bytes"] == n and c["to_drive_bytes"] == c["control_bytes"] > 0 and c["kv_put_bytes"] == 0
+        assert c["adopted_bytes"] == n and c["kv_put_bytes"] == c["query_bytes"] == 0
+        assert c["to_drive_bytes"] + c["from_drive_bytes"] == c["control_bytes"] > 0   # only the message crossed
         assert drive.tokens("adopted") == 13
         k, v = gathered(layers_, blocks, 13)
         q = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(8)).to(torch.float16)

@@ -1,6 +1,6 @@
 """The emulated computational drive behind :class:`hauler.kv.StorageAttention`.
 
-Run as ``python -m hauler.kv._drive`` by the host side, never imported by user code. It owns the
+Started by the host side (``main`` in a new Python process), never used directly. It owns the
 KV files in its directory (read with hauler.io), computes decode attention over them and talks to
 the host through one shared-memory area and two pipes that carry only 8-byte doorbells:
 
@@ -23,7 +23,6 @@ import math
 import os
 import select
 import struct
-import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 HDR = struct.Struct("<QQqQQ")       # magic, seq, status (0 ok, 1 error), meta length, data length
@@ -332,7 +331,7 @@ def serve(area: str, req_fd: int, resp_fd: int, threads: int, chunk_bytes: int) 
 
 def main(argv: Optional[List[str]] = None) -> int:
     import argparse
-    p = argparse.ArgumentParser(prog="python -m hauler.kv._drive", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="hauler.kv._drive", description=__doc__.splitlines()[0])
     p.add_argument("--area", required=True)
     p.add_argument("--req-fd", type=int, required=True)
     p.add_argument("--resp-fd", type=int, required=True)
@@ -341,6 +340,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     return serve(a.area, a.req_fd, a.resp_fd, a.threads, a.chunk_bytes)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

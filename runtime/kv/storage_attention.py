@@ -39,6 +39,10 @@ from .swap import UnknownRequest
 __all__ = ["StorageAttention", "DriveLost", "DriveTimeout", "Link"]
 
 
+# not `-m hauler.kv._drive`: the package imports _drive first, which runpy warns about
+_DRIVE_MAIN = "import sys; from hauler.kv._drive import main; sys.exit(main(sys.argv[1:]))"
+
+
 class DriveLost(HaulerIOError):
     """The drive process is gone (it died or was stopped after a timeout); nothing it held is reachable."""
 
@@ -179,28 +183,31 @@ class StorageAttention:
         self._dir = tempfile.mkdtemp(prefix="hauler-drive-", dir=root)
         shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
         fd, self._area_path = tempfile.mkstemp(prefix="hauler-drive-", suffix=".area", dir=shm_dir)
-        fds: List[int] = []
+        drive_fds: List[int] = []
+        host_fds: List[int] = []
         try:
             os.ftruncate(fd, DATA_OFF + area)
             self._mm = mmap.mmap(fd, DATA_OFF + area)
             req_r, self._req_w = os.pipe()
+            drive_fds.append(req_r)
+            host_fds.append(self._req_w)
             self._resp_r, resp_w = os.pipe()
-            fds = [req_r, resp_w]
+            drive_fds.append(resp_w)
+            host_fds.append(self._resp_r)
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)   # the drive imports this hauler
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "hauler.kv._drive", "--area", self._area_path, "--req-fd", str(req_r),
+                [sys.executable, "-c", _DRIVE_MAIN, "--area", self._area_path, "--req-fd", str(req_r),
                  "--resp-fd", str(resp_w), "--threads", str(threads), "--chunk-bytes", str(chunk)],
-                pass_fds=fds, stdin=subprocess.DEVNULL, env=env, close_fds=True)
+                pass_fds=drive_fds, stdin=subprocess.DEVNULL, env=env, close_fds=True)
         except BaseException:
-            for f in fds:
+            for f in host_fds + [fd]:
                 os.close(f)
-            os.close(fd)
             os.unlink(self._area_path)
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
         finally:
-            for f in fds:   # the drive's ends: its exit closes them, so our reads see end of file
+            for f in drive_fds:   # the drive's ends: its exit closes them, so our reads see end of file
                 os.close(f)
         os.close(fd)
         self._closed = False
@@ -234,12 +241,14 @@ class StorageAttention:
         raw = io.empty(geo.file_bytes)
         raw[:] = 0
         flat = torch.from_numpy(raw)
-        pad = geo.nblocks * bs
+        full, tail = divmod(tokens, bs)
         for layer in range(layers):
             start = layer * geo.layer_stride
             dst = flat[start:start + geo.layer_bytes].view(kt.dtype).view(geo.nblocks, 2, bs, heads, hs)
             for plane, src in ((0, kt), (1, vt)):
-                dst[:, plane].reshape(pad, heads, hs)[:tokens] = src[layer]
+                dst[:full, plane] = src[layer, :full * bs].reshape(full, bs, heads, hs)
+                if tail:   # the last block's unused tokens stay zero
+                    dst[full, plane, :tail] = src[layer, full * bs:]
         with self._lock:
             self._check_alive()
             handle, path = self._new_handle()
@@ -290,11 +299,12 @@ class StorageAttention:
         request's KV; ``scale`` defaults to 1/sqrt(head_size). The result has the queries' shape,
         dtype and kind (torch or numpy)."""
         import torch
-        q, was_numpy, reqs, layer = self._check_batch(queries, request_ids, layer)
+        q, was_numpy, reqs, layer, scale = self._check_batch(queries, request_ids, layer, scale)
         qb = _drive.as_bytes(q)
         if DATA_OFF + qb.nbytes > len(self._mm):
-            raise BufferTooSmall(f"the batch's {qb.nbytes} bytes of queries do not fit in the {len(self._mm) - DATA_OFF}"
-                                 f"-byte shared area: pass area_bytes= >= {qb.nbytes} or attend in smaller batches")
+            raise BufferTooSmall(f"the batch's {qb.nbytes} bytes of queries do not fit in the "
+                                 f"{len(self._mm) - DATA_OFF}-byte shared area: pass area_bytes= >= {qb.nbytes} or "
+                                 "attend in smaller batches")
         meta = {"op": "attend", "handles": [r.handle for r in reqs], "layer": layer, "q_heads": int(q.shape[1]),
                 "head_size": int(q.shape[2]), "q_dtype": str(q.dtype).replace("torch.", ""), "scale": scale}
         with self._lock:
@@ -315,7 +325,7 @@ class StorageAttention:
         Arguments and result as for :meth:`attend`."""
         import torch
         from .. import io
-        q, was_numpy, reqs, layer = self._check_batch(queries, request_ids, layer)
+        q, was_numpy, reqs, layer, scale = self._check_batch(queries, request_ids, layer, scale)
         outs = []
         for i, r in enumerate(reqs):
             g = r.geo
@@ -497,8 +507,17 @@ class StorageAttention:
                 old.file.close()
             self._call({"op": "drop", "handle": old.handle})
 
-    def _check_batch(self, queries: Any, request_ids: Any, layer: Any) -> Tuple[Any, bool, List[_Request], int]:
+    def _check_batch(self, queries: Any, request_ids: Any, layer: Any,
+                     scale: Any) -> Tuple[Any, bool, List[_Request], int, Optional[float]]:
         self._check_open()
+        if scale is not None:
+            try:
+                f = float(scale)
+            except (TypeError, ValueError):
+                f = float("nan")
+            if not math.isfinite(f):
+                raise InvalidArgument(f"scale must be a finite number or None, got {scale!r}")
+            scale = f
         q, was_numpy = _tensor(queries, "queries")
         if q.dim() != 3:
             raise InvalidArgument(f"queries has shape {tuple(q.shape)}; expected [batch, q_heads, head_size]")
@@ -518,7 +537,7 @@ class StorageAttention:
             if d != g.head_size or hq % g.heads:
                 raise InvalidArgument(f"queries have {hq} heads of {d}; request {r!r} holds {g.heads} KV heads of "
                                       f"{g.head_size} (q_heads must be a multiple of kv_heads, head sizes equal)")
-        return q, was_numpy, reqs, layer
+        return q, was_numpy, reqs, layer, scale
 
     @staticmethod
     def _seconds(name: str, v: Any) -> float:
