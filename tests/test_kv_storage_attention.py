@@ -5,6 +5,7 @@ within rtol=atol=1.6e-2 (two units in the last place: both sides round float32 r
 Faults are real too: a killed drive, a stopped one, a truncated SSD copy."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -271,6 +272,26 @@ def test_drive_lost_stopped_and_closed(tmp_path):
     sa.close()
     with pytest.raises(InvalidArgument, match="timeout"):
         StorageAttention(tmp_path, timeout=0)
+
+
+def test_bench_section_runs(tmp_path):
+    """`hauler-bench kv --storage-attention` as a user runs it: structure and correctness, never speed."""
+    from test_bench import bench
+    rep = json.loads(bench("kv", "--storage-attention", "--quick", "--contexts", "40,100", "--links", "1,4", "--json",
+                           "--dir", str(tmp_path)).stdout)
+    assert rep["benchmark"] == "kv-storage-attention" and any("SIMULATED" in w for w in rep["warnings"])
+    rows = rep["rows"]
+    assert [(r["context"], r["link_gbps"]) for r in rows] == [(c, g) for c in (40, 100) for g in (1.0, 4.0, None)]
+    for r in rows:
+        assert r["correct"] is True and r["instorage_sps"] > 0 and r["baseline_sps"] > 0
+        # the baseline moves the KV of every layer and request across; in storage only queries and outputs cross
+        kv_step = 2 * 2 * -(-r["context"] // 16) * 16 * 8 * 128 * 2 * 2
+        assert r["drive_read_bytes"] == r["baseline_bytes"] == kv_step > 10 * r["instorage_bytes"]
+    assert [c["context"] for c in rep["info"]["crossover"]] == [40, 100]
+    assert os.listdir(tmp_path) == []
+    text = bench("kv", "--storage-attention", "--quick", "--contexts", "40", "--links", "2", "--dir",
+                 str(tmp_path)).stdout
+    assert "# WARNING: SIMULATED" in text and "# crossover at 40 tokens:" in text
 
 
 def test_docs_example_runs():

@@ -260,7 +260,7 @@ class Drive:
             v = kvc[:, 1].reshape(n * g.block_size, g.heads, g.head_size)[:valid].float()
             states[i] = online_softmax_step(states[i], q[i].view(g.heads, hq // g.heads, d), k, v, scale)
             kv_bytes += size
-        out = torch.stack([(o / l.unsqueeze(-1)).reshape(hq, d) for _, l, o in states]).to(qdt).contiguous()
+        out = torch.stack([softmax_result(st, hq, d) for st in states]).to(qdt).contiguous()
         return {"kv_read_bytes": kv_bytes, "chunks": len(chunks)}, as_bytes(out)
 
     # -- bookkeeping -----------------------------------------------------------------------------
@@ -290,6 +290,12 @@ def online_softmax_step(state: Any, q: Any, k: Any, v: Any, scale: float) -> Any
     corr = torch.exp(m - m_new)
     p = torch.exp(s - m_new.unsqueeze(-1))
     return m_new, l * corr + p.sum(-1), o * corr.unsqueeze(-1) + torch.matmul(p, v.permute(1, 0, 2))
+
+
+def softmax_result(state: Any, q_heads: int, head_size: int) -> Any:
+    """The attention output [q_heads, head_size] of a finished online softmax."""
+    _, l, o = state
+    return (o / l.unsqueeze(-1)).reshape(q_heads, head_size)
 
 
 def serve(area: str, req_fd: int, resp_fd: int, threads: int, chunk_bytes: int) -> int:

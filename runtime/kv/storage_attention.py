@@ -11,7 +11,7 @@ attention over them, streaming a request's layer once, chunk by chunk, with an o
 The host sends queries and gets outputs back through a shared-memory area; only those bytes (and
 small control messages) cross the host<->drive boundary, which a token bucket per direction can
 throttle to a given bandwidth (an emulated PCIe link). ``attend_on_host`` is the FlexGen-style
-alternative over the same files and link: load the layer's KV to the host, then compute.
+alternative over the same files and link: load the layer's KV to the host, then compute there.
 """
 from __future__ import annotations
 
@@ -179,6 +179,7 @@ class StorageAttention:
         self._next = 0
         self._seq = 0
         self._lost: Optional[str] = None
+        self._host_buf: Optional[np.ndarray] = None
         self._drive_counters = {"kv_read_bytes": 0, "attends": 0, "adopted_bytes": 0}
         self._dir = tempfile.mkdtemp(prefix="hauler-drive-", dir=root)
         shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -321,8 +322,8 @@ class StorageAttention:
                        scale: Optional[float] = None) -> Any:
         """The FlexGen-style baseline over the same files and link: each request's layer of KV
         is read from the drive's file (counted and throttled as kv_load bytes from the drive),
-        then ``torch.nn.functional.scaled_dot_product_attention`` runs on the host (float32).
-        Arguments and result as for :meth:`attend`."""
+        then the drive's attention math (torch, float32) runs on the host over the whole layer
+        at once, with the host's torch threads. Arguments and result as for :meth:`attend`."""
         import torch
         from .. import io
         q, was_numpy, reqs, layer, scale = self._check_batch(queries, request_ids, layer, scale)
@@ -333,16 +334,20 @@ class StorageAttention:
                 self._check_alive()
                 if r.file is None:
                     r.file = io.File(r.path, "r")
-                buf = io.empty(g.layer_bytes)
+                if self._host_buf is None or self._host_buf.nbytes < g.layer_bytes:
+                    self._host_buf = io.empty(g.layer_bytes)   # kept: loads reuse one page-aligned buffer
+                buf = self._host_buf[:g.layer_bytes]
                 r.file.read_into(buf, offset=layer * g.layer_stride)
                 self.link.cross("from_drive", "kv_load", buf.nbytes)
-            kvl = torch.from_numpy(buf).view(getattr(torch, g.dtype)).view(g.nblocks, 2, g.block_size, g.heads,
-                                                                           g.head_size)
-            k = kvl[:, 0].reshape(-1, g.heads, g.head_size)[:g.tokens].float().permute(1, 0, 2).unsqueeze(0)
-            v = kvl[:, 1].reshape(-1, g.heads, g.head_size)[:g.tokens].float().permute(1, 0, 2).unsqueeze(0)
-            o = torch.nn.functional.scaled_dot_product_attention(q[i].float().view(1, -1, 1, g.head_size), k, v,
-                                                                 scale=scale, enable_gqa=True)
-            outs.append(o.view(q.shape[1], q.shape[2]))
+                kvl = torch.from_numpy(buf).view(getattr(torch, g.dtype)).view(g.nblocks, 2, g.block_size, g.heads,
+                                                                               g.head_size)
+                # float32 copies: the buffer is the next load's
+                k, v = (kvl[:, p].reshape(-1, g.heads, g.head_size)[:g.tokens].to(torch.float32, copy=True)
+                        for p in (0, 1))
+            # the drive's math over the whole layer at once: the contenders differ only in where it runs
+            st = _drive.online_softmax_step(None, q[i].float().view(g.heads, -1, g.head_size), k, v,
+                                            1.0 / math.sqrt(g.head_size) if scale is None else scale)
+            outs.append(_drive.softmax_result(st, q.shape[1], q.shape[2]))
         out = torch.stack(outs).to(q.dtype)
         return out.numpy() if was_numpy else out
 
