@@ -220,6 +220,33 @@ def test_adopt_swapspace_ssd_copy(drive, tmp_path):
             drive.adopt(space, "req2", kv.KVLayout.mla([torch.zeros(4, 4, 16, dtype=torch.float16)]))
 
 
+def test_forked_child_cannot_use_or_stop_the_drive(drive):
+    gen = torch.Generator().manual_seed(10)
+    k, v = kv_pair(gen, 12, 1, 8, torch.float32)
+    drive.put("f", k, v)
+    q = torch.randn(1, 2, 8, generator=gen)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child reports what it saw, then leaves without running any cleanup
+        try:
+            try:
+                drive.attend(q, ["f"], 0)
+                msg = b"attended"
+            except InvalidArgument as e:
+                msg = b"refused" if b"forked child" in str(e).encode() else str(e).encode()
+            drive.close()
+            os.write(w, msg)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    assert got == b"refused"
+    torch.testing.assert_close(drive.attend(q, ["f"], 0), reference(q, [(k, v)], 0), rtol=1e-5, atol=1e-5)
+    drive.drop("f")
+
+
 def test_link_token_bucket():
     link = Link(bandwidth=1e6, burst=4096)
     link.cross("to_drive", "query", 20_000)

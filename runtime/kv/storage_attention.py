@@ -163,6 +163,7 @@ class StorageAttention:
                  area_bytes: int = 16 << 20, threads: int = 1, chunk_bytes: int = 1 << 20,
                  start_timeout: float = 120.0):
         self._closed = True   # until the drive is up: close() and __del__ have nothing to undo
+        self._pid = os.getpid()   # the drive answers this process only (a fork's copy must not talk to it)
         self.link = Link(bandwidth)
         self.timeout = self._seconds("timeout", timeout)
         start_timeout = self._seconds("start_timeout", start_timeout)
@@ -403,6 +404,8 @@ class StorageAttention:
         if self._closed:
             return
         self._closed = True
+        if os.getpid() != self._pid:   # a fork's copy: the drive and its files are the parent's
+            return
         with self._lock:
             if self._lost is None:
                 try:
@@ -487,6 +490,9 @@ class StorageAttention:
     def _check_open(self) -> None:
         if self._closed:
             raise InvalidArgument("this StorageAttention is closed")
+        if os.getpid() != self._pid:
+            raise InvalidArgument(f"this StorageAttention belongs to process {self._pid}; a forked child "
+                                  "cannot use its drive (make one in the child)")
 
     def _check_alive(self) -> None:
         self._check_open()
