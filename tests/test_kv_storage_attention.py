@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,10 +318,3 @@ def test_bench_section_runs(tmp_path):
                  str(tmp_path)).stdout
     assert "# WARNING: SIMULATED" in text and "# crossover at 40 tokens:" in text
 
-
-def test_docs_example_runs():
-    doc = Path(__file__).resolve().parents[1] / "docs" / "storage-attention.md"
-    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
-    assert blocks
-    for code in blocks:
-        exec(compile(code, str(doc), "exec"), {})
