@@ -214,8 +214,15 @@ def test_adopt_swapspace_ssd_copy(drive, tmp_path):
         with pytest.raises(CorruptEntry, match="shorter than a TensorStore header"):
             drive.adopt(space, "req2", layout)
         assert "req2" not in drive and set(os.listdir(drive.directory)) == before
+        # the same bytes per block, another shape: refused, not misread
+        _, other = cache(11, heads=4, hs=8)
+        with pytest.raises(InvalidArgument, match="4 heads x 8"):
+            drive.adopt(space, "req2", other)
+        mla_layers = [torch.zeros(16, 4, 64, dtype=torch.float16) for _ in range(2)]
+        space.swap_out("mla", kv.KVLayout.mla(mla_layers), [0, 1]).result()
+        space.evict("mla").result()
         with pytest.raises(InvalidArgument, match="1 plane"):
-            drive.adopt(space, "req2", kv.KVLayout.mla([torch.zeros(4, 4, 16, dtype=torch.float16)]))
+            drive.adopt(space, "mla", kv.KVLayout.mla(mla_layers))
 
 
 def test_forked_child_cannot_use_or_stop_the_drive(drive):

@@ -275,6 +275,12 @@ class StorageAttention:
         if "ssd" not in where or path is None:
             raise InvalidArgument(f"request {request!r} is in the swap space's {where or 'nothing'}, not on its SSD: "
                                   f"space.evict({request!r}).result() first")
+        from .swap import _describe_sig, _signature
+        with space._lock:   # the shape the copy was saved with: bytes alone cannot tell heads from head size
+            saved = space._known(request).sig
+        if _signature(layout) != saved:
+            raise InvalidArgument(f"request {request!r} was swapped out from a cache of {_describe_sig(saved)}; "
+                                  f"this layout is {_describe_sig(_signature(layout))}")
         if int(layout.num_planes) != 2 or str(layout.dtype) not in KV_DTYPES:
             raise InvalidArgument(f"the drive computes over K and V planes of {sorted(KV_DTYPES)}; this layout has "
                                   f"{layout.num_planes} plane(s) of {layout.dtype}")
