@@ -304,6 +304,9 @@ def test_drive_lost_stopped_and_closed(tmp_path):
     sa.close()
     with pytest.raises(InvalidArgument, match="timeout"):
         StorageAttention(tmp_path, timeout=0)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        StorageAttention(tmp_path / "afile" / "drive")
 
 
 def test_bench_section_runs(tmp_path):
