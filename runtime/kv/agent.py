@@ -13,6 +13,7 @@ Leases: ``lease(blocks, seconds)`` on the owner returns a Lease whose id the rea
 reader's before/after check cannot accept stale bytes); a notification from a leased read releases
 the lease. The owner reuses a block only when it is under no live lease (``leases()``).
 """
+import atexit
 import concurrent.futures
 import glob
 import itertools
@@ -28,6 +29,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 
@@ -349,6 +351,26 @@ class Transfer:
         return f"Transfer({self.kind}, peer={self.peer.name!r}, {self.bytes_done}/{self.nbytes} bytes, {state})"
 
 
+_open_agents = weakref.WeakSet()
+_exit_hook = []
+
+
+def _close_at_exit(agent):
+    """Closes agents left open when the interpreter exits. Registered at the first agent, so it runs
+    before the exit handlers of what that agent already imported (mpi4py's MPI_Finalize)."""
+    _open_agents.add(agent)
+    if not _exit_hook:
+        _exit_hook.append(atexit.register(_close_open_agents))
+
+
+def _close_open_agents():
+    for a in list(_open_agents):
+        try:
+            a.close()
+        except Exception:  # exiting: one agent's failure must not keep the others open
+            pass
+
+
 class Agent:
     """One per process; see the module docstring. transport: "auto" (cross-memory attach, falling
     back to the staging ring where the kernel refuses it), "cma", "shm", "mpi" (one-sided, falling
@@ -386,6 +408,8 @@ class Agent:
         self._accept_thread = threading.Thread(target=self._accept_loop, name=f"hauler-kv-{name}-accept",
                                                daemon=True)
         self._accept_thread.start()
+        self._serve_threads = set()
+        _close_at_exit(self)
 
     # ---- registration and connection ----
 
@@ -783,8 +807,10 @@ class Agent:
                     conn.close()
                     return
                 self._conns.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name=f"hauler-kv-{self.name}-conn").start()
+                t = threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                                     name=f"hauler-kv-{self.name}-conn")
+                self._serve_threads.add(t)
+            t.start()
 
     def _serve(self, conn):
         rings = {}
@@ -806,6 +832,7 @@ class Agent:
             close_rings(rings)
             with self._lock:
                 self._conns.discard(conn)
+                self._serve_threads.discard(threading.current_thread())
             conn.close()
 
     # ---- shutdown ----
@@ -839,6 +866,16 @@ class Agent:
             self._mpi.close()
         for r in self._regs:
             r.close()
+        self._join_threads()
+
+    def _join_threads(self):
+        # A daemon thread still inside the core when the interpreter finalizes is unwound through
+        # C++ frames (std::terminate): let the control threads see their closed sockets and end.
+        with self._lock:
+            threads = [self._accept_thread, *self._serve_threads]
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(timeout=1.0)
 
     def __enter__(self):
         return self
