@@ -292,7 +292,8 @@ class _CachedFileTable(_FileTable):
             self.victim_hits += int(v.size)
             miss = rest[~vic]
             if miss.size:
-                self.read_rows(u[miss], ubuf[miss])   # one request; an error raises before any row is admitted
+                window, pos = self._read_blocks(u[miss])[3:]   # one request; an error leaves no row admitted
+                ubuf[miss] = window[pos]
                 self.misses += int(miss.size)
             inv = np.ascontiguousarray(inv.reshape(-1), dtype=np.int64)
             _core().gather_host(_addr(ubuf), u.size, rb, rb, _addr(inv), inv.size, 8, _addr(out), out.nbytes,

@@ -53,9 +53,10 @@ def distinct(idx):
 
 def check_gather(fs, table, idx):
     """gather equals numpy indexing of the table, into fresh and poisoned outputs."""
-    want = table[idx]
+    want = table[idx.numpy() if isinstance(idx, torch.Tensor) else idx]
     got = fs.gather("t", idx)
-    assert got.tobytes() == want.tobytes()
+    assert isinstance(got, torch.Tensor) == isinstance(idx, torch.Tensor)
+    assert np.asarray(got).tobytes() == want.tobytes()
     for fill in POISONS:
         out = np.full(want.nbytes, fill, np.uint8).view(table.dtype).reshape(want.shape)
         assert fs.gather("t", idx, out=out) is out
