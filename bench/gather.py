@@ -46,15 +46,16 @@ NVME_BATCH = 1 << 20  # useful bytes per cold gather: random 4 KiB reads dominat
 NVME_REPEAT = 5
 
 CACHE_NODES = 1 << 20        # the cache block's graph: nodes (rows of 128 float32)
-QUICK_CACHE_NODES = 1 << 13
-CACHE_BATCHES = 40           # timed batches per epoch (after as many untimed ones that warm the cache)
-QUICK_CACHE_BATCHES = 4
+QUICK_CACHE_NODES = 1 << 14
+CACHE_TRAIN = 0.10           # share of the nodes that are training seeds (an epoch visits each once)
+CACHE_WARMUP = 2             # untimed epochs that warm the caches before the timed one
+QUICK_CACHE_WARMUP = 1
 CACHE_SHARE = 0.10           # host memory for the cache, as a share of the table: ...
 VICTIM_SHARE = 0.01          # ... of which the victim buffer takes this much
 CACHE_SEEDS = 512            # seeds per batch
 CACHE_FANOUTS = (10, 5)
 HYBRID_WEIGHTS = (1.0, 1.0)
-HYBRID_HALF_LIFE = 16
+HYBRID_HALF_LIFE = 256
 
 TARGETS = (  # key, description, row filter, figure key, threshold, unit
     ("gbps_512", ">= 8 GB/s for rows >= 512 B", lambda r: r["row_bytes"] >= 512, "hauler_gbps", 8.0, "GB/s"),
@@ -83,7 +84,7 @@ class Options:
     seed: int = 12345
     cache: bool = True
     cache_nodes: int = CACHE_NODES
-    cache_batches: int = CACHE_BATCHES
+    cache_warmup: int = CACHE_WARMUP
 
 
 
@@ -133,8 +134,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="skip the feature cache block")
     p.add_argument("--cache-nodes", type=core.positive_int, default=None,
                    help=f"nodes of the cache block's graph (default {CACHE_NODES}; {QUICK_CACHE_NODES} with --quick)")
-    p.add_argument("--cache-batches", type=core.positive_int, default=None,
-                   help=f"timed batches per epoch of the cache block (default {CACHE_BATCHES})")
+    p.add_argument("--cache-warmup", type=core.non_negative_int, default=None,
+                   help=f"untimed epochs warming the caches before the timed one (default {CACHE_WARMUP}; "
+                        f"{QUICK_CACHE_WARMUP} with --quick)")
     p.add_argument("--quick", action="store_true", help="small table, three row sizes, three rounds (for tests)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the random table and indices")
     core.add_format_args(p)
@@ -150,7 +152,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    nvme=not args.no_nvme, nvme_dir=args.nvme_dir,
                    nvme_rows=args.nvme_rows or (QUICK_NVME_ROWS if q else NVME_ROWS), quick=q, seed=args.seed,
                    cache=not args.no_cache, cache_nodes=args.cache_nodes or (QUICK_CACHE_NODES if q else CACHE_NODES),
-                   cache_batches=args.cache_batches or (QUICK_CACHE_BATCHES if q else CACHE_BATCHES))
+                   cache_warmup=(args.cache_warmup if args.cache_warmup is not None else
+                                 QUICK_CACHE_WARMUP if q else CACHE_WARMUP))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -499,11 +502,13 @@ def nvme_tables(opts: Options, raw: Any, rep: Report) -> List[str]:
 # -- feature cache in front of an NVMe table (issue 22) --------------------------------------------
 
 def rmat_graph(scale: int, edge_factor: int, seed: int,
-               abcd: Tuple[float, float, float, float] = (0.57, 0.19, 0.19, 0.05)) -> Tuple[Any, Any]:
+               abcd: Tuple[float, float, float, float] = (0.57, 0.19, 0.19, 0.05)) -> Tuple[Any, Any, Any]:
     """CSR (rowptr, col) of an undirected R-MAT graph of 2**scale nodes and about
     2 * edge_factor * 2**scale directed edges (each edge both ways, self loops dropped): every edge
     picks one quadrant of the adjacency matrix per level with probabilities abcd, which gives a
-    power-law degree distribution. Node ids are permuted, so hot nodes are spread over the file."""
+    power-law degree distribution. Node ids are permuted, so hot nodes are spread over the file:
+    node perm[i] is the generator's node i (ids close in the generator's order share quadrants,
+    so they are closer in the graph). Returns (rowptr, col, perm)."""
     import numpy as np
     rng = np.random.default_rng(seed)
     n, m = 1 << scale, edge_factor << scale
@@ -522,7 +527,7 @@ def rmat_graph(scale: int, edge_factor: int, seed: int,
     col = s2[np.argsort(d2, kind="stable")]
     rowptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(d2, minlength=n), out=rowptr[1:])
-    return rowptr, col
+    return rowptr, col, perm
 
 
 def cache_epochs(opts: Options, rep: Report) -> List[str]:
@@ -546,16 +551,19 @@ def cache_epochs(opts: Options, rep: Report) -> List[str]:
     scale = max(8, int(opts.cache_nodes - 1).bit_length())
     nodes, dim = 1 << scale, 128
     row_bytes = dim * 4
-    rowptr, col = rmat_graph(scale, 8, opts.seed)
+    rowptr, col, perm = rmat_graph(scale, 8, opts.seed)
     degree = np.diff(rowptr).astype(np.float64)
     rng = np.random.default_rng(opts.seed + 2)
-    seeds = rng.permutation(nodes)
-    nb = opts.cache_batches
+    train = rng.choice(nodes, max(1, int(nodes * CACHE_TRAIN)), replace=False)
+    nb = -(-train.size // CACHE_SEEDS)
     t0 = time.perf_counter()
-    batches = [sample_neighbors(rowptr, col, seeds[k * CACHE_SEEDS:(k + 1) * CACHE_SEEDS], CACHE_FANOUTS,
-                                np.random.default_rng(opts.seed + k))[0] for k in range(2 * nb)]
+    batches = []
+    for e in range(opts.cache_warmup + 1):   # each epoch: the training nodes shuffled, in batches
+        order = rng.permutation(train)
+        batches += [sample_neighbors(rowptr, col, order[k * CACHE_SEEDS:(k + 1) * CACHE_SEEDS], CACHE_FANOUTS,
+                                     np.random.default_rng(opts.seed + e * nb + k))[0] for k in range(nb)]
     sample_s = time.perf_counter() - t0
-    warm, timed = batches[:nb], batches[nb:]
+    warm, timed = batches[:-nb], batches[-nb:]
     size = nodes * row_bytes
     budget = int(size * CACHE_SHARE)
     victim = int(size * VICTIM_SHARE)
@@ -621,26 +629,31 @@ def cache_epochs(opts: Options, rep: Report) -> List[str]:
         shutil.rmtree(directory, ignore_errors=True)
     rows = sum(int(b.size) for b in timed)
     by = {r["case"]: r for r in results}
+    mib = 1 << 20
     lines = [f"feature cache: R-MAT graph of {nodes} nodes (avg degree {col.size / nodes:.1f}, max "
-             f"{int(degree.max())}), {dim} float32 features per node ({format_size(size)} file, "
-             f"{'O_DIRECT' if direct else 'BUFFERED'}, page cache dropped before each case); {nb} timed batches of "
-             f"{CACHE_SEEDS} seeds, fanouts {CACHE_FANOUTS} ({rows / nb:.0f} sampled nodes per batch, sampled "
-             f"beforehand in {sample_s:.1f} s); epoch = prefetch(next batch) + gather(this batch) per batch",
-             f"  cache cases: {format_size(budget)} of host memory ({CACHE_SHARE:.0%} of the table: cache "
-             f"{format_size(budget - victim)} + victim buffer {format_size(victim)}), after a warm-up epoch of "
-             f"{nb} other batches; static and hybrid scores = degree; hybrid weights {HYBRID_WEIGHTS}, half-life "
-             f"{HYBRID_HALF_LIFE} gathers",
-             f"  {'case':<7} {'epoch s':>8} {'x none':>7} {'read MB':>9} {'hit %':>6} {'victim':>7} {'pf used':>8} "
-             f"{'pf wasted':>9} correct"]
+             f"{int(degree.max())}), {dim} float32 features per node ({size / mib:.0f} MiB file, "
+             f"{'O_DIRECT' if direct else 'BUFFERED'}, page cache dropped before each case); training seeds: "
+             f"{train.size} random nodes ({CACHE_TRAIN:.0%}), an epoch = {nb} batches of {CACHE_SEEDS} seeds, "
+             f"fanouts {CACHE_FANOUTS} ({rows / nb:.0f} sampled nodes per batch; sampling done beforehand, "
+             f"{sample_s:.1f} s); per batch: prefetch(next batch) + gather(this batch)",
+             f"  cache cases: {budget / mib:.1f} MiB of host memory ({CACHE_SHARE:.0%} of the table: cache "
+             f"{(budget - victim) / mib:.1f} MiB + victim buffer {victim / mib:.1f} MiB), timed epoch after "
+             f"{opts.cache_warmup} untimed epoch(s); static and hybrid scores = degree; hybrid weights "
+             f"{HYBRID_WEIGHTS}, half-life {HYBRID_HALF_LIFE} gathers",
+             f"  {'case':<7} {'epoch s':>8} {'x none':>7} {'read MiB':>9} {'cache %':>8} {'victim %':>8} "
+             f"{'pf %':>6} {'pf wasted':>9} correct"]
+
+    def share(r: Dict[str, Any], k: str) -> str:
+        asked = sum(r.get(c, 0) for c in ("hits", "misses", "victim_hits", "prefetch_used"))
+        return f"{100 * r[k] / asked:.1f}" if k in r and asked else "-"
+
     for r in results:
-        asked = sum(r.get(k, 0) for k in ("hits", "misses", "victim_hits", "prefetch_used"))
-        hit = f"{100 * (asked - r['misses']) / asked:.1f}" if asked else "-"
         lines.append(f"  {r['case']:<7} {r['epoch_s']:8.3f} {by['none']['epoch_s'] / r['epoch_s']:7.2f} "
-                     f"{r['bytes_read'] / 1e6:9.1f} {hit:>6} {r.get('victim_hits', '-'):>7} "
-                     f"{r.get('prefetch_used', '-'):>8} {r.get('prefetch_wasted', '-'):>9} "
+                     f"{r['bytes_read'] / mib:9.1f} {share(r, 'hits'):>8} {share(r, 'victim_hits'):>8} "
+                     f"{share(r, 'prefetch_used'):>6} {r.get('prefetch_wasted', '-'):>9} "
                      f"{'ok' if r['correct'] else 'WRONG'}")
-    lines.append("  hit % = distinct rows per gather not read from the file by that gather (cache, victim buffer or "
-                 "prefetched) / all; read MB includes prefetch reads")
+    lines.append("  cache/victim/pf % = distinct rows per gather found in the cache / the victim buffer / rows a "
+                 "prefetch loaded (the rest: read by the gather); read MiB includes prefetch reads")
     if any(not r["correct"] for r in results):
         rep.warnings.append("feature cache: a case gathered rows that differ from the table (WRONG)")
     rep.info["cache"] = results

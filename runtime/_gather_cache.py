@@ -14,11 +14,16 @@ Policies (priority of a row; the lowest are evicted, a candidate below every cac
 admitted):
     lru     the gather count when the row was last asked for;
     static  ``scores[row]`` (the caller's, e.g. the node's degree), divided by the largest score;
-    hybrid  ``w_static * scores[row] / max(scores) + w_dynamic * f(row)``, with ``f`` the share of
-            recent gathers that asked for the row: a count of the gathers asking for it, decayed
-            by half every ``half_life`` gathers, times (1 - 2**(-1/half_life)) (1.0 for a row every
-            gather asks for). It keeps rows the scores rank high and rows the batches show to be
-            hot, which the scores alone miss.
+    hybrid  ``w_static * e(row) + w_dynamic * (f(row) + a(row))``, each term a share of gathers:
+            ``e`` = min(1, scores[row] * R / sum(scores)) with R the mean count of distinct rows
+            per gather so far (the chance a gather asks for the row if that chance is
+            proportional to the score); ``f`` the share of recent gathers that asked for it (a
+            count of the gathers asking for it, halved every ``half_life`` gathers, times
+            1 - 2**(-1/half_life): 1.0 for a row every gather asks for); ``a`` = 1 while a
+            prefetch has announced the row and no gather has asked for it since (at most
+            PREFETCH_DEPTH gathers). The scores rank rows before any gather has run; the counts
+            correct them where the batches disagree; the announcements keep the rows the next
+            batches need.
 
 Scatter into a writable cached table is write-through: the file is updated first (the file
 table's read-modify-write, all or nothing), then the copies of the touched rows held in the
@@ -48,9 +53,9 @@ from ._gather_table import _addr, _core
 from .errors import InvalidArgument
 
 POLICIES = ("lru", "static", "hybrid")
-PREFETCH_DEPTH = 4          # prefetches not yet used by a gather; an older one is dropped (wasted)
+PREFETCH_DEPTH = 4          # a prefetch's rows wait this many gathers; at most this many prefetches wait
 DEFAULT_WEIGHTS = (1.0, 1.0)
-DEFAULT_HALF_LIFE = 64.0    # gathers
+DEFAULT_HALF_LIFE = 256.0   # gathers
 
 _live: "weakref.WeakSet[_CachedFileTable]" = weakref.WeakSet()
 _pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -80,11 +85,10 @@ os.register_at_fork(after_in_child=_after_fork)
 class _Prefetch:
     """Rows `rows` (sorted) loaded into `buf` (one row each), by `future` when read from the file."""
 
-    def __init__(self, rows: np.ndarray, buf: np.ndarray):
-        self.rows, self.buf = rows, buf
+    def __init__(self, rows: np.ndarray, buf: np.ndarray, born: int):
+        self.rows, self.buf, self.born = rows, buf, born
         self.used = np.zeros(rows.size, bool)
         self.future: Optional[concurrent.futures.Future] = None
-        self.consumed = False
 
     def ready(self) -> bool:
         """Waits for the file read; False when it failed (its rows are then read again)."""
@@ -173,6 +177,9 @@ class _CachedFileTable(_FileTable):
                     raise InvalidArgument(f"table {name!r}: half_life must be > 0 gathers, got {half_life!r}")
             self._freq = np.zeros(rows, np.float32)   # decayed count of gathers asking for the row ...
             self._ftime = np.zeros(rows, np.int64)    # ... as of this gather count
+            self._due = np.zeros(rows, np.int64)      # announced by a prefetch: until this gather count
+            self._score_sum = float(self._score.sum())
+            self._asked = 0                            # distinct rows over all gathers
         self._lock = threading.RLock()
         self._pending: List[_Prefetch] = []
         self._pins: Optional[weakref.finalize] = None
@@ -244,14 +251,26 @@ class _CachedFileTable(_FileTable):
 
     def _touch(self, rows: np.ndarray) -> None:
         if self.policy == "hybrid":
+            self._asked += int(rows.size)
             self._freq[rows] = self._dynamic(rows) + 1.0
             self._ftime[rows] = self._clock
+            self._due[rows] = 0   # the announced use came
+
+    def _announce(self, rows: np.ndarray) -> None:
+        if self.policy == "hybrid":
+            self._due[rows] = self._clock + PREFETCH_DEPTH
 
     def _row_priority(self, rows: np.ndarray) -> np.ndarray:
         if self.policy == "static":
             return self._score[rows]
         ws, wd = self._weights
-        return ws * self._score[rows] + wd * self._dynamic(rows) * -math.expm1(-math.log(2) / self._half_life)
+        share = self._dynamic(rows) * -math.expm1(-math.log(2) / self._half_life)
+        # the scores as an expected share of gathers too: if a row's chance to be asked is
+        # proportional to its score, a gather of R distinct rows asks for it with probability
+        # score * R / sum(scores)
+        per_gather = self._asked / max(self.gathers, 1)
+        expected = np.minimum(self._score[rows] * (per_gather / self._score_sum), 1.0) if self._score_sum else 0.0
+        return ws * expected + wd * (share + (self._due[rows] > self._clock))
 
     def _slot_priority(self, slots: np.ndarray) -> np.ndarray:
         if self.policy == "lru":
@@ -279,6 +298,7 @@ class _CachedFileTable(_FileTable):
                 slots = np.ascontiguousarray(where[inv.reshape(-1)])
                 _core().gather_host(_addr(self._cache), self.slots, rb, rb, _addr(slots), slots.size,
                                     slots.itemsize, _addr(out), out.nbytes, threads, stream, -1)
+                self._retire()
                 return
             ubuf = np.empty((u.size, rb), np.uint8)   # each distinct row once, then spread into out
             h = np.flatnonzero(hit)
@@ -300,7 +320,7 @@ class _CachedFileTable(_FileTable):
                                 threads, stream, -1)
             cand = np.flatnonzero(~hit)
             self._admit(u[cand], ubuf[cand], where[h])
-            self._retire(consumed_only=True)
+            self._retire()
 
     def _from_prefetches(self, u: np.ndarray, rest: np.ndarray, ubuf: np.ndarray) -> np.ndarray:
         """Copies rows u[rest] that prefetches loaded into ubuf; returns the rest still missing."""
@@ -316,17 +336,16 @@ class _CachedFileTable(_FileTable):
                 continue
             ubuf[rest[found]] = p.buf[pos]
             p.used[pos] = True
-            p.consumed = True
             self.prefetch_used += int(found.sum())
             rest = rest[~found]
         return rest
 
-    def _retire(self, consumed_only: bool) -> None:
-        """Drops the prefetches a gather used (their rows the gather did not use count as wasted),
-        or all of them."""
+    def _retire(self) -> None:
+        """Drops the prefetches whose rows were all used or which waited PREFETCH_DEPTH gathers
+        (their rows no gather used count as wasted)."""
         keep = []
         for p in self._pending:
-            if p.consumed or not consumed_only:
+            if p.used.all() or self._clock - p.born >= PREFETCH_DEPTH:
                 self.prefetch_wasted += int((~p.used).sum())
             else:
                 keep.append(p)
@@ -402,13 +421,14 @@ class _CachedFileTable(_FileTable):
             return
         with self._lock:
             u = np.unique(flat)
+            self._announce(u)
             u = u[self._map[u] < 0]
             for p in self._pending:
                 if u.size:
                     u = u[~p.find(u)[0]]
             if u.size == 0:
                 return
-            p = _Prefetch(u, np.empty((u.size, self.row_bytes), np.uint8))
+            p = _Prefetch(u, np.empty((u.size, self.row_bytes), np.uint8), self._clock)
             where = self._map[u]
             v = np.flatnonzero(where <= -2)
             p.buf[v] = self._victim[-2 - where[v]]
