@@ -268,6 +268,22 @@ def test_prefetch_checks_the_index_first(tdir):
     fs.close()
 
 
+def test_failed_prefetch_is_read_again(tdir):
+    """A file that shrank under a prefetch: its read fails on the prefetch thread, the gather
+    reads the rows itself and raises the engine's error; rows still in the file are served."""
+    table, path = table_file(tdir, 400, (256,), np.uint8, raw=True)
+    fs = FeatureStore()
+    add_cached(fs, path, table, victim_bytes=2 * 256, dtype=np.uint8, shape=(400, 256))
+    os.truncate(path, 100 * 256)
+    fs.prefetch("t", [350])
+    with pytest.raises(hauler.OutOfRange):
+        fs.gather("t", [3, 350])
+    s = fs.stats("t")
+    assert s["prefetch_failed"] == 1 and s["prefetch_used"] == 0 and s["cached_rows"] == 0
+    check_gather(fs, table, [3, 50])   # blocks still whole in the file
+    fs.close()
+
+
 def test_scatter_is_write_through(tdir):
     table, path = table_file(tdir, 40, (5,), np.int64)
     rb = table[0].nbytes
@@ -391,7 +407,8 @@ def test_dataloader_workers_see_the_file(tdir, context):
     fs = FeatureStore()
     add_cached(fs, path, table, cache_bytes=100 * table[0].nbytes, policy="static",
                scores=np.arange(3000.0) % 17, victim_bytes=20 * table[0].nbytes)
-    fs.gather("t", np.arange(0, 3000, 30))   # forked workers start with this cache's copy
+    fs.gather("t", np.arange(0, 3000, 30))   # forked workers start with this cache's copy ...
+    fs.prefetch("t", np.arange(1, 3000, 7))  # ... and drop the prefetches in flight at the fork
     loader = DataLoader(Ids(3000), batch_size=64, num_workers=2, collate_fn=GatherCollate(fs, ["t"]),
                         multiprocessing_context=context)
     n = 0
