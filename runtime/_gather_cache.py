@@ -268,7 +268,7 @@ class _CachedFileTable(_FileTable):
         # the scores as an expected share of gathers too: if a row's chance to be asked is
         # proportional to its score, a gather of R distinct rows asks for it with probability
         # score * R / sum(scores)
-        per_gather = self._asked / max(self.gathers, 1)
+        per_gather = self._asked / max(self._clock, 1)   # (the counters may be reset; the clock is not)
         expected = np.minimum(self._score[rows] * (per_gather / self._score_sum), 1.0) if self._score_sum else 0.0
         return ws * expected + wd * (share + (self._due[rows] > self._clock))
 
