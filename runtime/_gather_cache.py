@@ -472,7 +472,7 @@ class _CachedFileTable(_FileTable):
                 p.buf[pos] = data[found]
             return done
 
-    # -- GPU: the cache's memory is registered (cudaHostRegister) so device copies from it are DMA
+    # -- GPU: the cache's memory is registered (cudaHostRegister), so GPU threads can read it in place
     def register(self) -> None:
         if self._pins is None:
             arrays = [a for a in (self._cache, self._victim) if a.size]
