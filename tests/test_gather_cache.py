@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import tempfile
 import threading
 
@@ -24,9 +23,6 @@ from hauler.gather import FeatureStore, GatherCollate
 from support import examples
 from support.buffers import POISONS
 from support.tables import write_table
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
 def tdir():
@@ -429,12 +425,3 @@ def test_device_gather_without_gpu(tdir):
     with pytest.raises(hauler.NoDevice):
         fs.gather("t", [1], device="cuda")
     fs.close()
-
-
-def test_docs_example_runs(tmp_path, monkeypatch):
-    with open(os.path.join(ROOT, "docs", "feature-cache.md")) as f:
-        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
-    assert blocks
-    monkeypatch.chdir(tmp_path)
-    for code in blocks:
-        exec(compile(code, "docs/feature-cache.md", "exec"), {"__name__": "__docs__"})
