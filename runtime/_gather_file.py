@@ -302,16 +302,9 @@ class _FileTable(_Table):
 
 
 def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direct: Optional[bool],
-                writable: Any, cache: Optional[dict] = None) -> _FileTable:
-    """The table, with a row cache in front (_gather_cache) when `cache` holds its options."""
-    if cache is not None:
-        from ._gather_cache import _CachedFileTable
-        return _file_table_of(_CachedFileTable, name, path, dtype, shape, offset, direct, writable, cache)
-    return _file_table_of(_FileTable, name, path, dtype, shape, offset, direct, writable, {})
-
-
-def _file_table_of(cls: type, name: str, path: str, dtype: Any, shape: Any, offset: int, direct: Optional[bool],
-                   writable: Any, extra: dict) -> _FileTable:
+                writable: Any, cls: type = _FileTable, extra: Optional[dict] = None) -> _FileTable:
+    """A `cls` table (_FileTable, or _gather_cache's cached one given its options in `extra`)."""
+    extra = extra or {}
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"table {name!r}: no such file {path!r}")

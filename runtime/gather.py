@@ -250,7 +250,11 @@ class FeatureStore:
             if shared:
                 raise InvalidArgument(f"table {name!r}: a file table is read through the I/O engine, never mapped "
                                       "(shared= does not apply)")
-            t: _Table = _file_table(name, data, dtype, shape, offset, direct, writable, cache)
+            if cache is None:
+                t: _Table = _file_table(name, data, dtype, shape, offset, direct, writable)
+            else:
+                from ._gather_cache import _CachedFileTable
+                t = _file_table(name, data, dtype, shape, offset, direct, writable, _CachedFileTable, cache)
         else:
             if dtype is not None or shape is not None or offset or direct is not None:
                 raise InvalidArgument("dtype=, shape=, offset= and direct= apply to backend='file' only")
