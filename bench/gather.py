@@ -9,8 +9,11 @@ features gathered per batch) with torch indexing and with hauler, in the same ru
 table block: a file table (backend="file", read through hauler.io) against numpy fancy indexing
 on an np.memmap of the same file (as mapped, and with madvise(MADV_RANDOM)), all on a cold cache
 (posix_fadvise DONTNEED before every timed call, a fresh mapping each time), with the useful
-bytes / bytes read ratio. A ``# targets`` block
-says where issue 5's targets stand.
+bytes / bytes read ratio. Then the feature cache block: an R-MAT power-law graph whose node
+features live in a file, neighbour-sampled batches, one epoch of feature loading per case (no
+cache, the cache with policies lru, static (degree) and hybrid at the same host memory, and the
+table in memory as the limit) with epoch time and bytes read. A ``# targets`` block says where
+issue 5's and issue 22's targets stand.
 
     from hauler.bench import gather
     report = gather.run(gather.Options(size=64 << 20, repeat=3))
@@ -42,6 +45,18 @@ QUICK_NVME_ROWS = (256, 4096)
 NVME_BATCH = 1 << 20  # useful bytes per cold gather: random 4 KiB reads dominate, keep it short
 NVME_REPEAT = 5
 
+CACHE_NODES = 1 << 20        # the cache block's graph: nodes (rows of 128 float32)
+QUICK_CACHE_NODES = 1 << 14
+CACHE_TRAIN = 0.10           # share of the nodes that are training seeds (an epoch visits each once)
+CACHE_WARMUP = 2             # untimed epochs that warm the caches before the timed one
+QUICK_CACHE_WARMUP = 1
+CACHE_SHARE = 0.10           # host memory for the cache, as a share of the table: ...
+VICTIM_SHARE = 0.01          # ... of which the victim buffer takes this much
+CACHE_SEEDS = 512            # seeds per batch
+CACHE_FANOUTS = (10, 5)
+HYBRID_WEIGHTS = (1.0, 1.0)
+HYBRID_HALF_LIFE = 256
+
 TARGETS = (  # key, description, row filter, figure key, threshold, unit
     ("gbps_512", ">= 8 GB/s for rows >= 512 B", lambda r: r["row_bytes"] >= 512, "hauler_gbps", 8.0, "GB/s"),
     ("numpy_256", ">= 2x numpy.take(out=) for rows >= 256 B", lambda r: r["row_bytes"] >= 256, "vs_numpy", 2.0, "x"),
@@ -67,6 +82,9 @@ class Options:
     nvme_rows: Tuple[int, ...] = NVME_ROWS
     quick: bool = False
     seed: int = 12345
+    cache: bool = True
+    cache_nodes: int = CACHE_NODES
+    cache_warmup: int = CACHE_WARMUP
 
 
 
@@ -113,6 +131,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="directory for the NVMe table file (default: $TMPDIR or /var/tmp; put it on the drive)")
     p.add_argument("--nvme-rows", type=_rows_arg, default=None, metavar="256,4096",
                    help=f"row sizes of the NVMe block (default {','.join(map(str, NVME_ROWS))})")
+    p.add_argument("--no-cache", action="store_true", help="skip the feature cache block")
+    p.add_argument("--cache-nodes", type=core.positive_int, default=None,
+                   help=f"nodes of the cache block's graph (default {CACHE_NODES}; {QUICK_CACHE_NODES} with --quick)")
+    p.add_argument("--cache-warmup", type=core.non_negative_int, default=None,
+                   help=f"untimed epochs warming the caches before the timed one (default {CACHE_WARMUP}; "
+                        f"{QUICK_CACHE_WARMUP} with --quick)")
     p.add_argument("--quick", action="store_true", help="small table, three row sizes, three rounds (for tests)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the random table and indices")
     core.add_format_args(p)
@@ -126,12 +150,15 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    rows=args.rows or (QUICK_ROWS if q else ROWS), orders=tuple(args.orders), threads=args.threads,
                    loader=not args.no_loader, loader_batches=args.loader_batches if not q else 3,
                    nvme=not args.no_nvme, nvme_dir=args.nvme_dir,
-                   nvme_rows=args.nvme_rows or (QUICK_NVME_ROWS if q else NVME_ROWS), quick=q, seed=args.seed)
+                   nvme_rows=args.nvme_rows or (QUICK_NVME_ROWS if q else NVME_ROWS), quick=q, seed=args.seed,
+                   cache=not args.no_cache, cache_nodes=args.cache_nodes or (QUICK_CACHE_NODES if q else CACHE_NODES),
+                   cache_warmup=(args.cache_warmup if args.cache_warmup is not None else
+                                 QUICK_CACHE_WARMUP if q else CACHE_WARMUP))
 
 
 def main(args: argparse.Namespace) -> int:
     rep = run(options_from_args(args), core.output_of(args))
-    return 0 if all(r["correct"] for r in rep.rows + rep.info.get("nvme", [])) else 1
+    return 0 if all(r["correct"] for r in rep.rows + rep.info.get("nvme", []) + rep.info.get("cache", [])) else 1
 
 
 def _fx(v: float) -> str:
@@ -250,7 +277,9 @@ def run(opts: Options, out: Optional[core.Output] = None) -> Report:
         rep.footer += loader_epoch(opts, raw, rep)
     if opts.nvme:
         rep.footer += nvme_tables(opts, raw, rep)
-    rep.targets = evaluate_targets(rep.rows)
+    if opts.nvme and opts.cache:
+        rep.footer += cache_epochs(opts, rep)
+    rep.targets = evaluate_targets(rep.rows) + cache_targets(rep.info.get("cache"))
     out.end(rep)
     return rep
 
@@ -468,3 +497,185 @@ def nvme_tables(opts: Options, raw: Any, rep: Report) -> List[str]:
         shutil.rmtree(directory, ignore_errors=True)
     rep.info["nvme"] = results
     return lines
+
+
+# -- feature cache in front of an NVMe table (issue 22) --------------------------------------------
+
+def rmat_graph(scale: int, edge_factor: int, seed: int,
+               abcd: Tuple[float, float, float, float] = (0.57, 0.19, 0.19, 0.05)) -> Tuple[Any, Any, Any]:
+    """CSR (rowptr, col) of an undirected R-MAT graph of 2**scale nodes and about
+    2 * edge_factor * 2**scale directed edges (each edge both ways, self loops dropped): every edge
+    picks one quadrant of the adjacency matrix per level with probabilities abcd, which gives a
+    power-law degree distribution. Node ids are permuted, so hot nodes are spread over the file:
+    node perm[i] is the generator's node i (ids close in the generator's order share quadrants,
+    so they are closer in the graph). Returns (rowptr, col, perm)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    n, m = 1 << scale, edge_factor << scale
+    a, b, c, _ = abcd
+    src = np.zeros(m, np.int64)
+    dst = np.zeros(m, np.int64)
+    for level in range(scale):
+        r = rng.random(m)
+        src |= (r >= a + b).astype(np.int64) << level
+        dst |= (((r >= a) & (r < a + b)) | (r >= a + b + c)).astype(np.int64) << level
+    perm = rng.permutation(n)
+    src, dst = perm[src], perm[dst]
+    keep = src != dst
+    s2 = np.concatenate((src[keep], dst[keep]))
+    d2 = np.concatenate((dst[keep], src[keep]))
+    col = s2[np.argsort(d2, kind="stable")]
+    rowptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(d2, minlength=n), out=rowptr[1:])
+    return rowptr, col, perm
+
+
+def cache_epochs(opts: Options, rep: Report) -> List[str]:
+    """One epoch of feature loading (prefetch of the next batch, gather of this one) over
+    neighbour-sampled batches of an R-MAT graph whose features are in a file, per case: no cache,
+    the cache with lru / static (by degree) / hybrid at the same host memory, and the table in
+    memory. The cache cases first run an untimed epoch of other batches (warm-up); the file is
+    read with O_DIRECT where the file system allows it and dropped from the page cache before
+    each case."""
+    import os
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from hauler.gather import FeatureStore
+    from hauler.sampling import sample_neighbors
+
+    from .io import drop_cache
+
+    scale = max(8, int(opts.cache_nodes - 1).bit_length())
+    nodes, dim = 1 << scale, 128
+    row_bytes = dim * 4
+    rowptr, col, perm = rmat_graph(scale, 8, opts.seed)
+    degree = np.diff(rowptr).astype(np.float64)
+    rng = np.random.default_rng(opts.seed + 2)
+    train = rng.choice(nodes, max(1, int(nodes * CACHE_TRAIN)), replace=False)
+    nb = -(-train.size // CACHE_SEEDS)
+    t0 = time.perf_counter()
+    batches = []
+    for e in range(opts.cache_warmup + 1):   # each epoch: the training nodes shuffled, in batches
+        order = rng.permutation(train)
+        batches += [sample_neighbors(rowptr, col, order[k * CACHE_SEEDS:(k + 1) * CACHE_SEEDS], CACHE_FANOUTS,
+                                     np.random.default_rng(opts.seed + e * nb + k))[0] for k in range(nb)]
+    sample_s = time.perf_counter() - t0
+    warm, timed = batches[:-nb], batches[-nb:]
+    size = nodes * row_bytes
+    budget = int(size * CACHE_SHARE)
+    victim = int(size * VICTIM_SHARE)
+    base = opts.nvme_dir or os.environ.get("TMPDIR") or "/var/tmp"
+    os.makedirs(base, exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="hauler-bench-cache-", dir=base)
+    path = os.path.join(directory, "features.bin")
+    results: List[Dict[str, Any]] = []
+    try:
+        if shutil.disk_usage(directory).free < 2 * size:
+            rep.warnings.append(f"feature cache block skipped: {format_size(size)} of features do not fit twice in "
+                                f"{directory}")
+            return []
+        table = np.empty((nodes, dim), np.float32)
+        with open(path, "wb") as f:
+            step = max(1, (64 << 20) // row_bytes)
+            for a in range(0, nodes, step):
+                table[a:a + step] = rng.standard_normal((min(step, nodes - a), dim), np.float32)
+                table[a:a + step].tofile(f)
+        cases = [("none", None), ("lru", {"policy": "lru"}), ("static", {"policy": "static", "scores": degree}),
+                 ("hybrid", {"policy": "hybrid", "scores": degree, "weights": HYBRID_WEIGHTS,
+                             "half_life": HYBRID_HALF_LIFE}), ("memory", None)]
+        buf = np.empty((max(b.size for b in batches), dim), np.float32)
+        direct = None
+        for name, kw in cases:
+            fs = FeatureStore()
+            if name == "memory":
+                fs.add("x", table)
+            elif kw is None:
+                fs.add("x", path, backend="file", dtype=np.float32, shape=(nodes, dim))
+            else:
+                fs.add("x", path, backend="file", dtype=np.float32, shape=(nodes, dim),
+                       cache_bytes=budget - victim, victim_bytes=victim, **kw)
+            if name != "memory":
+                direct = fs._get("x").file.direct
+                drop_cache(path)
+            cached = kw is not None
+
+            def epoch(bs: List[Any]) -> float:
+                start = time.perf_counter()
+                for k, ids in enumerate(bs):
+                    if cached and k + 1 < len(bs):
+                        fs.prefetch("x", bs[k + 1])
+                    fs.gather("x", ids, out=buf[:ids.size])
+                return time.perf_counter() - start
+
+            if cached:
+                epoch(warm)
+                fs.stats("x", reset=True)
+            elif name == "none":
+                fs.stats("x", reset=True)
+            secs = epoch(timed)
+            st = fs.stats("x") if name != "memory" else {}
+            correct = all(bool(np.array_equal(fs.gather("x", ids), table[ids])) for ids in timed[:3])
+            res: Dict[str, Any] = {"case": name, "epoch_s": secs, "bytes_read": st.get("bytes_read", 0),
+                                   "correct": correct}
+            for k in ("hits", "misses", "victim_hits", "prefetch_used", "prefetch_wasted", "bytes_read_prefetch"):
+                if k in st:
+                    res[k] = st[k]
+            results.append(res)
+            fs.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    rows = sum(int(b.size) for b in timed)
+    by = {r["case"]: r for r in results}
+    mib = 1 << 20
+    lines = [f"feature cache: R-MAT graph of {nodes} nodes (avg degree {col.size / nodes:.1f}, max "
+             f"{int(degree.max())}), {dim} float32 features per node ({size / mib:.0f} MiB file, "
+             f"{'O_DIRECT' if direct else 'BUFFERED'}, page cache dropped before each case); training seeds: "
+             f"{train.size} random nodes ({CACHE_TRAIN:.0%}), an epoch = {nb} batches of {CACHE_SEEDS} seeds, "
+             f"fanouts {CACHE_FANOUTS} ({rows / nb:.0f} sampled nodes per batch; sampling done beforehand, "
+             f"{sample_s:.1f} s); per batch: prefetch(next batch) + gather(this batch)",
+             f"  cache cases: {budget / mib:.1f} MiB of host memory ({CACHE_SHARE:.0%} of the table: cache "
+             f"{(budget - victim) / mib:.1f} MiB + victim buffer {victim / mib:.1f} MiB), timed epoch after "
+             f"{opts.cache_warmup} untimed epoch(s); static and hybrid scores = degree; hybrid weights "
+             f"{HYBRID_WEIGHTS}, half-life {HYBRID_HALF_LIFE} gathers",
+             f"  {'case':<7} {'epoch s':>8} {'x none':>7} {'read MiB':>9} {'cache %':>8} {'victim %':>8} "
+             f"{'pf %':>6} {'pf wasted':>9} correct"]
+
+    def share(r: Dict[str, Any], k: str) -> str:
+        asked = sum(r.get(c, 0) for c in ("hits", "misses", "victim_hits", "prefetch_used"))
+        return f"{100 * r[k] / asked:.1f}" if k in r and asked else "-"
+
+    for r in results:
+        lines.append(f"  {r['case']:<7} {r['epoch_s']:8.3f} {by['none']['epoch_s'] / r['epoch_s']:7.2f} "
+                     f"{r['bytes_read'] / mib:9.1f} {share(r, 'hits'):>8} {share(r, 'victim_hits'):>8} "
+                     f"{share(r, 'prefetch_used'):>6} {r.get('prefetch_wasted', '-'):>9} "
+                     f"{'ok' if r['correct'] else 'WRONG'}")
+    lines.append("  cache/victim/pf % = distinct rows per gather found in the cache / the victim buffer / rows a "
+                 "prefetch loaded (the rest: read by the gather); read MiB includes prefetch reads")
+    if any(not r["correct"] for r in results):
+        rep.warnings.append("feature cache: a case gathered rows that differ from the table (WRONG)")
+    rep.info["cache"] = results
+    return lines
+
+
+def cache_targets(results: Optional[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """Issue 22: hybrid reads fewer bytes than lru and static; its epoch >= 2x faster than no cache."""
+    keys = [("cache_bytes", "hybrid reads fewer bytes than lru and static (same cache size)"),
+            ("cache_epoch", ">= 2x faster epoch than no cache with hybrid at 10% of the table")]
+    if not results:
+        return [{"key": k, "target": d, "threshold": None, "status": "N/A", "measured": "cache block not run",
+                 "worst": None} for k, d in keys]
+    by = {r["case"]: r for r in results}
+    h = by["hybrid"]["bytes_read"]
+    others = min(by["lru"]["bytes_read"], by["static"]["bytes_read"])
+    speed = by["none"]["epoch_s"] / by["hybrid"]["epoch_s"]
+    return [
+        {"key": keys[0][0], "target": keys[0][1], "threshold": None, "worst": h / others if others else None,
+         "status": "PASS" if h < others else "MISS",
+         "measured": f"hybrid {h / 1e6:.1f} MB, lru {by['lru']['bytes_read'] / 1e6:.1f} MB, static "
+                     f"{by['static']['bytes_read'] / 1e6:.1f} MB"},
+        {"key": keys[1][0], "target": keys[1][1], "threshold": 2.0, "worst": speed,
+         "status": "PASS" if speed >= 2.0 else "MISS", "measured": f"{speed:.2f}x"},
+    ]

@@ -108,9 +108,16 @@ class _FileTable(_Table):
         self.block = max(4096, alignment())
         self.reset_counters()
 
+    COUNTERS = ("bytes_read", "blocks_read", "extents_read", "requests", "bytes_written", "blocks_written",
+                "extents_written")
+
     def reset_counters(self) -> None:
-        self.bytes_read = self.blocks_read = self.extents_read = self.requests = 0
-        self.bytes_written = self.blocks_written = self.extents_written = 0
+        for k in _FileTable.COUNTERS:
+            setattr(self, k, 0)
+
+    def stats(self) -> dict:
+        """What was asked of the engine since the last reset (FeatureStore.stats)."""
+        return {k: getattr(self, k) for k in _FileTable.COUNTERS}
 
     def as_user(self, arr: Optional[np.ndarray] = None, torch_out: bool = False) -> Any:
         if arr is None:
@@ -132,42 +139,64 @@ class _FileTable(_Table):
         rep = np.repeat(b0 - np.concatenate(([0], np.cumsum(span)[:-1])), span)
         return np.unique(rep + np.arange(total, dtype=np.int64))
 
-    def _read_blocks(self, rows: np.ndarray):
-        """Reads the blocks holding `rows` (validated, non-empty) as one request of coalesced
-        extents (the last one cut at the end of the file). Returns (buf, offsets, sizes, window,
-        pos): block k of the sorted block list sits at buf[k*B:(k+1)*B], and row rows[i] is
-        window[pos[i]] (a sliding row_bytes window over buf: every row is contiguous in buf, its
-        blocks being consecutive slots)."""
-        B, rb = self.block, self.row_bytes
+    def _plan(self, rows: np.ndarray) -> Tuple[np.ndarray, list, list]:
+        """(blocks, offsets, sizes): the sorted blocks holding `rows` (validated, non-empty) and
+        the coalesced extents covering them (the last one cut at the end of the file)."""
+        B = self.block
         blocks = self.blocks_for(rows)
-        # aligned to the block, so O_DIRECT tasks need no bounce buffer
-        raw = np.empty(blocks.size * B + B, np.uint8)
-        buf = raw[-_addr(raw) % B:][:blocks.size * B]
         breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
         first = np.concatenate(([0], breaks))
         count = np.diff(np.concatenate((first, [blocks.size])))
         offsets = (blocks[first] * B).tolist()
         sizes = (count * B).tolist()
         sizes[-1] = min(sizes[-1], self.file_size - offsets[-1])
-        self.file.read_extents(buf, offsets, sizes)
+        return blocks, offsets, sizes
+
+    def _count_read(self, blocks: np.ndarray, offsets: list, sizes: list) -> None:
         self.requests += 1
         self.extents_read += len(offsets)
         self.bytes_read += sum(sizes)
         self.blocks_read += int(blocks.size)
+
+    def _fetch(self, rows: np.ndarray, blocks: np.ndarray, offsets: list, sizes: list):
+        """Reads a plan of _plan(rows) as one request; counts nothing (a prefetch thread calls
+        it). Returns (buf, window, pos) as _read_blocks does."""
+        B, rb = self.block, self.row_bytes
+        # aligned to the block, so O_DIRECT tasks need no bounce buffer
+        raw = np.empty(blocks.size * B + B, np.uint8)
+        buf = raw[-_addr(raw) % B:][:blocks.size * B]
+        self.file.read_extents(buf, offsets, sizes)
         start = self.offset + rows.astype(np.int64) * rb
         pos = np.searchsorted(blocks, start // B) * B + start % B
         window = np.lib.stride_tricks.as_strided(buf, shape=(buf.size - rb + 1, rb), strides=(1, 1))
+        return buf, window, pos
+
+    def _read_blocks(self, rows: np.ndarray):
+        """Reads the blocks holding `rows` (validated, non-empty) as one request of coalesced
+        extents (the last one cut at the end of the file). Returns (buf, offsets, sizes, window,
+        pos): block k of the sorted block list sits at buf[k*B:(k+1)*B], and row rows[i] is
+        window[pos[i]] (a sliding row_bytes window over buf: every row is contiguous in buf, its
+        blocks being consecutive slots)."""
+        blocks, offsets, sizes = self._plan(rows)
+        buf, window, pos = self._fetch(rows, blocks, offsets, sizes)
+        self._count_read(blocks, offsets, sizes)
         return buf, offsets, sizes, window, pos
+
+    def read_rows(self, rows: np.ndarray, dst: np.ndarray) -> None:
+        """dst[i] = the bytes of row rows[i] (validated, non-empty; dst: (n, row_bytes) uint8)."""
+        _, _, _, window, pos = self._read_blocks(rows)
+        dst[...] = window[pos]  # (np.take would copy window)
 
     def gather_into(self, idx: np.ndarray, out: np.ndarray, threads: int, stream: int) -> None:
         flat = idx.reshape(-1)
         _check_indices(flat, self.rows)
         if flat.size == 0:
             return
-        _, _, _, window, pos = self._read_blocks(flat)
-        out.reshape(-1).view(np.uint8).reshape(flat.size, self.row_bytes)[...] = window[pos]  # (np.take would copy window)
+        self.read_rows(flat, out.reshape(-1).view(np.uint8).reshape(flat.size, self.row_bytes))
 
-    def scatter_from(self, idx: np.ndarray, src: np.ndarray, reduce: str, threads: int) -> None:
+    def scatter_from(self, idx: np.ndarray, src: np.ndarray, reduce: str,
+                     threads: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """Returns (the sorted touched rows, their bytes as written), None when nothing was touched."""
         assert self.writable, "FeatureStore.scatter checks writability first"
         flat = idx.reshape(-1)
         _check_indices(flat, self.rows)
@@ -175,13 +204,13 @@ class _FileTable(_Table):
         if reduce == "add":
             _core().scatter_check_elem(elem)  # before any I/O
         if flat.size == 0:
-            return
+            return None
         rows, slot = np.unique(flat, return_inverse=True)
         span = self._span(rows)
         # other processes' scatters into these blocks wait: their read-modify-writes would lose ours
         fcntl.lockf(self.file.fileno(), fcntl.LOCK_EX, span[1] - span[0], span[0])
         try:
-            self._scatter_locked(rows, slot, src, reduce, elem, threads)
+            return rows, self._scatter_locked(rows, slot, src, reduce, elem, threads)
         finally:
             fcntl.lockf(self.file.fileno(), fcntl.LOCK_UN, span[1] - span[0], span[0])
 
@@ -193,7 +222,7 @@ class _FileTable(_Table):
         return start, end
 
     def _scatter_locked(self, rows: np.ndarray, slot: np.ndarray, src: np.ndarray, reduce: str, elem: str,
-                        threads: int) -> None:
+                        threads: int) -> np.ndarray:
         buf, offsets, sizes, window, pos = self._read_blocks(rows)
         before = buf.copy()
         # the touched rows, packed, are a small memory table: the host scatter applies src to it with
@@ -214,6 +243,7 @@ class _FileTable(_Table):
         self.extents_written += len(offsets)
         self.bytes_written += sum(sizes)
         self.blocks_written += int(buf.size // self.block)
+        return stage
 
     def _roll_back(self, before: np.ndarray, offsets: Any, sizes: Any, rows: np.ndarray) -> str:
         """After a failed write-back, writes every block's bytes as read back, block by block: the
@@ -272,7 +302,9 @@ class _FileTable(_Table):
 
 
 def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direct: Optional[bool],
-                writable: Any) -> _FileTable:
+                writable: Any, cls: type = _FileTable, extra: Optional[dict] = None) -> _FileTable:
+    """A `cls` table (_FileTable, or _gather_cache's cached one given its options in `extra`)."""
+    extra = extra or {}
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"table {name!r}: no such file {path!r}")
@@ -282,7 +314,7 @@ def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direc
             shp, dt, off = _npy_header(path)
         except InvalidArgument as e:
             raise InvalidArgument(f"table {name!r}: {e} (a raw file needs dtype= and shape=)") from None
-        return _FileTable(name, path, shp, dt, off + offset, direct, writable)
+        return cls(name, path, shp, dt, off + offset, direct, writable, **extra)
     if dtype is None:
         raise InvalidArgument(f"table {name!r}: a raw file table needs dtype= (and shape=, rows may be -1)")
     dt = np.dtype(dtype)
@@ -297,4 +329,4 @@ def _file_table(name: str, path: str, dtype: Any, shape: Any, offset: int, direc
         if row_bytes == 0:
             raise InvalidArgument(f"table {name!r} has empty rows (shape {shape})")
         shp = ((os.path.getsize(path) - offset) // row_bytes,) + shp[1:]
-    return _FileTable(name, path, shp, dt, offset, direct, writable)
+    return cls(name, path, shp, dt, offset, direct, writable, **extra)

@@ -229,7 +229,9 @@ class FeatureStore:
     @needs_open
     def add(self, name: str, data: Any, *, shared: bool = False, writable: bool = False,
             backend: Optional[str] = None, dtype: Any = None, shape: Any = None, offset: int = 0,
-            direct: Optional[bool] = None, shared_mode: int = 0o600) -> None:
+            direct: Optional[bool] = None, shared_mode: int = 0o600, cache_bytes: Optional[int] = None,
+            policy: Optional[str] = None, scores: Any = None, weights: Any = None, victim_bytes: int = 0,
+            half_life: Optional[float] = None) -> None:
         """Add (or replace) table `name`: a numpy array, CPU torch tensor or .npy path (mapped;
         `writable` maps it read-write). `shared` copies it once into /dev/shm (see the module help),
         in a file of mode `shared_mode` (0600: this user only, whatever the umask).
@@ -240,18 +242,39 @@ class FeatureStore:
         Gathers read only the blocks holding the wanted rows; `writable` opens the file read-write
         so scatter can update rows (a read-modify-write of the blocks holding them): True locks the
         file for this process alone, "shared" lets several processes scatter into it (each scatter
-        holds a byte-range lock on its blocks)."""
+        holds a byte-range lock on its blocks).
+
+        `cache_bytes` (file tables): a cache of rows in host memory in front of the file, with
+        eviction `policy` "lru" (default), "static" (by `scores`, one number >= 0 per row, e.g. the
+        node's degree) or "hybrid" (`weights` = (w_static, w_dynamic) on the scores and on how
+        often recent gathers asked for the row, that count halving every `half_life` gathers), and
+        a victim buffer of `victim_bytes` holding evicted rows; see hauler._gather_cache and
+        prefetch(). Scatters into a cached table are write-through."""
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"table name must be a non-empty string, got {name!r}")
         if backend not in (None, "memory", "mmap", "file"):
             raise InvalidArgument(f"backend must be None, 'memory', 'mmap' or 'file', got {backend!r}")
+        cache = None if cache_bytes is None else {
+            "cache_bytes": cache_bytes, "policy": "lru" if policy is None else policy, "scores": scores,
+            "weights": weights, "victim_bytes": victim_bytes, "half_life": half_life}
+        if cache is None and (policy is not None or scores is not None or weights is not None or victim_bytes
+                              or half_life is not None):
+            raise InvalidArgument(f"table {name!r}: policy=, scores=, weights=, victim_bytes= and half_life= "
+                                  "configure a cache: give cache_bytes= too")
+        if cache is not None and backend != "file":
+            raise InvalidArgument(f"table {name!r}: cache_bytes= puts a cache in front of a file table "
+                                  "(backend='file'); this table is in memory already")
         if backend == "file":
             if not isinstance(data, (str, os.PathLike)):
                 raise InvalidArgument(f"table {name!r}: backend='file' takes a path, got {type(data).__name__}")
             if shared:
                 raise InvalidArgument(f"table {name!r}: a file table is read through the I/O engine, never mapped "
                                       "(shared= does not apply)")
-            t: _Table = _file_table(name, data, dtype, shape, offset, direct, writable)
+            if cache is None:
+                t: _Table = _file_table(name, data, dtype, shape, offset, direct, writable)
+            else:
+                from ._gather_cache import _CachedFileTable
+                t = _file_table(name, data, dtype, shape, offset, direct, writable, _CachedFileTable, cache)
         else:
             if dtype is not None or shape is not None or offset or direct is not None:
                 raise InvalidArgument("dtype=, shape=, offset= and direct= apply to backend='file' only")
@@ -333,6 +356,30 @@ class FeatureStore:
     @needs_open
     def path(self, name: str) -> Optional[str]:
         return self._get(name).path
+
+    def prefetch(self, name: str, index: Any) -> None:
+        """Announces a coming gather of rows `index` from cached table `name` (the sampler's next
+        batch): rows not cached are loaded now, from the victim buffer or (asynchronously, one
+        request through hauler.io) from the file, and the next gather asking for them finds them
+        in memory. Index errors are raised here, before any read."""
+        t = self._get(name)
+        if not hasattr(t, "prefetch"):
+            raise InvalidArgument(f"table {name!r} has no cache: prefetch applies to file tables added with "
+                                  "backend='file', cache_bytes=...")
+        idx, _ = _index_array(index)
+        t.prefetch(idx)
+
+    def stats(self, name: str, reset: bool = False) -> Dict[str, Any]:
+        """Counters of file table `name` since it was added or last reset (`reset` resets them
+        after reading): bytes/blocks/extents read and written, requests; with a cache also hits,
+        misses, victim_hits, prefetch_rows/used/wasted/failed, bytes_read_prefetch, evictions."""
+        t = self._get(name)
+        if not hasattr(t, "stats"):
+            raise InvalidArgument(f"table {name!r} is in memory ({t.kind}); counters belong to file tables")
+        s = t.stats()
+        if reset:
+            t.reset_counters()
+        return s
 
     # gather / scatter
     @needs_open

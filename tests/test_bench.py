@@ -105,7 +105,8 @@ def test_gather_quick_json_rows_correct_and_targets():
         for k in ("hauler_gbps", "numpy_gbps", "index_select_gbps", "fancy_gbps", "memcpy_gbps", "vs_numpy",
                   "vs_index_select", "vs_memcpy"):
             assert r[k] > 0, k
-    assert [t["key"] for t in out["targets"]] == ["gbps_512", "numpy_256", "isel_256", "memcpy_1k"]
+    assert [t["key"] for t in out["targets"]] == ["gbps_512", "numpy_256", "isel_256", "memcpy_1k", "cache_bytes",
+                                                  "cache_epoch"]
     assert all(t["status"] in ("PASS", "MISS", "N/A") for t in out["targets"])
     assert set(out["info"]["loader"]) == {"workers0_torch_s", "workers0_hauler_s", "workers2_torch_s",
                                           "workers2_hauler_s"}
@@ -116,6 +117,12 @@ def test_gather_quick_json_rows_correct_and_targets():
         assert r["correct"] is True and r["hauler_ms"] > 0 and r["memmap_ms"] > 0 and r["memmap_random_ms"] > 0
         # hauler reads only the 4 KiB blocks holding the rows
         assert r["useful_bytes"] <= r["hauler_read"] <= r["useful_bytes"] // r["row_bytes"] * 2 * 4096
+    cache = {r["case"]: r for r in out["info"]["cache"]}   # the feature cache block (issue 22)
+    assert list(cache) == ["none", "lru", "static", "hybrid", "memory"]
+    assert all(r["correct"] is True and r["epoch_s"] > 0 for r in cache.values())
+    assert cache["memory"]["bytes_read"] == 0 and cache["none"]["bytes_read"] > 0
+    for k in ("lru", "static", "hybrid"):
+        assert cache[k]["hits"] > 0 and cache[k]["bytes_read"] < cache["none"]["bytes_read"]
 
 
 def test_gather_table_output():
