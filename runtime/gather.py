@@ -357,6 +357,7 @@ class FeatureStore:
     def path(self, name: str) -> Optional[str]:
         return self._get(name).path
 
+    @needs_open
     def prefetch(self, name: str, index: Any) -> None:
         """Announces a coming gather of rows `index` from cached table `name` (the sampler's next
         batch): rows not cached are loaded now, from the victim buffer or (asynchronously, one
@@ -369,6 +370,7 @@ class FeatureStore:
         idx, _ = _index_array(index)
         t.prefetch(idx)
 
+    @needs_open
     def stats(self, name: str, reset: bool = False) -> Dict[str, Any]:
         """Counters of file table `name` since it was added or last reset (`reset` resets them
         after reading): bytes/blocks/extents read and written, requests; with a cache also hits,

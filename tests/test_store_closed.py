@@ -36,6 +36,8 @@ FEATURESTORE_CALLS = {
     "gather": lambda fs: fs.gather("x", [0]),
     "scatter": lambda fs: fs.scatter("x", [0], np.zeros((1, 2))),
     "pin": lambda fs: fs.pin(),
+    "prefetch": lambda fs: fs.prefetch("x", [0]),
+    "stats": lambda fs: fs.stats("x"),
     "unpin": lambda fs: fs.unpin(),
     "__contains__": lambda fs: "x" in fs,
     "__len__": lambda fs: len(fs),
