@@ -56,6 +56,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
+import queue
 import re
 import shutil
 import stat
@@ -321,7 +322,9 @@ class Offload:
         self._routes: Dict[str, Tuple[bool, str]] = {}   # device name -> (direct, what)
         self._writer: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._reader: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._pools: List[Any] = []     # the two above, for the finalizer (which must not hold self)
+        self._deleter = _Deleter()
+        # the executors, for the finalizer (which must not hold self); the deleter goes last
+        self._pools: List[Any] = [self._deleter]
         self._failure: Optional[_Handle] = None    # a failed write not reported yet
         self._warned = False
         self._step_bytes = 0          # bytes eligible for offload saved in this step
@@ -383,9 +386,9 @@ class Offload:
             self._handles.append(weakref.ref(h))
             self._shared[ident] = weakref.ref(h)
             if direct:
-                weakref.finalize(h, _unlink_later, self._writer, self._direct_path(key))
+                weakref.finalize(h, self._deleter.later, _unlink, self._direct_path(key))
             else:
-                weakref.finalize(h, _discard, self.store, key)
+                weakref.finalize(h, self._deleter.later, _discard, self.store, key)
             # the handle keep_last places back is no longer among the last: it lets go of what
             # it no longer needs
             old = self._handle(index - self.keep_last)
@@ -504,7 +507,7 @@ class Offload:
         e = HaulerIOError(f"hauler.offload: writing a saved tensor ({h.nbytes} bytes, {h.key}) to {self.directory} "
                           f"failed: {h.failed}; the tensor is still in memory (on_error='keep' trains on with it "
                           f"there)")
-        e.errno = getattr(h.failed, "errno", None)
+        e.errno = _errno_of(h.failed)
         e.__cause__ = h.failed
         return e
 
@@ -656,9 +659,20 @@ class Offload:
         self._finalizer()
 
 
+def _errno_of(exc: BaseException) -> Optional[int]:
+    """The errno of a failed write: the exception's own, else the one hauler.io's message names
+    ("... failed: No space left on device (ENOSPC) ...")."""
+    import errno
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int):
+        return code
+    m = re.search(r"\((E[A-Z0-9]+)\)", str(exc))
+    return getattr(errno, m.group(1), None) if m else None
+
+
 def _cleanup(store: Any, directory: Optional[str], pools: List[Any]) -> None:
     mine = threading.current_thread().name.startswith("hauler-offload-")
-    for pool in pools:   # a write still queued there would put into a closed store
+    for pool in reversed(pools):   # a write still queued there would put into a closed store
         pool.shutdown(wait=not mine)
     try:
         store.close()
@@ -715,8 +729,8 @@ def _own_subdirectory(directory: str) -> str:
 
 
 def _discard(store: Any, key: str) -> None:
-    # runs when autograd frees a saved tensor, in the middle of backward: the unlink goes to the
-    # store's workers (a stopped store, e.g. at interpreter exit, deletes here)
+    # autograd freed a saved tensor: the unlink goes to the store's workers (a stopped store,
+    # e.g. at interpreter exit, deletes here)
     try:
         store.discard_later(key)
     except (AttributeError, RuntimeError):
@@ -726,18 +740,54 @@ def _discard(store: Any, key: str) -> None:
             pass
 
 
-def _unlink_later(pool: Any, path: str) -> None:
-    # the cuFile route's file of a freed saved tensor, unlinked off the backward pass; it queues
-    # behind that tensor's write on the same one-thread pool
-    def unlink() -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+class _Deleter:
+    """Deletes what autograd frees (store entries, the cuFile route's files) off the backward pass,
+    on a thread of its own. later() runs in weakref finalizers, which the garbage collector may
+    start inside any allocation, one made under an executor's lock (submit) included: it only puts
+    into a SimpleQueue (reentrant) and never takes a lock. After shutdown it deletes in place. A
+    file is complete by then: a write holds its handle, so the finalizer cannot run before it ends."""
+
+    def __init__(self) -> None:
+        self._q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="hauler-offload-delete", daemon=True)
+        self._thread.start()
+
+    def later(self, fn: Any, *args: Any) -> None:
+        if self._stopped:
+            fn(*args)
+        else:
+            self._q.put((fn, args))
+
+    def flush(self) -> None:
+        """Returns once every deletion asked for before is done."""
+        done = threading.Event()
+        self._q.put((done.set, ()))
+        done.wait()
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._stopped = True
+        self._q.put(None)
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - a deletion that cannot run: the directory goes at close
+                pass
+
+
+def _unlink(path: str) -> None:
     try:
-        pool.submit(unlink)
-    except RuntimeError:   # the pool is shut down (close, interpreter exit)
-        unlink()
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def offload(directory: Optional[str] = None, store: Any = None, min_bytes: int = 1 << 20,

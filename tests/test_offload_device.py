@@ -41,8 +41,10 @@ def test_gradients_bit_identical_through_the_device_path(tmp_path, direct, wait)
         s = off.stats
         assert s["path"] == ("cufile" if direct else "bounce")
         assert s["saved"] == 17 and s["failed_writes"] == 0
-        assert s["bytes_written"] == 17 * 256 * 64 * 4
-        if wait:   # everything was on disk and out of memory: every tensor came back by a read
+        # without waiting, a tensor autograd frees before its write starts is never written
+        assert s["bytes_written"] % (256 * 64 * 4) == 0 and s["bytes_written"] <= 17 * 256 * 64 * 4
+        if wait:
+            assert s["bytes_written"] == 17 * 256 * 64 * 4   # everything was on disk and out of memory: every tensor came back by a read
             assert s["bytes_read"] == s["bytes_written"] and s["in_memory_hits"] == 0
             assert dev.calls["consume"] == 17
             if direct:
@@ -149,7 +151,7 @@ def test_direct_route_files_removed_as_autograd_frees(tmp_path):
         loss.backward()
         del loss
         gc.collect()
-        off._writer.submit(lambda: None).result()   # the unlinks queue on the writer
+        off._deleter.flush()
         assert os.listdir(d) == []
         off.close()
         assert not os.path.exists(off.directory)
