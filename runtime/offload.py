@@ -325,7 +325,7 @@ class Offload:
         self._deleter = _Deleter()
         # the executors, for the finalizer (which must not hold self); the deleter goes last
         self._pools: List[Any] = [self._deleter]
-        self._failure: Optional[_Handle] = None    # a failed write not reported yet
+        self._failure: Optional[Tuple[str, int, BaseException]] = None   # a failed write not reported yet
         self._warned = False
         self._step_bytes = 0          # bytes eligible for offload saved in this step
         self._prev_step_bytes: Optional[int] = None
@@ -440,7 +440,7 @@ class Offload:
             return
         h.sput = fut
         href = weakref.ref(h)
-        fut.add_done_callback(lambda f: self._written(href(), f.exception()))
+        fut.add_done_callback(lambda f, key=h.key, n=h.nbytes: self._written(href(), f.exception(), key, n))
 
     def _write_device(self, href: "weakref.ref", ev: Any) -> None:
         """On the writer thread: waits for the event after which the bytes are in place, then
@@ -466,24 +466,28 @@ class Offload:
             host = h.host
         self._submit_put(h, host)
 
-    def _written(self, h: Optional[_Handle], exc: Optional[BaseException]) -> None:
-        if h is None:
-            return
+    def _written(self, h: Optional[_Handle], exc: Optional[BaseException], key: str = "", nbytes: int = 0) -> None:
+        """A write ended (h None: autograd freed the tensor meanwhile; key and nbytes say which)."""
+        if h is not None:
+            key, nbytes = h.key, h.nbytes
         with self._lock:
             if exc is None:
-                h.written = True
-                self.stats["bytes_written"] += h.nbytes
-                self._trim(h)
+                self.stats["bytes_written"] += nbytes
+                if h is not None:
+                    h.written = True
+                    self._trim(h)
             else:   # the memory stays: nothing is lost, the error is reported by _surface
-                h.failed = exc
                 self.stats["failed_writes"] += 1
-                self.stats["bytes_failed"] += h.nbytes
+                self.stats["bytes_failed"] += nbytes
                 if self._failure is None:
-                    self._failure = h
-        if exc is None:
-            h.put.set_result(None)
-        else:
-            h.put.set_exception(exc)
+                    self._failure = (key, nbytes, exc)
+                if h is not None:
+                    h.failed = exc
+        if h is not None:
+            if exc is None:
+                h.put.set_result(None)
+            else:
+                h.put.set_exception(exc)
 
     def _surface(self) -> None:
         """Reports a failed write on the thread running the step: raises it (on_error="raise"),
@@ -491,24 +495,24 @@ class Offload:
         if self._failure is None:
             return
         with self._lock:
-            h, self._failure = self._failure, None
-        if h is None:
+            failure, self._failure = self._failure, None
+        if failure is None:
             return
         if self.on_error == "raise":
-            raise self._error(h)
+            raise self._error(*failure)
         if not self._warned:
             self._warned = True
-            warnings.warn(f"hauler.offload: a saved tensor of {h.nbytes} bytes could not be written to "
-                          f"{self.directory} ({h.failed}); it stays in memory (on_error='keep'), as will "
+            warnings.warn(f"hauler.offload: a saved tensor of {failure[1]} bytes could not be written to "
+                          f"{self.directory} ({failure[2]}); it stays in memory (on_error='keep'), as will "
                           f"others that fail: stats['failed_writes'] counts them", ResourceWarning, stacklevel=3)
 
-    def _error(self, h: _Handle) -> BaseException:
+    def _error(self, key: str, nbytes: int, exc: BaseException) -> BaseException:
         from .errors import HaulerIOError
-        e = HaulerIOError(f"hauler.offload: writing a saved tensor ({h.nbytes} bytes, {h.key}) to {self.directory} "
-                          f"failed: {h.failed}; the tensor is still in memory (on_error='keep' trains on with it "
+        e = HaulerIOError(f"hauler.offload: writing a saved tensor ({nbytes} bytes, {key}) to {self.directory} "
+                          f"failed: {exc}; the tensor is still in memory (on_error='keep' trains on with it "
                           f"there)")
-        e.errno = _errno_of(h.failed)
-        e.__cause__ = h.failed
+        e.errno = _errno_of(exc)
+        e.__cause__ = exc
         return e
 
     # -- memory
@@ -552,7 +556,7 @@ class Offload:
                 f"the stored copy may hold either value")
         self._surface()
         if h.failed is not None and self.on_error == "raise":
-            raise self._error(h)
+            raise self._error(h.key, h.nbytes, h.failed)
         t, host = h.tensor, h.host
         if t is not None:
             self.stats["in_memory_hits"] += 1
