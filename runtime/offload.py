@@ -67,6 +67,8 @@ import warnings
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
+from .errors import Closed
+
 __all__ = ["offload", "Offload", "OffloadPathNotice"]
 
 _ids = itertools.count()
@@ -733,13 +735,13 @@ def _own_subdirectory(directory: str) -> str:
 
 
 def _discard(store: Any, key: str) -> None:
-    # autograd freed a saved tensor: the unlink goes to the store's workers (a stopped store,
-    # e.g. at interpreter exit, deletes here)
+    # autograd freed a saved tensor: the unlink goes to the store's workers (a stopped or closed
+    # store, e.g. at interpreter exit, deletes here)
     try:
         store.discard_later(key)
-    except (AttributeError, RuntimeError):
+    except (AttributeError, RuntimeError, Closed):
         try:
-            store.discard(key)
+            store._discard(key)
         except Exception:  # noqa: BLE001 - at interpreter exit
             pass
 

@@ -951,7 +951,82 @@ def worker_kv(torch, cp, res):
         half = nbytes // 2
         lim_c = _median_time(torch, lambda: flat_b[:half].copy_(flat_a[:half]), 10)
         res["rows"].append(_row(f"{nsel // 2} blocks inside each cache", "copy", half, tc, peers_c, lim_c, ok_c))
+    if hasattr(kv.Agent, "register"):
+        _guarded(res, "kv CUDA IPC between 2 processes", _kv_ipc_rows, torch, kv, res)
     res["status"] = "pass" if all(r["ok"] for r in res["rows"]) else "fail"
+
+
+_IPC_SHAPE = (4, 1024, 16, 8, 128)  # layers, blocks, tokens, heads, head size (bf16): 256 blocks = 32 MiB
+
+
+def _kv_ipc_owner(conn):
+    """The second process of the CUDA IPC check: owns a device cache, exports it, and hands back
+    its bytes (as int16) on request so the reader can check its pushes."""
+    import torch
+    from hauler import kv
+    L, NB, BS, H, D = _IPC_SHAPE
+    torch.manual_seed(11)
+    caches = [torch.randn(2, NB, BS, H, D, device="cuda").to(torch.bfloat16) for _ in range(L)]
+    snap = lambda: [c.cpu().view(torch.int16).numpy() for c in caches]  # noqa: E731
+    with kv.Agent("gpu-check-owner") as agent:
+        conn.send((agent.register(kv.KVLayout.vllm_flash(caches)), snap()))
+        while conn.recv() == "snapshot":
+            torch.cuda.synchronize()
+            conn.send(snap())
+
+
+def _kv_ipc_rows(torch, kv, res):
+    """hauler.kv.Agent with a peer's device cache on this GPU through CUDA IPC handles (two real
+    processes): random blocks pulled into our device cache and pushed back into the peer's, every
+    byte compared; the limit is one device memcpy of the same bytes in this process."""
+    import multiprocessing
+
+    import numpy as np
+    L, NB, BS, H, D = _IPC_SHAPE
+    ctx = multiprocessing.get_context("spawn")  # a forked child cannot use CUDA
+    here, there = ctx.Pipe()
+    owner = ctx.Process(target=_kv_ipc_owner, args=(there,), daemon=True)
+    owner.start()
+    try:
+        if not here.poll(120):
+            raise RuntimeError("the owner process did not register its cache within 120 s")
+        meta, theirs = here.recv()
+        mine = [torch.zeros(2, NB, BS, H, D, dtype=torch.bfloat16, device="cuda") for _ in range(L)]
+        rng = np.random.default_rng(12)
+        n = 256
+        src, dst = rng.choice(NB, n, replace=False), rng.choice(NB, n, replace=False)
+        nbytes = L * 2 * n * BS * H * D * 2
+        with kv.Agent("gpu-check-reader") as agent:
+            agent.register(kv.KVLayout.vllm_flash(mine))
+            peer = agent.connect(meta)
+            res["notes"].append(f"kv CUDA IPC: {n} random blocks of {L} layers (2, {NB}, {BS}, {H}, {D}) bf16 "
+                                f"between 2 processes, {nbytes >> 20} MiB per move, transport {peer.transport_name}")
+            agent.read(peer, dst, src).wait(60)
+            torch.cuda.synchronize()
+            ok_r = all(np.array_equal(m[:, dst].cpu().view(torch.int16).numpy(), t[:, src])
+                       for m, t in zip(mine, theirs)) and peer.transport_name == "cuda_ipc"
+            t_r = _median_time(torch, lambda: agent.read(peer, dst, src).wait(60), 5, wall=True)
+            back = np.setdiff1d(np.arange(NB), src)[:n]  # our blocks into other blocks of the peer
+            agent.write(peer, dst, back).wait(60)
+            here.send("snapshot")
+            now = here.recv()
+            ok_w = all(np.array_equal(a[:, back], m[:, dst].cpu().view(torch.int16).numpy()) and
+                       np.array_equal(np.delete(a, back, axis=1), np.delete(t, back, axis=1))
+                       for a, m, t in zip(now, mine, theirs))
+            t_w = _median_time(torch, lambda: agent.write(peer, dst, back).wait(60), 5, wall=True)
+        flat_a = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        flat_b = torch.empty_like(flat_a)
+        lim = _median_time(torch, lambda: flat_b.copy_(flat_a), 10)
+        res["rows"].append(_row(f"{n} blocks, peer's device cache (CUDA IPC)", "read", nbytes, t_r, {}, lim, ok_r))
+        res["rows"].append(_row(f"{n} blocks, peer's device cache (CUDA IPC)", "write", nbytes, t_w, {}, lim, ok_w))
+    finally:
+        try:
+            here.send("exit")
+        except OSError:
+            pass  # the owner is gone already
+        owner.join(30)
+        if owner.is_alive():
+            owner.kill()
 
 
 def _kv_swap_rows(torch, kv, res, layout, caches, tgt, blocks, blocks_d, nbytes):

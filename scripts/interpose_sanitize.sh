@@ -20,7 +20,7 @@ for p in "${pids[@]}"; do wait "$p"; done  # each one: a bare `wait` would hide 
 # the fake GPU (tests/interpose/fakecuda.c, emukernels.cpp): "device" memory is host memory
 cc -DFAKE_DRIVER -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$OUT/libcuda.so.1" tests/interpose/fakecuda.c
 c++ -std=c++17 -O1 -shared -fPIC -Icsrc -o "$OUT/libhauler_cuda.so" tests/interpose/emukernels.cpp \
-  csrc/common/gpu_emulation.cpp csrc/datatype/pack_emulate.cpp csrc/gather/gather_emulate.cpp
+  csrc/common/gpu_emulation.cpp csrc/datatype/pack_emulate.cpp csrc/gather/gather_emulate.cpp csrc/kv/kv_emulate.cpp
 ASAN="$(gcc -print-file-name=libasan.so)"; UBSAN="$(gcc -print-file-name=libubsan.so)"
 printf 'max_block 1000000000\nmin_bytes 0\n' > "$OUT/model.txt"
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi

@@ -561,7 +561,7 @@ def fake_gpu(tmp_path_factory):
     subprocess.run(["c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-I" + str(root / "csrc"), "-Wl,-z,defs",
                     "-o", str(d / "libhauler_cuda.so"), str(HERE / "emukernels.cpp"),
                     str(root / "csrc/common/gpu_emulation.cpp"), str(root / "csrc/datatype/pack_emulate.cpp"),
-                    str(root / "csrc/gather/gather_emulate.cpp")],
+                    str(root / "csrc/gather/gather_emulate.cpp"), str(root / "csrc/kv/kv_emulate.cpp")],
                    check=True, timeout=300)
     return {"LD_PRELOAD": str(d / "libcuda.so.1"), "HAULER_CUDA_LIB": str(d / "libhauler_cuda.so")}
 

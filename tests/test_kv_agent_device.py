@@ -1,11 +1,10 @@
 """hauler.kv.Agent with a device cache on this side: reads and writes stage through host memory and
 one part-1 plan to the device blocks, run here by the host emulation of the GPU kernels
 (tests/support/kv_ref.py's fake CUDA arrays, the gpu_emulation fixture); the peer is a real
-process with a host cache. A peer's device cache is refused at connect (NoDevice)."""
+process with a host cache. A peer's device cache on this node: tests/test_kv_agent_ipc.py."""
 import numpy as np
 import pytest
 
-from hauler.errors import NoDevice
 from hauler.kv.agent import Agent, TransferCancelled
 from support.kv_ref import make_cache, poison
 from test_kv_agent import PeerProc, assert_planes, expected_after, ref_cache, spec
@@ -76,13 +75,3 @@ def test_failed_device_read_leaves_the_device_blocks(peer, gpu_emulation):
         gate.result()
         assert list(e.value.missing_blocks) == [0, 1] and not len(e.value.arrived_blocks)
     assert_planes(dev.planes, before)
-
-
-def test_peer_device_cache_is_refused(gpu_emulation):
-    host = make_cache("vllm_flash_nhd", np.random.default_rng(1))
-    dev = make_cache("vllm_flash_nhd", np.random.default_rng(2), lib="fake_cuda")
-    with Agent("host-side") as a, Agent("device-side") as b:
-        a.register(host.layout)
-        meta = b.register(dev.layout)
-        with pytest.raises(NoDevice, match=r"peer 'device-side' registered device memory \(cuda.*CUDA IPC"):
-            a.connect(meta)

@@ -1,5 +1,7 @@
 // hauler.kv transfer primitives: cross-memory attach moves, staging copies, the lease table.
 // Addresses come in as integers (the Python side keeps the arrays alive for the call).
+#include "../common/gpu_ipc.hpp"
+#include "../common/status.hpp"
 #include "../kv/cma.hpp"
 #include "bindings.hpp"
 
@@ -42,6 +44,29 @@ void register_kv_transfer(py::module_& m) {
       },
       py::arg("segs"), py::arg("n"), py::arg("col"), py::arg("stream_off"), py::arg("buf"), py::arg("len"),
       py::arg("to_buf"));
+  m.def(
+      "kv_ipc_export",
+      [](uintptr_t p) {
+        gpu::IpcExport e = gpu::ipc_export(reinterpret_cast<const void*>(p));
+        return py::make_tuple(py::bytes(reinterpret_cast<const char*>(e.handle), sizeof e.handle), e.base, e.size);
+      },
+      py::arg("ptr"), "CUDA IPC handle of the device allocation holding ptr: (handle bytes, base, size)");
+  m.def(
+      "kv_ipc_open",
+      [](const py::bytes& handle, int device) {
+        std::string h = handle;
+        if (h.size() != gpu::kIpcHandleBytes)
+          fail(Status::invalid_argument, "an IPC handle is " + std::to_string(gpu::kIpcHandleBytes) + " bytes, got " +
+                                             std::to_string(h.size()));
+        uint64_t size = 0;
+        void* m = gpu::ipc_open(reinterpret_cast<const uint8_t*>(h.data()), device, &size);
+        return py::make_tuple(reinterpret_cast<uintptr_t>(m), size);
+      },
+      py::arg("handle"), py::arg("device"), "Maps a peer's device allocation here: (address, size)");
+  m.def("kv_ipc_close", [](uintptr_t p) { gpu::ipc_close(reinterpret_cast<void*>(p)); }, py::arg("ptr"));
+  m.def("_gpu_emu_device_alloc", [](size_t n) { return reinterpret_cast<uintptr_t>(gpu::emulated_device_alloc(n)); },
+        py::arg("nbytes"), "Testing: device memory of the GPU emulation (shared memory a peer process can map)");
+  m.def("_gpu_emu_device_free", [](uintptr_t p) { gpu::emulated_device_free(reinterpret_cast<void*>(p)); });
   m.attr("kv_lease_entry_bytes") = py::int_(sizeof(kv::LeaseEntry));
   m.def("kv_monotonic_ns", &kv::monotonic_ns);
   m.def("kv_lease_grant", [](uintptr_t table, int64_t nb, uintptr_t blocks, int64_t n, uint64_t id, int64_t dl) {

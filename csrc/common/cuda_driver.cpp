@@ -43,6 +43,9 @@ const Driver* bind_all(void* lib) {
   bind(lib, "cuMemFree_v2", &d.mem_free);
   bind(lib, "cuMemcpyHtoD_v2", &d.memcpy_htod);
   bind(lib, "cuMemcpyDtoH_v2", &d.memcpy_dtoh);
+  bind(lib, "cuIpcGetMemHandle", &d.ipc_get_mem_handle);
+  bind(lib, "cuIpcOpenMemHandle_v2", &d.ipc_open_mem_handle);
+  bind(lib, "cuIpcCloseMemHandle", &d.ipc_close_mem_handle);
   g_bound.store(&d, std::memory_order_release);
   return &d;
 }

@@ -28,6 +28,11 @@ enum PointerAttribute : int {
   kAttrRangeSize = 12,
 };
 constexpr unsigned kMemoryTypeDevice = 2;
+constexpr unsigned kIpcLazyEnablePeerAccess = 1;  // CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
+
+struct IpcMemHandle {  // CUipcMemHandle: passed by value
+  char reserved[64];
+};
 constexpr unsigned kMemoryTypeUnified = 4;
 
 // The entry points hauler uses. A driver may lack some (a stand-in built for tests answers only
@@ -47,6 +52,9 @@ struct Driver {
   CUresult (*mem_free)(CUdeviceptr p) = nullptr;                                     // cuMemFree_v2
   CUresult (*memcpy_htod)(CUdeviceptr dst, const void* src, size_t bytes) = nullptr;  // cuMemcpyHtoD_v2
   CUresult (*memcpy_dtoh)(void* dst, CUdeviceptr src, size_t bytes) = nullptr;       // cuMemcpyDtoH_v2
+  CUresult (*ipc_get_mem_handle)(IpcMemHandle* h, CUdeviceptr p) = nullptr;          // cuIpcGetMemHandle
+  CUresult (*ipc_open_mem_handle)(CUdeviceptr* p, IpcMemHandle h, unsigned flags) = nullptr;  // cuIpcOpenMemHandle_v2
+  CUresult (*ipc_close_mem_handle)(CUdeviceptr p) = nullptr;                         // cuIpcCloseMemHandle
 
   // "driver error <rc> (<CUDA_ERROR_NAME>)": the name when the driver can give it.
   std::string error(CUresult rc) const;

@@ -113,7 +113,7 @@ Loaded load() {
       !bind(lib, "hauler_cuda_pack", &b.pack, l) || !bind(lib, "hauler_cuda_synchronize", &b.synchronize, l) ||
       !bind(lib, "hauler_cuda_gather", &b.gather, l) || !bind(lib, "hauler_cuda_host_register", &b.host_register, l) ||
       !bind(lib, "hauler_cuda_host_unregister", &b.host_unregister, l) ||
-      !bind(lib, "hauler_cuda_scatter", &b.scatter, l))
+      !bind(lib, "hauler_cuda_scatter", &b.scatter, l) || !bind(lib, "hauler_cuda_kv_copy", &b.kv_copy, l))
     return l;
   if (b.abi() != HAULER_GPU_ABI) {
     l.message = "GPU library " + l.library + " has ABI version " + std::to_string(b.abi()) + ", the core expects " +

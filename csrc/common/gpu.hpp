@@ -27,6 +27,7 @@ struct Backend {
   hauler_gpu_host_register_fn host_register;    // ABI 2
   hauler_gpu_host_unregister_fn host_unregister;  // ABI 2
   hauler_gpu_scatter_fn scatter;                // ABI 3
+  hauler_gpu_kv_copy_fn kv_copy;                // ABI 5
 };
 
 struct GpuStatus {

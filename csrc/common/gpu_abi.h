@@ -10,7 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HAULER_GPU_ABI 4 /* 2: row gather entry points (csrc/gather); 3: row scatter; 4: shared registrations */
+#define HAULER_GPU_ABI 5 /* 2: row gather entry points (csrc/gather); 3: row scatter; 4: shared registrations;
+                           5: KV block copy (csrc/kv) bound by the loader */
 
 /* Return codes: 0 or a hauler::Status value (status.hpp; gpu.cpp asserts they agree). */
 #define HAULER_GPU_OK 0
@@ -29,6 +30,7 @@ extern "C" {
 struct HaulerDevLayout; /* csrc/datatype/pack_index.cuh */
 struct HaulerGatherArgs; /* csrc/gather/gather_index.cuh */
 struct HaulerScatterArgs; /* csrc/gather/gather_index.cuh */
+struct HaulerKVCopyArgs; /* csrc/kv/kv_index.cuh */
 
 /* Scatter ops (HaulerScatterArgs.op). Adds are atomic per element; integers
  * add as unsigned words (two's complement: the same bits as signed adds). */
@@ -76,6 +78,11 @@ typedef int (*hauler_gpu_host_register_fn)(void* p, size_t n, int readonly, void
                                            size_t errlen);
 /* Unregisters the registration made at exactly p (an error when there is none). */
 typedef int (*hauler_gpu_host_unregister_fn)(void* p, char* err, size_t errlen);
+/* KV block copy: the pieces and boxes of one plan (HOST arrays the core built) in one launch.
+ * regions: nregions (address, nbytes) pairs the kernel touches, each checked device-accessible
+ * first; the launch runs on the device owning them. Asynchronous on `stream`. */
+typedef int (*hauler_gpu_kv_copy_fn)(const struct HaulerKVCopyArgs* args, const int64_t* regions, int64_t nregions,
+                                     void* stream, char* err, size_t errlen);
 
 #ifdef __cplusplus
 }

@@ -27,6 +27,17 @@ int hauler_emu_pack(const struct HaulerDevLayout* layout, void* origin, void* bu
 // Row gather and scatter (gather/gather_emulate.cpp).
 int hauler_emu_gather(const struct HaulerGatherArgs* args, void* stream, char* err, size_t errlen);
 int hauler_emu_scatter(const struct HaulerScatterArgs* args, void* stream, char* err, size_t errlen);
+// Device memory and CUDA IPC (below). Emulated device allocations are shared memory (a memfd per
+// allocation) so that another process can map them: the handle names the exporting process, the
+// allocation's descriptor and serial, and the boot (and pid namespace) it is valid in.
+int hauler_emu_device_alloc(size_t n, void** p, char* err, size_t errlen);
+int hauler_emu_device_free(void* p, char* err, size_t errlen);
+int hauler_emu_ipc_get(const void* p, void* handle, uint64_t* base, uint64_t* size, char* err, size_t errlen);
+int hauler_emu_ipc_open(const void* handle, int device, void** mapped, uint64_t* size, char* err, size_t errlen);
+int hauler_emu_ipc_close(void* mapped, char* err, size_t errlen);
+// KV block copy (kv/kv_emulate.cpp).
+int hauler_emu_kv_copy(const struct HaulerKVCopyArgs* args, const int64_t* regions, int64_t nregions, void* stream,
+                       char* err, size_t errlen);
 }
 
 namespace hauler::gpu {

@@ -3,7 +3,6 @@
 #include <cstring>
 
 #include "../common/gpu_emulation.hpp"
-#include "kv_gpu.hpp"
 #include "kv_index.cuh"
 
 // Host memory is "device-accessible" to the emulated kernel as it is: the

@@ -1,21 +1,10 @@
-// The KV copy on the GPU: one kernel launch per plan (kv_cuda.cu), found in
-// libhauler_cuda.so beside the other kernels, or its host emulation in tests.
+// The KV copy on the GPU: one kernel launch per plan (kv_cuda.cu), an entry of the GPU backend
+// table (hauler_cuda_kv_copy in libhauler_cuda.so, hauler_emu_kv_copy in the host emulation).
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
 #include "plan.hpp"
-
-struct HaulerKVCopyArgs;
-
-extern "C" {
-// Entry points (C ABI): hauler_cuda_kv_copy in libhauler_cuda.so, hauler_emu_kv_copy in the core.
-// regions/nregions: (address, nbytes) pairs the kernel touches, checked device-accessible first.
-typedef int (*hauler_kv_copy_fn)(const HaulerKVCopyArgs* args, const int64_t* regions, int64_t nregions,
-                                 void* stream, char* err, size_t errlen);
-int hauler_emu_kv_copy(const HaulerKVCopyArgs* args, const int64_t* regions, int64_t nregions, void* stream,
-                       char* err, size_t errlen);
-}
 
 namespace hauler::kv {
 

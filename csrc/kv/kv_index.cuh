@@ -11,11 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifdef __CUDACC__
-#define HAULER_KHD __host__ __device__
-#else
-#define HAULER_KHD
-#endif
+#include "../common/device_word.cuh"
 
 // Plain data: the launch argument. At the entry point `segs` is host memory;
 // the kernel receives a device copy.
@@ -33,18 +29,13 @@ constexpr uint32_t kKvThreadsPerBlock = 256;
 constexpr uint32_t kKvWarp = 32;
 
 // The widest of 16/8/4/2/1 bytes dividing both addresses and the length.
-HAULER_KHD inline int kv_word(int64_t src, int64_t dst, int64_t n) {
-  const uint64_t v = static_cast<uint64_t>(src) | static_cast<uint64_t>(dst) | static_cast<uint64_t>(n);
-  if (v % 16 == 0) return 16;
-  if (v % 8 == 0) return 8;
-  if (v % 4 == 0) return 4;
-  if (v % 2 == 0) return 2;
-  return 1;
+HAULER_HD inline int kv_word(int64_t src, int64_t dst, int64_t n) {
+  return word_align(static_cast<uint64_t>(src) | static_cast<uint64_t>(dst) | static_cast<uint64_t>(n));
 }
 
 // Grid for n pieces: one warp per piece up to the cap (4 blocks per
 // multiprocessor keeps every SM busy; more only queues).
-HAULER_KHD inline void kv_launch_shape(int64_t n, int sms, int max_blocks, uint32_t* grid, uint32_t* block) {
+HAULER_HD inline void kv_launch_shape(int64_t n, int sms, int max_blocks, uint32_t* grid, uint32_t* block) {
   const int64_t warps_per_block = kKvThreadsPerBlock / kKvWarp;
   int64_t want = (n + warps_per_block - 1) / warps_per_block;
   int64_t cap = max_blocks > 0 ? max_blocks : 4 * (sms > 0 ? sms : 1);
@@ -57,7 +48,7 @@ HAULER_KHD inline void kv_launch_shape(int64_t n, int sms, int max_blocks, uint3
 // What thread `tid` of `nthreads` does: for every piece its warp takes, the
 // words lane, lane + 32, ... of it. copy(dst, src, word) moves one word.
 template <class Copy>
-HAULER_KHD inline void kv_copy_thread(const int64_t* segs, int64_t n, uint64_t tid, uint64_t nthreads, Copy copy) {
+HAULER_HD inline void kv_copy_thread(const int64_t* segs, int64_t n, uint64_t tid, uint64_t nthreads, Copy copy) {
   const uint64_t warp = tid / kKvWarp, nwarps = nthreads / kKvWarp;
   const int64_t lane = static_cast<int64_t>(tid % kKvWarp);
   for (uint64_t i = warp; i < static_cast<uint64_t>(n); i += nwarps) {
@@ -71,13 +62,13 @@ HAULER_KHD inline void kv_copy_thread(const int64_t* segs, int64_t n, uint64_t t
 // A box row: src, dst, unit, n[3], ss[3], ds[3] (plan.hpp's Box).
 constexpr int kKvBoxFields = 12;
 
-HAULER_KHD inline int64_t kv_mag(int64_t v) { return v < 0 ? -v : v; }
+HAULER_HD inline int64_t kv_mag(int64_t v) { return v < 0 ? -v : v; }
 
 // The loop order of a box: `in` the axis the destination is densest along
 // (writes in order: coalesced on the GPU), `mid` the axis the source is
 // densest along among the others (a tile of in x mid reads whole lines),
 // `out` the third.
-HAULER_KHD inline void kv_box_axes(const int64_t* n, const int64_t* ss, const int64_t* ds, int* out, int* mid,
+HAULER_HD inline void kv_box_axes(const int64_t* n, const int64_t* ss, const int64_t* ds, int* out, int* mid,
                                    int* in) {
   int a_in = 0;
   for (int a = 1; a < 3; ++a)
@@ -96,7 +87,7 @@ HAULER_KHD inline void kv_box_axes(const int64_t* n, const int64_t* ss, const in
 // consecutive pieces and its loads stay in the tile's lines.
 // Pieces wider than 16 bytes go word by word across the lanes instead.
 template <class Copy>
-HAULER_KHD inline void kv_box_thread(const int64_t* boxes, int64_t nboxes, uint64_t tid, uint64_t nthreads,
+HAULER_HD inline void kv_box_thread(const int64_t* boxes, int64_t nboxes, uint64_t tid, uint64_t nthreads,
                                      Copy copy) {
   const uint64_t warp = tid / kKvWarp, nwarps = nthreads / kKvWarp;
   const int64_t lane = static_cast<int64_t>(tid % kKvWarp);

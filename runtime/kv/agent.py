@@ -33,10 +33,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..errors import InvalidArgument, NoDevice, OutOfRange
+from ..errors import HaulerError, InvalidArgument, NoDevice, OutOfRange
 from .transport import (CmaTransport, LeaseExpired, PeerLost, ShmTransport, TransferCancelled, TransferError,
-                        TransferTimeout, TransportRefused, b64, recv_frame, send_frame, serve_stage,
+                        TransferTimeout, TransportRefused, b64, close_rings, recv_frame, send_frame, serve_stage,
                         shm_prefix, unb64)
+from .transport_ipc import IpcMapping, IpcTransport, device_ordinal, export_handles
 
 __all__ = ["Agent", "Peer", "Transfer", "Lease", "TransferError", "PeerLost", "TransferTimeout", "LeaseExpired",
            "TransferCancelled", "TransportRefused"]
@@ -139,6 +140,18 @@ def advise_huge_pages(regions, collapse=True):
     return done
 
 
+def _page_spans(regions):
+    """regions rounded out to whole pages and merged where they touch: [(address, nbytes)]."""
+    out = []
+    for a, n in sorted(regions):
+        lo, hi = a // mmap.PAGESIZE * mmap.PAGESIZE, -(-(a + n) // mmap.PAGESIZE) * mmap.PAGESIZE
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi - lo) for lo, hi in out]
+
+
 class _Registration:
     def __init__(self, index, layout, agent_tag, huge_pages):
         self.index, self.layout = index, layout
@@ -154,8 +167,26 @@ class _Registration:
         finally:
             os.close(fd)
         self.lease_view = np.frombuffer(self.lease_map, dtype=np.uint8)
+        self.pinned = None
+
+    def pin(self):
+        """Host memory paired with a peer's device memory: kernels reach it only pinned and mapped."""
+        if self.pinned is None and self.layout.device is None:
+            done = []
+            try:
+                for a, n in _page_spans(self.regions):  # registered whole pages: regions may share one
+                    _core().host_register(a, n, False)
+                    done.append(a)
+            except BaseException:
+                for a in done:
+                    _core().host_unregister(a)
+                raise
+            self.pinned = done
 
     def close(self):
+        for a in self.pinned or ():
+            _core().host_unregister(a)
+        self.pinned = None
         self.lease_view = None
         try:
             self.lease_map.close()
@@ -178,6 +209,8 @@ class Peer:
         self.local, self.timeout, self._agent = local, agent.timeout, agent
         self.transport = None
         self.pidfd = -1
+        self.ipc = None  # IpcMapping of a device cache on this node
+        self.lease_path = meta.get("lease_table")
         self._sock, self._sock_lock = None, threading.Lock()
         self._plans = OrderedDict()
         self._lease_map = self._lease_view = None
@@ -242,6 +275,8 @@ class Peer:
     def close(self):
         with self._sock_lock:
             self._drop()
+        if self.ipc is not None:
+            self.ipc.close()  # waits for a kernel running on the mapping
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -337,7 +372,7 @@ class Agent:
         self._notifs, self._notif_cv = [], threading.Condition()
         self._leases = {}
         self._lease_ids = itertools.count(random.getrandbits(40) + 1)
-        self._cma, self._shm, self._mpi = CmaTransport(), ShmTransport(), None
+        self._cma, self._shm, self._ipc, self._mpi = CmaTransport(), ShmTransport(), IpcTransport(), None
         if transport in ("mpi", "mpi2"):
             from .transport_mpi import MpiTransport
             self._mpi = MpiTransport(comm, one_sided=transport == "mpi", timeout=self.timeout)
@@ -375,6 +410,11 @@ class Agent:
                 "layout": b64(layout.to_bytes()), "regions": reg.regions, "lease_table": reg.lease_path}
         if self._mpi is not None:
             meta["mpi"] = self._mpi.register(reg)
+        if device:
+            try:
+                meta["ipc"] = export_handles(reg.regions)
+            except HaulerError as e:  # not exportable: this side still drives its transfers (staged)
+                meta["ipc_error"] = str(e)
         return _MAGIC + json.dumps(meta).encode()
 
     def _local(self, layout):
@@ -401,15 +441,11 @@ class Agent:
             raise InvalidArgument(f"metadata is corrupt: {e}") from None
         local = self._local(layout)
         check_compatible(local.layout, remote, self.name, meta["name"])
-        if remote.device is not None:
-            raise NoDevice(f"peer {meta['name']!r} registered device memory ({remote.device}): another process "
-                           "reaches it only through CUDA IPC handles, which hauler.kv does not provide; the side "
-                           "with the device cache drives the transfer (its read/write stage through host memory)")
         if meta["pid"] == os.getpid() and meta["tag"] == self._tag:
             raise InvalidArgument(f"agent {self.name!r} cannot connect to itself")
         peer = Peer(self, meta, remote, local)
         try:
-            peer.transport = self._choose(peer, meta)
+            peer.transport = self._choose_ipc(peer, meta) if remote.device is not None else self._choose(peer, meta)
         except BaseException:
             peer.close()
             raise
@@ -442,6 +478,24 @@ class Agent:
         _banner(("shm", peer.key), f"hauler.kv: agent {self.name!r} moves bytes with peer {peer.name!r} through "
                 "the shared-memory staging ring (two copies), not cross-memory attach: " + str(err))
         return self._shm
+
+    def _choose_ipc(self, peer, meta):
+        """A peer's device cache: mapped here through CUDA IPC handles (one node only)."""
+        where = f"peer {peer.name!r} registered device memory ({peer.layout.device})"
+        if self.requested in ("mpi", "mpi2"):
+            raise NoDevice(f"{where}: transport {self.requested!r} moves host memory only; the side with the "
+                           "device cache drives the transfer (its read/write stage through host memory)")
+        if not peer.same_node:
+            raise NoDevice(f"{where} on another node, boot or pid namespace ({meta['host']}): CUDA IPC handles are "
+                           "valid on one node only; the side with the device cache drives the transfer (its "
+                           "read/write stage through host memory)")
+        if "ipc" not in meta:
+            raise NoDevice(f"{where} but could not export it through CUDA IPC: {meta.get('ipc_error')}")
+        if peer.local.layout.device is None:
+            peer.local.pin()
+        peer.ipc = IpcMapping(peer.name, meta["ipc"], device_ordinal(peer.local.layout.device),
+                              same_process=int(meta["pid"]) == os.getpid())
+        return self._ipc
 
     def _probe_cma(self, peer):
         """None when process_vm_readv of the peer's first registered byte works, else the error."""
@@ -508,7 +562,7 @@ class Agent:
                                       else (peer.layout, rb, peer.local.layout, lb))
         if len(np.unique(dst_b)) != len(dst_b):
             raise InvalidArgument(f"{'remote' if write else 'local'}_blocks (the destination) repeats a block")
-        if peer.local.layout.device is not None:
+        if peer.local.layout.device is not None and peer.transport is not self._ipc:
             stage = _Staging(kind, peer.local.layout, lb, peer.layout, rb, layers, heads, dst_heads, num_tokens)
             segs = stage.segs
         else:
@@ -632,12 +686,14 @@ class Agent:
             raise PeerLost(f"every byte landed but the notification to peer {peer.name!r} (pid {peer.pid}) could "
                            f"not be delivered: {e}", 0) from None
 
-    def notify(self, peer, msg):
-        """Sends msg to the peer's notifications() without a transfer."""
+    def notify(self, peer, msg, lease=None):
+        """Sends msg to the peer's notifications() without a transfer; lease: the id of the peer's
+        Lease the message releases (reads of several transfers under one lease notify once)."""
         self._check_open()
         if not isinstance(msg, (bytes, bytearray, memoryview)):
             raise InvalidArgument(f"msg must be bytes, got {type(msg).__name__}")
-        self._notify(peer, bytes(msg), None)
+        lease_id = None if lease is None else int(lease.id if isinstance(lease, Lease) else lease)
+        self._notify(peer, bytes(msg), lease_id)
 
     def notifications(self, timeout=0.0):
         """The notifications received since the last call: a list of (peer name, bytes) in arrival
@@ -731,6 +787,7 @@ class Agent:
                              name=f"hauler-kv-{self.name}-conn").start()
 
     def _serve(self, conn):
+        rings = {}
         try:
             while True:
                 header, payload = recv_frame(conn)
@@ -740,10 +797,13 @@ class Agent:
                 elif op == "stage":
                     with self._lock:
                         regions = [r for reg in self._regs if reg.layout.device is None for r in reg.regions]
-                    serve_stage(conn, header, payload, regions)
+                    serve_stage(conn, header, payload, regions, rings)
+                elif op == "abort":  # a read cancelled after its last chunk went out: nothing to stop
+                    send_frame(conn, {"op": "aborted"})
         except (OSError, ValueError):
             pass  # peer gone or closed: its transfers fail on its side
         finally:
+            close_rings(rings)
             with self._lock:
                 self._conns.discard(conn)
             conn.close()

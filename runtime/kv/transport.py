@@ -225,10 +225,11 @@ class ShmTransport:
                         core.kv_segments_stage(_addr(segs), len(segs), 0, off, buf, n, True)
                         send_frame(sock, {"op": "chunk", "k": k})
                         continue
-                    else:  # the peer filled the slot; drain it and give it back
+                    else:  # the peer filled the slot; drain it and give it back if it refills it
                         _expect(sock, "chunk", peer, done)
                         core.kv_segments_stage(_addr(segs), len(segs), 1, off, buf, n, False)
-                        send_frame(sock, {"op": "credit", "k": k})
+                        if k + 2 < nchunks:
+                            send_frame(sock, {"op": "credit", "k": k})
                     done += n
                     progress_set(progress, done)
                 if write:
@@ -264,10 +265,14 @@ def _expect(sock, op, peer, done):
     return h
 
 
-def serve_stage(sock, header, payload, regions):
+def serve_stage(sock, header, payload, regions, rings):
     """Peer side of ShmTransport.move, run by the control thread of the agent that owns the
     memory. Every address on our side must lie inside one registered region: a peer can never
-    make us read or write anything else."""
+    make us read or write anything else. rings: this connection's mapped rings by path (kept
+    for its life: a small request must not pay a mapping and its page faults each time).
+
+    A request costs one round trip when it fits one slot: a read's last two slots are never
+    refilled, so they need no credit (the initiator holds the ring until it drained them)."""
     segs = np.frombuffer(payload, dtype=np.int64).reshape(-1, 3).copy()
     write, slot, total = bool(header["write"]), int(header["slot"]), int(header["total"])
     col = 1 if write else 0  # our column: dst when the peer writes, src when it reads
@@ -277,42 +282,44 @@ def serve_stage(sock, header, payload, regions):
                "regions" if bad is not None else "malformed request")
         send_frame(sock, {"op": "error", "kind": "range", "msg": why})
         return
-    fd = os.open(header["ring"], os.O_RDWR)
-    try:
-        mm = mmap.mmap(fd, 2 * slot)
-    finally:
-        os.close(fd)
-    view = np.frombuffer(mm, dtype=np.uint8)
-    try:
-        base, core = _addr(view), _core()
-        for k in range(-(-total // slot)):
-            off, n = k * slot, min(slot, total - k * slot)
-            buf = base + (k % 2) * slot
-            if write:
-                h, _ = recv_frame(sock)
-                if h.get("op") != "chunk":  # abort: what landed stays within the destination
-                    send_frame(sock, {"op": "aborted"})
-                    return
-                core.kv_segments_stage(_addr(segs), len(segs), 1, off, buf, n, False)
-                send_frame(sock, {"op": "credit", "k": k})
-            else:
-                if k >= 2:  # wait until the initiator drained the slot we are about to refill
-                    h, _ = recv_frame(sock)
-                    if h.get("op") != "credit":
-                        send_frame(sock, {"op": "aborted"})
-                        return
-                core.kv_segments_stage(_addr(segs), len(segs), 0, off, buf, n, True)
-                send_frame(sock, {"op": "chunk", "k": k})
-        if not write:
-            for _ in range(min(2, -(-total // slot))):  # the last credits
+    ring = rings.get(header["ring"])
+    if ring is None or len(ring[0]) != 2 * slot:
+        fd = os.open(header["ring"], os.O_RDWR)
+        try:
+            mm = mmap.mmap(fd, 2 * slot)
+        finally:
+            os.close(fd)
+        ring = rings[header["ring"]] = (mm, np.frombuffer(mm, dtype=np.uint8))
+    base, core = _addr(ring[1]), _core()
+    for k in range(-(-total // slot)):
+        off, n = k * slot, min(slot, total - k * slot)
+        buf = base + (k % 2) * slot
+        if write:
+            h, _ = recv_frame(sock)
+            if h.get("op") != "chunk":  # abort: what landed stays within the destination
+                send_frame(sock, {"op": "aborted"})
+                return
+            core.kv_segments_stage(_addr(segs), len(segs), 1, off, buf, n, False)
+            send_frame(sock, {"op": "credit", "k": k})
+        else:
+            if k >= 2:  # wait until the initiator drained the slot we are about to refill
                 h, _ = recv_frame(sock)
                 if h.get("op") != "credit":
                     send_frame(sock, {"op": "aborted"})
                     return
-        send_frame(sock, {"op": "done"})
-    finally:
+            core.kv_segments_stage(_addr(segs), len(segs), 0, off, buf, n, True)
+            send_frame(sock, {"op": "chunk", "k": k})
+    send_frame(sock, {"op": "done"})
+
+
+def close_rings(rings):
+    for mm, view in rings.values():
         del view
-        mm.close()
+        try:
+            mm.close()
+        except BufferError:
+            pass
+    rings.clear()
 
 
 def outside_regions(addrs, sizes, regions):

@@ -45,6 +45,14 @@ _REQ_TAG = 0x6B77     # two-sided requests: ("get" | "put", reply tag, [(address
 _REPLY_BASE = 0x1000  # per transfer: status on an even tag, data on the next one
 _REPLY_SLOTS = 4096
 _POLL_S = 0.0005
+# A message moves only while its two sides call into MPI (a rendezvous, then fragment by fragment):
+# waits spin (yielding the GIL) this long before they sleep between tests.
+_SPIN_S = 0.005
+
+
+def _pause(start):
+    """Between two tests of a wait that began at `start`: a yield first, then _POLL_S sleeps."""
+    time.sleep(0 if time.monotonic() - start < _SPIN_S else _POLL_S)
 
 
 def _mpi():
@@ -174,7 +182,8 @@ class MpiTransport:
         complete within the agent's timeout, or a cancel, abandons them (kept alive with keep;
         point-to-point ones are cancelled: RMA requests cannot be)."""
         MPI = _mpi()
-        end = time.monotonic() + self.timeout
+        start = time.monotonic()
+        end = start + self.timeout
         while True:
             with self._lock:
                 if MPI.Request.Testall(reqs):
@@ -193,7 +202,7 @@ class MpiTransport:
                                             f"waiting for {what}", done_bytes)
                 raise TransferTimeout(f"rank {peer.rank} ({peer.name!r}) did not complete {what} within "
                                       f"{self.timeout} s ({done_bytes} bytes landed)", done_bytes)
-            time.sleep(_POLL_S)
+            _pause(start)
 
     # ---- one-sided ----
 
@@ -274,7 +283,8 @@ class MpiTransport:
         """The target's status: None (ok) or its error text."""
         holder = []
         MPI = _mpi()
-        end = time.monotonic() + self.timeout
+        start = time.monotonic()
+        end = start + self.timeout
         while True:
             with self._lock:
                 flag, msg = req.test()
@@ -292,7 +302,7 @@ class MpiTransport:
                                             "waiting for its answer", done)
                 raise TransferTimeout(f"rank {peer.rank} ({peer.name!r}) did not answer within {self.timeout} s",
                                       done)
-            time.sleep(_POLL_S)
+            _pause(start)
 
     def _outside(self, remote):
         """Text naming the first requested piece outside our registered memory, else None."""
@@ -310,7 +320,7 @@ class MpiTransport:
         under the lock, held only for non-blocking calls."""
         MPI = _mpi()
         st = MPI.Status()
-        idle = _POLL_S
+        idle, moved = _POLL_S, 0.0  # moved: when a request last started or completed
         while not self._stop.is_set():
             busy = False
             with self._lock:
@@ -333,6 +343,11 @@ class MpiTransport:
                 self._abandoned = [(r, k) for r, k in self._abandoned if not MPI.Request.Testall(r)]
                 if self.win is not None and not busy:
                     self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)  # progress for passive-target RMA
+            if busy:
+                moved = time.monotonic()
+            if self._pending and time.monotonic() - moved < _SPIN_S:  # in flight: moves only while we call MPI
+                time.sleep(0)
+                continue
             idle = _POLL_S if busy else min(idle * 2, 0.005)
             self._stop.wait(idle)
 

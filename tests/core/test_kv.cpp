@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "check.hpp"
+#include "common/gpu_emulation.hpp"
 #include "common/settings.hpp"
 #include "common/status.hpp"
 #include "kv/copy.hpp"

@@ -31,3 +31,7 @@ HAULER_CUDA_EXPORT int hauler_cuda_host_register(void* p, size_t n, int readonly
 HAULER_CUDA_EXPORT int hauler_cuda_host_unregister(void* p, char* err, size_t errlen) {
   return hauler_emu_host_unregister(p, err, errlen);
 }
+HAULER_CUDA_EXPORT int hauler_cuda_kv_copy(const HaulerKVCopyArgs* args, const int64_t* regions, int64_t nregions,
+                                           void* stream, char* err, size_t errlen) {
+  return hauler_emu_kv_copy(args, regions, nregions, stream, err, errlen);
+}

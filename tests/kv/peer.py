@@ -2,7 +2,8 @@
 (tests/support/kv_ref.make_cache), driven by JSON lines on stdin, one JSON reply line each.
 
 Commands ({"op": ...}):
-  setup    kind seed L NB BS H D dtype transport name -> {"meta": b64}   (a fresh cache and agent)
+  setup    kind seed L NB BS H D dtype transport name [lib] -> {"meta": b64}   (a fresh cache and agent;
+           lib "emu_device": the cache in the GPU emulation's device memory, exported by CUDA IPC handles)
   connect  meta -> {"transport": name}
   read / write  local remote [notify lease layers heads dst_heads num_tokens timeout]
            -> {} or {"error": class name, "msg", "arrived", "missing"}
@@ -35,8 +36,12 @@ def main():
             if op == "setup":
                 if agent is not None:
                     agent.close()
+                lib = cmd.get("lib", "numpy")
+                if lib == "emu_device":
+                    from hauler import _core
+                    _core._use_gpu_emulation(True)
                 cache = make_cache(cmd["kind"], np.random.default_rng(cmd["seed"]), L=cmd["L"], NB=cmd["NB"],
-                                   BS=cmd["BS"], H=cmd["H"], D=cmd["D"], dtype=cmd.get("dtype", "float16"))
+                                   BS=cmd["BS"], H=cmd["H"], D=cmd["D"], dtype=cmd.get("dtype", "float16"), lib=lib)
                 agent = Agent(cmd.get("name", "peer"), transport=cmd.get("transport", "auto"))
                 reply["meta"] = base64.b64encode(agent.register(cache.layout)).decode()
             elif op == "connect":

@@ -77,10 +77,14 @@ def _alloc(lib: str, shape: tuple, dtype: str, rng: np.random.Generator, perm: O
             t = t.permute(*np.argsort(perm).tolist())
         u = t.view(getattr(torch, {1: "uint8", 2: "int16", 4: "int32"}[es])).numpy().view(_UINT[es])
         return t, u
+    if lib == "emu_device":  # emulated device memory another process can map (the CUDA IPC emulation)
+        dev = np.asarray(EmuDeviceBuffer(raw.nbytes))
+        dev[:] = raw
+        raw = dev
     a = raw.view(_UINT[es]).reshape(base_shape)
     if perm is not None:
         a = a.transpose(np.argsort(perm))
-    if lib == "fake_cuda":
+    if lib in ("fake_cuda", "emu_device"):
         return fake_cuda(a), a
     return a, a
 
@@ -89,7 +93,8 @@ def make_cache(kind: str, rng: np.random.Generator, L: int = 2, NB: int = 6, BS:
                dtype: str = "float16", lib: str = "numpy", x: int = 4) -> Cache:
     """A cache of `kind` (see KINDS) with random bytes. numpy tensors are unsigned ints of the element
     size, passed with dtype= so the layout reads them as `dtype`; lib="fake_cuda" wraps them in
-    FakeCudaArray (device layouts over host memory, for the GPU emulation)."""
+    FakeCudaArray (device layouts over host memory, for the GPU emulation); lib="emu_device" too, over
+    the emulation's device memory (which a peer process maps through the emulated CUDA IPC)."""
     kw = {"dtype": dtype} if lib != "torch" else {}
     if kind.startswith("vllm_flash"):
         order = kind[-3:].upper()
@@ -140,7 +145,7 @@ def make_cache(kind: str, rng: np.random.Generator, L: int = 2, NB: int = 6, BS:
         st = {"block": s[1], "token": s[4], "head": s[3], "dim": s[5]}
         lay = kv.KVLayout.explicit(dtype, L, 2, NB, BS, H, D, [[base + l * s[0] + p * s[2] for p in range(2)]
                                                               for l in range(L)], st,
-                                   device="cuda" if lib == "fake_cuda" else None)
+                                   device="cuda" if lib in ("fake_cuda", "emu_device") else None)
         planes = [u[l, :, p].transpose(0, 2, 1, 3) for l in range(L) for p in range(2)]
         assert es == u.itemsize
         return Cache(lay, planes, [t])
@@ -150,6 +155,19 @@ def make_cache(kind: str, rng: np.random.Generator, L: int = 2, NB: int = 6, BS:
         lay = kv.contiguous_layout_like(like.layout, NB, t)
         return Cache(lay, [u[l, p] for l in range(L) for p in range(2)], [t])
     raise ValueError(kind)
+
+
+class EmuDeviceBuffer:
+    """n bytes of the GPU emulation's device memory (shared memory), freed with the last view."""
+
+    def __init__(self, n: int):
+        from hauler import _core
+        self._free = _core._gpu_emu_device_free
+        self.addr = _core._gpu_emu_device_alloc(n)
+        self.__array_interface__ = {"version": 3, "shape": (n,), "typestr": "|u1", "data": (self.addr, False)}
+
+    def __del__(self):
+        self._free(self.addr)
 
 
 def fake_cuda(a: np.ndarray, readonly: bool = False) -> FakeCudaArray:
