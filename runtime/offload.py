@@ -380,7 +380,8 @@ class Offload:
                 self.stats["path"] = "+".join(sorted(self._paths))
             index = self._base + len(self._handles)
             key = f"act-{self._run}-{index}"
-            h = _Handle(key, t.detach(), index, self, dev)
+            # cuFile writes one contiguous range of device memory: a strided view goes as a copy
+            h = _Handle(key, t.detach().contiguous() if direct else t.detach(), index, self, dev)
             h.direct = direct
             h.ident = ident
             h.source = weakref.ref(t)   # to notice in-place changes after saving, as autograd does
