@@ -8,8 +8,10 @@ Steps, each under its own time limit cut to what is left of --budget (default 48
   2. the real-GPU tests (tests/test_*_device.py, the `real_gpu` tests: CuPy and torch CUDA arrays against
      the host engine on poisoned outputs);
   3. GPU benchmark rows, each section in its own process: pack/unpack, zero-copy gather, hauler.io
-     device reads/writes, hauler.kv block moves (when hauler.kv exists), and the interposer's
-     device-buffer tests where an MPI library is present;
+     device reads/writes, hauler.kv block moves (when hauler.kv exists), activation offload (a
+     small transformer's training steps with and without hauler.offload: gradients bit for bit,
+     peak device memory, step time), and the interposer's device-buffer tests where an MPI
+     library is present;
   4. compute-sanitizer memcheck over the torch variants of step 2 with torch's caching allocator
      off (last: it is the slowest, and a refusal must not cost the benchmarks).
 It writes gpu_check.json, gpu_check.txt and the step logs into --out (default $OUT when set, else
@@ -43,13 +45,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JSON_NAME, TEXT_NAME = "gpu_check.json", "gpu_check.txt"
-TEST_FILES = ["tests/test_datatype_device.py", "tests/test_gather_device.py", "tests/test_kv_device.py"]
+TEST_FILES = ["tests/test_datatype_device.py", "tests/test_gather_device.py", "tests/test_kv_device.py",
+              "tests/test_offload_device.py"]
 REAL_GPU_TESTS = "real_gpu and not emulation"  # the emulated variants run in CI already
 SANITIZER_TESTS = "real_gpu and torch"
-BENCH_SECTIONS = ("env", "pack", "gather", "io", "kv")
+BENCH_SECTIONS = ("env", "pack", "gather", "io", "kv", "offload")
 STEPS = ("tests",) + BENCH_SECTIONS + ("interpose", "sanitizer")  # in the order they run
 # Per-step caps in seconds (each also cut to the budget left).
-CAPS = {"build": 240, "tests": 120, "env": 40, "pack": 100, "gather": 100, "io": 60, "kv": 60,
+CAPS = {"build": 240, "tests": 120, "env": 40, "pack": 100, "gather": 100, "io": 60, "kv": 60, "offload": 90,
         "interpose": 60, "sanitizer": 150}
 REPORT_RESERVE = 5  # seconds kept back for writing the report
 DEFAULT_PREFIX = os.path.join(tempfile.gettempdir(), "hauler-gpu-check")  # fixed, so a rerun can --no-build
@@ -1066,7 +1069,96 @@ def _kv_swap_rows(torch, kv, res, layout, caches, tgt, blocks, blocks_d, nbytes)
         space.close()
 
 
-WORKERS = {"env": worker_env, "pack": worker_pack, "gather": worker_gather, "io": worker_io, "kv": worker_kv}
+def worker_offload(torch, cp, res):
+    """hauler.offload's CUDA path: a small transformer's training steps from the same weights
+    without offload, with it (every activation of 1 MiB or more to the files), and with a budget of
+    half the activations; gradients compared bit for bit, peak device memory, seconds per step."""
+    import warnings
+
+    from hauler.offload import OffloadPathNotice, offload
+    notes = res["notes"]
+    # deterministic kernels, so that equal gradients mean something (set before cuBLAS starts)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    d = tempfile.mkdtemp(prefix="gpu-check-offload-", dir=os.environ.get("HAULER_GPU_CHECK_SCRATCH") or None)
+    torch.manual_seed(0)
+    width, layers, seq, batch = 1024, 6, 512, 16
+    model = torch.nn.Sequential(*[torch.nn.TransformerEncoderLayer(width, 16, 4 * width, dropout=0.0, batch_first=True)
+                                  for _ in range(layers)]).cuda()
+    x = torch.randn(batch, seq, width, device="cuda")
+    case = f"transformer {layers} x d{width}, batch {batch} x {seq}"
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from support.offload_device import train_step
+
+    def step(off, keep=False):
+        grads = train_step(model, x, off)
+        return grads if keep else None
+
+    def measure(off, steps=3):
+        step(off)   # warm-up: allocator, pinned host cache, files
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(off)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / steps, torch.cuda.max_memory_allocated()
+
+    offs = []
+    try:
+        ref, again = step(None, True), step(None, True)
+        repeatable = all(torch.equal(a, b) for a, b in zip(ref, again))
+        if not repeatable:
+            notes.append("two plain steps gave different gradients (a nondeterministic kernel): the offload "
+                         "comparison below cannot be bit for bit")
+        del again
+        t_plain, peak_plain = measure(None)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            full = offload(d, min_bytes=1 << 20)
+            offs.append(full)
+            got = step(full, True)
+        notes += [str(w.message) for w in seen if issubclass(w.category, OffloadPathNotice)]
+        equal = all(torch.equal(a, b) for a, b in zip(ref, got))
+        del got
+        total = full.stats["bytes_written"]
+        before = dict(full.stats)
+        t_off, peak_off = measure(full)
+        per = {k: (full.stats[k] - before[k]) / 4 for k in ("bytes_written", "bytes_read", "wait_s")}
+        res["rows"].append(_row(case, "train step, offload all", int(per["bytes_written"]), t_off,
+                                {"no offload": t_plain}, None, equal and repeatable and full.stats["failed_writes"] == 0,
+                                path=full.stats["path"], peak_mib=peak_off / 2**20, peak_mib_plain=peak_plain / 2**20,
+                                s_per_step_plain=t_plain, bytes_read_per_step=per["bytes_read"],
+                                wait_s_per_step=per["wait_s"], grads_bit_identical=equal, plain_repeatable=repeatable,
+                                stats=dict(full.stats)))
+        half = offload(d, min_bytes=1 << 20, budget=total // 2)
+        offs.append(half)
+        step(half)   # the first step measures the activations; the budget holds from the second on
+        got = step(half, True)
+        equal = all(torch.equal(a, b) for a, b in zip(ref, got))
+        del got
+        before = dict(half.stats)
+        t_half, peak_half = measure(half)
+        res["rows"].append(_row(case, f"train step, budget {total // 2 >> 20} MiB",
+                                int((half.stats["bytes_written"] - before["bytes_written"]) / 4), t_half,
+                                {"no offload": t_plain}, None, equal and repeatable and half.stats["failed_writes"] == 0,
+                                path=half.stats["path"], peak_mib=peak_half / 2**20, peak_mib_plain=peak_plain / 2**20,
+                                s_per_step_plain=t_plain, grads_bit_identical=equal, stats=dict(half.stats)))
+    finally:
+        for off in offs:
+            off.close()
+        shutil.rmtree(d, ignore_errors=True)
+    for r in res["rows"]:   # the table shows GB/s; these are the figures that matter here
+        notes.append(f"{r['op']}: {r['seconds']:.3f} s/step (no offload {r['s_per_step_plain']:.3f}), peak device "
+                     f"memory {r['peak_mib']:.0f} MiB (no offload {r['peak_mib_plain']:.0f}), "
+                     f"{r['bytes'] / 2**20:.0f} MiB written per step, path {r['path']}, gradients "
+                     f"{'bit-identical' if r['grads_bit_identical'] else 'DIFFERENT'}")
+    res["status"] = "pass" if res["rows"] and all(r["ok"] for r in res["rows"]) else "fail"
+
+
+WORKERS = {"env": worker_env, "pack": worker_pack, "gather": worker_gather, "io": worker_io, "kv": worker_kv,
+           "offload": worker_offload}
 
 
 def worker(section, path):

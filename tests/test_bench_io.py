@@ -1,6 +1,7 @@
 """`hauler-bench io --quick` as a user runs it (a subprocess): structure and correctness, never speed."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -36,7 +37,7 @@ def test_rows_correct_and_complete(quick):
         assert r["correct"] is True, r
         assert r["hauler_gbps"] > 0
     keys = {t["key"] for t in quick["targets"]}
-    assert keys == {"fio_1M_qd32", "cold_1G", "offload_hidden"}
+    assert keys == {"fio_1M_qd32", "cold_1G", "offload_hidden", "offload_vs_limit"}
 
 
 def test_offload_row_measures_a_training_loop(tmp_path):
@@ -55,6 +56,11 @@ def test_offload_row_measures_a_training_loop(tmp_path):
     assert row["peak_rss_mib_plain"] > 0 and row["peak_rss_mib_offload"] > 0
     (t,) = [t for t in rep["targets"] if t["key"] == "offload_hidden"]
     assert t["status"] in ("PASS", "MISS") and t["worst"] == row["hidden_fraction"]
+    assert row["offload_path"] == "host" and row["failed_writes"] == 0
+    if shutil.which("fio"):   # the limit, measured in the same run (--quick too)
+        assert len(row["rounds"]["plain"]) and row["fio_beside_exposed_s_per_step"] >= 0
+        (t,) = [t for t in rep["targets"] if t["key"] == "offload_vs_limit"]
+        assert t["status"] in ("PASS", "MISS", "N/A")
 
 
 def test_table_has_header_and_targets(tmp_path):

@@ -161,7 +161,7 @@ def test_entries_are_deleted_after_backward_on_the_store_workers(tmp_path):
     del loss
     import gc
     gc.collect()
-    store.close()                       # waits for the deletions queued on its workers
+    off.close()                         # closes the store: waits for the deletions queued on its workers
     assert not [n for n in os.listdir(tmp_path / "s") if n.endswith(".hts")]
     assert len(deleters) == saved and threading.get_ident() not in deleters
 
