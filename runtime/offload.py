@@ -314,3 +314,4 @@ def offload(directory: Optional[str] = None, store: Any = None, min_bytes: int =
     """A context offloading saved activations to ``directory`` (default: a temporary directory)
     or to ``store`` (a TensorStore); see the module doc."""
     return Offload(directory, store, min_bytes, prefetch, threads, verify, recycle, keep_files, keep_last, inline)
+from .offload_optim import OptimizerOffload  # noqa: E402,F401 - Adam/AdamW state on NVMe
