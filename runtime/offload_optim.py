@@ -52,6 +52,11 @@ def _round_up(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+def _step_dtype() -> torch.dtype:
+    """The dtype of torch.optim.Adam's state["step"] (torch.optim.optimizer._get_scalar_dtype)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """t's elements in memory order as a 1-D view (t must be dense: contiguous in some order)."""
     if t.is_contiguous():
@@ -406,28 +411,24 @@ class OptimizerOffload(torch.optim.Optimizer):
     def _step(self) -> None:
         work = self._work()
         f = self._files.file
-        fresh = [info for info, _, _ in work if info.step is None]
-        for info in fresh:
-            self._allocate(f, info)
-        old_steps = {}
-        scalars = {}
-        for info, group, _ in work:
-            if info.step is None:
-                info.step = torch.tensor(0.0, dtype=torch.optim.optimizer._get_scalar_dtype())
-            old_steps[id(info)] = info.step.clone()
-            info.step += 1
-            beta1, beta2 = group["betas"]
-            scalars[id(info)] = dict(amsgrad=info.amsgrad, beta1=beta1, beta2=beta2, lr=group["lr"],
-                                     weight_decay=group["weight_decay"], eps=group["eps"],
-                                     maximize=group["maximize"],
-                                     decoupled_weight_decay=group["decoupled_weight_decay"], step=info.step.item())
-        fresh_ids = {id(x) for x in fresh}
-        tasks = [(c, grad, id(info) in fresh_ids, scalars[id(info)]) for info, _, grad in work for c in info.chunks]
+        fresh = {id(info) for info, _, _ in work if info.step is None}
+        old_steps = {id(info): info.step for info, _, _ in work}
+        tasks = []
         try:
+            for info, group, grad in work:
+                if id(info) in fresh:
+                    self._allocate(f, info)
+                    info.step = torch.tensor(0.0, dtype=_step_dtype())
+                info.step = info.step + 1      # a new tensor: the old one stays for a failed step
+                beta1, beta2 = group["betas"]
+                s = dict(amsgrad=info.amsgrad, beta1=beta1, beta2=beta2, lr=group["lr"],
+                         weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                         decoupled_weight_decay=group["decoupled_weight_decay"], step=info.step.item())
+                tasks += [(c, grad, id(info) in fresh, s) for c in info.chunks]
             self._pipeline(f, tasks)
         except BaseException:
             for info, _, _ in work:
-                info.step = None if id(info) in fresh_ids else old_steps[id(info)]
+                info.step = old_steps[id(info)]
             self.stats["failed_steps"] += 1
             raise
         for c, _, _, _ in tasks:
@@ -645,7 +646,7 @@ class OptimizerOffload(torch.optim.Optimizer):
             out["master_param"] = _flat(p.detach().to("cpu", torch.float32, memory_format=torch.preserve_format))
         step = entry["step"]
         out["step"] = (step.detach().clone() if isinstance(step, torch.Tensor)
-                       else torch.tensor(float(step), dtype=torch.optim.optimizer._get_scalar_dtype()))
+                       else torch.tensor(float(step), dtype=_step_dtype()))
         return out
 
     def _write_entries(self, f, entries: List[tuple]) -> None:
