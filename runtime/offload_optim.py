@@ -42,6 +42,7 @@ __all__ = ["OptimizerOffload"]
 
 _ALIGN = 4096
 _CHUNK_ELEMS = 1024          # chunk boundaries fall on multiples of this many elements
+_PIECE = 1 << 14             # elements computed at once on the CPU (a few hundred KiB of operands)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _UNSET = object()
 _HYPER = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
@@ -71,17 +72,19 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((t.numel(),), (1,), t.storage_offset())
 
 
-def _adam_chunk(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, amsgrad, beta1, beta2, lr, weight_decay,
-                eps, maximize, decoupled_weight_decay, step):
+def _adam_chunk(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, t1, t2, *, amsgrad, beta1, beta2, lr,
+                weight_decay, eps, maximize, decoupled_weight_decay, step):
     """torch.optim.adam._single_tensor_adam (torch 2.13, capturable=False, differentiable=False)
-    for one tensor, op for op, so a chunk's elements get the bits the whole tensor's would."""
+    for one tensor, op for op, so a chunk's elements get the bits the whole tensor's would. The
+    two temporaries torch allocates (the changed gradient, the denominator) go to t1 and t2
+    (tensors like param): the same kernels write them, without an allocation per piece."""
     if maximize:
-        grad = -grad
+        grad = torch.neg(grad, out=t1)
     if weight_decay != 0:
         if decoupled_weight_decay:
             param.mul_(1 - lr * weight_decay)
         else:
-            grad = grad.add(param, alpha=weight_decay)
+            grad = torch.add(grad, param, alpha=weight_decay, out=t1)
     if torch.is_complex(param):
         grad = torch.view_as_real(grad)
         exp_avg = torch.view_as_real(exp_avg)
@@ -89,6 +92,7 @@ def _adam_chunk(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, amsgrad, be
         if amsgrad:
             max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
         param = torch.view_as_real(param)
+        t2 = torch.view_as_real(t2)
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     bias_correction1 = 1 - beta1 ** step
@@ -97,9 +101,9 @@ def _adam_chunk(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, amsgrad, be
     bias_correction2_sqrt = bias_correction2 ** 0.5
     if amsgrad:
         torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-        denom = (max_exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        denom = torch.sqrt(max_exp_avg_sq, out=t2).div_(bias_correction2_sqrt).add_(eps)
     else:
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        denom = torch.sqrt(exp_avg_sq, out=t2).div_(bias_correction2_sqrt).add_(eps)
     param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
@@ -211,7 +215,7 @@ class OptimizerOffload(torch.optim.Optimizer):
 
     def __init__(self, params: Any, directory: Optional[str] = None, *, lr: Any = _UNSET, betas: Any = _UNSET,
                  eps: Any = _UNSET, weight_decay: Any = _UNSET, amsgrad: Any = _UNSET, maximize: Any = _UNSET,
-                 decoupled_weight_decay: Any = _UNSET, chunk_bytes: int = 32 << 20, master_weights: bool = False):
+                 decoupled_weight_decay: Any = _UNSET, chunk_bytes: int = 16 << 20, master_weights: bool = False):
         given = {k: v for k, v in (("lr", lr), ("betas", betas), ("eps", eps), ("weight_decay", weight_decay),
                                    ("amsgrad", amsgrad), ("maximize", maximize),
                                    ("decoupled_weight_decay", decoupled_weight_decay)) if v is not _UNSET}
@@ -242,6 +246,7 @@ class OptimizerOffload(torch.optim.Optimizer):
         self._by_id: Dict[int, _Param] = {}
         self._file_end = 0
         self._bufs: List[torch.Tensor] = []
+        self._temps: Dict[tuple, tuple] = {}
         self._lock = threading.RLock()
         self.stats = {"steps": 0, "failed_steps": 0, "chunks": 0, "bytes_read": 0, "bytes_written": 0,
                       "read_wait_s": 0.0, "write_wait_s": 0.0, "compute_s": 0.0}
@@ -504,14 +509,30 @@ class OptimizerOffload(torch.optim.Optimizer):
         host = {name: c.view(b, name) for name in info.regions()}
         state = {k: v.to(dev) for k, v in host.items()} if dev.type != "cpu" else host
         target = state["master_param"] if info.master else param
-        if info.master:
-            grad = grad.to(torch.float32)
-        _adam_chunk(target, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), **s)
+        # on the CPU, pieces that stay in cache through the ten passes of Adam's arithmetic; on a
+        # GPU the chunk at once
+        piece = _PIECE if dev.type == "cpu" else c.e1 - c.e0
+        t1, t2 = self._scratch(target.dtype, dev, piece)
+        for a in range(0, c.e1 - c.e0, piece):
+            z = slice(a, a + piece)
+            n = min(piece, c.e1 - c.e0 - a)
+            g = grad[z]
+            if info.master:
+                g = t1[:n].copy_(g)
+            _adam_chunk(target[z], g, state["exp_avg"][z], state["exp_avg_sq"][z],
+                        state["max_exp_avg_sq"][z] if info.amsgrad else None, t1[:n], t2[:n], **s)
         if info.master:
             param.copy_(target)
         if state is not host:
             for k, v in state.items():
                 host[k].copy_(v)
+
+    def _scratch(self, dtype: torch.dtype, dev: torch.device, n: int) -> tuple:
+        key = (dtype, dev)
+        t = self._temps.get(key)
+        if t is None or t[0].numel() < n:
+            t = self._temps[key] = (torch.empty(n, dtype=dtype, device=dev), torch.empty(n, dtype=dtype, device=dev))
+        return t
 
     def _undo(self, f, tasks: List[tuple], computed: List[int], holder: List[int], cause: BaseException) -> None:
         """Puts back the parameter chunks a failed step changed: from the buffer still holding the

@@ -22,7 +22,7 @@ SMALL_CHUNK = 16 << 10   # about 1024 elements a chunk: many chunks per paramete
 
 def _params(dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    shapes = [(3, 1000), (5,), (2048,), (0,), (7, 11, 13)]
+    shapes = [(3, 1000), (5,), (2048,), (0,), (7, 11, 13), (40_000,)]
     ps = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in shapes]
     ps.append(torch.nn.Parameter(torch.randn(40, 30, generator=g).to(dtype).t()))   # dense, not contiguous
     return ps
@@ -71,14 +71,15 @@ OPTIONS = [dict(), dict(amsgrad=True), dict(maximize=True, weight_decay=0.1), di
 
 @pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(o) or "defaults")
-def test_bit_identical_to_torch_over_many_steps(tmp_path, cls, opts):
+@pytest.mark.parametrize("chunk", [SMALL_CHUNK, 1 << 20])   # chunks of 1024 elements; of several pieces
+def test_bit_identical_to_torch_over_many_steps(tmp_path, cls, opts, chunk):
     ps_ref, ps = _params(), None
     ps = _clone(ps_ref)
     ref = cls(_groups(ps_ref), foreach=False, **opts)
-    off = OptimizerOffload(cls(_groups(ps), **opts), tmp_path, chunk_bytes=SMALL_CHUNK)
+    off = OptimizerOffload(cls(_groups(ps), **opts), tmp_path, chunk_bytes=chunk)
     sched_ref = torch.optim.lr_scheduler.StepLR(ref, step_size=7, gamma=0.5)
     sched = torch.optim.lr_scheduler.StepLR(off, step_size=7, gamma=0.5)
-    assert max(len(i.chunks) for i in off._params) > 2
+    assert max(len(i.chunks) for i in off._params) > (2 if chunk == SMALL_CHUNK else 0)
     for step in range(55):
         for p_ref, p, g in zip(ps_ref, ps, _grads(ps, step)):
             if step % 10 == 3 and p.numel() == 5:
@@ -416,3 +417,17 @@ def test_the_docs_example_runs(tmp_path):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(x for x in sys.path if x), TMPDIR=str(tmp_path))
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
         assert r.returncode == 0, r.stderr
+
+
+def test_bench_optimizer_row(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(x for x in sys.path if x))
+    r = subprocess.run([sys.executable, "-m", "hauler.bench.cli", "io", "--quick", "--json", "--no-fio", "--dir",
+                        str(tmp_path), "--parts", "optimizer"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr
+    import json
+    rep = json.loads(r.stdout)
+    (row,) = [x for x in rep["rows"] if x["part"] == "optim"]
+    assert row["correct"] is True and row["io_peer"] == "hauler.io alone"
+    assert row["bytes_read_per_step"] == row["state_bytes"] and row["bytes_written_per_step"] > row["state_bytes"]
+    assert row["peak_rss_plain"] > 0 and row["peak_rss_offload"] > 0 and len(row["rounds"]["offload"]) == 3
+    assert {t["key"]: t["status"] for t in rep["targets"]}["optimizer_step"] in ("PASS", "MISS")
