@@ -42,7 +42,7 @@ __all__ = ["OptimizerOffload"]
 
 _ALIGN = 4096
 _CHUNK_ELEMS = 1024          # chunk boundaries fall on multiples of this many elements
-_PIECE = 1 << 14             # elements computed at once on the CPU (a few hundred KiB of operands)
+_PIECE = 1 << 17            # elements computed at once on the CPU: operands stay in cache, ops split over threads
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _UNSET = object()
 _HYPER = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
