@@ -433,3 +433,53 @@ def test_bench_optimizer_row(tmp_path):
     assert row["bytes_read_per_step"] == row["state_bytes"] and row["bytes_written_per_step"] > row["state_bytes"]
     assert row["peak_rss_plain"] > 0 and row["peak_rss_offload"] > 0 and len(row["rounds"]["offload"]) == 3
     assert {t["key"]: t["status"] for t in rep["targets"]}["optimizer_step"] in ("PASS", "MISS")
+
+
+def test_a_write_failing_mid_step_puts_everything_back_and_the_step_can_be_retried(tmp_path):
+    # RLIMIT_FSIZE lowered after the file was allocated: writes of the second step past the limit
+    # fail (EFBIG) after the chunks before it were written; then the limit is lifted and the same
+    # step retried, and the result equals torch's two steps
+    code = textwrap.dedent(f"""
+        import resource, torch
+        from hauler.offload import OptimizerOffload
+        from hauler.errors import HaulerIOError
+        g = torch.Generator().manual_seed(5)
+        ps = [torch.nn.Parameter(torch.randn(8 * 1024, generator=g)), torch.nn.Parameter(torch.randn(3000, generator=g))]
+        ref_ps = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+        grads = [[torch.randn(p.shape, generator=g) for p in ps] for _ in range(2)]
+        ref = torch.optim.Adam(ref_ps, lr=0.01, amsgrad=True)
+        opt = OptimizerOffload(ps, {str(tmp_path)!r}, lr=0.01, amsgrad=True, chunk_bytes={SMALL_CHUNK})
+        chunks = opt._params[0].chunks
+        assert len(chunks) == 8
+        for gs in grads:
+            for p, q, gr in zip(ps, ref_ps, gs):
+                p.grad, q.grad = gr.clone(), gr.clone()
+            ref.step()
+            if gs is grads[0]:
+                opt.step()
+                continue
+            before = [p.detach().clone() for p in ps]
+            steps = [i.step.clone() for i in opt._params]
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (chunks[5].offset, hard))
+            try:
+                opt.step()
+            except HaulerIOError as e:
+                assert "EFBIG" in str(e), e
+            else:
+                raise AssertionError("the step past RLIMIT_FSIZE did not fail")
+            assert all(torch.equal(a, b) for a, b in zip(before, ps))
+            assert all(torch.equal(i.step, s) for i, s in zip(opt._params, steps))
+            assert [c.parity for c in chunks] == [1] * 8
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(ref_ps, ps))
+        sd, rd = opt.state_dict(), ref.state_dict()
+        assert all(torch.equal(sd["state"][k][n], rd["state"][k][n]) for k in rd["state"] for n in rd["state"][k])
+        print("ok", opt.stats["failed_steps"])
+        opt.close()
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(x for x in sys.path if x))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["ok", "1"]
