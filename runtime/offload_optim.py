@@ -571,82 +571,103 @@ class OptimizerOffload(torch.optim.Optimizer):
         """torch.optim.Adam's state_dict (loads into a plain Adam/AdamW and back); with master
         weights, each low-precision parameter's state also has "master_param" (fp32). The state
         is read into memory: it is as large as the optimizer state."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         with self._lock:
             self._check_open()
-            ids: Dict[int, int] = {}
-            groups = []
-            for g in self.param_groups:
-                packed = {k: v for k, v in g.items() if k != "params"}
-                packed["params"] = []
-                for p in g["params"]:
-                    ids.setdefault(id(p), len(ids))
-                    packed["params"].append(ids[id(p)])
-                groups.append(packed)
-            state = {}
-            for info in self._params:
-                if info.step is None:
-                    continue
-                entry: Dict[str, Any] = {"step": info.step.clone()}
-                flats = {}
-                for name in info.regions():
-                    t = torch.empty_like(info.param, dtype=info.state_dtype, device="cpu")
-                    entry[name] = t
-                    flats[name] = _flat(t)
-                b = self._buffers()[0]
-                for c in info.chunks:
-                    self._files.file.read_into(b[:c.read_bytes], offset=c.slot_offset(c.parity))
-                    for name, t in flats.items():
-                        t[c.e0:c.e1].copy_(c.view(b, name))
-                if info.param.device.type != "cpu":
-                    entry.update({k: v.to(info.param.device) for k, v in entry.items() if k != "step"})
-                state[ids[id(info.param)]] = entry
-            return {"state": state, "param_groups": groups}
+            sd = self._state_dict()
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, sd)
+            if result is not None:
+                sd = result
+        return sd
+
+    def _state_dict(self) -> dict:
+        ids: Dict[int, int] = {}
+        groups = []
+        for g in self.param_groups:
+            packed = {k: v for k, v in g.items() if k != "params"}
+            packed["params"] = []
+            for p in g["params"]:
+                ids.setdefault(id(p), len(ids))
+                packed["params"].append(ids[id(p)])
+            groups.append(packed)
+        state = {}
+        for info in self._params:
+            if info.step is None:
+                continue
+            entry: Dict[str, Any] = {"step": info.step.clone()}
+            flats = {}
+            for name in info.regions():
+                t = torch.empty_like(info.param, dtype=info.state_dtype, device="cpu")
+                entry[name] = t
+                flats[name] = _flat(t)
+            b = self._buffers()[0]
+            for c in info.chunks:
+                self._files.file.read_into(b[:c.read_bytes], offset=c.slot_offset(c.parity))
+                for name, t in flats.items():
+                    t[c.e0:c.e1].copy_(c.view(b, name))
+            if info.param.device.type != "cpu":
+                entry.update({k: v.to(info.param.device) for k, v in entry.items() if k != "step"})
+            state[ids[id(info.param)]] = entry
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Loads torch.optim.Adam's state_dict format (from Adam, AdamW or this class): the groups'
         options and each parameter's state, cast to its state dtype as torch does. The state is
         written to a new file, which replaces the current one only once every write succeeded."""
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         with self._lock:
-            self._check_open()
-            if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-                raise InvalidArgument("a state_dict is a dict with 'state' and 'param_groups'")
-            saved_groups = state_dict["param_groups"]
-            if len(saved_groups) != len(self.param_groups):
-                raise InvalidArgument(f"the state_dict has {len(saved_groups)} parameter groups, this optimizer "
-                                      f"{len(self.param_groups)}")
-            params = []
-            new_groups = []
-            for gi, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):
-                if len(sg["params"]) != len(g["params"]):
-                    raise InvalidArgument(f"parameter group {gi}: the state_dict has {len(sg['params'])} parameters, "
-                                          f"this optimizer {len(g['params'])}")
-                ng = {k: v for k, v in sg.items() if k != "params"}
-                for k, v in self.defaults.items():
-                    ng.setdefault(k, v)
-                ng["params"] = g["params"]
-                self._check_group(ng, f"state_dict parameter group {gi}")
-                new_groups.append(ng)
-                params += [(sid, p, ng["amsgrad"]) for sid, p in zip(sg["params"], g["params"])]
-            # a fresh layout (amsgrad may have changed), every entry checked before any write
-            keep = (self._params, self._by_id, self._file_end, self._bufs)
-            self._params, self._by_id, self._file_end, self._bufs = [], {}, 0, []
+            self._load_state_dict(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load_state_dict(self, state_dict: dict) -> None:
+        self._check_open()
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise InvalidArgument("a state_dict is a dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise InvalidArgument(f"the state_dict has {len(saved_groups)} parameter groups, this optimizer "
+                                  f"{len(self.param_groups)}")
+        params = []
+        new_groups = []
+        for gi, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):
+            if not isinstance(sg, dict) or not isinstance(sg.get("params"), (list, tuple)):
+                raise InvalidArgument(f"state_dict parameter group {gi} is not a dict with a 'params' list")
+            if len(sg["params"]) != len(g["params"]):
+                raise InvalidArgument(f"parameter group {gi}: the state_dict has {len(sg['params'])} parameters, "
+                                      f"this optimizer {len(g['params'])}")
+            ng = {k: v for k, v in sg.items() if k != "params"}
+            for k, v in self.defaults.items():
+                ng.setdefault(k, v)
+            ng["params"] = g["params"]
+            self._check_group(ng, f"state_dict parameter group {gi}")
+            new_groups.append(ng)
+            params += [(sid, p, ng["amsgrad"]) for sid, p in zip(sg["params"], g["params"])]
+        # a fresh layout (amsgrad may have changed), every entry checked before any write
+        keep = (self._params, self._by_id, self._file_end, self._bufs)
+        self._params, self._by_id, self._file_end, self._bufs = [], {}, 0, []
+        try:
+            entries = []
+            for sid, p, amsgrad in params:
+                self._add_param(p, amsgrad)
+                entries.append((self._params[-1], self._entry(state_dict["state"].get(sid), p, amsgrad, sid)))
+            f = self._files.new_file()
             try:
-                entries = []
-                for sid, p, amsgrad in params:
-                    self._add_param(p, amsgrad)
-                    entries.append((self._params[-1], self._entry(state_dict["state"].get(sid), p, amsgrad, sid)))
-                f = self._files.new_file()
-                try:
-                    self._write_entries(f, entries)
-                except BaseException:
-                    f.close()
-                    _unlink(f.path)
-                    raise
+                self._write_entries(f, entries)
             except BaseException:
-                self._params, self._by_id, self._file_end, self._bufs = keep
+                f.close()
+                _unlink(f.path)
                 raise
-            self._files.switch(f)
-            self.param_groups[:] = new_groups
+        except BaseException:
+            self._params, self._by_id, self._file_end, self._bufs = keep
+            raise
+        self._files.switch(f)
+        self.param_groups[:] = new_groups
 
     def _entry(self, entry: Any, p: torch.Tensor, amsgrad: bool, sid: Any) -> Optional[dict]:
         if entry is None or len(entry) == 0:

@@ -192,7 +192,15 @@ def test_load_state_dict_lays_out_a_changed_amsgrad_and_checks_entries(tmp_path)
         off.load_state_dict(bad)
     with pytest.raises(InvalidArgument, match="has 1 parameter groups, this optimizer 2"):
         off.load_state_dict({"state": {}, "param_groups": sd["param_groups"][:1]})
+    with pytest.raises(InvalidArgument, match="not a dict with a 'params' list"):
+        off.load_state_dict({"state": {}, "param_groups": [{}, {}]})
     _same_state(off.state_dict(), sd)          # the refused loads changed nothing
+    # torch's state_dict hooks run as for any optimizer
+    off.register_state_dict_post_hook(lambda o, d: {**d, "extra": len(d["state"])})
+    off.register_load_state_dict_pre_hook(lambda o, d: {k: v for k, v in d.items() if k != "extra"})
+    marked = off.state_dict()
+    assert marked["extra"] == len(sd["state"])
+    off.load_state_dict(marked)
     for g in sd["param_groups"]:
         g["amsgrad"] = True                    # torch starts max_exp_avg_sq lazily; the saved state has none
     with pytest.raises(InvalidArgument, match="max_exp_avg_sq missing"):
