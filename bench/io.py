@@ -710,7 +710,7 @@ def _optimizer(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Output
     except ImportError:
         rep.warnings.append("torch is not installed: no optimizer rows")
         return
-    numel, chunk, pairs = (8 << 20, 2 << 20, 3) if opts.quick else (64 << 20, 16 << 20, 2 * opts.repeat)
+    numel, chunk, pairs = (8 << 20, 4 << 20, 3) if opts.quick else (64 << 20, 16 << 20, 2 * opts.repeat)
     directory = os.path.join(ctx["dir"], "optim")
     os.makedirs(directory, exist_ok=True)
 
