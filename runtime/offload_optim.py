@@ -156,11 +156,10 @@ class _Files:
 
     def __init__(self, directory: Optional[str]):
         from ._store_lock import StoreLock, own_subdirectory, private_dir
-        if directory is None:
-            self.dir = tempfile.mkdtemp(prefix="hauler-optim-")
-        else:
-            self.dir = own_subdirectory(directory, "optimizer offload")
-            private_dir(self.dir, what="optimizer offload")
+        if directory is None:   # a parent of this user's, so a crash's leftovers are found there too
+            directory = os.path.join(tempfile.gettempdir(), f"hauler-optim-{os.geteuid()}")
+        self.dir = own_subdirectory(directory, "optimizer offload")
+        private_dir(self.dir, what="optimizer offload")
         try:
             self.lock = StoreLock(self.dir, what="optimizer offload")
         except BaseException:
@@ -209,7 +208,7 @@ class OptimizerOffload(torch.optim.Optimizer):
     any state are taken over; use this object from then on), or parameters / parameter groups as
     for torch.optim.Adam with the options ``lr``, ``betas``, ``eps``, ``weight_decay``, ``amsgrad``,
     ``maximize`` and ``decoupled_weight_decay`` (True: AdamW). ``directory``: where the state file
-    goes (a private subdirectory is made there; default: a temporary directory). ``chunk_bytes``:
+    goes (a private subdirectory is made there; default: $TMPDIR/hauler-optim-<uid>). ``chunk_bytes``:
     the state streamed per chunk. ``master_weights``: keep fp32 master weights of float16/bfloat16
     parameters on disk and step those (the parameter gets the rounded result)."""
 

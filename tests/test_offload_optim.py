@@ -491,3 +491,17 @@ def test_a_write_failing_mid_step_puts_everything_back_and_the_step_can_be_retri
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["ok", "1"]
+
+
+def test_default_directory_is_a_private_subdirectory_of_the_users_temporary_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)   # read TMPDIR again
+    ps = _params()[:1]
+    off = OptimizerOffload(ps, chunk_bytes=SMALL_CHUNK)
+    parent = tmp_path / f"hauler-optim-{os.geteuid()}"
+    assert os.path.dirname(off.directory) == str(parent)
+    assert os.stat(off.directory).st_mode & 0o777 == 0o700
+    _train(off, ps, 2, 0)
+    off.close()
+    assert os.listdir(parent) == []
