@@ -42,7 +42,6 @@ __all__ = ["OptimizerOffload"]
 
 _ALIGN = 4096
 _CHUNK_ELEMS = 1024          # chunk boundaries fall on multiples of this many elements
-_PIECE = 1 << 17            # elements computed at once on the CPU: operands stay in cache, ops split over threads
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _UNSET = object()
 _HYPER = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
@@ -77,7 +76,7 @@ def _adam_chunk(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, t1, t2, *, ams
     """torch.optim.adam._single_tensor_adam (torch 2.13, capturable=False, differentiable=False)
     for one tensor, op for op, so a chunk's elements get the bits the whole tensor's would. The
     two temporaries torch allocates (the changed gradient, the denominator) go to t1 and t2
-    (tensors like param): the same kernels write them, without an allocation per piece."""
+    (tensors like param): the same kernels write them, without an allocation per chunk."""
     if maximize:
         grad = torch.neg(grad, out=t1)
     if weight_decay != 0:
@@ -508,18 +507,14 @@ class OptimizerOffload(torch.optim.Optimizer):
         host = {name: c.view(b, name) for name in info.regions()}
         state = {k: v.to(dev) for k, v in host.items()} if dev.type != "cpu" else host
         target = state["master_param"] if info.master else param
-        # on the CPU, pieces that stay in cache through the ten passes of Adam's arithmetic; on a
-        # GPU the chunk at once
-        piece = _PIECE if dev.type == "cpu" else c.e1 - c.e0
-        t1, t2 = self._scratch(target.dtype, dev, piece)
-        for a in range(0, c.e1 - c.e0, piece):
-            z = slice(a, a + piece)
-            n = min(piece, c.e1 - c.e0 - a)
-            g = grad[z]
-            if info.master:
-                g = t1[:n].copy_(g)
-            _adam_chunk(target[z], g, state["exp_avg"][z], state["exp_avg_sq"][z],
-                        state["max_exp_avg_sq"][z] if info.amsgrad else None, t1[:n], t2[:n], **s)
+        # the whole chunk at once: cache-sized pieces were no faster, and each op's thread
+        # barrier costs a time slice when another process holds a core
+        t1, t2 = self._scratch(target.dtype, dev, c.e1 - c.e0)
+        n = c.e1 - c.e0
+        if info.master:
+            grad = t1[:n].copy_(grad)
+        _adam_chunk(target, grad, state["exp_avg"], state["exp_avg_sq"],
+                    state["max_exp_avg_sq"] if info.amsgrad else None, t1[:n], t2[:n], **s)
         if info.master:
             param.copy_(target)
         if state is not host:
