@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import core
+from . import core, kv_storage
 from .core import Column, Report, format_size
 
 NAME = "kv"
@@ -126,6 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-transfer", action="store_true", help="skip the 2-process section (bench/kv_transfer.py)")
     p.add_argument("--quick", action="store_true", help="two extent sizes, two counts, a small request (for tests)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the random cache and block ids")
+    kv_storage.add_arguments(p)
     core.add_format_args(p)
 
 
@@ -141,6 +142,8 @@ def options_from_args(a: argparse.Namespace) -> Options:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.storage_attention:
+        return kv_storage.main(args)
     rep = run(options_from_args(args), core.output_of(args))
     return 0 if all(r.get("correct") is not False for r in rep.rows) else 1
 

@@ -7,7 +7,7 @@ a GPU is asked about.
 import importlib
 
 from ._version import __version__
-from .errors import (BufferTooSmall, HaulerError, HaulerIOError, InvalidArgument, NoDevice,
+from .errors import (BufferTooSmall, Closed, HaulerError, HaulerIOError, InvalidArgument, NoDevice,
                      OutOfRange, Overflow, ReadOnlyBuffer)
 try:
     from . import _core
@@ -19,7 +19,8 @@ except ImportError as _e:  # keep `hauler info` able to say what is wrong with t
 _LAZY_SUBMODULES = ("datatype", "gather", "io", "kv", "offload")
 # Exceptions defined beside the code that raises them, importable from here too (on first use).
 _LAZY_ERRORS = {"CapacityExceeded": "tensorstore", "CorruptEntry": "_store_format", "SwapSpaceFull": "kv",
-                "UnknownRequest": "kv", "ConfigError": "config", "MpiNotFound": "mpi_find",
+                "UnknownRequest": "kv", "DriveLost": "kv", "DriveTimeout": "kv", "ConfigError": "config",
+                "MpiNotFound": "mpi_find",
                 "InterposeNotBuilt": "interpose", "UnknownLauncher": "interpose",
                 "StoreLocked": "_store_lock", "UnsafeDirectory": "_store_lock",
                 **{n: "kv.transport" for n in ("TransferError", "PeerLost", "TransferTimeout", "LeaseExpired",
@@ -27,7 +28,7 @@ _LAZY_ERRORS = {"CapacityExceeded": "tensorstore", "CorruptEntry": "_store_forma
 
 __all__ = ["__version__", "cuda_available", "cuda_status", "HaulerError", "InvalidArgument",
            "Overflow", "BufferTooSmall", "OutOfRange", "ReadOnlyBuffer", "NoDevice",
-           "HaulerIOError", *_LAZY_ERRORS, *_LAZY_SUBMODULES]
+           "HaulerIOError", "Closed", *_LAZY_ERRORS, *_LAZY_SUBMODULES]
 
 
 def _require_core():

@@ -285,7 +285,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["run"]:  # launcher options are free-form: not for argparse
         return cmd_run(argv[1:])
     parser = argparse.ArgumentParser(
-        prog="hauler", description="hauler: moves data for GPU programs (see README.md).")
+        prog="hauler", description="hauler: moves data for GPU programs (see README.md and docs/).")
     parser.add_argument("--version", action="version", version=f"hauler {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("info", help="version, build options, CUDA status, MPI found, "

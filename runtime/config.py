@@ -6,7 +6,7 @@ C++ readers are fed by the same rows: :func:`cpp_table` writes
 csrc/common/settings_table.h (setup.py refreshes it; tests/test_config.py checks the
 checked-in copy), and csrc/common/settings.cpp parses with exactly the rules of
 :func:`parse`, so a value is accepted or refused identically, with the same message,
-by Python, the core and the MPI shim. The README's settings table is checked against
+by Python, the core and the MPI shim. The settings table in docs/settings.md is checked against
 this table by tests/test_config.py, defaults and accepted values included.
 
 This module uses only the standard library and imports nothing from hauler, so
@@ -50,12 +50,12 @@ class Setting:
 
     @property
     def doc_default(self) -> str:
-        """The default as the README writes it."""
+        """The default as docs/settings.md writes it."""
         return _to_text(self, self.default) if self.default is not None else "unset"
 
     @property
     def doc_values(self) -> str:
-        """The accepted values as the README's Values column writes them."""
+        """The accepted values as the Values column of docs/settings.md writes them."""
         if self.type in ("int", "bytes"):
             return f"{self.lo} to {_bound(self.hi)}"
         if self.type == "bool":

@@ -33,3 +33,7 @@ class NoDevice(HaulerError, RuntimeError):
 
 class HaulerIOError(HaulerError, OSError):
     """An I/O operation that failed."""
+
+
+class Closed(HaulerError, ValueError):
+    """A store used after close() (a ValueError, as for a closed Python file)."""

@@ -51,14 +51,24 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _buffers, _gather_shm, config
+from . import _buffers, _gather_registry, _gather_shm, config
 from ._gather_file import _file_table
 from ._gather_table import _addr, _core, _Table, _torch, _unlink
+from ._lifetime import needs_open
 from .errors import InvalidArgument, NoDevice, ReadOnlyBuffer
 
 __all__ = ["FeatureStore", "GatherCollate", "gather", "scatter", "SHM_DIR"]
 
 SHM_DIR = _gather_shm.SHM_DIR
+
+
+def _torch_ops(index: Any, t: Any) -> Any:
+    """hauler._torch_ops when torch is in play (a torch index or table), else None: imports
+    torch only when the caller already did."""
+    if _buffers.is_torch_tensor(index) or _buffers.is_torch_tensor(getattr(t, "keep", None)):
+        from . import _torch_ops
+        return _torch_ops
+    return None
 
 
 def _in_worker() -> bool:
@@ -116,10 +126,17 @@ def _table_from(name: str, data: Any, shared: bool, writable: bool, mode: int = 
     return _share(t, mode) if shared else t
 
 
+def _check_shareable(t: _Table) -> None:
+    if getattr(t.keep, "requires_grad", False):
+        raise InvalidArgument(f"table {t.name!r} requires grad: a shared table is a copy in /dev/shm, which "
+                              "would not carry its gradient; share a detached tensor or keep it in memory")
+
+
 def _share(t: _Table, mode: int = 0o600) -> _Table:
     """A copy of the table in /dev/shm (mode: its permission bits), mapped; pickles by path."""
     if t.kind == "shared":
         return t
+    _check_shareable(t)
     src = np.ascontiguousarray(t.arr)
     dst, path, fd = _gather_shm.create(src.shape, src.dtype, mode)
     try:
@@ -164,7 +181,8 @@ def _index_array(index: Any) -> Tuple[np.ndarray, bool]:
                               f"got {type(index).__name__}")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return np.ascontiguousarray(arr), was_torch
+    # not ascontiguousarray: it makes a 0-d index 1-d, and a scalar index drops the row dimension
+    return (arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)), was_torch
 
 
 def _out_array(t: _Table, out: Any, shape: Tuple[int, ...], what: str = "out") -> np.ndarray:
@@ -203,10 +221,12 @@ class FeatureStore:
     def __init__(self, tables: Optional[Dict[str, Any]] = None, *, shared: bool = False):
         self._tables: Dict[str, _Table] = {}
         self._pinned = False
+        self._opened()
         for name, data in (tables or {}).items():
             self.add(name, data, shared=shared)
 
     # tables
+    @needs_open
     def add(self, name: str, data: Any, *, shared: bool = False, writable: bool = False,
             backend: Optional[str] = None, dtype: Any = None, shape: Any = None, offset: int = 0,
             direct: Optional[bool] = None, shared_mode: int = 0o600) -> None:
@@ -250,6 +270,7 @@ class FeatureStore:
         if old is not None and old is not t:
             old.close()
 
+    @needs_open
     def remove(self, name: str) -> bool:
         t = self._tables.pop(name, None)
         if t is None:
@@ -258,21 +279,27 @@ class FeatureStore:
         t.close()
         return True
 
+    @needs_open
     def share(self, shared_mode: int = 0o600) -> "FeatureStore":
         """Move every ordinary-memory table into /dev/shm (one copy, shared with every worker
         process however it was started; files of mode `shared_mode`); returns self."""
         mode = _gather_shm.check_mode(shared_mode)
+        for t in self._tables.values():
+            _check_shareable(t)
         for name, t in list(self._tables.items()):
             if t.kind == "memory":
                 self._tables[name] = _share(t, mode)
         return self
 
+    @needs_open
     def names(self) -> List[str]:
         return list(self._tables)
 
+    @needs_open
     def __contains__(self, name: object) -> bool:
         return name in self._tables
 
+    @needs_open
     def __len__(self) -> int:
         return len(self._tables)
 
@@ -283,30 +310,42 @@ class FeatureStore:
             known = ", ".join(repr(n) for n in self._tables) or "none"
             raise KeyError(f"no table named {name!r} in this FeatureStore (tables: {known})") from None
 
+    @needs_open
     def table(self, name: str) -> Any:
         """The whole table, no copy: a torch tensor for torch tables, else a numpy array."""
         t = self._get(name)
         return t.as_user()
 
+    @needs_open
     def shape(self, name: str) -> Tuple[int, ...]:
         return tuple(self._get(name).arr.shape)
 
+    @needs_open
     def dtype(self, name: str) -> Any:
         t = self._get(name)
         return t.torch_dtype if t.torch_dtype is not None else t.arr.dtype
 
+    @needs_open
     def kind(self, name: str) -> str:
         """'memory', 'shared', 'mmap' or 'file' (read through the I/O engine)."""
         return self._get(name).kind
 
+    @needs_open
     def path(self, name: str) -> Optional[str]:
         return self._get(name).path
 
     # gather / scatter
-    def gather(self, name: str, index: Any, out: Any = None, device: Any = None, *,
+    @needs_open
+    def gather(self, name: str, index: Any, out: Any = None, device: Any = None, *, sparse: bool = False,
                threads: Optional[int] = None, stream: Optional[bool] = None,
                gpu_blocks: Optional[int] = None) -> Any:
-        """Rows `index` of table `name` (shape index.shape + row_shape).
+        """Rows `index` of table `name` (shape index.shape + row_shape; a scalar index gives one row,
+        as table[5] does).
+
+        Autograd: from a table added as a tensor that requires grad, the result carries a gradient
+        (the scatter-add of its gradient into the table's rows; `sparse=True`: a sparse COO
+        gradient, as nn.Embedding(sparse=True)). torch.compile traces the call as the custom op
+        torch.ops.hauler.gather (see hauler._torch_ops).
 
         `out`: a numpy array / CPU tensor of exactly that shape and dtype (C-contiguous, writable)
         or a device array (``__cuda_array_interface__``) to gather into. `device`: None or "cpu"
@@ -315,6 +354,16 @@ class FeatureStore:
         stores on/off (default: by HAULER_GATHER_STREAM_MIN). `gpu_blocks`: cap on the GPU kernel's
         thread blocks for this call (default HAULER_GATHER_GPU_BLOCKS), to leave the GPU to
         training kernels running beside it."""
+        ops = _torch_ops(index, self._tables.get(name))
+        if ops is not None:
+            result = ops.gather(self, name, index, out, device, bool(sparse))
+            if result is not None:
+                return result
+        return self._gather(name, index, out, device, threads=threads, stream=stream, gpu_blocks=gpu_blocks)
+
+    def _gather(self, name: str, index: Any, out: Any = None, device: Any = None, *,
+                threads: Optional[int] = None, stream: Optional[bool] = None,
+                gpu_blocks: Optional[int] = None) -> Any:
         t = self._get(name)
         idx, idx_torch = _index_array(index)
         shape = tuple(idx.shape) + t.row_shape
@@ -340,6 +389,7 @@ class FeatureStore:
             return t.as_user(arr, torch_out=True)
         return arr
 
+    @needs_open
     def scatter(self, name: str, index: Any, src: Any, *, reduce: str = "assign",
                 threads: Optional[int] = None, gpu_blocks: Optional[int] = None) -> None:
         """table[index[i]] = src[i] (reduce="assign": with duplicate indices the LAST position
@@ -352,7 +402,15 @@ class FeatureStore:
         first, so the last position wins there too. add: one atomicAdd per element (float32/64,
         (u)int32/64; 8/16-bit integers have no atomic and raise InvalidArgument), duplicates
         added in no fixed order (integers exact; floats may differ from numpy.add.at in the last
-        bits). `gpu_blocks` caps the kernel's thread blocks as for gather."""
+        bits). `gpu_blocks` caps the kernel's thread blocks as for gather. A scatter autograd would
+        have to record (src or the table requiring grad, grad mode on) is refused: it writes in place."""
+        ops = _torch_ops(src, self._tables.get(name)) or _torch_ops(index, None)
+        if ops is not None and ops.scatter(self, name, index, src, reduce):
+            return
+        self._scatter(name, index, src, reduce=reduce, threads=threads, gpu_blocks=gpu_blocks)
+
+    def _scatter(self, name: str, index: Any, src: Any, *, reduce: str = "assign",
+                 threads: Optional[int] = None, gpu_blocks: Optional[int] = None) -> None:
         t = self._get(name)
         if reduce not in ("assign", "add"):
             raise InvalidArgument(f"reduce must be 'assign' or 'add', got {reduce!r}")
@@ -382,6 +440,7 @@ class FeatureStore:
         t.scatter_from(idx, s, reduce, _threads(threads))
 
     # GPU
+    @needs_open
     def pin(self) -> "FeatureStore":
         """Register every table for zero-copy GPU reads (cudaHostRegister, in place). NoDevice
         when there is no usable GPU, saying why. Tables added later are pinned as they come."""
@@ -393,6 +452,7 @@ class FeatureStore:
         self._pinned = True
         return self
 
+    @needs_open
     def unpin(self) -> None:
         for t in self._tables.values():
             t.unregister()
@@ -459,12 +519,15 @@ class FeatureStore:
                           RuntimeWarning, stacklevel=3)
             t.warned_fallback = True
         host = torch.empty(shape, dtype=dtype, pin_memory=True)
-        self.gather(t.name, idx, out=host)
+        self._gather(t.name, idx, out=host)
         return host.to(dev, non_blocking=True)
 
     # lifetime and pickling
     def close(self) -> None:
-        """Unpin and drop every table (shared tables' /dev/shm files are deleted)."""
+        """Unpin and drop every table (shared tables' /dev/shm files are deleted); then every method
+        but close() raises Closed."""
+        if self._closed:
+            return
         try:
             self.unpin()
         except Exception:
@@ -474,23 +537,40 @@ class FeatureStore:
                 t._finalizer()
             t.close()
         self._tables.clear()
+        self._closed = True
 
+    @needs_open
     def __enter__(self) -> "FeatureStore":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @needs_open
     def __getstate__(self):
         return {"tables": list(self._tables.values())}
 
     def __setstate__(self, state):
         self._tables = {t.name: t for t in state["tables"]}
         self._pinned = False  # a pin belongs to the process that made it
+        self._opened()
+
+    def _opened(self) -> None:
+        self._closed = False
+        self._id = str(next(_gather_registry.IDS))   # torch.compile's graphs name the store by it
+        _gather_registry.STORES[self._id] = self
+
+    def _closed_name(self) -> str:
+        return "this FeatureStore"
 
     def __repr__(self) -> str:
+        if self._closed:
+            return "FeatureStore(closed)"
         parts = [f"{n}: {t.kind} {t.arr.shape} {self.dtype(n)}" for n, t in self._tables.items()]
         return f"FeatureStore({'; '.join(parts)})"
+
+
+_gather_registry.store_class = FeatureStore
 
 
 def _torch_dtype_of(np_dtype: np.dtype) -> Any:

@@ -35,7 +35,7 @@ def __getattr__(name):
     if name == "TensorStore":  # on first use: `from hauler import io` stays cheap
         from .tensorstore import TensorStore
         return TensorStore
-    if name in ("CapacityExceeded", "CorruptEntry", "StoreLocked", "UnsafeDirectory"):  # TensorStore's errors, named in its README section
+    if name in ("CapacityExceeded", "CorruptEntry", "StoreLocked", "UnsafeDirectory"):  # TensorStore's errors, named in docs/io.md
         from . import tensorstore
         return getattr(tensorstore, name)
     raise AttributeError(f"module 'hauler.io' has no attribute {name!r}")

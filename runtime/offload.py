@@ -43,6 +43,8 @@ import time
 import weakref
 from typing import Any, Dict, List, Optional
 
+from .errors import Closed
+
 __all__ = ["offload", "Offload"]
 
 _ids = itertools.count()
@@ -298,12 +300,12 @@ def _own_subdirectory(directory: str) -> str:
 
 def _discard(store: Any, key: str) -> None:
     # runs when autograd frees a saved tensor, in the middle of backward: the unlink goes to the
-    # store's workers (a stopped store, e.g. at interpreter exit, deletes here)
+    # store's workers (a stopped or closed store, e.g. at interpreter exit, deletes here)
     try:
         store.discard_later(key)
-    except (AttributeError, RuntimeError):
+    except (AttributeError, RuntimeError, Closed):
         try:
-            store.discard(key)
+            store._discard(key)
         except Exception:  # noqa: BLE001 - at interpreter exit
             pass
 

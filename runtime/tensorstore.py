@@ -39,6 +39,7 @@ from ._store_format import (HEADER, PADDED, SPARE, SUFFIX, CorruptEntry, aligned
 from ._store_inline import InlineRequests, Op
 from ._store_lock import MARK, StoreLock, StoreLocked, UnsafeDirectory, check_file_mode, private_dir
 from ._store_recycler import Recycler
+from ._lifetime import needs_open
 from .errors import HaulerIOError, InvalidArgument
 
 __all__ = ["TensorStore", "CorruptEntry", "CapacityExceeded", "StoreLocked", "UnsafeDirectory"]
@@ -92,7 +93,7 @@ class TensorStore(InlineRequests):
     (header version 3). Entries put another way, a get into ``out`` and a put or get of a key with
     a request in flight take the worker threads. Off by default: the I/O alone is faster and
     cheaper inline, but its submission runs on the calling thread, so with a core free the worker
-    threads hide it better (see the README). ``io_path`` says which path puts take and why."""
+    threads hide it better (see docs/io.md). ``io_path`` says which path puts take and why."""
 
     def __init__(self, directory: Any, capacity: Optional[int] = None, threads: int = 4,
                  direct: Optional[bool] = None, sync: bool = True, checksum: bool = True,
@@ -122,7 +123,7 @@ class TensorStore(InlineRequests):
                                       f"opens an existing store)")
         private_dir(self.directory, self.file_mode, "TensorStore directory")
         self._owner = StoreLock(self.directory, self.read_only, self.file_mode, "TensorStore")
-        self._closed = False
+        self._closed = self._closing = False
         try:
             self._fresh_workers()
             self._scan(bool(repair))
@@ -222,27 +223,32 @@ class TensorStore(InlineRequests):
         with self._lock:
             return sum(e.file_bytes for e in self._entries.values())
 
+    @needs_open
     def keys(self) -> List[str]:
         self._poll()
         with self._lock:
             return list(self._entries)
 
+    @needs_open
     def __contains__(self, key: str) -> bool:
         self._poll()
         with self._lock:
             return key in self._entries
 
+    @needs_open
     def __len__(self) -> int:
         self._poll()
         with self._lock:
             return len(self._entries)
 
+    @needs_open
     def pin(self, key: str, pinned: bool = True) -> None:
         with self._lock:
             if key not in self._entries:
                 raise KeyError(key)
             self._entries[key].pinned = bool(pinned)
 
+    @needs_open
     def unpin(self, key: str) -> None:
         self.pin(key, False)
 
@@ -285,6 +291,7 @@ class TensorStore(InlineRequests):
         return [e.key for e in victims]
 
     # -- put
+    @needs_open
     def put(self, key: str, value: Any, pin: bool = False) -> "concurrent.futures.Future":
         """Stores ``value`` (numpy array or torch CPU tensor) under ``key``, asynchronously. The
         value must not be modified until the future is done; the future gives None or raises."""
@@ -466,6 +473,7 @@ class TensorStore(InlineRequests):
             pass
 
     # -- get
+    @needs_open
     def get(self, key: str, out: Any = None) -> "concurrent.futures.Future":
         """Reads ``key`` back, asynchronously: the future gives a new numpy array or torch tensor
         (as stored), or ``out`` filled (same dtype size and byte count). Raises KeyError for a
@@ -557,8 +565,12 @@ class TensorStore(InlineRequests):
         return flat.view(dtype).reshape(shape), flat
 
     # -- delete / close
+    @needs_open
     def delete(self, key: str) -> None:
         """Removes ``key`` (KeyError if absent)."""
+        self._delete(key)
+
+    def _delete(self, key: str) -> None:
         self._writing("delete")
         self._settle(key)
         with self._key_lock(key):
@@ -568,13 +580,20 @@ class TensorStore(InlineRequests):
                 del self._entries[key]
             self._retire(self._path(key))
 
+    @needs_open
     def discard(self, key: str) -> None:
         """Removes ``key`` if present."""
+        self._discard(key)
+
+    def _discard(self, key: str) -> None:
+        """discard() without the open check (hauler.offload deletes entries autograd frees after
+        the store closed)."""
         try:
-            self.delete(key)
+            self._delete(key)
         except KeyError:
             pass
 
+    @needs_open
     def discard_later(self, key: str) -> "concurrent.futures.Future":
         """discard(key) on a thread of the store's own (unlinking a large file can take
         milliseconds: hauler.offload frees its entries this way, off the backward pass). A put of
@@ -587,7 +606,7 @@ class TensorStore(InlineRequests):
             if idle:
                 fut = concurrent.futures.Future()
                 try:
-                    self.discard(key)
+                    self._discard(key)
                 except BaseException as e:  # noqa: BLE001 - carried by the future, as on the thread
                     fut.set_exception(e)
                 else:
@@ -604,9 +623,9 @@ class TensorStore(InlineRequests):
     def close(self) -> None:
         """Waits for pending puts/gets/deletions, stops the worker threads, removes spare files,
         releases the directory's lock."""
-        if self._closed:
+        if self._closing:
             return
-        self._closed = True
+        self._closing = True   # then closed once the work pending now (discard_later's too) is done
         self._settle_all()
         with self._ops_lock:
             driver = self._driver
@@ -624,9 +643,14 @@ class TensorStore(InlineRequests):
             except FileNotFoundError:
                 pass
         self._owner.release()
+        self._closed = True
 
+    @needs_open
     def __enter__(self) -> "TensorStore":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def _closed_name(self) -> str:
+        return f"TensorStore {self.directory!r}"

@@ -162,7 +162,7 @@ def test_entries_are_deleted_after_backward_on_the_store_workers(tmp_path):
     import gc
     gc.collect()
     store.close()                       # waits for the deletions queued on its workers
-    assert store.keys() == [] and not [n for n in os.listdir(tmp_path / "s") if n.endswith(".hts")]
+    assert not [n for n in os.listdir(tmp_path / "s") if n.endswith(".hts")]
     assert len(deleters) == saved and threading.get_ident() not in deleters
 
 

@@ -9,6 +9,7 @@ from .layout import DTYPES, KVLayout, contiguous_layout_like
 from .moves import copy_blocks, gather_blocks, run_plan, scatter_blocks
 from .plan import Plan, plan
 from .swap import SwapSpace, SwapSpaceFull, UnknownRequest
+from .storage_attention import DriveLost, DriveTimeout, StorageAttention  # noqa: F401
 from .agent import (Agent, Lease, LeaseExpired, PeerLost, Transfer, TransferCancelled, TransferError,  # noqa: F401
                     TransferTimeout, TransportRefused)
 
