@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from . import _buffers
-from .errors import HaulerIOError, InvalidArgument
+from .errors import Closed, HaulerIOError, InvalidArgument
 
 __all__ = ["OptimizerOffload"]
 
@@ -354,7 +354,7 @@ class OptimizerOffload(torch.optim.Optimizer):
 
     def _check_open(self) -> None:
         if self.closed:
-            raise InvalidArgument("this OptimizerOffload is closed")
+            raise Closed("this OptimizerOffload is closed (its state file is removed)")
 
     # -- buffers and file
     def _buffers(self) -> List[torch.Tensor]:
