@@ -483,8 +483,9 @@ class OptimizerOffload(torch.optim.Optimizer):
                     st["read_wait_s"] += time.perf_counter() - t0
                     st["bytes_read"] += c.read_bytes
                 t0 = time.perf_counter()
+                c.view(b, "undo").copy_(_flat(c.owner.param)[c.e0:c.e1])
+                computed.append(i)    # from here on the parameter may change: undo it on failure
                 self._compute(c, b, grad[c.e0:c.e1], s)
-                computed.append(i)
                 st["compute_s"] += time.perf_counter() - t0
                 writes[i] = f.pwrite(b[:c.slot_bytes], offset=c.slot_offset(c.parity ^ 1))
                 st["chunks"] += 1
@@ -502,7 +503,6 @@ class OptimizerOffload(torch.optim.Optimizer):
     def _compute(self, c: _Chunk, b: torch.Tensor, grad: torch.Tensor, s: dict) -> None:
         info = c.owner
         param = _flat(info.param)[c.e0:c.e1]
-        c.view(b, "undo").copy_(param)
         dev = param.device
         host = {name: c.view(b, name) for name in info.regions()}
         state = {k: v.to(dev) for k, v in host.items()} if dev.type != "cpu" else host
