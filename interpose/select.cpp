@@ -134,8 +134,11 @@ Loc locality(const Peer& to) {
     PMPI_Comm_test_inter(to.comm, &inter);
     if ((inter ? PMPI_Comm_remote_group(to.comm, &g) : PMPI_Comm_group(to.comm, &g)) != MPI_SUCCESS)
       return Loc::other;
+    // a rank the group does not have is the library's error to report, in the call itself
+    int n = 0;
+    PMPI_Group_size(g, &n);
     PMPI_Comm_group(MPI_COMM_WORLD, &w);
-    if (PMPI_Group_translate_ranks(g, 1, &to.rank, w, &world) != MPI_SUCCESS) world = MPI_UNDEFINED;
+    if (to.rank >= n || PMPI_Group_translate_ranks(g, 1, &to.rank, w, &world) != MPI_SUCCESS) world = MPI_UNDEFINED;
     PMPI_Group_free(&g);
     PMPI_Group_free(&w);
     if (world == MPI_UNDEFINED || world < 0) return Loc::other;  // a spawned or connected process

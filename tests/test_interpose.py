@@ -302,9 +302,26 @@ def test_selection_per_message_identical(flav, np_, built, tmp_path):
         lib, pack = float(s["lib_us"]), float(s["pack_us"])
         assert lib > 0 and pack > 0, s
         assert s["kept"] == ("pack" if pack < lib else "lib"), s  # the lower median is kept
-    # 1-byte blocks: both libraries walk such a type byte by byte; packing wins by far everywhere
-    tiny = [s for s in sel if s["block"] == "1"]
-    assert tiny and all(s["kept"] == "pack" for s in tiny), tiny
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_selection_keeps_packing_where_it_wins(flav, tmp_path):
+    """A ping-pong of a 1 MiB vector of 1-byte blocks (hauler-bench mpi's program): both libraries
+    walk such a type byte by byte, 10-50x slower than packing it, so every selection, send and
+    receive on both ranks, keeps packing after its trials and the later messages are packed."""
+    from hauler.bench.core import program_path
+    cc, _ = _tools(flav)
+    exe = tmp_path / "pingpong"
+    subprocess.run([cc, "-O2", "-w", program_path("mpi_pingpong.c"), program_path("mpi_patterns.c"), "-o", str(exe)],
+                   check=True, timeout=120)
+    rep = str(tmp_path / "report.%r")
+    _launch(flav, 2, [str(exe), "0.002", "vector:1:1048576"], shim=True,
+            env_extra={"HAULER_INTERPOSE_REPORT": rep, "HAULER_INTERPOSE_TRIALS": "4"})
+    t = _report(rep, 2)
+    sel = _selections(rep, 2)
+    assert len(sel) == 4 and {(s["dir"], s["block"]) for s in sel} == {("send", "1"), ("recv", "1")}, sel
+    assert all(s["kept"] == "pack" and float(s["pack_us"]) < float(s["lib_us"]) for s in sel), sel
+    assert t["kept_pack"] > t["trial_pack"] and t["trial_lib"] >= 4 * 4, t
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])

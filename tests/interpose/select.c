@@ -1,7 +1,8 @@
 /* The shim's per-message choice (HAULER_INTERPOSE_TRIALS): the same types go back and forth
  * hundreds of times, so each side's selections run their trials and re-checks and may change
  * path between two messages, with no word to the other side. Meanwhile the receives are of every
- * kind a choice could upset: MPI_ANY_SOURCE + MPI_ANY_TAG from two senders at once, MPI_Probe and
+ * kind a choice could upset: MPI_ANY_SOURCE + MPI_ANY_TAG from two senders at once (on a duplicated
+ * communicator, so that the peer ranks are translated), MPI_Probe and
  * MPI_Mprobe + MPI_Get_count then a receive of the probed count, a persistent receive
  * (Recv_init/Start: the library, typed, takes whatever the sender chose), Sendrecv, Isend/Irecv
  * with Waitall and Testsome. Each rank writes, per message, the status fields and a checksum of
@@ -21,6 +22,7 @@
 enum { TINY, WIDE, MID, NTYPES };
 static MPI_Datatype types[NTYPES];
 static MPI_Aint extents[NTYPES];
+static MPI_Comm any_comm[NTYPES];  /* case 1's ANY_TAG receives: only that type's messages there */
 static int rank, nprocs, right, left;
 static FILE *out;
 
@@ -76,6 +78,7 @@ int main(int argc, char **argv) {
     MPI_Aint lb;
     MPI_Type_commit(&types[k]);
     MPI_Type_get_extent(types[k], &lb, &extents[k]);
+    MPI_Comm_dup(MPI_COMM_WORLD, &any_comm[k]);
   }
   unsigned char *sa[NTYPES], *sb[NTYPES], *ra[NTYPES], *rb[NTYPES];
   for (int k = 0; k < NTYPES; ++k) sa[k] = buffer(k), sb[k] = buffer(k), ra[k] = buffer(k), rb[k] = buffer(k);
@@ -97,10 +100,10 @@ int main(int argc, char **argv) {
           put(&s[0], ra[k], k);
           break;
         case 1: {  /* two senders, ANY_SOURCE + ANY_TAG: put in source order (arrival order varies) */
-          MPI_Irecv(ra[k], 1, t, MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &r[0]);
-          MPI_Irecv(rb[k], 1, t, MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &r[1]);
-          MPI_Isend(sa[k], 1, t, right, 20 + k, MPI_COMM_WORLD, &r[2]);
-          MPI_Isend(sb[k], 1, t, left, 40 + k, MPI_COMM_WORLD, &r[3]);
+          MPI_Irecv(ra[k], 1, t, MPI_ANY_SOURCE, MPI_ANY_TAG, any_comm[k], &r[0]);
+          MPI_Irecv(rb[k], 1, t, MPI_ANY_SOURCE, MPI_ANY_TAG, any_comm[k], &r[1]);
+          MPI_Isend(sa[k], 1, t, right, 20 + k, any_comm[k], &r[2]);
+          MPI_Isend(sb[k], 1, t, left, 40 + k, any_comm[k], &r[3]);
           MPI_Waitall(4, r, s);
           int first = s[0].MPI_SOURCE < s[1].MPI_SOURCE || (s[0].MPI_SOURCE == s[1].MPI_SOURCE && s[0].MPI_TAG < s[1].MPI_TAG);
           put(&s[first ? 0 : 1], first ? ra[k] : rb[k], k);
@@ -147,6 +150,7 @@ int main(int argc, char **argv) {
   }
   for (int k = 0; k < NTYPES; ++k) {
     MPI_Request_free(&pr[k]);
+    MPI_Comm_free(&any_comm[k]);
     MPI_Type_free(&types[k]);
     free(sa[k]), free(sb[k]), free(ra[k]), free(rb[k]);
   }
