@@ -92,7 +92,7 @@ class TensorStore(InlineRequests):
     (header version 3). Entries put another way, a get into ``out`` and a put or get of a key with
     a request in flight take the worker threads. Off by default: the I/O alone is faster and
     cheaper inline, but its submission runs on the calling thread, so with a core free the worker
-    threads hide it better (see the README). ``io_path`` says which path puts take and why."""
+    threads hide it better (see docs/io.md). ``io_path`` says which path puts take and why."""
 
     def __init__(self, directory: Any, capacity: Optional[int] = None, threads: int = 4,
                  direct: Optional[bool] = None, sync: bool = True, checksum: bool = True,

@@ -1,4 +1,4 @@
-"""The HAULER_* settings: one table in runtime/config.py, documented once in the README."""
+"""The HAULER_* settings: one table in runtime/config.py, documented once in docs/settings.md."""
 import os
 import pathlib
 import re
@@ -13,37 +13,44 @@ from hauler import config
 from test_interpose import built  # noqa: F401 - the fixture compiling tests/interpose programs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+SETTINGS_DOC = ROOT / "docs" / "settings.md"
+TABLE_HEADER = re.compile(r"^\|\s*Setting\s*\|\s*Default\s*\|", re.M)
 
 
 def readme_table():
-    """{name: (default, values, when, meaning)} from the README's settings table."""
+    """{name: (default, values, when, meaning)} from the settings table of docs/settings.md."""
     rows = {}
     header_seen = False
-    for line in README.read_text().splitlines():
+    for line in SETTINGS_DOC.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and cells[:5] == ["Setting", "Default", "Values", "When", "Meaning"]:
             header_seen = True
             continue
         if header_seen and line.startswith("|") and cells[0].startswith("`HAULER_"):
-            assert len(cells) == 5, f"README settings row has {len(cells)} cells: {line}"
+            assert len(cells) == 5, f"docs/settings.md: a settings row has {len(cells)} cells: {line}"
             name = cells[0].strip("`")
-            assert name not in rows, f"{name} is listed twice in the README"
+            assert name not in rows, f"{name} is listed twice in docs/settings.md"
             rows[name] = (cells[1].strip("`"), cells[2], cells[3], cells[4])
-    assert header_seen, "README has no '| Setting | Default | Values | When | Meaning |' table"
+    assert header_seen, "docs/settings.md has no '| Setting | Default | Values | When | Meaning |' table"
     return rows
 
 
 def test_readme_lists_exactly_the_settings_with_their_defaults():
     table = readme_table()
     code = {s.name: s for s in config.SETTINGS}
-    assert sorted(table) == sorted(code), "README table and runtime/config.py disagree on names"
+    assert sorted(table) == sorted(code), "docs/settings.md and runtime/config.py disagree on names"
     for name, (default, values, when, meaning) in table.items():
         s = code[name]
-        assert default == s.doc_default, f"{name}: README default {default!r} != {s.doc_default!r}"
-        assert values == s.doc_values, f"{name}: README values {values!r} != {s.doc_values!r}"
-        assert when == s.when, f"{name}: README says {when!r}, config.py says {s.when!r}"
-        assert meaning, f"{name}: README gives no meaning"
+        assert default == s.doc_default, f"{name}: docs default {default!r} != {s.doc_default!r}"
+        assert values == s.doc_values, f"{name}: docs values {values!r} != {s.doc_values!r}"
+        assert when == s.when, f"{name}: docs say {when!r}, config.py says {s.when!r}"
+        assert meaning, f"{name}: docs give no meaning"
+
+
+def test_the_settings_table_is_in_one_place():
+    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+    holding = [p.relative_to(ROOT).as_posix() for p in pages if TABLE_HEADER.search(p.read_text())]
+    assert holding == ["docs/settings.md"], f"a settings table in {holding}: keep the one in docs/settings.md"
 
 
 def test_every_setting_named_in_the_code_is_in_the_table():

@@ -499,11 +499,11 @@ def test_two_process_example_runs():
 
 
 def test_readme_example_is_the_tested_file():
-    """The README's "Between processes" code block is tests/kv/two_process_example.py (after its
-    docstring), so test_two_process_example_runs runs what the README shows."""
-    readme = open(os.path.join(HERE, "..", "README.md")).read()
-    part = readme.split("### Between processes (hauler.kv.Agent)", 1)
-    assert len(part) == 2, "README has no 'Between processes (hauler.kv.Agent)' section"
+    """docs/kv.md's "Between processes" code block is tests/kv/two_process_example.py (after its
+    docstring), so test_two_process_example_runs runs what the docs show."""
+    doc = open(os.path.join(HERE, "..", "docs", "kv.md")).read()
+    part = doc.split("## Between processes (hauler.kv.Agent)", 1)
+    assert len(part) == 2, "docs/kv.md has no 'Between processes (hauler.kv.Agent)' section"
     block = part[1].split("```python\n", 1)[1].split("```", 1)[0]
     example = open(os.path.join(HERE, "kv", "two_process_example.py")).read().split('"""', 2)[2].lstrip("\n")
     assert block == example

@@ -27,7 +27,6 @@ struct Pool {
   uint8_t* arena = nullptr;
   int64_t size = 0;
   std::vector<std::pair<int64_t, int64_t>> free;  // (offset, length) in the arena, sorted, coalesced
-  int64_t free_bytes = 0;
 
   void make() {  // under m
     if (made) return;
@@ -38,7 +37,6 @@ struct Pool {
       arena = static_cast<uint8_t*>(p);
       size = want;
       free.emplace_back(0, want);
-      free_bytes = want;
     }
   }
   // Best fit; -1 when nothing fits.
@@ -51,7 +49,6 @@ struct Pool {
     free[best].first += cap;
     free[best].second -= cap;
     if (free[best].second == 0) free.erase(free.begin() + static_cast<std::ptrdiff_t>(best));
-    free_bytes -= cap;
     return off;
   }
   void give(int64_t off, int64_t cap) {
@@ -65,7 +62,6 @@ struct Pool {
       (it - 1)->second += it->second;
       free.erase(it);
     }
-    free_bytes += cap;
   }
 };
 
@@ -138,11 +134,6 @@ std::vector<iovec> bounce_arena_iovecs() {
   for (int64_t o = 0; o < P.size; o += kIovMax)
     v.push_back({P.arena + o, static_cast<size_t>(std::min(kIovMax, P.size - o))});
   return v;
-}
-
-int64_t bounce_pool_cached() {
-  std::lock_guard<std::mutex> g(pool().m);
-  return pool().free_bytes;
 }
 
 }  // namespace hauler::io

@@ -133,7 +133,6 @@ class BounceBuffer {
   int reg_ = -1;
   bool in_arena_ = false;
 };
-int64_t bounce_pool_cached();   // bytes of the arena free now (tests)
 // The arena as io_uring_register_buffers wants it (pieces of at most 1 GiB); empty when
 // HAULER_IO_BOUNCE_POOL was 0 at first use.
 std::vector<iovec> bounce_arena_iovecs();

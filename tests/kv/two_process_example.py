@@ -1,4 +1,4 @@
-"""Two processes moving KV blocks with hauler.kv.Agent: the README's example (tests run it).
+"""Two processes moving KV blocks with hauler.kv.Agent: the example of docs/kv.md (tests run it).
 
 The prefill process owns a vLLM-shaped cache, leases the request's blocks and hands its metadata
 and the lease id to the decode process (here through a multiprocessing pipe; any channel works);
