@@ -84,6 +84,7 @@ void time_it(const Choice& c, bool packed, int64_t t0, MPI_Datatype t, Pending* 
   p->sel = c.timed;
   p->path = packed ? kPack : kLib;
   p->t0_ns = t0;
+  p->thread = pthread_self();
   if (!p->type) p->type = brief(t).info;
 }
 

@@ -144,7 +144,8 @@ void remember(MPI_Request r, Pending p) {
 
 void release(Pending& p) {
   if (p.sel) {  // a trial message: it took until now
-    record(*p.sel, p.path, now_ns() - p.t0_ns);
+    if (pthread_equal(pthread_self(), p.thread)) record(*p.sel, p.path, now_ns() - p.t0_ns);
+    else unrecord(*p.sel, p.path);
     p.sel = nullptr;
   }
   if (!p.buf) return;

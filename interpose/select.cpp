@@ -1,5 +1,5 @@
 // The measured choice: per (type, count, direction, where the peer runs), the first messages try
-// the library's own path and hauler's packing alternately, timed; the lower median is kept, and
+// the library's own path and hauler's packing alternately, timed; the faster is kept, and
 // checked again at message 64, 128, ... 4096 (a decisive win, 2x or more, at 64, 256, 1024,
 // 4096, one message a path). The model (decide.cpp) only seeds the first path tried.
 //
@@ -24,6 +24,8 @@
 //   Get_count(status, type) is what the library alone would say.
 // Where it would not hold: a heterogeneous MPI (data conversion between architectures) or a
 // checking tool that compares type signatures (MUST) would see MPI_BYTE against a typed peer.
+#include <time.h>
+
 #include <algorithm>
 
 #include "shim.hpp"
@@ -55,10 +57,10 @@ const char* loc_name(Loc l) {
   }
 }
 
-double median(int64_t* v, int n) {
-  std::sort(v, v + n);
-  return n % 2 ? double(v[n / 2]) : 0.5 * (double(v[n / 2 - 1]) + double(v[n / 2]));
-}
+// A path's cost: its fastest trial. What disturbs a trial (the peer descheduled while this rank
+// spins, another message's work, a page fault) only ever adds time, so the fastest of a few is the
+// path's own cost, where a median still follows the disturbances on a busy machine.
+double fastest(const int64_t* v, int n) { return double(*std::min_element(v, v + n)); }
 
 Line describe(const Select& s) {
   Line l;
@@ -67,7 +69,7 @@ Line describe(const Select& s) {
                 "pack_us=%.2f kept=%s",
                 (long long)s.type_size, (long long)s.type_extent, (long long)s.type_block, (long long)s.count,
                 s.recv ? "recv" : "send", loc_name(s.loc), (long long)s.msgs.load(std::memory_order_relaxed),
-                s.rounds, s.median_ns[kLib] / 1e3, s.median_ns[kPack] / 1e3,
+                s.rounds, s.best_ns[kLib] / 1e3, s.best_ns[kPack] / 1e3,
                 s.off ? "off" : s.kept.load(std::memory_order_relaxed) == kPack ? "pack" : "lib");
   return l;
 }
@@ -96,8 +98,13 @@ Select::~Select() {
   else g_retired_dropped++;
 }
 
+// The calling thread's CPU clock, not the wall clock: on a busy machine a rank spends much of a
+// message descheduled, which says nothing about the path. Spinning in the library while waiting
+// for the peer still counts, as on an idle machine.
 int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
 // Collective over MPI_COMM_WORLD, run by every rank's MPI_Init under the shim whatever the
@@ -190,8 +197,8 @@ void record(Select& s, Path p, int64_t ns) {
   if (s.off || !s.trial || s.got[p] >= s.target) return;
   s.sample_ns[p][s.got[p]++] = ns;
   if (s.got[kLib] < s.target || s.got[kPack] < s.target) return;
-  for (int q = 0; q < 2; ++q) s.median_ns[q] = median(s.sample_ns[q], s.target);
-  double lib = s.median_ns[kLib], pack = s.median_ns[kPack];
+  for (int q = 0; q < 2; ++q) s.best_ns[q] = fastest(s.sample_ns[q], s.target);
+  double lib = s.best_ns[kLib], pack = s.best_ns[kPack];
   Path won = pack < lib ? kPack : kLib;
   double lo = std::min(lib, pack), hi = std::max(lib, pack);
   s.decisive = hi >= 2 * lo;
@@ -203,6 +210,11 @@ void record(Select& s, Path p, int64_t ns) {
          won == kPack ? "packed" : "the library", lib / 1e3, pack / 1e3);
   s.kept.store(won, std::memory_order_relaxed);
   s.next_event.store(s.next_check, std::memory_order_relaxed);
+}
+
+void unrecord(Select& s, Path p) {
+  std::lock_guard<std::mutex> lk(s.mu);
+  if (s.trial && s.issued[p] > s.got[p]) s.issued[p]--;
 }
 
 void select_off(Select& s) {

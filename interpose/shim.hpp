@@ -21,6 +21,8 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -187,7 +189,7 @@ struct Select {
   int64_t sample_ns[2][kMaxTrials] = {};
   int64_t next_check = 64;  // the message number that starts the next round
   int rounds = 0;
-  double median_ns[2] = {0, 0};  // the last round's
+  double best_ns[2] = {0, 0};  // the last round's fastest trial of each path
 
   Select();
   ~Select();  // its line moves to the report's list of retired selections
@@ -203,6 +205,9 @@ inline Path next_path(Select& s, Select** timed) {
 }
 // A trial message of s on `path` took ns (from the call until its completion was seen).
 void record(Select& s, Path path, int64_t ns);
+// A trial whose time cannot be known (completed on another thread: the clock is per thread) is
+// taken back, to be sent again.
+void unrecord(Select& s, Path path);
 void select_off(Select& s);  // s's messages cannot be packed: the library takes them from now on
 int64_t now_ns();
 void write_selections(FILE* f, int rank);  // the report's lines, one per selection
@@ -398,7 +403,8 @@ struct Pending {
   // alive by `type`), path and start. A trial on the library's path is a record with no staging.
   Select* sel = nullptr;
   Path path = kLib;
-  int64_t t0_ns = 0;
+  int64_t t0_ns = 0;   // now_ns(): the posting thread's CPU clock
+  pthread_t thread{};  // that thread
 };
 
 // Requests the shim staged, by the real request the library handed back; a completion call
