@@ -30,7 +30,8 @@ from . import core
 from .core import Column, Report, format_size
 
 NAME = "mpi"
-HELP = "MPI ping-pong and 3D halo exchange: the library alone vs with hauler's interposer"
+HELP = ("MPI ping-pong, 3D halo exchange and application datatype patterns: the library alone vs with hauler's "
+        "interposer")
 
 BLOCKS = (1, 8, 64, 512, 4096)
 MESSAGES = (1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20)
@@ -304,11 +305,15 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
                   "(LD_PRELOAD as `hauler run` injects it), same binary, same run"),
         ("timing", f"median of 3 batches of ~{budget:g} s each; {rounds} alternated launches per side, times are "
                    f"their medians and speedups the median of each round's ratio; ping-pong: one-way time = round "
-                   f"trip / 2; halo: one 26-neighbour exchange; calls: per MPI call of 16 Irecv + 16 Isend to "
+                   f"trip / 2; halo: one 26-neighbour exchange; patterns: one exchange (each rank sends and "
+                   f"receives its type); calls: per MPI call of 16 Irecv + 16 Isend to "
                    f"self + Waitall, +call = the shim's extra ns per call"),
         ("model", in_effect or "the shim's built-in model (" + (
             "HAULER_INTERPOSE_MODEL=builtin" if os.environ.get("HAULER_INTERPOSE_MODEL") == "builtin" else
             f"HAULER_INTERPOSE_MODEL unset, no calibrated model at {interpose.default_model_path()}") + ")"),
+        ("choice", "HAULER_INTERPOSE_TRIALS=" + (os.environ.get("HAULER_INTERPOSE_TRIALS") or "4 (default)") +
+                   ": the shim times both paths per type, count, direction and peer and keeps the faster (the "
+                   "model seeds it); each case warms up 12 iterations first"),
         ("GB/s", "data bytes of the message (halo: all 26 faces) / one-way time / 1e9"),
         ("x", "speedup = library time / +hauler time (rounds: the lowest and highest of the rounds' own "
               "ratios, the spread a noisy machine gives between launches); one run = in the launches with the "

@@ -43,10 +43,18 @@ std::vector<uint8_t> g_on_node;  // by rank in MPI_COMM_WORLD: 1 when it shares 
 struct Line {
   char text[224];
 };
-std::mutex g_selects_mu;
-std::vector<Select*> g_live_selects;
-std::vector<Line> g_retired;
-int64_t g_retired_dropped = 0;
+// Every selection, for the report. Never destroyed: types still cached at exit free their
+// selections during static destruction, in no order relative to this file's statics.
+struct Registry {
+  std::mutex mu;
+  std::vector<Select*> live;
+  std::vector<Line> retired;  // lines of selections whose types were freed
+  int64_t dropped = 0;
+};
+Registry& registry() {
+  static Registry* r = new Registry;
+  return *r;
+}
 
 const char* loc_name(Loc l) {
   switch (l) {
@@ -85,17 +93,19 @@ void start_round(Select& s, int target) {
 }  // namespace
 
 Select::Select() {
-  std::lock_guard<std::mutex> lk(g_selects_mu);
-  g_live_selects.push_back(this);
+  Registry& g = registry();
+  std::lock_guard<std::mutex> lk(g.mu);
+  g.live.push_back(this);
 }
 
 Select::~Select() {
   Line l = describe(*this);
-  std::lock_guard<std::mutex> lk(g_selects_mu);
-  g_live_selects.erase(std::find(g_live_selects.begin(), g_live_selects.end(), this));
+  Registry& g = registry();
+  std::lock_guard<std::mutex> lk(g.mu);
+  g.live.erase(std::find(g.live.begin(), g.live.end(), this));
   if (msgs.load(std::memory_order_relaxed) == 0) return;
-  if (g_retired.size() < kRetiredMax) g_retired.push_back(l);
-  else g_retired_dropped++;
+  if (g.retired.size() < kRetiredMax) g.retired.push_back(l);
+  else g.dropped++;
 }
 
 // The calling thread's CPU clock, not the wall clock: on a busy machine a rank spends much of a
@@ -229,10 +239,11 @@ void write_selections(FILE* f, int rank) {
   std::vector<Line> lines;
   int64_t dropped;
   {
-    std::lock_guard<std::mutex> lk(g_selects_mu);
-    lines = g_retired;
-    dropped = g_retired_dropped;
-    for (Select* s : g_live_selects) {
+    Registry& g = registry();
+    std::lock_guard<std::mutex> lk(g.mu);
+    lines = g.retired;
+    dropped = g.dropped;
+    for (Select* s : g.live) {
       std::lock_guard<std::mutex> sl(s->mu);
       if (s->msgs.load(std::memory_order_relaxed) > 0) lines.push_back(describe(*s));
     }
