@@ -307,11 +307,12 @@ def test_selection_per_message_identical(flav, np_, built, tmp_path):
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
 def test_selection_keeps_the_faster_path(flav, tmp_path):
     """hauler-bench mpi's program: a ping-pong of a 1 MiB vector of 1-byte blocks, which both
-    libraries walk byte by byte (10-50x the CPU time of packing it), and the NAS LU y face
-    exchange (2.5 KiB blocks, which both libraries copy from the shared-memory fragments faster
-    than a pack, send and unpack). Every selection, send and receive on both ranks, keeps packing
-    for the first and the library for the second after its trials (CPU time, so a busy machine's
-    descheduling does not decide), and the later messages take the kept path."""
+    libraries walk byte by byte (10-50x the CPU time of packing it): every selection, send and
+    receive on both ranks, keeps packing after its trials (CPU time, so a busy machine's
+    descheduling does not decide) and the later messages are packed. And the NAS LU y face
+    exchange (2.5 KiB blocks), which both libraries here move about 1.3x faster than a pack,
+    send and unpack: each of its selections keeps the path its trials measured faster (the
+    library in every run seen; the margin is too thin to assert on a busy machine)."""
     from hauler.bench.core import program_path
     cc, _ = _tools(flav)
     exe = tmp_path / "pingpong"
@@ -327,10 +328,12 @@ def test_selection_keeps_the_faster_path(flav, tmp_path):
         (d, b) for d in ("send", "recv") for b in ("1", "2560")}, show
     for s in sel:
         lib, pack = float(s["lib_us"]), float(s["pack_us"])
-        assert (s["kept"], pack < lib) == (("pack", True) if s["block"] == "1" else ("lib", False)), show
+        assert s["kept"] == ("pack" if pack < lib else "lib"), show
+        if s["block"] == "1":
+            assert s["kept"] == "pack", show
     # after its 4 + 4 trials every message of a 1-byte selection was packed (no re-check before 64)
     after = sum(int(s["msgs"]) - 8 for s in sel if s["block"] == "1" and int(s["msgs"]) < 64)
-    assert t["kept_pack"] >= after > 0 and t["kept_lib"] > 0 and t["trial_lib"] >= 8 * 4, (t, show)
+    assert t["kept_pack"] >= after > 0 and t["trial_lib"] >= 8 * 4, (t, show)
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
