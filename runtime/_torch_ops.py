@@ -10,13 +10,18 @@ is the deterministic scatter-add of the output's gradient into the table's rows 
 
 Eager calls without gradients keep the plain path (no dispatcher cost); the ops run when
 torch.compile traces a call or a gradient is needed.
+
+hauler.kv's block moves over torch caches (gather_blocks, scatter_blocks, copy_blocks) are the ops
+kv_gather, kv_scatter_ and kv_copy_ while traced; they carry no gradient (see the KV section).
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, List, Optional, Tuple
 
 import torch
 from torch.library import custom_op
+from torch.multiprocessing.reductions import StorageWeakRef
 
 import numpy as np
 
@@ -273,6 +278,15 @@ def _kv_check_ids(ids: torch.Tensor, what: str, ndim: int) -> None:
                               f", got shape {tuple(ids.shape)}")
 
 
+def _kv_check_apart(caches: Any, reads: Any, what: str, fix: str) -> None:
+    """Functionalization hands a mutating op a copy of the caches it writes and its other inputs
+    as they are, so an input that is another view of a written cache's memory would not see the
+    writes (the plain path refuses the overlap); refuse it while tracing (fake tensors keep storages)."""
+    written = {StorageWeakRef(t.untyped_storage()) for t in caches}
+    if any(StorageWeakRef(t.untyped_storage()) in written for t in reads):
+        raise InvalidArgument(f"{what} the memory of the caches the move writes; {fix}")
+
+
 def _kv_check_src(dims: List[int], caches: Any, n: Any, src: torch.Tensor) -> None:
     """What scatter_blocks checks of a staging buffer, on shapes alone (the fake has no memory)."""
     if not src.is_contiguous():
@@ -313,21 +327,24 @@ def kv_scatter_op(caches: List[torch.Tensor], blocks: torch.Tensor, src: torch.T
 def _kv_scatter_fake(caches, blocks, src, spec, dims):
     _kv_check_ids(blocks, "blocks", 1)
     _kv_check_src(dims, caches, blocks.shape[0], src)
+    _kv_check_apart(caches, [src], "src is a view of", "stage the blocks in a buffer of its own")
 
 
 @custom_op("hauler::kv_copy_", mutates_args=("dst_caches",))
 def kv_copy_op(dst_caches: List[torch.Tensor], src_caches: List[torch.Tensor], mapping: torch.Tensor,
                dst_spec: str, dst_dims: List[int], src_spec: str, src_dims: List[int]) -> None:
     """Block mapping[i, 0] of the source layout to block mapping[i, 1] of the destination, in place
-    (kv.copy_blocks); src_caches empty: a copy inside the destination caches."""
+    (kv.copy_blocks); src_caches empty: the source layout is over the destination caches."""
     from .kv.moves import copy_blocks
-    dst = _kv_layout(dst_spec, dst_dims, dst_caches)
-    copy_blocks(_kv_layout(src_spec, src_dims, src_caches) if src_caches else dst, dst, mapping)
+    copy_blocks(_kv_layout(src_spec, src_dims, src_caches or dst_caches), _kv_layout(dst_spec, dst_dims, dst_caches),
+                mapping)
 
 
 @kv_copy_op.register_fake
 def _kv_copy_fake(dst_caches, src_caches, mapping, dst_spec, dst_dims, src_spec, src_dims):
     _kv_check_ids(mapping, "mapping", 2)
+    _kv_check_apart(dst_caches, src_caches, "the source caches are views of", "for a copy inside one cache pass layouts "
+                    "over the same tensors (or one layout twice)")
     sbs, dbs = src_dims[2], dst_dims[2]
     if sbs != dbs:
         raise InvalidArgument(f"block sizes differ: src {sbs}, dst {dbs}; copy_blocks maps block to block "
@@ -336,11 +353,20 @@ def _kv_copy_fake(dst_caches, src_caches, mapping, dst_spec, dst_dims, src_spec,
 
 # -- what hauler.kv's moves call ------------------------------------------------------------------
 
-def _kv_no_grad(*tensors: Any) -> None:
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
+
+
+def _kv_no_grad(caches: Tuple[Any, ...], *others: Any) -> None:
     """KV moves are not differentiable: refuse one autograd would have to record instead of losing it."""
     if not torch.is_grad_enabled():
         return
-    for t in tensors:
+    if not torch.compiler.is_compiling():
+        try:
+            if not any(map(_REQUIRES_GRAD, caches)):   # every cache a tensor: checked in C, not per tensor here
+                caches = ()
+        except AttributeError:                        # a layout mixing torch tensors and other arrays
+            pass
+    for t in (*caches, *others):
         if isinstance(t, torch.Tensor) and t.requires_grad:
             raise InvalidArgument("a KV block move got a tensor that requires grad; KV moves are not "
                                   "differentiable (caches are not trained): run them under torch.no_grad() or "
@@ -367,7 +393,7 @@ def _kv_ids(ids: Any) -> torch.Tensor:
 
 def kv_gather(layout: Any, blocks: Any, out: Any, given: Tuple[str, ...]) -> Any:
     """gather_blocks through the op when torch.compile traces it; None: take the plain path."""
-    _kv_no_grad(*_kv_owners(layout), out)
+    _kv_no_grad(_kv_owners(layout), out)
     if not _kv_traced("gather_blocks", given):
         return None
     got = kv_gather_op(list(layout._owners), _kv_ids(blocks), *_kv_spec(layout, "layout"))
@@ -388,7 +414,7 @@ def kv_gather(layout: Any, blocks: Any, out: Any, given: Tuple[str, ...]) -> Any
 
 def kv_scatter(layout: Any, blocks: Any, src: Any, given: Tuple[str, ...]) -> bool:
     """scatter_blocks through the op when traced (True: done); False: take the plain path."""
-    _kv_no_grad(*_kv_owners(layout), src)
+    _kv_no_grad(_kv_owners(layout), src)
     if not _kv_traced("scatter_blocks", given):
         return False
     if not isinstance(src, torch.Tensor):
@@ -399,12 +425,14 @@ def kv_scatter(layout: Any, blocks: Any, src: Any, given: Tuple[str, ...]) -> bo
 
 def kv_copy(src_layout: Any, dst_layout: Any, mapping: Any, given: Tuple[str, ...]) -> bool:
     """copy_blocks through the op when traced (True: done); False: take the plain path."""
-    _kv_no_grad(*_kv_owners(src_layout), *_kv_owners(dst_layout))
+    _kv_no_grad(_kv_owners(src_layout) + _kv_owners(dst_layout))
     if not _kv_traced("copy_blocks", given):
         return False
     dst_spec, src_spec = _kv_spec(dst_layout, "dst_layout"), _kv_spec(src_layout, "src_layout")
-    # one layout: one list of caches, so functionalization copies them once and the copy reads and
-    # writes the same tensors (as the plain path does)
-    src = [] if src_layout is dst_layout else list(src_layout._owners)
+    # layouts over the same tensors: one list, so functionalization copies them once and the copy
+    # reads and writes the same tensors (as the plain path does)
+    so, do = src_layout._owners, dst_layout._owners
+    same = len(so) == len(do) and all(a is b for a, b in zip(so, do))
+    src = [] if same else list(so)
     kv_copy_op(list(dst_layout._owners), src, _kv_ids(mapping), *dst_spec, *src_spec)
     return True

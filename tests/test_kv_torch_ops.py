@@ -23,6 +23,10 @@ def flash_caches(seed=0, order="NHD"):
     return [torch.randn(shape, generator=g).to(torch.bfloat16) for _ in range(L)]
 
 
+def compile_call(fn, *args):
+    return torch.compile(fn, fullgraph=True, backend="aot_eager")(*args)
+
+
 def ref_gather(caches, blocks):
     """[layers, planes, n, block_size, heads, head_size] of NHD vLLM-flash caches by fancy indexing."""
     return torch.stack([c[:, blocks] for c in caches])
@@ -123,6 +127,31 @@ def test_compiled_copy_inside_one_cache_and_between_orders(backend):
         assert torch.equal(h[:, 1], torch.zeros_like(h[:, 1]))
 
 
+def test_compiled_copy_checks_overlap_as_eager_across_two_layouts_of_the_same_tensors():
+    caches = flash_caches(5)
+    before = [c.clone() for c in caches]
+    a, b = kv.KVLayout.vllm_flash(caches), kv.KVLayout.vllm_flash(caches)
+    copy = torch.compile(lambda m: kv.copy_blocks(a, b, m), fullgraph=True, backend="aot_eager")
+    with pytest.raises(hauler.InvalidArgument, match="a block both read and written in one move"):
+        copy(torch.tensor([[1, 2], [2, 5]]))           # as the plain path: block 2 is read and written
+    assert all(torch.equal(c, w) for c, w in zip(caches, before))
+    copy(torch.tensor([[1, 10], [3, 11]]))
+    for c, w in zip(caches, before):
+        w[:, [10, 11]] = w[:, [1, 3]]
+        assert torch.equal(c, w)
+
+
+def test_compiled_moves_reading_other_views_of_the_written_caches_are_refused():
+    base = torch.zeros(L, 2, NB, BS, H, D)
+    a, b = kv.KVLayout.vllm_flash(list(base.unbind(0))), kv.KVLayout.vllm_flash(list(base.unbind(0)))
+    with pytest.raises(Exception, match="the source caches are views of the memory of the caches the move writes"):
+        compile_call(lambda m: kv.copy_blocks(a, b, m), torch.tensor([[1, 10]]))
+    flat = torch.zeros(2, NB * BS * H * D)
+    c = kv.KVLayout.vllm_flash([flat.view(2, NB, BS, H, D)])
+    with pytest.raises(Exception, match="src is a view of the memory of the caches the move writes"):
+        compile_call(lambda b, s: kv.scatter_blocks(c, b, s), torch.tensor([0]), flat[0, :2 * BS * H * D])
+
+
 def test_compiled_gather_into_a_staging_buffer_writes_the_same_bytes():
     caches = flash_caches(3)
     layout = kv.KVLayout.vllm_flash(caches)
@@ -209,10 +238,6 @@ def test_moves_autograd_would_have_to_record_are_refused():
         g = kv.gather_blocks(layout, [1, 4])
         kv.scatter_blocks(layout, [0, 2], g)
     assert not g.requires_grad and torch.equal(caches[1][:, [0, 2]], caches[1][:, [1, 4]])
-
-
-def compile_call(fn, *args):
-    return torch.compile(fn, fullgraph=True, backend="aot_eager")(*args)
 
 
 def test_layouts_the_ops_cannot_rebuild_are_refused_when_traced():

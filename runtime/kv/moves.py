@@ -99,12 +99,18 @@ def _is_seq(p: Plan, side: int) -> bool:
 def _torch_ops(*layouts: Any) -> Any:
     """hauler._torch_ops when a layout is over torch tensors, or over raw addresses while torch is
     imported (so torch.compile refuses it precisely), else None: never imports torch itself."""
+    global _OPS
     for l in layouts:
         owners = getattr(l, "_owners", ())
         if (is_torch_tensor(owners[0]) if owners else "torch" in sys.modules):
-            from .. import _torch_ops
-            return _torch_ops
+            if _OPS is None:
+                from .. import _torch_ops
+                _OPS = _torch_ops
+            return _OPS
     return None
+
+
+_OPS = None   # hauler._torch_ops once loaded (an import statement per move costs more than the move's checks)
 
 
 def _given(plan: Any, threads: Any, stream: Any) -> tuple:
