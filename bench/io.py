@@ -11,6 +11,10 @@ file fsynced before):
 * file     -- a whole cold file (1 GiB by default) read and written by hauler (defaults), fio
               (1 MiB, depth 32), numpy.fromfile/tofile, torch.load/save and plain Python
               (f.read / f.write), each write followed by fsync.
+* optimizer -- Adam steps with the state on disk (hauler.offload.OptimizerOffload) against
+              torch.optim.Adam in memory, in one process, alternating (bit-equal parameters
+              checked); the bound is max(compute: the in-memory step, I/O: the step's bytes at
+              fio's 1 MiB qd32 speed); peak RSS of one fresh process per kind.
 * offload  -- a training loop (an MLP, forward + backward) with and without hauler.offload:
               steps of both kinds alternate in one process (s/step, CPU s/step, bytes moved, and
               how much of the I/O time was hidden behind compute: 1 - (median extra s/step with
@@ -46,6 +50,7 @@ HELP = "file I/O GB/s: hauler.io (io_uring/O_DIRECT) vs fio, numpy, torch and Py
 SIZES = (4 << 10, 1 << 20, 64 << 20)
 QDS = (1, 32, 64)
 PATTERNS = ("read", "write", "randread", "randwrite")
+PARTS = ("sweep", "file", "offload", "optimizer")
 QUICK_SIZES = (4 << 10, 1 << 20)
 QUICK_QDS = (1, 32)
 DEFAULT_FILE = 1 << 30
@@ -65,7 +70,7 @@ class Options:
     patterns: Tuple[str, ...] = PATTERNS
     budget: int = DEFAULT_BUDGET
     repeat: int = DEFAULT_REPEAT
-    parts: Tuple[str, ...] = ("sweep", "file", "offload")
+    parts: Tuple[str, ...] = ("sweep", "file", "offload", "optimizer")
     quick: bool = False
     fio: bool = True
     seed: int = 12345
@@ -108,9 +113,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=lambda t: _sizes_arg(t)[0], default=None,
                    help=f"bytes moved per sweep measurement, at most (default {format_size(DEFAULT_BUDGET)})")
     p.add_argument("--repeat", type=core.positive_int, default=None, help=f"rounds (default {DEFAULT_REPEAT})")
-    p.add_argument("--parts", type=core.list_arg(("sweep", "file", "offload")), default=("sweep", "file", "offload"),
-                   metavar="sweep,file,offload",
-                   help="parts to run (comma-separated): the request size/depth sweep, whole files, activation offload")
+    p.add_argument("--parts", type=core.list_arg(PARTS), default=PARTS, metavar=",".join(PARTS),
+                   help="parts to run (comma-separated): the request size/depth sweep, whole files, activation "
+                        "offload, optimizer state offload")
     p.add_argument("--no-fio", action="store_true", help="do not run fio")
     p.add_argument("--quick", action="store_true", help="small files and few cases (for tests)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the random data and offsets")
@@ -318,6 +323,8 @@ def run(opts: Options, out: Optional[core.Output] = None) -> Report:
             _whole_file(opts, ctx, rep, out)
         if "offload" in opts.parts:
             _offload(opts, ctx, rep, out)
+        if "optimizer" in opts.parts:
+            _optimizer(opts, ctx, rep, out)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     bad = [r for r in rep.rows if r.get("correct") is False]
@@ -705,4 +712,109 @@ def evaluate_targets(rep: Report) -> List[Dict[str, Any]]:
     add("offload_vs_limit", ">= 0.9 of the I/O time fio hides beside a plain step (the limit, same run)",
         [(f"{r['torch_threads']} torch threads", r["hidden_vs_limit"]) for r in lim[:1]], 0.9,
         "no offload row with fio beside a plain step (fio missing, or it hid nothing)")
+    out += _optimizer_targets(rows)
     return out
+
+
+# -- part 4: optimizer state offload ---------------------------------------------------------------
+
+def _optimizer(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Output) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        rep.warnings.append("torch is not installed: no optimizer rows")
+        return
+    numel, chunk, pairs = (8 << 20, 4 << 20, 3) if opts.quick else (64 << 20, 16 << 20, 2 * opts.repeat)
+    directory = os.path.join(ctx["dir"], "optim")
+    os.makedirs(directory, exist_ok=True)
+
+    def child(mode: str) -> Dict[str, Any]:
+        p = subprocess.run([sys.executable, core.program_path("optim_step.py"), mode, directory, str(numel),
+                            str(pairs), "0", str(chunk)], capture_output=True, text=True, timeout=1800)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr.strip()[-400:])
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    try:
+        rss = {m: child(f"rss-{m}")["peak_rss_kib"] * 1024 for m in ("plain", "offload")}
+        r = child("time")
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        rep.warnings.append(f"optimizer benchmark failed: {e}")
+        return
+    med = statistics.median
+    steps = r["steps_counted"]
+    rb, wb = r["stats"]["bytes_read"] / steps, r["stats"]["bytes_written"] / steps
+    # the limit: the step's reads and writes at fio's speed (1 MiB requests, depth 32), else hauler.io's
+    peer_io = "fio 1M qd32"
+    path = os.path.join(ctx["dir"], "optim-fio")
+    size = max(1 << 20, int(max(rb, wb)) >> 20 << 20)
+    try:
+        if not ctx["fio"]:
+            raise RuntimeError("fio not run")
+        bw = {k: run_fio(path, k, 1 << 20, 32, size, size, ctx["direct"], ctx["engine"]) for k in ("write", "read")}
+    except (RuntimeError, subprocess.TimeoutExpired):
+        peer_io = "hauler.io alone"
+        bw = _hauler_io_speed(ctx, path, size, chunk)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    io_s = rb / bw["read"] + wb / bw["write"]
+    plain_s, off_s = med([t for t, _ in r["plain"]]), med([t for t, _ in r["offload"]])
+    bound = max(plain_s, io_s)
+    state = r["state_bytes"]
+    reduced = (rss["plain"] - rss["offload"]) / state
+    row = {"part": "optim", "pattern": f"adam/{r['threads']}t", "bs": chunk, "qd": None,
+           "hauler_gbps": (rb + wb) / off_s / 1e9, "peer": "Adam in memory", "peer_gbps": None,
+           "vs_peer": plain_s / off_s, "correct": bool(r["correct"]), "correct_text": "yes" if r["correct"] else "NO",
+           "numel": numel, "state_bytes": state, "chunk_bytes": chunk, "s_per_step_offload": off_s,
+           "s_per_step_plain": plain_s, "io_s_per_step": io_s, "io_peer": peer_io,
+           "io_gbps": {k: v / 1e9 for k, v in bw.items()}, "bound_s": bound, "bound_ratio": off_s / bound,
+           "bytes_read_per_step": rb, "bytes_written_per_step": wb, "peak_rss_plain": rss["plain"],
+           "peak_rss_offload": rss["offload"], "rss_reduction_of_state": reduced, "offload_stats": r["stats"],
+           "rounds": {"plain": [t for t, _ in r["plain"]], "offload": [t for t, _ in r["offload"]]}}
+    rep.rows.append(row)
+    out.row(rep, row)
+    rep.footer.append(
+        f"optimizer: Adam over {numel / 2**20:.0f} Mi fp32 parameters ({format_size(state)} of state), "
+        f"{format_size(chunk)} chunks, {steps} alternating step pairs, {r['threads']} torch threads: "
+        f"{plain_s:.3f} s/step in memory, {off_s:.3f} s/step offloaded (h/peer = steps/s ratio); "
+        f"{rb / 1e6:.0f} MB read + {wb / 1e6:.0f} MB written per step (the state, and the parameters "
+        f"before the step as the undo copy), {io_s:.3f} s at {peer_io} speed; offload step / "
+        f"max(compute, I/O) = {off_s / bound:.2f}; peak RSS {rss['plain'] / 2**20:.0f} MiB in memory, "
+        f"{rss['offload'] / 2**20:.0f} MiB offloaded: {reduced * 100:.0f}% of the state")
+
+
+def _hauler_io_speed(ctx: Dict[str, Any], path: str, size: int, chunk: int) -> Dict[str, float]:
+    """Bytes/s of hauler.io writing then reading a cold file of `size` in `chunk` requests."""
+    np, io = ctx["np"], ctx["io"]
+    buf = aligned(np, min(chunk, size))
+    out = {}
+    with io.File(path, "w+") as f:
+        for kind in ("write", "read"):
+            t0 = time.perf_counter()
+            for off in range(0, size, buf.nbytes):
+                n = min(buf.nbytes, size - off)
+                (f.write if kind == "write" else f.read_into)(buf[:n], offset=off)
+            out[kind] = size / (time.perf_counter() - t0)
+            if kind == "write":
+                f.sync()
+                drop_cache(path)
+    return out
+
+
+def _optimizer_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    opt = [r for r in rows if r["part"] == "optim"]
+    step = {"key": "optimizer_step", "target": "offloaded Adam step within 1.2x of max(compute, I/O at fio speed)",
+            "threshold": 1.2}
+    rss = {"key": "optimizer_rss", "target": "peak RSS reduced by >= 80% of the optimizer state's size",
+           "threshold": 0.8}
+    if not opt:
+        for t in (step, rss):
+            t.update(status="N/A", measured="no optimizer row in this run", worst=None)
+        return [step, rss]
+    r = opt[0]
+    step.update(status="PASS" if r["bound_ratio"] <= 1.2 else "MISS", worst=r["bound_ratio"],
+                measured=f"{r['bound_ratio']:.2f}x ({r['s_per_step_offload']:.3f} s against compute "
+                         f"{r['s_per_step_plain']:.3f} s, I/O {r['io_s_per_step']:.3f} s at {r['io_peer']} speed)")
+    rss.update(status="PASS" if r["rss_reduction_of_state"] >= 0.8 else "MISS", worst=r["rss_reduction_of_state"],
+               measured=f"{r['rss_reduction_of_state'] * 100:.0f}% of {format_size(r['state_bytes'])}")
+    return [step, rss]

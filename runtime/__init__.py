@@ -20,7 +20,7 @@ _LAZY_SUBMODULES = ("datatype", "gather", "io", "kv", "offload")
 # Exceptions defined beside the code that raises them, importable from here too (on first use).
 _LAZY_ERRORS = {"CapacityExceeded": "tensorstore", "CorruptEntry": "_store_format", "SwapSpaceFull": "kv",
                 "UnknownRequest": "kv", "DriveLost": "kv", "DriveTimeout": "kv", "ConfigError": "config",
-                "MpiNotFound": "mpi_find",
+                "MpiNotFound": "mpi_find", "OffloadPathNotice": "offload",
                 "InterposeNotBuilt": "interpose", "UnknownLauncher": "interpose",
                 "StoreLocked": "_store_lock", "UnsafeDirectory": "_store_lock",
                 **{n: "kv.transport" for n in ("TransferError", "PeerLost", "TransferTimeout", "LeaseExpired",

@@ -197,3 +197,32 @@ class StoreLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+
+def own_subdirectory(directory: str, what: str = "offload") -> str:
+    """The path of a new subdirectory ``offload-<pid>-<random>`` of directory for this process
+    (hauler.offload's activations, OptimizerOffload's state), after removing those of dead
+    processes of this user whose lock nobody holds (a crash's leftovers). Not created here."""
+    import re
+    import shutil
+    directory = os.fspath(directory)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        names = os.listdir(directory)
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidArgument(f"{what} directory {directory!r}: it or a parent is a file, not a directory") from None
+    me = os.geteuid()
+    for name in names:
+        m = re.fullmatch(r"offload-(\d+)-[0-9a-f]{12}", name)
+        p = os.path.join(directory, name)
+        if m is None or pid_alive(int(m.group(1))):
+            continue
+        try:
+            if os.lstat(p).st_uid != me:
+                continue
+            lock = StoreLock(p, what=what)   # refused while a live process (a fork) holds it
+        except (OSError, StoreLocked):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        lock.release()
+    return os.path.join(directory, f"offload-{os.getpid()}-{uuid.uuid4().hex[:12]}")

@@ -301,7 +301,8 @@ class Offload:
                     tmp = tempfile.mkdtemp(prefix="hauler-offload-")
                     directory = tmp
             if tmp is None:
-                own_dir = directory = _own_subdirectory(os.fspath(directory) if directory is not None else parent)
+                from ._store_lock import own_subdirectory
+                own_dir = directory = own_subdirectory(os.fspath(directory) if directory is not None else parent)
             try:
                 store = TensorStore(directory, threads=threads, sync=False, checksum=verify, recycle=recycle,
                                     keep_files=keep_files, inline=inline)
@@ -704,37 +705,6 @@ def _private_tmp() -> Optional[str]:
     return path
 
 
-_SUBDIR = re.compile(r"offload-(\d+)-[0-9a-f]{12}")
-
-
-def _own_subdirectory(directory: str) -> str:
-    """A new subdirectory of directory for this process's offload (after removing those of dead
-    processes of this user whose store lock nobody holds)."""
-    import uuid
-    from ._store_lock import StoreLock, StoreLocked, pid_alive
-    from .errors import InvalidArgument
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        names = os.listdir(directory)
-    except (FileExistsError, NotADirectoryError):
-        raise InvalidArgument(f"offload directory {directory!r}: it or a parent is a file, not a directory") from None
-    me = os.geteuid()
-    for name in names:
-        m = _SUBDIR.fullmatch(name)
-        p = os.path.join(directory, name)
-        if m is None or pid_alive(int(m.group(1))):
-            continue
-        try:
-            if os.lstat(p).st_uid != me:
-                continue
-            lock = StoreLock(p, what="offload")   # refused while a live process (a fork) holds it
-        except (OSError, StoreLocked):
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        lock.release()
-    return os.path.join(directory, f"offload-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-
-
 def _discard(store: Any, key: str) -> None:
     # autograd freed a saved tensor: the unlink goes to the store's workers (a stopped or closed
     # store, e.g. at interpreter exit, deletes here)
@@ -805,3 +775,6 @@ def offload(directory: Optional[str] = None, store: Any = None, min_bytes: int =
     or to ``store`` (a TensorStore); see the module doc."""
     return Offload(directory, store, min_bytes, prefetch, threads, verify, recycle, keep_files, keep_last, inline,
                    on_error, budget)
+
+
+from .offload_optim import OptimizerOffload  # noqa: E402,F401 - Adam/AdamW state on NVMe

@@ -37,7 +37,8 @@ def test_rows_correct_and_complete(quick):
         assert r["correct"] is True, r
         assert r["hauler_gbps"] > 0
     keys = {t["key"] for t in quick["targets"]}
-    assert keys == {"fio_1M_qd32", "cold_1G", "offload_hidden", "offload_vs_limit"}
+    assert keys == {"fio_1M_qd32", "cold_1G", "offload_hidden", "offload_vs_limit", "optimizer_step",
+                    "optimizer_rss"}
 
 
 def test_offload_row_measures_a_training_loop(tmp_path):

@@ -585,7 +585,7 @@ def test_device_buffers_packed_by_gpu_kernels(flav, method, built, fake_gpu, tmp
     assert t["packed_msgs"] == 2 * HALO_PACKED, t
     assert t[f"gpu_{method}"] == 2 * 2 * HALO_PACKED and t["device_passthrough"] == 0 and t["cuda_driver"] == 2, t
     # the driver is asked once per allocation range (each rank's array lies in one or two of the
-    # stand-in's 1 MiB ranges), not once per message
+    # stand-in's 2 MiB ranges), not once per message
     assert 2 <= t["cuda_queries"] <= 4, t
     other = "oneshot" if method == "device" else "device"
     assert t[f"gpu_{other}"] == 0, t

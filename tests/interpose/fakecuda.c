@@ -7,7 +7,7 @@
  *
  * Built with -DFAKE_DRIVER it also answers what the GPU loader and the interposer's staging need
  * (cuInit, one device, cuMemAlloc_v2/cuMemFree_v2 over malloc) and each pointer's allocation
- * range (the 1 MiB window around it, which the interposer caches): with the host emulation of the
+ * range (2 MiB from the 1 MiB boundary below it, which the interposer caches): with the host emulation of the
  * kernels standing in for libhauler_cuda.so (emukernels.cpp), "device" memory is host memory and
  * the GPU packing path runs end to end. */
 #include <stdlib.h>
@@ -17,9 +17,11 @@ int cuPointerGetAttribute(void *data, int attribute, unsigned long long ptr) {
   if (attribute == 2) { *(unsigned int *)data = 2; return 0; } /* MEMORY_TYPE: DEVICE */
   if (attribute == 8) { *(unsigned int *)data = 0; return 0; } /* IS_MANAGED: no */
 #ifdef FAKE_DRIVER
-  /* RANGE_START_ADDR / RANGE_SIZE: every "allocation" is the 1 MiB window around the pointer */
+  /* RANGE_START_ADDR / RANGE_SIZE: every "allocation" is 2 MiB from the 1 MiB boundary below the
+   * pointer, so a buffer of under 1 MiB lies in one allocation wherever malloc put it (a real
+   * allocation never ends inside a buffer; a 1 MiB window did, and each such message queried again) */
   if (attribute == 11) { *(unsigned long long *)data = ptr & ~((1ull << 20) - 1); return 0; }
-  if (attribute == 12) { *(size_t *)data = (size_t)1 << 20; return 0; }
+  if (attribute == 12) { *(size_t *)data = (size_t)2 << 20; return 0; }
 #endif
   return 1; /* CUDA_ERROR_INVALID_VALUE: the plain stand-in knows no ranges */
 }
