@@ -152,6 +152,18 @@ def test_compiled_moves_reading_other_views_of_the_written_caches_are_refused():
         compile_call(lambda b, s: kv.scatter_blocks(c, b, s), torch.tensor([0]), flat[0, :2 * BS * H * D])
 
 
+def test_compiled_moves_take_lists_and_empty_block_sets():
+    caches = flash_caches(6)
+    before = [c.clone() for c in caches]
+    l = kv.KVLayout.vllm_flash(caches)
+    assert torch.equal(compile_call(lambda: kv.gather_blocks(l, [3, 1])), ref_gather(caches, [3, 1]))
+    empty = torch.tensor([], dtype=torch.int64)
+    assert compile_call(lambda b: kv.gather_blocks(l, b), empty).shape == (L, 2, 0, BS, H, D)
+    compile_call(lambda b, s: kv.scatter_blocks(l, b, s), empty, torch.empty(0, dtype=torch.bfloat16))
+    compile_call(lambda m: kv.copy_blocks(l, l, m), empty.reshape(0, 2))
+    assert all(torch.equal(c, b) for c, b in zip(caches, before))
+
+
 def test_compiled_gather_into_a_staging_buffer_writes_the_same_bytes():
     caches = flash_caches(3)
     layout = kv.KVLayout.vllm_flash(caches)
@@ -275,6 +287,11 @@ def test_bad_block_ids_and_buffers_are_refused_when_traced():
                      torch.zeros(L, 2, 1, BS, H, 2 * D, dtype=torch.bfloat16)[..., ::2])
     with pytest.raises(Exception, match="out holds 8 bytes"):
         compile_call(lambda b, o: kv.gather_blocks(l, b, o), torch.tensor([1]), torch.zeros(8, dtype=torch.uint8))
+    with pytest.raises(Exception, match="traces copy_blocks without threads=, stream= "):
+        compile_call(lambda m: kv.copy_blocks(l, l, m, threads=2, stream=0), torch.tensor([[0, 1]]))
+    with pytest.raises(Exception, match="traces gather_blocks without plan= "):
+        p = kv.plan(l, [1], l, [2])
+        compile_call(lambda b: kv.gather_blocks(l, b, plan=p), torch.tensor([1]))
     with pytest.raises(Exception, match="scatter_blocks from a torch tensor src, got ndarray"):
         src = np.zeros((L, 2, 1, BS, H, D), np.float32)
         compile_call(lambda b: kv.scatter_blocks(l, b, src), torch.tensor([1]))
