@@ -194,22 +194,22 @@ def row_meta(t: Any) -> Tuple[Tuple[int, ...], torch.dtype]:
 
 # -- KV block moves (hauler.kv) -------------------------------------------------------------------
 # A KVLayout holds raw addresses, but a traced op receives tensors that may live elsewhere (fake
-# while tracing, functionalized clones when run). So the ops take the cache tensors themselves and a
-# spec: "kind:dtype" and the ints [layers, planes, block_size, heads, head_size] (apart: torch.compile
-# makes ints that change between calls symbolic, and a symbolic int cannot be formatted into a
-# string), and rebuild the layout from the tensors they are given with the named constructor that made it. KV moves carry no gradient:
-# caches are not trained, and a move autograd would have to see is refused (_kv_no_grad).
+# while tracing, functionalized copies when run). So the ops take the cache tensors themselves, a
+# spec "kind:dtype" and dims [layers, planes, block_size, heads, head_size] (ints apart: torch.compile
+# makes ints that change between compiles symbolic, which cannot be formatted into a string), and
+# rebuild the layout from the tensors they get with the named constructor that made it.
+# KV moves carry no gradient: caches are not trained; a move autograd would have to record is refused.
 
 # layout kinds a spec can rebuild: the named constructors that take the caches and nothing else
 # (sglang's page_size and lmcache_chunk's block_size/num_heads are the layout's own dimensions)
 _KV_KINDS = ("vllm_flash_nhd", "vllm_flash_hnd", "mla", "cross_layer_nhd", "cross_layer_hnd", "vllm_legacy",
              "sglang", "lmcache_chunk")
-_KV_CACHE: "dict[tuple, Any]" = {}   # (spec, tensors' ptr/shape/strides/dtype/device) -> owner-free layout
+_KV_CACHE: "dict[tuple, Any]" = {}   # (spec, dims, tensors' ptr/shape/strides/dtype/device) -> owner-free layout
 _KV_CACHE_MAX = 64
 
 
 def _kv_spec(layout: Any, what: str) -> Tuple[str, List[int]]:
-    """The op's description of `layout` (traced: plain attribute reads and string formatting)."""
+    """The ops' (spec, dims) of `layout` (traced: plain attribute reads and string formatting)."""
     kind = getattr(layout, "kind", None)
     if kind not in _KV_KINDS or layout.remote:
         where = (f"a {type(layout).__name__}, not a KVLayout" if kind is None else
@@ -227,7 +227,8 @@ def _kv_spec(layout: Any, what: str) -> Tuple[str, List[int]]:
 def _kv_layout(spec: str, dims: List[int], caches: Any) -> Any:
     """The layout `spec` describes, over the tensors the op was given (cached by their addresses and
     geometry: a layout of other tensors at the same addresses with the same geometry is the same)."""
-    key = (spec, tuple(dims)) + tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device) for t in caches)
+    key = (spec, tuple(dims)) + tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
+                                      for t in caches)
     hit = _KV_CACHE.get(key)
     if hit is not None:
         return hit
@@ -343,8 +344,8 @@ def kv_copy_op(dst_caches: List[torch.Tensor], src_caches: List[torch.Tensor], m
 @kv_copy_op.register_fake
 def _kv_copy_fake(dst_caches, src_caches, mapping, dst_spec, dst_dims, src_spec, src_dims):
     _kv_check_ids(mapping, "mapping", 2)
-    _kv_check_apart(dst_caches, src_caches, "the source caches are views of", "for a copy inside one cache pass layouts "
-                    "over the same tensors (or one layout twice)")
+    _kv_check_apart(dst_caches, src_caches, "the source caches are views of",
+                    "for a copy inside one cache pass layouts over the same tensors (or one layout twice)")
     sbs, dbs = src_dims[2], dst_dims[2]
     if sbs != dbs:
         raise InvalidArgument(f"block sizes differ: src {sbs}, dst {dbs}; copy_blocks maps block to block "
@@ -373,10 +374,12 @@ def _kv_no_grad(caches: Tuple[Any, ...], *others: Any) -> None:
                                   "torch.inference_mode(), or pass detached tensors")
 
 
-def _kv_traced(what: str, given: Tuple[str, ...]) -> bool:
-    """Whether torch.compile is tracing the call (then the op takes it), refusing options it does not take."""
+def _kv_traced(what: str, options: Tuple[Any, Any, Any]) -> bool:
+    """Whether torch.compile is tracing the call (then the op takes it), refusing the options
+    (plan, threads, stream) it does not take."""
     if not torch.compiler.is_compiling():
         return False
+    given = [n for n, v in zip(("plan", "threads", "stream"), options) if v is not None]
     if given:
         raise InvalidArgument(f"torch.compile traces {what} without {'=, '.join(given)}= (the op builds its plan "
                               "and runs on the current stream)")
@@ -391,10 +394,10 @@ def _kv_ids(ids: Any) -> torch.Tensor:
     return ids if isinstance(ids, torch.Tensor) else torch.as_tensor(ids)
 
 
-def kv_gather(layout: Any, blocks: Any, out: Any, given: Tuple[str, ...]) -> Any:
+def kv_gather(layout: Any, blocks: Any, out: Any, options: Tuple[Any, Any, Any]) -> Any:
     """gather_blocks through the op when torch.compile traces it; None: take the plain path."""
     _kv_no_grad(_kv_owners(layout), out)
-    if not _kv_traced("gather_blocks", given):
+    if not _kv_traced("gather_blocks", options):
         return None
     got = kv_gather_op(list(layout._owners), _kv_ids(blocks), *_kv_spec(layout, "layout"))
     if out is None:
@@ -412,10 +415,10 @@ def kv_gather(layout: Any, blocks: Any, out: Any, given: Tuple[str, ...]) -> Any
     return out
 
 
-def kv_scatter(layout: Any, blocks: Any, src: Any, given: Tuple[str, ...]) -> bool:
+def kv_scatter(layout: Any, blocks: Any, src: Any, options: Tuple[Any, Any, Any]) -> bool:
     """scatter_blocks through the op when traced (True: done); False: take the plain path."""
     _kv_no_grad(_kv_owners(layout), src)
-    if not _kv_traced("scatter_blocks", given):
+    if not _kv_traced("scatter_blocks", options):
         return False
     if not isinstance(src, torch.Tensor):
         raise InvalidArgument(f"torch.compile traces scatter_blocks from a torch tensor src, got {type(src).__name__}")
@@ -423,10 +426,10 @@ def kv_scatter(layout: Any, blocks: Any, src: Any, given: Tuple[str, ...]) -> bo
     return True
 
 
-def kv_copy(src_layout: Any, dst_layout: Any, mapping: Any, given: Tuple[str, ...]) -> bool:
+def kv_copy(src_layout: Any, dst_layout: Any, mapping: Any, options: Tuple[Any, Any, Any]) -> bool:
     """copy_blocks through the op when traced (True: done); False: take the plain path."""
     _kv_no_grad(_kv_owners(src_layout) + _kv_owners(dst_layout))
-    if not _kv_traced("copy_blocks", given):
+    if not _kv_traced("copy_blocks", options):
         return False
     dst_spec, src_spec = _kv_spec(dst_layout, "dst_layout"), _kv_spec(src_layout, "src_layout")
     # layouts over the same tensors: one list, so functionalization copies them once and the copy

@@ -113,11 +113,6 @@ def _torch_ops(*layouts: Any) -> Any:
 _OPS = None   # hauler._torch_ops once loaded (an import statement per move costs more than the move's checks)
 
 
-def _given(plan: Any, threads: Any, stream: Any) -> tuple:
-    """The names of the options a call passed (the torch ops refuse them while traced)."""
-    return tuple(n for n, v in (("plan", plan), ("threads", threads), ("stream", stream)) if v is not None)
-
-
 def _new_out(layout: KVLayout, n: int) -> Any:
     """A new [layers, planes, n, block_size, heads, head_size] array like the layout's caches."""
     if not isinstance(layout, KVLayout):
@@ -166,7 +161,7 @@ def gather_blocks(layout: KVLayout, blocks: Any, out: Any = None, plan: Optional
     [layers, planes, len(blocks), block_size, heads, head_size] array or tensor like the caches."""
     ops = _torch_ops(layout)
     if ops is not None:
-        got = ops.kv_gather(layout, blocks, out, _given(plan, threads, stream))
+        got = ops.kv_gather(layout, blocks, out, (plan, threads, stream))
         if got is not None:
             return got
     if (type(plan) is Plan and stream is None and plan.src_layout is layout and _same_ids(plan.src_blocks, blocks)
@@ -189,7 +184,7 @@ def scatter_blocks(layout: KVLayout, blocks: Any, src: Any, plan: Optional[Plan]
                    threads: Optional[int] = None, stream: Optional[int] = None) -> None:
     """The reverse of gather_blocks: the contiguous `src` into `blocks` (each at most once)."""
     ops = _torch_ops(layout)
-    if ops is not None and ops.kv_scatter(layout, blocks, src, _given(plan, threads, stream)):
+    if ops is not None and ops.kv_scatter(layout, blocks, src, (plan, threads, stream)):
         return
     if (type(plan) is Plan and stream is None and plan.dst_layout is layout and _same_ids(plan.dst_blocks, blocks)
             and _same_buffer(plan.src_layout, src, False) and _is_seq(plan, 0)):
@@ -209,7 +204,7 @@ def copy_blocks(src_layout: KVLayout, dst_layout: KVLayout, mapping: Any, plan: 
     """Copy block mapping[i, 0] of src_layout to block mapping[i, 1] of dst_layout (the same layout for a
     copy inside one cache: no destination block may be a source block then)."""
     ops = _torch_ops(src_layout, dst_layout)
-    if ops is not None and ops.kv_copy(src_layout, dst_layout, mapping, _given(plan, threads, stream)):
+    if ops is not None and ops.kv_copy(src_layout, dst_layout, mapping, (plan, threads, stream)):
         return
     if (type(plan) is Plan and stream is None and plan.src_layout is src_layout and plan.dst_layout is dst_layout
             and _same_pairs(plan, mapping)):
