@@ -259,8 +259,8 @@ def _kv_layout(spec: str, dims: List[int], caches: Any) -> Any:
     # no owners: the cache must not keep (possibly functionalized copies of) the caches alive
     l = KVLayout(dtype=l.dtype, num_layers=nl, num_planes=npl, num_blocks=l.num_blocks, block_size=bs, num_heads=nh,
                  head_size=hs, bases=l._bases, strides=l._strides, kind=l.kind, device=l.device)
-    if len(_KV_CACHE) >= _KV_CACHE_MAX:
-        _KV_CACHE.pop(next(iter(_KV_CACHE)))
+    if len(_KV_CACHE) >= _KV_CACHE_MAX:   # functionalized copies get new addresses every call
+        _KV_CACHE.clear()                  # (one step, safe against ops running in other threads)
     _KV_CACHE[key] = l
     return l
 
