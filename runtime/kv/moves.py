@@ -1,8 +1,10 @@
 """Local block moves: gather (paged -> contiguous), scatter (contiguous -> paged) and copy (between two
 caches or inside one). Each takes a plan or builds one; the host engine splits the plan's pieces over
-the thread pool by bytes (GIL released); device layouts go to the CUDA kernel (one launch per plan)."""
+the thread pool by bytes (GIL released); device layouts go to the CUDA kernel (one launch per plan).
+Layouts over torch tensors go through hauler._torch_ops, which torch.compile traces as custom ops."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 import numpy as np
@@ -94,6 +96,37 @@ def _is_seq(p: Plan, side: int) -> bool:
     return p._seq[side]
 
 
+def _torch_ops(*layouts: Any) -> Any:
+    """hauler._torch_ops when a layout is over torch tensors, or over raw addresses while torch is
+    imported (so torch.compile refuses it precisely), else None: never imports torch itself."""
+    global _OPS
+    for l in layouts:
+        owners = getattr(l, "_owners", ())
+        if (is_torch_tensor(owners[0]) if owners else "torch" in sys.modules):
+            if _OPS is None:
+                from .. import _torch_ops
+                _OPS = _torch_ops
+            return _OPS
+    return None
+
+
+_OPS = None   # hauler._torch_ops once loaded (an import statement per move costs more than the move's checks)
+
+
+def _new_out(layout: KVLayout, n: int) -> Any:
+    """A new [layers, planes, n, block_size, heads, head_size] array like the layout's caches."""
+    if not isinstance(layout, KVLayout):
+        raise InvalidArgument(f"layout must be a KVLayout, got {type(layout).__name__}")
+    shape = (layout.num_layers, layout.num_planes, n, layout.block_size, layout.num_heads, layout.head_size)
+    o = layout._owners[0] if layout._owners else None
+    if is_torch_tensor(o):
+        return o.new_empty(shape)
+    if isinstance(o, np.ndarray):
+        return np.empty(shape, o.dtype)
+    raise InvalidArgument(f"gather_blocks makes its output like the layout's caches (torch or numpy); {layout!r} "
+                          f"is over {type(o).__name__ if o is not None else 'raw addresses'}: pass out=")
+
+
 def _overlaps(a: KVLayout, b: KVLayout) -> bool:
     ra, rb = a.regions(), b.regions()
     i = j = 0
@@ -121,15 +154,23 @@ def _check_plan(p: Any, src: KVLayout, dst: KVLayout, sb: np.ndarray, db: np.nda
     return p
 
 
-def gather_blocks(layout: KVLayout, blocks: Any, out: Any, plan: Optional[Plan] = None, *,
+def gather_blocks(layout: KVLayout, blocks: Any, out: Any = None, plan: Optional[Plan] = None, *,
                   threads: Optional[int] = None, stream: Optional[int] = None) -> Any:
     """Copy `blocks` (in list order, repeats allowed) into the contiguous `out`, laid out as
-    contiguous_layout_like(layout, len(blocks), out). Returns out."""
+    contiguous_layout_like(layout, len(blocks), out). Returns out; out=None: a new
+    [layers, planes, len(blocks), block_size, heads, head_size] array or tensor like the caches."""
+    ops = _torch_ops(layout)
+    if ops is not None:
+        got = ops.kv_gather(layout, blocks, out, (plan, threads, stream))
+        if got is not None:
+            return got
     if (type(plan) is Plan and stream is None and plan.src_layout is layout and _same_ids(plan.src_blocks, blocks)
             and _same_buffer(plan.dst_layout, out, True) and _is_seq(plan, 1)):
         run_plan(plan, threads=threads)
         return out
     ids = block_ids(blocks, "blocks")
+    if out is None:
+        out = _new_out(layout, len(ids))
     if len(ids) == 0:
         return out
     dst = contiguous_layout_like(layout, len(ids), out)
@@ -142,6 +183,9 @@ def gather_blocks(layout: KVLayout, blocks: Any, out: Any, plan: Optional[Plan] 
 def scatter_blocks(layout: KVLayout, blocks: Any, src: Any, plan: Optional[Plan] = None, *,
                    threads: Optional[int] = None, stream: Optional[int] = None) -> None:
     """The reverse of gather_blocks: the contiguous `src` into `blocks` (each at most once)."""
+    ops = _torch_ops(layout)
+    if ops is not None and ops.kv_scatter(layout, blocks, src, (plan, threads, stream)):
+        return
     if (type(plan) is Plan and stream is None and plan.dst_layout is layout and _same_ids(plan.dst_blocks, blocks)
             and _same_buffer(plan.src_layout, src, False) and _is_seq(plan, 0)):
         run_plan(plan, threads=threads)
@@ -159,6 +203,9 @@ def copy_blocks(src_layout: KVLayout, dst_layout: KVLayout, mapping: Any, plan: 
                 threads: Optional[int] = None, stream: Optional[int] = None) -> None:
     """Copy block mapping[i, 0] of src_layout to block mapping[i, 1] of dst_layout (the same layout for a
     copy inside one cache: no destination block may be a source block then)."""
+    ops = _torch_ops(src_layout, dst_layout)
+    if ops is not None and ops.kv_copy(src_layout, dst_layout, mapping, (plan, threads, stream)):
+        return
     if (type(plan) is Plan and stream is None and plan.src_layout is src_layout and plan.dst_layout is dst_layout
             and _same_pairs(plan, mapping)):
         run_plan(plan, threads=threads)
