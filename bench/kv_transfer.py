@@ -26,6 +26,9 @@ import numpy as np
 NAME = "kv_transfer"
 HELP = "KV blocks between 2 processes: hauler CMA/shm vs NIXL vs Mooncake vs memcpy; 4k-token request latency"
 MC_BATCH = 1024  # descriptors per Mooncake batch: the batch size its users allocate
+# batches in flight at once: with 4 (4,096 descriptors) its TCP lane queue rejects them ("queue-full")
+# and the request fails at its 30 s timeout
+MC_INFLIGHT = 2
 
 
 def _size(s):
@@ -112,9 +115,11 @@ class _Mooncake:
         self.regs = []
 
 
-def _mc_xfer(mc, op, segs, local_col, remote_col, target):
-    """One request as Mooncake batches of at most MC_BATCH descriptors (one per segment), all
-    submitted, then waited for together."""
+def _mc_xfer(mc, op, segs, local_col, remote_col, target, notify=None):
+    """One request as Mooncake batches of at most MC_BATCH descriptors (one per segment), at most
+    MC_INFLIGHT of them submitted before waiting for them together. With `notify`, the last batch
+    goes after the others are done, synchronously with the notification (its API sends one only
+    for a synchronous batch)."""
     loc, rem, lens = (segs[:, c].tolist() for c in (local_col, remote_col, 2))
     chunks = [(loc[i:i + MC_BATCH], rem[i:i + MC_BATCH], lens[i:i + MC_BATCH]) for i in range(0, len(loc), MC_BATCH)]
     submit = mc.engine.batch_transfer_async_read if op == "READ" else mc.engine.batch_transfer_async_write
@@ -122,7 +127,12 @@ def _mc_xfer(mc, op, segs, local_col, remote_col, target):
 
     def go():
         ids, failed = [], None
-        for lo, re_, n in chunks:
+        for lo, re_, n in (chunks[:-1] if notify is not None else chunks):
+            if len(ids) == MC_INFLIGHT:
+                if mc.engine.get_batch_transfer_status(ids) != 0:
+                    ids, failed = [], f"Mooncake {op} to {target} failed or timed out"
+                    break
+                ids = []
             b = submit(target, lo, re_, n)
             if b in bad:
                 failed = f"Mooncake {op} batch submit to {target} failed"
@@ -130,6 +140,11 @@ def _mc_xfer(mc, op, segs, local_col, remote_col, target):
             ids.append(b)
         if ids and mc.engine.get_batch_transfer_status(ids) != 0:
             failed = failed or f"Mooncake {op} to {target} failed or timed out"
+        if notify is not None and not failed:
+            from mooncake.engine import TransferNotify, TransferOpcode
+            code = TransferOpcode.Read if op == "READ" else TransferOpcode.Write
+            if mc.engine.batch_transfer_sync(target, *chunks[-1], code, TransferNotify("bench", notify)) != 0:
+                failed = f"Mooncake {op} with notification to {target} failed"
         if failed:
             raise RuntimeError(failed)
     return go
@@ -142,7 +157,6 @@ def _digest(t, blocks, extent):
 
 def _serve():
     """Peer side: JSON lines on stdin, one JSON reply line each."""
-    import torch
     from hauler.kv import Agent
     agent, nixl, mc, keep = None, None, None, None
     for line in sys.stdin:
@@ -177,10 +191,13 @@ def _serve():
         elif op == "note":  # the monotonic time the next notification (hauler or NIXL) was seen
             end = time.monotonic() + cmd.get("timeout", 30)
             while time.monotonic() < end:
-                if agent.notifications(timeout=0.0005 if nixl is None else 0):
+                if agent.notifications(timeout=0.0005 if nixl is None and mc is None else 0):
                     reply["t"] = time.monotonic()
                     break
                 if nixl is not None and nixl.agent.get_new_notifs():
+                    reply["t"] = time.monotonic()
+                    break
+                if mc is not None and mc.engine.get_notifies():
                     reply["t"] = time.monotonic()
                     break
         elif op == "exit":
@@ -314,7 +331,7 @@ def run(args):
                 if mc is not None:
                     _mc_rows(mc, r["mooncake"], peer, row, mine, segs, wsegs, theirs, src, dst, args.repeat)
                 rows.append(row)
-        lat = _latency(peer, nx, args.repeat)
+        lat = _latency(peer, nx, mc, args.repeat)
     finally:
         peer.close()
         if nx is not None:
@@ -344,12 +361,12 @@ def _mc_rows(mc, target, peer, row, mine, segs, wsegs, theirs, src, dst, repeat)
     row["ok"] &= seen == _digest(mine, dst, extent)
 
 
-def _latency(peer, nx, repeat):
+def _latency(peer, nx, mc, repeat):
     """One 4k-token request (256 blocks of 16 tokens, 16 layers, K and V: 8192 extents of 32 KiB,
     256 MiB): read issued here -> notification seen by the peer."""
     from hauler import kv
     from hauler.kv import Agent
-    r = peer.request(op="setup", kind="flash", nb=512, nixl=nx is not None)
+    r = peer.request(op="setup", kind="flash", nb=512, nixl=nx is not None, mooncake=mc is not None)
     keep, lay = _flash(512, 0.0)
     src, dst = np.random.default_rng(1).permutation(512)[:256], np.arange(256)
     out = {"bytes": lay.block_bytes * 256}
@@ -378,6 +395,18 @@ def _latency(peer, nx, repeat):
             ts.append(peer.reply()["t"] - t0)
         out["nixl"] = (min(ts[1:]), float(np.median(ts[1:])))
         nx.agent.remove_remote_agent(name)
+    if mc is not None and "mooncake" in r:
+        mc.drop()
+        mc.register(keep)
+        segs = kv.plan(remote, src, lay, dst).segments()
+        ts = []
+        for i in range(repeat + 1):
+            go = _mc_xfer(mc, "READ", segs, 1, 0, r["mooncake"], "req%d" % i)
+            peer.send(op="note")
+            t0 = time.monotonic()
+            go()
+            ts.append(peer.reply()["t"] - t0)
+        out["mooncake"] = (min(ts[1:]), float(np.median(ts[1:])))
     return out
 
 
