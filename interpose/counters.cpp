@@ -94,7 +94,8 @@ void write_report() {
                "bytes_unpacked=%lld pack_ms=%.3f passthrough=%lld contiguous=%lld mpi_pack=%lld "
                "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
                "cuda_driver=%d fortran=%lld gpu_packed=%lld gpu_unpacked=%lld gpu_device=%lld gpu_oneshot=%lld "
-               "staging_held=%lld cuda_queries=%lld paused=%lld\n",
+               "staging_held=%lld cuda_queries=%lld paused=%lld trial_lib=%lld trial_pack=%lld kept_lib=%lld "
+               "kept_pack=%lld\n",
                g_world_rank, t.calls, t.packed_msgs,
                t.unpacked_msgs, t.bytes_packed,
                t.bytes_unpacked, t.pack_ns / 1e6, t.passthrough,
@@ -104,7 +105,9 @@ void write_report() {
                (long long)g_device_buffers_to_library.load(), cuda_driver_seen() ? 1 : 0,
                t.fortran, t.gpu_packed, t.gpu_unpacked,
                t.gpu_device, t.gpu_oneshot, (long long)g_staging_buffers_held.load(),
-               (long long)g_cuda_pointer_queries.load(), t.paused);
+               (long long)g_cuda_pointer_queries.load(), t.paused, t.trial_lib, t.trial_pack, t.kept_lib,
+               t.kept_pack);
+  write_selections(f, g_world_rank);
   if (close) std::fclose(f);
 }
 

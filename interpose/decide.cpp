@@ -1,6 +1,7 @@
 // The pack-or-pass decision: the model (max_block/min_bytes, or the calibrated grid) that says
-// whether packing a message pays, and choose_buf(), which adds what the buffer itself decides
-// (device memory). decide(), the part every call runs, is inline in shim.hpp.
+// whether packing a message pays and seeds each point-to-point selection (select.cpp), and
+// placed(), which adds what the buffer itself decides (device memory). decide(), the part every
+// call runs, is inline in shim.hpp.
 #include <algorithm>
 
 #include "shim.hpp"
@@ -38,25 +39,36 @@ bool pays(const Peer& to, int64_t block, int64_t bytes) {
   return x[k / 2] > 1.0;
 }
 
-std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datatype t, TypeInfoRef* keep,
-                                           Where* where, const Peer& to) {
-  std::shared_ptr<const dt::Plan> plan;
-  if (Brief* b = decide(count, t, to)) {
-    *keep = b->info;  // keeps the type alive while a request uses it
-    plan = b->plan;
-  }
+void ask(Brief& b, Brief::Asked& a, int64_t count, const Peer& to, Dir dir) {
+  const TypeInfo& info = *b.info;
+  a.count = count;
+  a.comm = to.comm;
+  a.rank = to.rank;
+  a.answer = pays(to, info.mean_block, info.size * count);
+  a.sel = nullptr;
+  if (dir != kNoPeer && g_config.trials > 0 && to.comm != MPI_COMM_NULL)
+    a.sel = b.info->select(count, locality(to), dir == kRecv, a.answer);
+}
+
+std::shared_ptr<const dt::Plan> placed(Brief* b, const void* buf, TypeInfoRef* keep, Where* where) {
   if (where) *where = Where::host;
-  if (plan && buf != nullptr && device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo,
-                                              static_cast<size_t>(plan->span_hi - plan->span_lo))) {
+  if (!b) return nullptr;
+  const auto& plan = b->plan;
+  if (buf != nullptr && device_buffer(static_cast<const uint8_t*>(buf) + plan->span_lo,
+                                      static_cast<size_t>(plan->span_hi - plan->span_lo))) {
     if (where && g_config.gpu && gpu_packing_available()) {
       *where = plan->total <= g_config.gpu_oneshot_max ? Where::oneshot : Where::device;
-      return plan;
+    } else {
+      g_device_buffers_to_library++;
+      return nullptr;
     }
-    g_device_buffers_to_library++;
-    keep->reset();
-    return nullptr;
   }
+  *keep = b->info;  // keeps the type alive while a request uses it
   return plan;
+}
+
+std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datatype t, TypeInfoRef* keep) {
+  return placed(decide(count, t, Peer(), kNoPeer).pack, buf, keep, nullptr);
 }
 
 }  // namespace shim

@@ -58,6 +58,7 @@ static void require_own_library() {
 static int started(int rc) {
   if (rc == MPI_SUCCESS) {
     PMPI_Comm_rank(MPI_COMM_WORLD, &g_world_rank);
+    init_locality();  // collective: before any setting can make ranks differ
     init_named_types();
     configure();
     if (g_config.on)

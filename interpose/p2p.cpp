@@ -13,13 +13,18 @@ namespace {
 
 bool fits_int(const dt::Plan& p) { return p.total <= INT32_MAX; }
 
-// Stages (buf, count, t) in *p when the shim takes this side of a message, which packs() said it
-// may; false: the library does.
-bool stage(const void* buf, int count, MPI_Datatype t, int peer, MPI_Comm comm, bool recv, Pending* p) {
+// Stages buf in *p when the shim takes this side of a message, which decide() said it may
+// (c.pack); false: the library does. A selection whose message cannot be staged (device memory
+// without the GPU kernels, more than an int of bytes) stops its trials: the library takes them.
+bool stage(const Choice& c, const void* buf, bool recv, Pending* p) {
+  if (!c.pack) return false;
   TypeInfoRef info;
   Where where = Where::host;
-  auto plan = choose_buf(buf, count, t, &info, &where, Peer{comm, peer});
-  if (!plan || !fits_int(*plan)) return false;
+  auto plan = placed(c.pack, buf, &info, &where);
+  if (!plan || !fits_int(*plan)) {
+    if (c.timed) select_off(*c.timed);
+    return false;
+  }
   p->bytes = static_cast<size_t>(plan->total);
   if (where == Where::host) {
     p->buf = buf_get(p->bytes);
@@ -72,7 +77,19 @@ bool predefined_complete(MPI_Request r) {
 }
 
 
-// A non-blocking call posted bytes from/to p's staging: the request now owns it.
+// A trial of a non-blocking call is timed until its completion: p records it (its type keeps the
+// selection alive); a library-path trial is such a record without staging.
+void time_it(const Choice& c, bool packed, int64_t t0, MPI_Datatype t, Pending* p) {
+  if (!c.timed) return;
+  p->sel = c.timed;
+  p->path = packed ? kPack : kLib;
+  p->t0_ns = t0;
+  p->thread = pthread_self();
+  if (!p->type) p->type = brief(t).info;
+}
+
+// A non-blocking call posted bytes from/to p's staging, or a timed library request: the request
+// now owns the record.
 int keep(int rc, MPI_Request* req, Pending p) {
   if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) release(p);
   else if (!p.recv && predefined_complete(*req)) release(p);  // already sent
@@ -84,46 +101,64 @@ int nbytes(const Pending& p) { return static_cast<int>(p.bytes); }
 
 }  // namespace
 
-int send_staged(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
+int send_staged(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, Choice c) {
+  int64_t t0 = c.timed ? now_ns() : 0;
   Pending p;
-  if (!stage(buf, count, t, dest, comm, false, &p)) return fn(buf, count, t, dest, tag, comm);
-  int rc = fn(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm);
+  bool packed = stage(c, buf, false, &p);
+  int rc = packed ? fn(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm) : fn(buf, count, t, dest, tag, comm);
   release(p);
+  if (c.timed) record(*c.timed, packed ? kPack : kLib, now_ns() - t0);
   return rc;
 }
 
-int recv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
+int recv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status,
+                Choice c) {
+  int64_t t0 = c.timed ? now_ns() : 0;
   Pending p;
-  if (!stage(buf, count, t, source, comm, true, &p)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
+  bool packed = stage(c, buf, true, &p);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
-  int rc = PMPI_Recv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, s);
-  finish(p, s);
+  int rc = packed ? PMPI_Recv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, s)
+                  : PMPI_Recv(buf, count, t, source, tag, comm, s);
+  if (packed) finish(p, s);
+  if (c.timed) record(*c.timed, packed ? kPack : kLib, now_ns() - t0);
   return rc;
 }
 
 // The staged halves of isend/irecv live apart so that the pass-through path keeps a small frame.
-int isend_staged(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
+int isend_staged(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req,
+                 Choice c) {
+  int64_t t0 = c.timed ? now_ns() : 0;
   Pending p;
-  if (!stage(buf, count, t, dest, comm, false, &p)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
-  return keep(PMPI_Isend(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm, req), req, std::move(p));
+  bool packed = stage(c, buf, false, &p);
+  time_it(c, packed, t0, t, &p);
+  int rc = packed ? PMPI_Isend(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm, req)
+                  : PMPI_Isend(buf, count, t, dest, tag, comm, req);
+  return keep(rc, req, std::move(p));
 }
 
-int irecv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
+int irecv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req,
+                 Choice c) {
+  int64_t t0 = c.timed ? now_ns() : 0;
   Pending p;
-  if (!stage(buf, count, t, source, comm, true, &p)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
-  return keep(PMPI_Irecv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, req), req, std::move(p));
+  bool packed = stage(c, buf, true, &p);
+  time_it(c, packed, t0, t, &p);
+  int rc = packed ? PMPI_Irecv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, req)
+                  : PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  return keep(rc, req, std::move(p));
 }
 
-// Each side is staged (or not) on its own.
+// Each side is staged (or not) on its own; a trial on either side times the whole call.
 int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int stag, void* rbuf, int rcount,
              MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status) {
   stats().calls++;
-  Pending sp, rp;
-  bool s_on = packs(scount, stype, dest, comm) && stage(sbuf, scount, stype, dest, comm, false, &sp);
-  bool r_on = packs(rcount, rtype, source, comm) && stage(rbuf, rcount, rtype, source, comm, true, &rp);
-  if (!s_on && !r_on)
+  Choice sc = choose(scount, stype, dest, comm, kSend), rc_ = choose(rcount, rtype, source, comm, kRecv);
+  if (plain(sc) && plain(rc_))
     return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
+  int64_t t0 = sc.timed || rc_.timed ? now_ns() : 0;
+  Pending sp, rp;
+  bool s_on = stage(sc, sbuf, false, &sp);
+  bool r_on = stage(rc_, rbuf, true, &rp);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Sendrecv(s_on ? sp.buf : sbuf, s_on ? nbytes(sp) : scount, s_on ? MPI_BYTE : stype, dest, stag,
@@ -131,6 +166,11 @@ int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int sta
                          comm, s);
   if (r_on) finish(rp, s);
   release(sp);
+  if (t0) {
+    int64_t ns = now_ns() - t0;
+    if (sc.timed) record(*sc.timed, s_on ? kPack : kLib, ns);
+    if (rc_.timed) record(*rc_.timed, r_on ? kPack : kLib, ns);
+  }
   return rc;
 }
 

@@ -47,7 +47,7 @@ bool ours(MPI_Request r) {
 
 // Unpacks what arrived (the byte count in the status) into the application's buffer, once.
 void unpack_arrived(Pending& p, MPI_Status* status) {
-  if (!p.recv || p.unpacked) return;
+  if (!p.recv || p.unpacked || !p.buf) return;  // no staging: a timed library-path receive
   p.unpacked = true;
   int cancelled = 0, got = 0;
   PMPI_Test_cancelled(status, &cancelled);
@@ -136,13 +136,18 @@ void remember(MPI_Request r, Pending p) {
   // No two live requests share a handle unless it is one the library gives to completed
   // requests (predefined_complete() knows MPICH's): the earlier one is finished. A send's staging
   // goes back; a receive's bytes cannot be unpacked without its status.
-  if (earlier.recv && !earlier.unpacked)
+  if (earlier.recv && earlier.buf && !earlier.unpacked)
     logf(kError, "the library gave handle 0x%llx to two requests at once; an earlier receive of %zu packed bytes "
          "was not unpacked", handle_bits(r), earlier.bytes);
   release(earlier);
 }
 
 void release(Pending& p) {
+  if (p.sel) {  // a trial message: it took until now
+    if (pthread_equal(pthread_self(), p.thread)) record(*p.sel, p.path, now_ns() - p.t0_ns);
+    else unrecord(*p.sel, p.path);
+    p.sel = nullptr;
+  }
   if (!p.buf) return;
   if (p.where == Where::host) buf_put(p.buf, p.bytes);
   else gpu_put(p.where, p.bytes, GpuBuf{p.buf, p.dev});

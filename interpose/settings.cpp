@@ -169,6 +169,7 @@ void configure() {
   else if (!v.is_set) g.model = default_model_path();
   else g.model = v.text == "builtin" ? std::string() : v.text;
   if (!g.model.empty()) load_model(g.model, v.is_set);
+  g.trials = read_setting(hs::Id::interpose_trials, &v, "the model decides alone") ? int(v.number) : 0;
   g.on = read_flag(hs::Id::interpose, "every call goes to the library");
 }
 

@@ -5,8 +5,9 @@
 // kill switch (and the feature switch) and either forwards to PMPI_X or calls the implementation
 // in namespace `shim`. The application only ever holds real MPI requests: packed messages are
 // posted as real MPI_BYTE requests, and a side table keyed by that real request says what to do
-// when it completes (unpack, release the staging buffer). Every completion call looks its
-// requests up before the library nulls them and finishes the completed ones.
+// when it completes (unpack, release the staging buffer; a trial message is also timed there,
+// whichever path it took). Every completion call looks its requests up before the library nulls
+// them and finishes the completed ones.
 //
 // The pass-through path is measured in instructions, so what every intercepted call runs before
 // it knows the library takes the message (counters, the type brief, the decision, the completion
@@ -20,8 +21,11 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -85,6 +89,9 @@ struct Config {
     double log_block, log_bytes, speedup;
   };
   std::vector<Cell> grid[2];
+  // HAULER_INTERPOSE_TRIALS: point-to-point messages tried on each path (library, packed) per
+  // selection before the faster is kept (select.cpp); 0: the model above decides alone.
+  int trials = 4;
 };
 extern Config g_config;
 // MPI_Pcontrol(0) until MPI_Pcontrol(1): new messages go to the library as they are (requests
@@ -119,7 +126,8 @@ struct Counter {
 #define HAULER_STATS(X)                                                                                      \
   X(calls) X(packed_msgs) X(unpacked_msgs) X(passthrough) X(contiguous) X(bytes_packed) X(bytes_unpacked)   \
   X(pack_ns) X(types_decoded) X(types_refused) X(mpi_pack_calls) X(coll_passthrough) X(coll_packed)         \
-  X(fortran) X(gpu_packed) X(gpu_unpacked) X(gpu_device) X(gpu_oneshot) X(paused)
+  X(fortran) X(gpu_packed) X(gpu_unpacked) X(gpu_device) X(gpu_oneshot) X(paused)                          \
+  X(trial_lib) X(trial_pack) X(kept_lib) X(kept_pack)
 struct Stats {
 #define HAULER_FIELD(n) Counter n;
   HAULER_STATS(HAULER_FIELD)
@@ -145,6 +153,65 @@ struct Timer {
   }
 };
 
+// ---------------------------------------------------------------- measured choice (select.cpp)
+// Each point-to-point side decides alone, per (type, count, direction, where the peer runs),
+// whether hauler packs the message: the first messages try both paths and are timed, the faster
+// is kept, and that is checked again now and then. The two sides never need to agree. A packed
+// message travels as MPI_BYTE; the library moves exactly the bytes a typed send of the same type
+// signature would (both MPIs here are homogeneous: no conversion, no signature in the envelope),
+// so a packed send meets a typed receive, a typed send meets a packed receive, and every status
+// carries the same byte count whichever side packed. Nothing the other side does (ANY_SOURCE,
+// ANY_TAG, MPI_Probe/Mprobe + Get_count, persistent or matched receives the shim never sees)
+// depends on this side's choice. select.cpp says more (and where this would not hold).
+enum class Loc : uint8_t { self, node, other, any };
+enum Path : uint8_t { kLib = 0, kPack = 1 };
+enum Dir : uint8_t { kSend = 0, kRecv = 1, kNoPeer = 2 };  // kNoPeer: MPI_Pack, collectives
+constexpr int kMaxTrials = 64;  // HAULER_INTERPOSE_TRIALS' upper bound
+
+struct Select {
+  // the key, and the type's shape for the report
+  int64_t count = 0;
+  Loc loc = Loc::any;
+  bool recv = false;
+  int64_t type_size = 0, type_extent = 0, type_block = 0;
+  // the fast path: messages decided, and the message number at which the next one leaves it
+  std::atomic<int64_t> msgs{0};
+  std::atomic<int64_t> next_event{0};
+  std::atomic<uint8_t> kept{kLib};
+  // the trials, under mu
+  std::mutex mu;
+  bool trial = false;      // a round of trials is under way
+  bool off = false;        // this side cannot be staged (e.g. device memory): the library, untimed
+  bool decisive = false;   // the last round's loser took at least twice the winner's time
+  int target = 0;          // trial messages of each path in this round
+  int issued[2] = {0, 0};
+  int got[2] = {0, 0};
+  int64_t sample_ns[2][kMaxTrials] = {};
+  int64_t next_check = 64;  // the message number that starts the next round
+  int rounds = 0;
+  double best_ns[2] = {0, 0};  // the last round's fastest trial of each path
+
+  Select();
+  ~Select();  // its line moves to the report's list of retired selections
+};
+
+// The path of one message on s: kept, or (out of line) the next trial; *timed = &s when the
+// message is a trial to time and record().
+Path next_path_slow(Select& s, int64_t m, Select** timed);
+inline Path next_path(Select& s, Select** timed) {
+  int64_t m = s.msgs.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (__builtin_expect(m < s.next_event.load(std::memory_order_relaxed), 1)) return Path(s.kept.load(std::memory_order_relaxed));
+  return next_path_slow(s, m, timed);
+}
+// A trial message of s on `path` took ns (from the call until its completion was seen).
+void record(Select& s, Path path, int64_t ns);
+// A trial whose time cannot be known (completed on another thread: the clock is per thread) is
+// taken back, to be sent again.
+void unrecord(Select& s, Path path);
+void select_off(Select& s);  // s's messages cannot be packed: the library takes them from now on
+int64_t now_ns();
+void write_selections(FILE* f, int rank);  // the report's lines, one per selection
+
 // ---------------------------------------------------------------- type cache (types.cpp)
 struct TypeInfo {
   dt::Layout one;          // one element, offsets from the origin
@@ -157,7 +224,12 @@ struct TypeInfo {
   int64_t last_count = -1;
   std::shared_ptr<const dt::Plan> last_plan;
 
+  std::vector<std::unique_ptr<Select>> selects;  // under mu; every key this type was sent or received with
+
   std::shared_ptr<const dt::Plan> plan(int64_t count);
+  // The selection of (count, loc, recv), made on first use with `seed` (the model's answer) as
+  // its first path; nullptr past a bound on keys per type (the model decides for the rest).
+  Select* select(int64_t count, Loc loc, bool recv, bool seed);
 };
 using TypeInfoRef = std::shared_ptr<TypeInfo>;
 
@@ -178,12 +250,15 @@ struct Brief {
   TypeInfoRef info;  // nullptr: not a type the shim decoded
   int64_t plan_count = -1;
   std::shared_ptr<const dt::Plan> plan;
-  // the model's last answer for this type, by (count, communicator, peer): a halo asks the same
-  // questions every step
-  int64_t asked_count = -1;
-  MPI_Comm asked_comm = MPI_COMM_NULL;
-  int asked_rank = MPI_PROC_NULL;
-  bool answer = false;
+  // the last question about this type per direction, by (count, communicator, peer), and its
+  // answer: the model's, and the selection that measures it (a halo asks the same every step)
+  struct Asked {
+    int64_t count = -1;
+    MPI_Comm comm = MPI_COMM_NULL;
+    int rank = MPI_PROC_NULL;
+    bool answer = false;
+    Select* sel = nullptr;  // owned by info
+  } asked[3];
 };
 
 // 256 sets (~25 KiB a thread), a type in any of the 4 ways of its set: a 3D halo alone uses 52
@@ -223,51 +298,71 @@ struct Peer {
   int rank = MPI_ANY_SOURCE;
 };
 
+void init_locality();  // in MPI_Init, every rank: which ranks of MPI_COMM_WORLD share this node
+Loc locality(const Peer& to);  // where a point-to-point peer runs (select.cpp)
+
 // Whether packing a message of `bytes` with mean contiguous blocks of `block` bytes pays.
 bool pays(const Peer& to, int64_t block, int64_t bytes);
+// Brief::asked[dir] takes the question (count, to): the model's answer and the selection.
+void ask(Brief& b, Brief::Asked& a, int64_t count, const Peer& to, Dir dir) __attribute__((noinline));
+
+// What happens to one side of a message: hauler packs it (the thread's Brief of the type,
+// holding the plan) or not (nullptr); and whether it is a trial to time (its selection).
+struct Choice {
+  Brief* pack = nullptr;
+  Select* timed = nullptr;
+};
 
 // The decision without touching a shared_ptr (the pass-through path pays for no reference
-// counts): the thread's Brief of t, holding the plan, when hauler packs this message; else nullptr.
-inline Brief* decide(int count, MPI_Datatype t, const Peer& to) {
-  if (count <= 0) return nullptr;
+// counts).
+inline Choice decide(int count, MPI_Datatype t, const Peer& to, Dir dir) {
+  if (count <= 0) return Choice();
   if (g_paused_by_pcontrol.load(std::memory_order_relaxed)) {
     stats().paused++;
-    return nullptr;
+    return Choice();
   }
   Brief& b = brief(t);
   const TypeInfo* info = b.info.get();
   if (!info) {
     stats().passthrough++;
-    return nullptr;
+    return Choice();
   }
   // One dense run (a contiguous type, or a single element that is one block, e.g. a halo edge
   // or corner): the library sends it as it is, with no copy.
   if (info->contiguous || info->size == 0 || (count == 1 && info->single_run)) {
     stats().contiguous++;
-    return nullptr;
+    return Choice();
   }
-  if (b.asked_count != count || b.asked_comm != to.comm || b.asked_rank != to.rank) {
-    b.answer = pays(to, info->mean_block, info->size * count);
-    b.asked_count = count;
-    b.asked_comm = to.comm;
-    b.asked_rank = to.rank;
+  Brief::Asked& a = b.asked[dir];
+  if (a.count != count || a.comm != to.comm || a.rank != to.rank) ask(b, a, count, to, dir);
+  Choice c;
+  bool pack = a.answer;
+  if (a.sel) {
+    Path p = next_path(*a.sel, &c.timed);
+    pack = p == kPack;
+    if (c.timed) (pack ? stats().trial_pack : stats().trial_lib)++;
+    else (pack ? stats().kept_pack : stats().kept_lib)++;
   }
-  if (!b.answer) {
+  if (!pack) {
     stats().passthrough++;
-    return nullptr;
+    return c;
   }
   if (b.plan_count != count) {
     b.plan = b.info->plan(count);
     b.plan_count = count;
   }
-  return &b;
+  c.pack = &b;
+  return c;
 }
 
-// decide() for a buffer, as the staging code needs it: the plan (and *keep holds the type alive)
-// when hauler packs the message. Device buffers are never packed on the host: callers that can
-// stage on the GPU pass `where` and get Where::device/oneshot for them when a backend exists.
-std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datatype t, TypeInfoRef* keep,
-                                           Where* where = nullptr, const Peer& to = Peer());
+// The plan of a message decide() packs, with what the buffer itself decides: device buffers are
+// never packed on the host; callers that can stage on the GPU pass `where` and get
+// Where::device/oneshot for them when a backend exists. nullptr: the library takes it.
+std::shared_ptr<const dt::Plan> placed(Brief* b, const void* buf, TypeInfoRef* keep, Where* where);
+
+// decide() and placed() for a message without a peer (MPI_Pack, collectives): the plan (and
+// *keep holds the type alive) when hauler packs it.
+std::shared_ptr<const dt::Plan> choose_buf(const void* buf, int count, MPI_Datatype t, TypeInfoRef* keep);
 
 // ---------------------------------------------------------------- device buffers (device.cpp)
 // Whether [p, p+len) is device or managed memory (false whenever the program never loaded libcuda).
@@ -304,6 +399,12 @@ struct Pending {
   std::shared_ptr<const dt::Plan> plan;
   TypeInfoRef type;  // keeps the type alive even if the application frees it
   bool unpacked = false;  // already unpacked (MPI_Request_get_status saw it complete)
+  // A trial message (select.cpp), timed from its call to its completion: its selection (kept
+  // alive by `type`), path and start. A trial on the library's path is a record with no staging.
+  Select* sel = nullptr;
+  Path path = kLib;
+  int64_t t0_ns = 0;   // now_ns(): the posting thread's CPU clock
+  pthread_t thread{};  // that thread
 };
 
 // Requests the shim staged, by the real request the library handed back; a completion call
@@ -416,45 +517,52 @@ inline int testsome(int n, MPI_Request* reqs, int* outcount, int* indices, MPI_S
 }
 
 // ---------------------------------------------------------------- point to point (p2p.cpp)
-// Whether hauler would pack this side of a point-to-point message (stage() then decides for
-// good: a device buffer may still go to the library). The pass-through test every call makes:
-// nothing is built, counted twice or reference-counted before the answer.
-inline bool packs(int count, MPI_Datatype t, int peer, MPI_Comm comm) {
-  return peer != MPI_PROC_NULL && decide(count, t, Peer{comm, peer}) != nullptr;
+// What happens to this side of a point-to-point message (stage() then decides for good: a
+// device buffer may still go to the library). The pass-through test every call makes: nothing
+// is built, counted twice or reference-counted before the answer.
+inline Choice choose(int count, MPI_Datatype t, int peer, MPI_Comm comm, Dir dir) {
+  if (peer == MPI_PROC_NULL) return Choice();
+  return decide(count, t, Peer{comm, peer}, dir);
 }
+inline bool plain(const Choice& c) { return !c.pack && !c.timed; }
 
 using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
-int send_staged(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm);
-int recv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status);
-int isend_staged(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm,
-                 MPI_Request* req) __attribute__((noinline));
-int irecv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm,
-                 MPI_Request* req) __attribute__((noinline));
+int send_staged(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, Choice c);
+int recv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status,
+                Choice c);
+int isend_staged(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req,
+                 Choice c) __attribute__((noinline));
+int irecv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req,
+                 Choice c) __attribute__((noinline));
 int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int stag, void* rbuf, int rcount,
              MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status);
 
 inline int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm) {
   stats().calls++;
-  if (!packs(count, t, dest, comm)) return fn(buf, count, t, dest, tag, comm);
-  return send_staged(fn, buf, count, t, dest, tag, comm);
+  Choice c = choose(count, t, dest, comm, kSend);
+  if (plain(c)) return fn(buf, count, t, dest, tag, comm);
+  return send_staged(fn, buf, count, t, dest, tag, comm, c);
 }
 
 inline int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
   stats().calls++;
-  if (!packs(count, t, source, comm)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
-  return recv_staged(buf, count, t, source, tag, comm, status);
+  Choice c = choose(count, t, source, comm, kRecv);
+  if (plain(c)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
+  return recv_staged(buf, count, t, source, tag, comm, status, c);
 }
 
 inline int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req) {
   stats().calls++;
-  if (!packs(count, t, dest, comm)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
-  return isend_staged(buf, count, t, dest, tag, comm, req);
+  Choice c = choose(count, t, dest, comm, kSend);
+  if (plain(c)) return PMPI_Isend(buf, count, t, dest, tag, comm, req);
+  return isend_staged(buf, count, t, dest, tag, comm, req, c);
 }
 
 inline int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
   stats().calls++;
-  if (!packs(count, t, source, comm)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
-  return irecv_staged(buf, count, t, source, tag, comm, req);
+  Choice c = choose(count, t, source, comm, kRecv);
+  if (plain(c)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  return irecv_staged(buf, count, t, source, tag, comm, req, c);
 }
 
 // ---------------------------------------------------------------- MPI_Pack / MPI_Unpack (pack.cpp)

@@ -201,7 +201,7 @@ void refill_brief(Brief& b, MPI_Datatype t, uint64_t gen) {
   b.info = lookup(t);
   b.plan_count = -1;
   b.plan.reset();
-  b.asked_count = -1;
+  for (auto& a : b.asked) a = Brief::Asked();
 }
 
 }  // namespace shim

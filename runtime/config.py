@@ -130,6 +130,10 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("HAULER_INTERPOSE_MODEL", None, "path", RUN,
             "Interposer model file (pack vs pass-through); unset = the one hauler-bench calibrate wrote "
             "($XDG_CONFIG_HOME or ~/.config, hauler/interpose-model.txt) if any, else built-in; builtin = built-in."),
+    Setting("HAULER_INTERPOSE_TRIALS", 4, "int", RUN,
+            "Interposer: point-to-point messages timed on each path (library, packed) per type, count, "
+            "direction and peer locality before the faster is kept (re-checked at 64..4096); 0 = the model decides alone.",
+            hi=64),
     Setting("HAULER_IO_BACKEND", "auto", "choice", RUN,
             "File I/O backend: auto (io_uring, else the thread pool, with a banner), io_uring or threads.",
             choices=("auto", "io_uring", "threads")),

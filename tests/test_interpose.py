@@ -74,8 +74,10 @@ def _launch(flav, np_, program, shim, env_extra=None):
     env.pop("LD_PRELOAD", None)
     for k in [k for k in env if k.startswith("HAULER_INTERPOSE")]:
         env.pop(k)
-    if shim:  # a model this machine's `hauler-bench calibrate` wrote must not steer the tests
-        env_extra = dict({"HAULER_INTERPOSE_MODEL": "builtin"}, **(env_extra or {}))
+    # a model this machine's `hauler-bench calibrate` wrote must not steer the tests, nor timing
+    # (the model alone decides unless a test asks for trials: counts stay exact)
+    if shim:
+        env_extra = dict({"HAULER_INTERPOSE_MODEL": "builtin", "HAULER_INTERPOSE_TRIALS": "0"}, **(env_extra or {}))
     env.update(env_extra or {})
     env_extra = {k: v for k, v in (env_extra or {}).items() if k != "LD_PRELOAD"}  # hauler run adds it
     if shim:
@@ -264,6 +266,100 @@ def test_pcontrol_pauses_and_resumes(flav, built, tmp_path):
     # per rank: receives staged in rounds 0, 1, 3 and paused in 2; sends staged in 0, 2, paused in 1, 3
     assert t["unpacked_msgs"] == 2 * 3 * HALO_PACKED and t["packed_msgs"] == 2 * 2 * HALO_PACKED, t
     assert t["paused"] == 2 * 3 * 26, t
+
+
+SELECT = re.compile(r"hauler-interpose rank (\d+) select: (size=.*)")
+
+
+def _selections(path_pattern, np_):
+    """The report's per-selection lines of every rank, as dicts of strings."""
+    out = []
+    for r in range(np_):
+        for m in SELECT.finditer(Path(path_pattern.replace("%r", str(r))).read_text()):
+            out.append(dict(kv.split("=") for kv in m.group(2).split()))
+    return out
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+@pytest.mark.parametrize("np_", [2, 3])
+def test_selection_per_message_identical(flav, np_, built, tmp_path):
+    """HAULER_INTERPOSE_TRIALS: each side times both paths per (type, count, direction, peer) and
+    keeps the faster, re-checking at message 64, 128, ..., each side on its own, so a
+    message may be packed on one side and typed on the other, and either side may switch between
+    two messages. Against ANY_SOURCE/ANY_TAG from two senders, Probe/Mprobe + Get_count, a
+    persistent receive, Sendrecv and Testsome, every received byte and status field is what the
+    library alone gives; the report's counters account for every message."""
+    rep = _run_pair(flav, np_, [built(flav, "select"), "160"], tmp_path, pack_all=False,
+                    extra={"HAULER_INTERPOSE_TRIALS": "4"})
+    t = _report(rep, np_)
+    sel = _selections(rep, np_)
+    assert t["trial_lib"] > 0 and t["trial_pack"] > 0, t
+    assert sum(int(s["msgs"]) for s in sel) == t["trial_lib"] + t["trial_pack"] + t["kept_lib"] + t["kept_pack"], t
+    assert t["packed_msgs"] > 0 and t["unpacked_msgs"] > 0, t
+    assert {(s["dir"], s["peer"]) for s in sel} >= {("send", "node"), ("recv", "node"), ("recv", "any")}, sel
+    for s in sel:
+        assert int(s["rounds"]) >= (2 if int(s["msgs"]) >= 128 else 1), s  # first round, then again at 64
+        lib, pack = float(s["lib_us"]), float(s["pack_us"])
+        assert lib > 0 and pack > 0, s
+        assert s["kept"] == ("pack" if pack < lib else "lib"), s  # the faster is kept
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_selection_keeps_the_faster_path(flav, tmp_path):
+    """hauler-bench mpi's program: a ping-pong of a 1 MiB vector of 1-byte blocks, which both
+    libraries walk byte by byte (10-50x the CPU time of packing it): every selection, send and
+    receive on both ranks, keeps packing after its trials (CPU time, so a busy machine's
+    descheduling does not decide) and the later messages are packed. And the NAS LU y face
+    exchange (2.5 KiB blocks), which both libraries here move about 1.3x faster than a pack,
+    send and unpack: each of its selections keeps the path its trials measured faster (the
+    library in every run seen; the margin is too thin to assert on a busy machine)."""
+    from hauler.bench.core import program_path
+    cc, _ = _tools(flav)
+    exe = tmp_path / "pingpong"
+    subprocess.run([cc, "-O2", "-w", program_path("mpi_pingpong.c"), program_path("mpi_patterns.c"), "-o", str(exe)],
+                   check=True, timeout=120)
+    rep = str(tmp_path / "report.%r")
+    _launch(flav, 2, [str(exe), "0.002", "vector:1:1048576", "nas_lu_y:64:0"], shim=True,
+            env_extra={"HAULER_INTERPOSE_REPORT": rep, "HAULER_INTERPOSE_TRIALS": "4"})
+    t = _report(rep, 2)
+    sel = _selections(rep, 2)
+    show = [" ".join(f"{k}={v}" for k, v in s.items()) for s in sel]
+    assert len(sel) == 8 and {(s["dir"], s["block"]) for s in sel} == {
+        (d, b) for d in ("send", "recv") for b in ("1", "2560")}, show
+    for s in sel:
+        lib, pack = float(s["lib_us"]), float(s["pack_us"])
+        assert s["kept"] == ("pack" if pack < lib else "lib"), show
+        if s["block"] == "1":
+            assert s["kept"] == "pack", show
+    # after its 4 + 4 trials every message of a 1-byte selection was packed (no re-check before 64)
+    after = sum(int(s["msgs"]) - 8 for s in sel if s["block"] == "1" and int(s["msgs"]) < 64)
+    assert t["kept_pack"] >= after > 0 and t["trial_lib"] >= 8 * 4, (t, show)
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+@pytest.mark.parametrize("prog,args,np_", [("p2p", ["9"], 3), ("mixed", [], 2), ("halo", ["5", "6"], 4)])
+def test_trials_switching_paths_identical(flav, prog, args, np_, built, tmp_path):
+    """The earlier programs with 2 trials a path (a new path every other message at first), the
+    model seeding "pack": byte-identical to the library alone, and both paths really ran."""
+    rep = _run_pair(flav, np_, [built(flav, prog)] + args, tmp_path, extra={"HAULER_INTERPOSE_TRIALS": "2"})
+    t = _report(rep, np_)
+    assert t["trial_lib"] > 0 and t["trial_pack"] > 0 and t["packed_msgs"] > 0, t
+
+
+@pytest.mark.parametrize("flav", ["openmpi", "mpich"])
+def test_selection_off_for_device_buffers(flav, built, tmp_path):
+    """A selection whose messages cannot be staged (here device memory, a stand-in libcuda and no
+    GPU kernels) stops trying: the library takes every message, untimed, and the report says off."""
+    _tools(flav)
+    fake = tmp_path / "libcuda.so.1"
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(fake),
+                    str(HERE / "fakecuda.c")], check=True, timeout=60)
+    rep = _run_pair(flav, 2, [built(flav, "halo"), "6", "3"], tmp_path,
+                    extra={"LD_PRELOAD": str(fake), "HAULER_INTERPOSE_TRIALS": "4"})
+    t = _report(rep, 2)
+    sel = _selections(rep, 2)
+    assert t["packed_msgs"] == 0 and t["trial_pack"] == 2 * 2 * HALO_PACKED, t  # each selection's first pack trial
+    assert sel and all(s["kept"] == "off" for s in sel), sel
 
 
 @pytest.mark.parametrize("flav", ["openmpi", "mpich"])
@@ -456,15 +552,50 @@ def test_bench_mpi_quick_rows_correct():
     """`hauler-bench mpi` runs both sides for every MPI here; structure and correctness, never speed."""
     import json
     _tools("openmpi" if shutil.which("mpiexec.openmpi") else "mpich")
-    p = _bench("mpi", "--quick", "--budget", "0.005", "--rounds", "1", "--json")
+    p = _bench("mpi", "--quick", "--budget", "0.005", "--rounds", "1", "--json", "-m", "1K:2K",
+               "--patterns", "milc_su3,lammps_atoms,fft_transpose")
     assert p.returncode == 0, p.stdout[-3000:]
     rep = json.loads(p.stdout)
     assert rep["rows"] and all(r["correct"] for r in rep["rows"])
-    assert {r["case"] for r in rep["rows"]} == {"vector", "contig", "halo", "halobytes", "calls"}
+    assert {r["case"] for r in rep["rows"]} == {"vector", "contig", "halo", "halobytes", "calls", "milc_su3",
+                                                "lammps_atoms", "fft_transpose"}
+    assert {r["bytes"] for r in rep["rows"] if r["case"] in ("vector", "contig")} == {1024, 2048}
+    # each pattern at the quick sizes (the first and third), with its geometric mean
+    for flav in {r["mpi"] for r in rep["rows"]}:
+        assert sorted(r["pattern_n"] for r in rep["rows"] if r["case"] == "milc_su3" and r["mpi"] == flav) == [4, 12]
+    means = {(m["mpi"], m["pattern"]) for m in rep["info"]["pattern_means"]}
+    assert means == {(r["mpi"], r["case"]) for r in rep["rows"] if r["case"] in ("milc_su3", "lammps_atoms",
+                                                                                 "fft_transpose")}
     assert all(r["bound"] > 0 for r in rep["rows"] if r["case"] == "halo")
     assert all(r["extra_ns"] is not None for r in rep["rows"] if r["case"] == "calls")
-    assert {t["key"] for t in rep["targets"]} == {"byte-vector-10x", "byte-vector-contig", "halo-2x",
-                                                  "passthrough-1us", "no-slowdown"}
+    assert {t["key"] for t in rep["targets"]} == {"byte-vector-10x", "byte-vector-contig", "halo-bound",
+                                                  "passthrough-1us", "no-slowdown", "patterns"}
+
+
+def test_bench_mpi_options():
+    """-m MIN:MAX (OSU's sizes: MIN doubling up to MAX) and --patterns, with precise refusals."""
+    from hauler.bench import mpi as bm
+    assert bm.message_sizes(bm.size_range("1K:8K")) == (1024, 2048, 4096, 8192)
+    assert bm.message_sizes(bm.size_range("3:20")) == (3, 6, 12)
+    assert bm.size_range("64K:") == (65536, bm.MESSAGES[-1]) and bm.size_range(":2K") == (bm.MESSAGES[0], 2048)
+    for bad, says in (("8K:1K", "above MAX"), ("1K", "want MIN:MAX"), ("x:1K", "not a size"), ("1K:2G", "at most 1G")):
+        with pytest.raises(Exception, match=says):
+            bm.size_range(bad)
+    assert bm.pattern_list("none") == () and bm.pattern_list("all") == tuple(bm.PATTERNS)
+    assert bm.pattern_list("milc_su3, fft_transpose") == ("milc_su3", "fft_transpose")
+    with pytest.raises(Exception, match="unknown pattern.*wrf"):
+        bm.pattern_list("milc_su3,wrf")
+    p = _bench("mpi", "-m", "9K:1K")
+    assert p.returncode == 2 and "above MAX" in p.stdout, p.stdout
+    p = _bench("mpi", "--help")
+    assert p.returncode == 0
+    for opt in ("--mpi", "--budget", "--rounds", "--quick", "--message-size", "--patterns", "--model", "--json", "--csv"):
+        assert opt in p.stdout, opt
+    geo = bm.pattern_means([{"mpi": "x", "case": "milc_su3", "speedup": 0.5}, {"mpi": "x", "case": "milc_su3",
+                                                                                "speedup": 2.0}])
+    assert geo == {("x", "milc_su3"): (1.0, 2)}
+    t = bm.pattern_targets({("x", "milc_su3"): (1.0, 2), ("x", "fft_transpose"): (0.9, 4)})
+    assert [v["status"] for v in t] == ["MISS"] and "fft_transpose 0.90x" in t[0]["measured"]
 
 
 def test_calibrate_writes_a_model_the_shim_reads(built, tmp_path):
