@@ -2,7 +2,8 @@
 
 A second process (this module with --serve) owns a pool of KV blocks; this one pulls (READ) and
 pushes (WRITE) random scattered blocks of it with hauler's transports, with NIXL (when
-``nixl_cu12`` imports) given the very same descriptors (the plan's segments), and copies the same
+``nixl_cu12`` imports) and Mooncake's transfer engine (when ``mooncake.engine`` imports: TCP, P2P
+handshake, batches of at most 1,024) given the very same descriptors (the plan's segments), and copies the same
 blocks inside one process (kv.copy_blocks: the memcpy limit). Then one 4k-token request of a
 vLLM-shaped cache, end to end: read issued here -> notification seen by the peer (one
 CLOCK_MONOTONIC for both processes).
@@ -23,7 +24,11 @@ import time
 import numpy as np
 
 NAME = "kv_transfer"
-HELP = "KV blocks between 2 processes: hauler CMA/shm vs NIXL vs memcpy; 4k-token request latency"
+HELP = "KV blocks between 2 processes: hauler CMA/shm vs NIXL vs Mooncake vs memcpy; 4k-token request latency"
+MC_BATCH = 1024  # descriptors per Mooncake batch: the batch size its users allocate
+# batches in flight at once: with 4 (4,096 descriptors) its TCP lane queue rejects them ("queue-full")
+# and the request fails at its 30 s timeout
+MC_INFLIGHT = 2
 
 
 def _size(s):
@@ -38,6 +43,7 @@ def add_arguments(p):
     p.add_argument("--max-bytes", default="256M", help="cap on one request's bytes (counts shrink to fit)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (best and median reported)")
     p.add_argument("--no-nixl", action="store_true", help="skip NIXL even where it imports")
+    p.add_argument("--no-mooncake", action="store_true", help="skip Mooncake even where it imports")
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     p.add_argument("--quick", action="store_true", help="a correctness pass: 4K and 64K extents, 256 blocks, 2 "
                    "repetitions, and the MPI section where an MPI is found")
@@ -82,11 +88,77 @@ class _Nixl:
         self.regs = []
 
 
+class _Mooncake:
+    """Mooncake's transfer engine over TCP with the P2P handshake (no metadata server): a peer is
+    named "host:rpc_port" and its registered buffers are fetched from it on first use."""
+
+    def __init__(self):
+        from mooncake.engine import TransferEngine
+        self.engine = TransferEngine()
+        rc = self.engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+        if rc != 0:
+            raise RuntimeError(f"TransferEngine.initialize('127.0.0.1', 'P2PHANDSHAKE', 'tcp', '') returned {rc}")
+        self.target = f"127.0.0.1:{self.engine.get_rpc_port()}"
+        self.regs = []
+
+    def register(self, tensors):
+        for t in tensors:
+            rc = self.engine.register_memory(t.data_ptr(), t.numel() * t.element_size())
+            if rc != 0:
+                raise RuntimeError(f"TransferEngine.register_memory returned {rc}")
+            self.regs.append(t.data_ptr())
+        return self.target
+
+    def drop(self):
+        for addr in self.regs:
+            self.engine.unregister_memory(addr)
+        self.regs = []
+
+
+def _mc_xfer(mc, op, segs, local_col, remote_col, target, notify=None):
+    """One request as Mooncake batches of at most MC_BATCH descriptors (one per segment), at most
+    MC_INFLIGHT of them submitted before waiting for them together. With `notify`, the last batch
+    goes after the others are done, synchronously with the notification (its API sends one only
+    for a synchronous batch)."""
+    loc, rem, lens = (segs[:, c].tolist() for c in (local_col, remote_col, 2))
+    chunks = [(loc[i:i + MC_BATCH], rem[i:i + MC_BATCH], lens[i:i + MC_BATCH]) for i in range(0, len(loc), MC_BATCH)]
+    submit = mc.engine.batch_transfer_async_read if op == "READ" else mc.engine.batch_transfer_async_write
+    bad = (0, (1 << 64) - 1)  # its submit answers 0 (or -1 as an unsigned batch id) on failure
+
+    def go():
+        ids, failed = [], None
+        for lo, re_, n in (chunks[:-1] if notify is not None else chunks):
+            if len(ids) == MC_INFLIGHT:
+                if mc.engine.get_batch_transfer_status(ids) != 0:
+                    ids, failed = [], f"Mooncake {op} to {target} failed or timed out"
+                    break
+                ids = []
+            b = submit(target, lo, re_, n)
+            if b in bad:
+                failed = f"Mooncake {op} batch submit to {target} failed"
+                break
+            ids.append(b)
+        if ids and mc.engine.get_batch_transfer_status(ids) != 0:
+            failed = failed or f"Mooncake {op} to {target} failed or timed out"
+        if notify is not None and not failed:
+            from mooncake.engine import TransferNotify, TransferOpcode
+            code = TransferOpcode.Read if op == "READ" else TransferOpcode.Write
+            if mc.engine.batch_transfer_sync(target, *chunks[-1], code, TransferNotify("bench", notify)) != 0:
+                failed = f"Mooncake {op} with notification to {target} failed"
+        if failed:
+            raise RuntimeError(failed)
+    return go
+
+
+def _digest(t, blocks, extent):
+    import hashlib
+    return hashlib.sha256(t.view(-1, extent)[blocks].numpy().tobytes()).hexdigest()
+
+
 def _serve():
     """Peer side: JSON lines on stdin, one JSON reply line each."""
-    import torch
     from hauler.kv import Agent
-    agent, nixl, keep = None, None, None
+    agent, nixl, mc, keep = None, None, None, None
     for line in sys.stdin:
         cmd, reply = json.loads(line), {}
         op = cmd["op"]
@@ -95,6 +167,9 @@ def _serve():
                 agent.close()
             if nixl is not None:
                 nixl.drop()
+            if mc is not None:  # a fresh engine (a new rpc port) each setup: the other side caches what it fetched
+                mc.drop()
+                mc = None
             if cmd["kind"] == "pool":
                 keep = [_pool(cmd["nb"] * cmd["extent"], cmd.get("seed", 0))]
                 layout = _layout(keep[0], cmd["extent"])
@@ -105,13 +180,24 @@ def _serve():
             if cmd.get("nixl"):
                 nixl = nixl or _Nixl("bench-peer-nixl")
                 reply["nixl"] = base64.b64encode(nixl.register(keep)).decode()
+            if cmd.get("mooncake"):
+                try:
+                    mc = _Mooncake()
+                    reply["mooncake"] = mc.register(keep)
+                except Exception as e:  # noqa: BLE001 -- said in the table header, the other rows run
+                    reply["mooncake_error"] = f"{type(e).__name__}: {e}"
+        elif op == "digest":  # sha256 of the pool's blocks, in the order asked
+            reply["sha256"] = _digest(keep[0], cmd["blocks"], cmd["extent"])
         elif op == "note":  # the monotonic time the next notification (hauler or NIXL) was seen
             end = time.monotonic() + cmd.get("timeout", 30)
             while time.monotonic() < end:
-                if agent.notifications(timeout=0.0005 if nixl is None else 0):
+                if agent.notifications(timeout=0.0005 if nixl is None and mc is None else 0):
                     reply["t"] = time.monotonic()
                     break
                 if nixl is not None and nixl.agent.get_new_notifs():
+                    reply["t"] = time.monotonic()
+                    break
+                if mc is not None and mc.engine.get_notifies():
                     reply["t"] = time.monotonic()
                     break
         elif op == "exit":
@@ -120,6 +206,9 @@ def _serve():
         sys.stdout.flush()
     if agent is not None:
         agent.close()
+    if mc is not None:
+        mc.drop()
+        del mc
 
 
 class _Peer:
@@ -188,6 +277,15 @@ def run(args):
             import nixl_cu12  # noqa: F401
         except ImportError as e:
             use_nixl, nixl_why = False, f"nixl_cu12 does not import: {e}"
+    mc, mc_why = None, "skipped (--no-mooncake)" if args.no_mooncake else None
+    if not args.no_mooncake:
+        os.environ.setdefault("MC_LOG_LEVEL", "WARNING")  # its INFO lines (one per batch), here and in the peer
+        try:
+            mc = _Mooncake()
+        except ImportError as e:
+            mc_why = f"mooncake.engine does not import: {e}"
+        except RuntimeError as e:
+            mc_why = f"cannot run here: {e}"
     rows, peer, rng = [], _Peer(), np.random.default_rng(0)
     nx = _Nixl("bench-main-nixl") if use_nixl else None
     try:
@@ -195,7 +293,8 @@ def run(args):
             for count in sorted({min(c, max(1, cap // extent)) for c in counts}):
                 nb = 2 * count
                 seed = len(rows) + 1
-                r = peer.request(op="setup", kind="pool", nb=nb, extent=extent, nixl=use_nixl, seed=seed)
+                r = peer.request(op="setup", kind="pool", nb=nb, extent=extent, nixl=use_nixl, seed=seed,
+                                 mooncake=mc is not None)
                 theirs = _pool(nb * extent, seed).view(nb, extent)
                 mine = torch.zeros(nb * extent, dtype=torch.uint8)
                 other = torch.randint(0, 256, (nb * extent,), dtype=torch.uint8)
@@ -225,22 +324,49 @@ def run(args):
                     row["nixl_read"] = _time(_nixl_xfer(nx, "READ", segs, 1, 0, name), args.repeat)
                     row["nixl_write"] = _time(_nixl_xfer(nx, "WRITE", wsegs, 0, 1, name), args.repeat)
                     nx.agent.remove_remote_agent(name)
+                if mc is not None and "mooncake_error" in r:
+                    mc_why = f"cannot run here (peer): {r['mooncake_error']}"
+                    mc.drop()
+                    mc = None
+                if mc is not None:
+                    _mc_rows(mc, r["mooncake"], peer, row, mine, segs, wsegs, theirs, src, dst, args.repeat)
                 rows.append(row)
-        lat = _latency(peer, nx, args.repeat)
+        lat = _latency(peer, nx, mc, args.repeat)
     finally:
         peer.close()
         if nx is not None:
             nx.drop()
             del nx.agent  # its teardown now, while the interpreter is whole
-    return {"rows": rows, "latency": lat, "nixl": nixl_why or ("ran" if use_nixl else "skipped (--no-nixl)")}
+        if mc is not None:
+            mc.drop()
+            del mc.engine
+    return {"rows": rows, "latency": lat, "nixl": nixl_why or ("ran" if use_nixl else "skipped (--no-nixl)"),
+            "mooncake": mc_why or "ran"}
 
 
-def _latency(peer, nx, repeat):
+def _mc_rows(mc, target, peer, row, mine, segs, wsegs, theirs, src, dst, repeat):
+    """Mooncake READ then WRITE of the row's blocks; ok also needs its read to bring the peer's
+    blocks and its write to land fresh bytes in the peer's pool."""
+    import torch
+    nb, extent = theirs.shape
+    mc.drop()
+    mc.register([mine])
+    mine.zero_()
+    row["mooncake_read"] = _time(_mc_xfer(mc, "READ", segs, 1, 0, target), repeat)
+    row["ok"] &= bool(torch.equal(mine.view(nb, extent)[dst], theirs[src]))
+    fresh = torch.randint(0, 256, (len(dst), extent), dtype=torch.uint8)
+    mine.view(nb, extent)[dst] = fresh  # differs from what the peer holds, so a lost write shows
+    row["mooncake_write"] = _time(_mc_xfer(mc, "WRITE", wsegs, 0, 1, target), repeat)
+    seen = peer.request(op="digest", blocks=[int(b) for b in src], extent=extent)["sha256"]
+    row["ok"] &= seen == _digest(mine, dst, extent)
+
+
+def _latency(peer, nx, mc, repeat):
     """One 4k-token request (256 blocks of 16 tokens, 16 layers, K and V: 8192 extents of 32 KiB,
     256 MiB): read issued here -> notification seen by the peer."""
     from hauler import kv
     from hauler.kv import Agent
-    r = peer.request(op="setup", kind="flash", nb=512, nixl=nx is not None)
+    r = peer.request(op="setup", kind="flash", nb=512, nixl=nx is not None, mooncake=mc is not None)
     keep, lay = _flash(512, 0.0)
     src, dst = np.random.default_rng(1).permutation(512)[:256], np.arange(256)
     out = {"bytes": lay.block_bytes * 256}
@@ -269,21 +395,36 @@ def _latency(peer, nx, repeat):
             ts.append(peer.reply()["t"] - t0)
         out["nixl"] = (min(ts[1:]), float(np.median(ts[1:])))
         nx.agent.remove_remote_agent(name)
+    if mc is not None and "mooncake" in r:
+        mc.drop()
+        mc.register(keep)
+        segs = kv.plan(remote, src, lay, dst).segments()
+        ts = []
+        for i in range(repeat + 1):
+            go = _mc_xfer(mc, "READ", segs, 1, 0, r["mooncake"], "req%d" % i)
+            peer.send(op="note")
+            t0 = time.monotonic()
+            go()
+            ts.append(peer.reply()["t"] - t0)
+        out["mooncake"] = (min(ts[1:]), float(np.median(ts[1:])))
     return out
 
 
 COLS = [("memcpy", "memcpy"), ("hauler_cma_read", "cma rd"), ("hauler_cma_write", "cma wr"),
-        ("hauler_shm_read", "shm rd"), ("nixl_read", "nixl rd"), ("nixl_write", "nixl wr")]
+        ("hauler_shm_read", "shm rd"), ("nixl_read", "nixl rd"), ("nixl_write", "nixl wr"),
+        ("mooncake_read", "mc rd"), ("mooncake_write", "mc wr")]
 
 
 def report(res, as_json=False, out=sys.stdout):
     if as_json:
         out.write(json.dumps(res) + "\n")
         return
-    out.write(f"# hauler-bench kv (2 processes): {platform.node()}, {os.cpu_count()} CPUs, NIXL: {res['nixl']}\n")
+    out.write(f"# hauler-bench kv (2 processes): {platform.node()}, {os.cpu_count()} CPUs, NIXL: {res['nixl']}, "
+              f"Mooncake: {res.get('mooncake', 'not asked')}\n")
     out.write("# GB/s from the best of the repetitions; every figure moves the same bytes between the same "
-              "random blocks; memcpy = kv.copy_blocks in one process; ok: the blocks hauler's reads "
-              "(cma, shm) brought equal the peer's\n")
+              "random blocks; memcpy = kv.copy_blocks in one process; mc = Mooncake TCP, batches of at most "
+              f"{MC_BATCH}; ok: the blocks the reads (cma, shm, mc) brought equal the peer's and mc's writes "
+              "landed in its pool\n")
     hdr = f"{'extent':>8} {'blocks':>6} {'MiB':>6} {'segs':>6} " + " ".join(f"{c:>8}" for _, c in COLS) + \
         f" {'cma/nixl':>8} {'cma/memcpy':>10} {'ok':>3}"
     out.write(hdr + "\n")
