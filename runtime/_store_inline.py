@@ -72,14 +72,18 @@ class InlineRequests:
     def _io(self) -> Any:
         """The polled ring, made at first use; None when inline I/O cannot run (the reason kept)."""
         if self._entry_io is None and not self._inline_why:
-            from . import _fileio as hio
-            if hio.backend() != "io_uring":
-                self._inline_why = f"no io_uring ({hio.backend_description()})"
-            else:
-                try:
-                    self._entry_io = _entry_io.EntryIO(INLINE_DEPTH)
-                except HaulerIOError as e:
-                    self._inline_why = f"io_uring poller: {e}"
+            # one ring per store: two threads making one each would submit on a ring that the
+            # store then forgets, and their requests could never be taken
+            with self._ops_lock:
+                if self._entry_io is None and not self._inline_why:
+                    from . import _fileio as hio
+                    if hio.backend() != "io_uring":
+                        self._inline_why = f"no io_uring ({hio.backend_description()})"
+                    else:
+                        try:
+                            self._entry_io = _entry_io.EntryIO(INLINE_DEPTH)
+                        except HaulerIOError as e:
+                            self._inline_why = f"io_uring poller: {e}"
         return self._entry_io
 
     def _inline_free(self, key: str) -> bool:
