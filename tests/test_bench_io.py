@@ -56,7 +56,10 @@ def test_offload_row_measures_a_training_loop(tmp_path):
     assert row["io_time_s_per_step"] > 0 and 0 <= row["hidden_fraction"] <= 1
     assert row["peak_rss_mib_plain"] > 0 and row["peak_rss_mib_offload"] > 0
     (t,) = [t for t in rep["targets"] if t["key"] == "offload_hidden"]
-    assert t["status"] in ("PASS", "MISS") and t["worst"] == row["hidden_fraction"]
+    if row["torch_threads"] < len(os.sched_getaffinity(0)):   # decided where a core is left free
+        assert t["status"] in ("PASS", "MISS") and t["worst"] == row["hidden_fraction"]
+    else:
+        assert t["status"] == "N/A" and t["worst"] is None and "no offload row with a core left free" in t["measured"]
     assert row["offload_path"] == "host" and row["failed_writes"] == 0
     if shutil.which("fio"):   # the limit, measured in the same run (--quick too)
         assert len(row["rounds"]["plain"]) and row["fio_beside_exposed_s_per_step"] >= 0
