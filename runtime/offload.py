@@ -334,9 +334,10 @@ class Offload:
         self._prev_step_bytes: Optional[int] = None
         self._step_offloaded = 0
         self._paths: set = set()
+        self._store_puts: set = set()   # store writes in flight (wait_writes waits for them all)
         self.stats: Dict[str, Any] = {
             "saved": 0, "skipped_param": 0, "skipped_small": 0, "skipped_device": 0, "shared": 0, "kept_budget": 0,
-            "bytes_written": 0, "failed_writes": 0, "bytes_failed": 0, "bytes_read": 0, "in_memory_hits": 0,
+            "bytes_written": 0, "failed_writes": 0, "bytes_failed": 0, "bytes_dropped": 0, "bytes_read": 0, "in_memory_hits": 0,
             "wait_s": 0.0, "path": None}
         # the files go with the Offload: close(), garbage collection, interpreter exit (the store
         # is closed first: its threads may still be writing into the directory)
@@ -403,10 +404,10 @@ class Offload:
         if dev is None:
             self._submit_put(h, h.tensor)
         elif direct:
-            self._writer.submit(self._write_device, href, dev.ready(t))
+            self._writer.submit(self._write_device, href, dev.ready(t), h.nbytes)
         else:
             h.host, ev = dev.to_host(t)
-            self._writer.submit(self._write_device, href, ev)
+            self._writer.submit(self._write_device, href, ev, h.nbytes)
         return h
 
     def _route(self, dev: Any) -> bool:
@@ -444,15 +445,19 @@ class Offload:
             return
         h.sput = fut
         href = weakref.ref(h)
-        fut.add_done_callback(lambda f, key=h.key, n=h.nbytes: self._written(href(), f.exception(), key, n))
+        with self._lock:
+            self._store_puts.add(fut)
+        fut.add_done_callback(lambda f, key=h.key, n=h.nbytes: self._written(href(), f.exception(), key, n, f))
 
-    def _write_device(self, href: "weakref.ref", ev: Any) -> None:
+    def _write_device(self, href: "weakref.ref", ev: Any, nbytes: int) -> None:
         """On the writer thread: waits for the event after which the bytes are in place, then
         writes device memory through cuFile, or hands the host copy to the store."""
         from . import io
         h = href()
-        if h is None:
-            return   # autograd freed it already: nothing to write
+        if h is None:   # autograd freed it already (e.g. a forward pass that raised): nothing to write
+            with self._lock:
+                self.stats["bytes_dropped"] += nbytes
+            return
         try:
             h.dev.wait(ev)
             if h.direct:
@@ -470,11 +475,13 @@ class Offload:
             host = h.host
         self._submit_put(h, host)
 
-    def _written(self, h: Optional[_Handle], exc: Optional[BaseException], key: str = "", nbytes: int = 0) -> None:
+    def _written(self, h: Optional[_Handle], exc: Optional[BaseException], key: str = "", nbytes: int = 0,
+                 store_put: Any = None) -> None:
         """A write ended (h None: autograd freed the tensor meanwhile; key and nbytes say which)."""
         if h is not None:
             key, nbytes = h.key, h.nbytes
         with self._lock:
+            self._store_puts.discard(store_put)
             if exc is None:
                 self.stats["bytes_written"] += nbytes
                 if h is not None:
@@ -659,6 +666,17 @@ class Offload:
                 if h.sput is not None:
                     h.sput.exception()
                 concurrent.futures.wait([h.put])
+        # and the writes of tensors autograd freed meanwhile: the device jobs queued on the one
+        # writer thread before now, then the store writes still in flight
+        if self._writer is not None:
+            try:
+                self._writer.submit(lambda: None).result()
+            except RuntimeError:   # shut down: nothing queued remains
+                pass
+        with self._lock:
+            puts = list(self._store_puts)
+        for f in puts:
+            f.exception()
         self._surface()
 
     def close(self) -> None:

@@ -66,7 +66,8 @@ def test_full_disk_raises_in_the_step(small_fs, device):
         assert s["failed_writes"] > 0
         written = sum(1 for r in off._handles if r() is not None and r().written)
         assert s["bytes_written"] == written * EACH < 2 << 20      # only what reached the disk
-        assert s["bytes_written"] + s["bytes_failed"] == s["saved"] * EACH
+        # every saved tensor is written, failed, or freed by autograd before its write began
+        assert s["bytes_written"] + s["bytes_failed"] + s["bytes_dropped"] == s["saved"] * EACH
         off.close()
 
 
@@ -84,7 +85,8 @@ def test_full_disk_with_keep_trains_on_from_memory(small_fs, device):
         assert len(full) == 1 and "on_error='keep'" in str(full[0].message)
         s = off.stats
         assert s["failed_writes"] > 0 and s["bytes_read"] > 0      # some went to disk and came back
-        assert s["bytes_written"] + s["bytes_failed"] == s["saved"] * EACH
+        # every saved tensor is written, failed, or freed by autograd before its write began
+        assert s["bytes_written"] + s["bytes_failed"] + s["bytes_dropped"] == s["saved"] * EACH
         off.close()
     assert os.listdir(small_fs) == []
 
