@@ -578,9 +578,10 @@ def _written_right(name: str, paths: Dict[str, str], hpath: str, src: Any, torch
 
 
 
-def _offload_process(args: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    p = subprocess.run([sys.executable, core.program_path("offload_step.py"), *args], capture_output=True, text=True,
-                       timeout=900, env=env)
+def _child(program: str, args: List[str], env: Optional[Dict[str, str]] = None, timeout: int = 900) -> Dict[str, Any]:
+    """Runs one of bench/programs/ and returns the JSON object on its last line."""
+    p = subprocess.run([sys.executable, core.program_path(program), *args], capture_output=True, text=True,
+                       timeout=timeout, env=env)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.strip()[-400:])
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -601,7 +602,7 @@ def _offload(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Output) 
     # page-faults every activation on every step, so it is not used for timing).
     rss_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
     try:
-        rss = {m: _offload_process([f"rss-{m}", *shape, "1", "0"], rss_env)["peak_rss_kib"]
+        rss = {m: _child("offload_step.py", [f"rss-{m}", *shape, "1", "0"], rss_env)["peak_rss_kib"]
                for m in ("plain", "offload")}
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         rep.warnings.append(f"offload benchmark (peak RSS) failed: {e}")
@@ -613,7 +614,7 @@ def _offload(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Output) 
     fio = (shutil.which("fio") or "") if ctx["fio"] else ""
     for threads in ([0, cores - 1] if cores > 1 and not opts.quick else [0]):
         try:
-            r = _offload_process(["time", *shape, str(pairs), str(threads), fio])
+            r = _child("offload_step.py", ["time", *shape, str(pairs), str(threads), fio])
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             rep.warnings.append(f"offload benchmark (timing, {threads or 'default'} threads) failed: {e}")
             return
@@ -733,11 +734,7 @@ def _optimizer(opts: Options, ctx: Dict[str, Any], rep: Report, out: core.Output
     os.makedirs(directory, exist_ok=True)
 
     def child(mode: str) -> Dict[str, Any]:
-        p = subprocess.run([sys.executable, core.program_path("optim_step.py"), mode, directory, str(numel),
-                            str(pairs), "0", str(chunk)], capture_output=True, text=True, timeout=1800)
-        if p.returncode != 0:
-            raise RuntimeError(p.stderr.strip()[-400:])
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        return _child("optim_step.py", [mode, directory, str(numel), str(pairs), "0", str(chunk)], timeout=1800)
     try:
         rss = {m: child(f"rss-{m}")["peak_rss_kib"] * 1024 for m in ("plain", "offload")}
         r = child("time")

@@ -7,13 +7,7 @@ steps alternating, the same I/O alone, and with FIO, fio's I/O beside a plain st
 JSON object on its last line.
 """
 import json, os, statistics, sys, time, torch
-def hwm():  # VmHWM: peak RSS of this process image (ru_maxrss is inherited across exec)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-def reset_hwm():
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+from peak_rss import hwm, reset_hwm  # a sibling file: this directory is on sys.path
 mode, directory = sys.argv[1], sys.argv[2]
 width, depth, batch, pairs, threads = map(int, sys.argv[3:8])
 if threads:

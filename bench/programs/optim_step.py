@@ -9,13 +9,7 @@ Prints one JSON object on its last line.
 """
 import json, os, sys, time, torch
 from hauler.offload import OptimizerOffload
-def hwm():  # VmHWM: peak RSS of this process image (ru_maxrss is inherited across exec)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-def reset_hwm():
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+from peak_rss import hwm, reset_hwm  # a sibling file: this directory is on sys.path
 mode, directory = sys.argv[1], sys.argv[2]
 numel, pairs, threads, chunk = map(int, sys.argv[3:7])
 if threads:
