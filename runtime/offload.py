@@ -335,6 +335,7 @@ class Offload:
         self._step_offloaded = 0
         self._paths: set = set()
         self._store_puts: set = set()   # store writes in flight (wait_writes waits for them all)
+        self._put_counted = threading.Condition(self._lock)   # one left _store_puts: _written counted it
         self.stats: Dict[str, Any] = {
             "saved": 0, "skipped_param": 0, "skipped_small": 0, "skipped_device": 0, "shared": 0, "kept_budget": 0,
             "bytes_written": 0, "failed_writes": 0, "bytes_failed": 0, "bytes_dropped": 0, "bytes_read": 0, "in_memory_hits": 0,
@@ -481,7 +482,9 @@ class Offload:
         if h is not None:
             key, nbytes = h.key, h.nbytes
         with self._lock:
-            self._store_puts.discard(store_put)
+            if store_put is not None:
+                self._store_puts.discard(store_put)
+                self._put_counted.notify_all()
             if exc is None:
                 self.stats["bytes_written"] += nbytes
                 if h is not None:
@@ -674,9 +677,11 @@ class Offload:
             except RuntimeError:   # shut down: nothing queued remains
                 pass
         with self._lock:
-            puts = list(self._store_puts)
+            puts = set(self._store_puts)
         for f in puts:
-            f.exception()
+            f.exception()   # waiting on the store's future drives inline I/O
+        with self._put_counted:   # its done callback, which counts the bytes, may still be running
+            self._put_counted.wait_for(lambda: not (puts & self._store_puts))
         self._surface()
 
     def close(self) -> None:
