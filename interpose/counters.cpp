@@ -95,7 +95,7 @@ void write_report() {
                "coll_packed=%lld coll_passthrough=%lld types_decoded=%lld types_refused=%lld device_passthrough=%lld "
                "cuda_driver=%d fortran=%lld gpu_packed=%lld gpu_unpacked=%lld gpu_device=%lld gpu_oneshot=%lld "
                "staging_held=%lld cuda_queries=%lld paused=%lld trial_lib=%lld trial_pack=%lld kept_lib=%lld "
-               "kept_pack=%lld\n",
+               "kept_pack=%lld pipe_sent=%lld pipe_chunks=%lld pipe_received=%lld pipe_watched=%lld\n",
                g_world_rank, t.calls, t.packed_msgs,
                t.unpacked_msgs, t.bytes_packed,
                t.bytes_unpacked, t.pack_ns / 1e6, t.passthrough,
@@ -106,7 +106,7 @@ void write_report() {
                t.fortran, t.gpu_packed, t.gpu_unpacked,
                t.gpu_device, t.gpu_oneshot, (long long)g_staging_buffers_held.load(),
                (long long)g_cuda_pointer_queries.load(), t.paused, t.trial_lib, t.trial_pack, t.kept_lib,
-               t.kept_pack);
+               t.kept_pack, t.pipe_sent, t.pipe_chunks, t.pipe_received, t.pipe_watched);
   write_selections(f, g_world_rank);
   if (close) std::fclose(f);
 }

@@ -61,6 +61,7 @@ static int started(int rc) {
     init_locality();  // collective: before any setting can make ranks differ
     init_named_types();
     configure();
+    init_pipeline();  // collective too: every rank, whatever its settings
     if (g_config.on)
       logf(kInfo, "active (pack=%d p2p=%d coll=%d gpu=%d)", g_config.pack, g_config.p2p, g_config.coll, g_config.gpu);
   }
@@ -92,6 +93,7 @@ HAULER_EXPORT int MPI_Finalize(void) {
     progress_orphans(true);
     gpu_drain();
     write_report();
+    finalize_pipeline();
   }
   g_config.on = false;
   return PMPI_Finalize();
@@ -212,6 +214,59 @@ HAULER_EXPORT int MPI_Request_free(MPI_Request* req) {
 HAULER_EXPORT int MPI_Request_get_status(MPI_Request req, int* flag, MPI_Status* status) {
   if (!g_config.on) return PMPI_Request_get_status(req, flag, status);
   return shim::request_get_status(req, flag, status);
+}
+
+// With the pipeline on (g_pipe), the receive calls the shim cannot finish: a probe that finds a
+// message of a header's size (48 to 256 bytes: possibly a pipelined message's header) and a persistent receive large enough
+// to meet one are refused; MPI_Sendrecv_replace pulls a pipelined message like MPI_Recv.
+HAULER_EXPORT int MPI_Probe(int source, int tag, MPI_Comm comm, MPI_Status* status) {
+  if (!g_pipe.on) return PMPI_Probe(source, tag, comm, status);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  return pipe_probed(PMPI_Probe(source, tag, comm, s), 1, s, comm, "MPI_Probe");
+}
+
+HAULER_EXPORT int MPI_Iprobe(int source, int tag, MPI_Comm comm, int* flag, MPI_Status* status) {
+  if (!g_pipe.on) return PMPI_Iprobe(source, tag, comm, flag, status);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Iprobe(source, tag, comm, flag, s);
+  return pipe_probed(rc, rc == MPI_SUCCESS && *flag, s, comm, "MPI_Iprobe");
+}
+
+HAULER_EXPORT int MPI_Mprobe(int source, int tag, MPI_Comm comm, MPI_Message* msg, MPI_Status* status) {
+  if (!g_pipe.on) return PMPI_Mprobe(source, tag, comm, msg, status);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  return pipe_probed(PMPI_Mprobe(source, tag, comm, msg, s), 1, s, comm, "MPI_Mprobe");
+}
+
+HAULER_EXPORT int MPI_Improbe(int source, int tag, MPI_Comm comm, int* flag, MPI_Message* msg, MPI_Status* status) {
+  if (!g_pipe.on) return PMPI_Improbe(source, tag, comm, flag, msg, status);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  int rc = PMPI_Improbe(source, tag, comm, flag, msg, s);
+  return pipe_probed(rc, rc == MPI_SUCCESS && *flag, s, comm, "MPI_Improbe");
+}
+
+HAULER_EXPORT int MPI_Recv_init(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm,
+                                MPI_Request* req) {
+  if (!g_pipe.on || source == MPI_PROC_NULL || !pipe_watch(count, t))
+    return PMPI_Recv_init(buf, count, t, source, tag, comm, req);
+  return pipe_refuse_persistent(count, t, comm, req);
+}
+
+HAULER_EXPORT int MPI_Sendrecv_replace(void* buf, int count, MPI_Datatype t, int dest, int stag, int source,
+                                       int rtag, MPI_Comm comm, MPI_Status* status) {
+  if (!g_pipe.on || source == MPI_PROC_NULL || !pipe_watch(count, t))
+    return PMPI_Sendrecv_replace(buf, count, t, dest, stag, source, rtag, comm, status);
+  MPI_Status local;
+  MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
+  Pending p;
+  watch_receive(&p, buf, count, t, comm);
+  int rc = PMPI_Sendrecv_replace(buf, count, t, dest, stag, source, rtag, comm, s);
+  int prc = rc == MPI_SUCCESS ? finish(p, s) : (release(p), MPI_SUCCESS);
+  return rc == MPI_SUCCESS ? prc : rc;
 }
 
 HAULER_EXPORT int MPI_Cancel(MPI_Request* req) {

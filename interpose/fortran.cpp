@@ -140,6 +140,7 @@ void some(F* count, F* reqs, F* outcount, F* indices, F* statuses, F* ierr) {
 extern "C" {
 
 void hauler_f_init(F* ierr) {
+  shim::g_fortran_init = true;  // no pipelining: this layer does not reach the probes the pipeline must see
   int argc = 0;
   char** argv = nullptr;
   int rc = MPI_Init(&argc, &argv);
@@ -148,6 +149,7 @@ void hauler_f_init(F* ierr) {
 }
 
 void hauler_f_init_thread(F* required, F* provided, F* ierr) {
+  shim::g_fortran_init = true;
   int argc = 0, p = 0;
   char** argv = nullptr;
   int rc = MPI_Init_thread(&argc, &argv, *required, &p);

@@ -76,6 +76,51 @@ bool predefined_complete(MPI_Request r) {
 #endif
 }
 
+}  // namespace
+
+// A receive that could take a pipelined message's header is watched: its record says where it
+// lands (the staging p already has, or the application's buffer under its type).
+void watch_receive(Pending* p, void* buf, int64_t count, MPI_Datatype t, MPI_Comm comm) {
+  if (!pipe_watch(count, t)) return;
+  p->recv = true;
+  p->watch = true;
+  p->land.origin = buf;
+  p->land.count = count;
+  p->land.comm = comm;
+  p->land.cap = pipe_capacity(count, t);
+  stats().pipe_watched++;
+  if (p->buf ? p->where == Where::device : device_buffer(buf, size_t(p->land.cap))) {
+    p->land.device = true;  // a header here cannot be read back: refused if one comes (pipe_arrived)
+    return;
+  }
+  if (p->buf) {
+    p->land.plan = p->plan;
+    return;
+  }
+  if (TypeInfoRef info = brief(t).info) {
+    p->type = info;
+    p->land.contiguous = info->contiguous;
+    if (!info->contiguous) p->land.plan = info->plan(count);
+    return;
+  }
+  // a type the shim did not decode (the predefined ones among them): the library's own
+  // pack/unpack, on a duplicate the application cannot free under us
+  MPI_Aint lb = 0, extent = 0;
+  int size = 0;
+  PMPI_Type_get_extent(t, &lb, &extent);
+  PMPI_Type_size(t, &size);
+  p->land.contiguous = lb == 0 && extent == size;
+  if (PMPI_Type_dup(t, &p->dup) == MPI_SUCCESS) p->land.t = p->dup;
+}
+
+// A non-blocking call posted bytes from/to p's staging, or a timed library request: the request
+// now owns the record.
+int keep_request(int rc, MPI_Request* req, Pending p) {
+  if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) release(p);
+  else if (!p.recv && predefined_complete(*req)) release(p);  // already sent
+  else remember(*req, std::move(p));
+  return rc;
+}
 
 // A trial of a non-blocking call is timed until its completion: p records it (its type keeps the
 // selection alive); a library-path trial is such a record without staging.
@@ -88,24 +133,19 @@ void time_it(const Choice& c, bool packed, int64_t t0, MPI_Datatype t, Pending* 
   if (!p->type) p->type = brief(t).info;
 }
 
-// A non-blocking call posted bytes from/to p's staging, or a timed library request: the request
-// now owns the record.
-int keep(int rc, MPI_Request* req, Pending p) {
-  if (rc != MPI_SUCCESS || *req == MPI_REQUEST_NULL) release(p);
-  else if (!p.recv && predefined_complete(*req)) release(p);  // already sent
-  else remember(*req, std::move(p));
-  return rc;
-}
 
-int nbytes(const Pending& p) { return static_cast<int>(p.bytes); }
-
-}  // namespace
+static int nbytes(const Pending& p) { return static_cast<int>(p.bytes); }
 
 int send_staged(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, Choice c) {
   int64_t t0 = c.timed ? now_ns() : 0;
+  int rc = MPI_SUCCESS;
+  if (pipe_send(fn, c, buf, t, dest, tag, comm, nullptr, &rc, t0)) {
+    if (c.timed) record(*c.timed, kPack, now_ns() - t0);
+    return rc;
+  }
   Pending p;
   bool packed = stage(c, buf, false, &p);
-  int rc = packed ? fn(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm) : fn(buf, count, t, dest, tag, comm);
+  rc = packed ? fn(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm) : fn(buf, count, t, dest, tag, comm);
   release(p);
   if (c.timed) record(*c.timed, packed ? kPack : kLib, now_ns() - t0);
   return rc;
@@ -116,11 +156,15 @@ int recv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_C
   int64_t t0 = c.timed ? now_ns() : 0;
   Pending p;
   bool packed = stage(c, buf, true, &p);
+  watch_receive(&p, buf, count, t, comm);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = packed ? PMPI_Recv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, s)
                   : PMPI_Recv(buf, count, t, source, tag, comm, s);
-  if (packed) finish(p, s);
+  if (packed || p.watch) {
+    int prc = finish(p, s);
+    if (rc == MPI_SUCCESS) rc = prc;
+  }
   if (c.timed) record(*c.timed, packed ? kPack : kLib, now_ns() - t0);
   return rc;
 }
@@ -129,12 +173,14 @@ int recv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_C
 int isend_staged(const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, MPI_Request* req,
                  Choice c) {
   int64_t t0 = c.timed ? now_ns() : 0;
+  int rc = MPI_SUCCESS;
+  if (pipe_send(nullptr, c, buf, t, dest, tag, comm, req, &rc, t0)) return rc;
   Pending p;
   bool packed = stage(c, buf, false, &p);
   time_it(c, packed, t0, t, &p);
-  int rc = packed ? PMPI_Isend(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm, req)
+  rc = packed ? PMPI_Isend(p.buf, nbytes(p), MPI_BYTE, dest, tag, comm, req)
                   : PMPI_Isend(buf, count, t, dest, tag, comm, req);
-  return keep(rc, req, std::move(p));
+  return keep_request(rc, req, std::move(p));
 }
 
 int irecv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req,
@@ -143,9 +189,10 @@ int irecv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_
   Pending p;
   bool packed = stage(c, buf, true, &p);
   time_it(c, packed, t0, t, &p);
+  watch_receive(&p, buf, count, t, comm);
   int rc = packed ? PMPI_Irecv(p.buf, nbytes(p), MPI_BYTE, source, tag, comm, req)
                   : PMPI_Irecv(buf, count, t, source, tag, comm, req);
-  return keep(rc, req, std::move(p));
+  return keep_request(rc, req, std::move(p));
 }
 
 // Each side is staged (or not) on its own; a trial on either side times the whole call.
@@ -153,18 +200,22 @@ int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int sta
              MPI_Datatype rtype, int source, int rtag, MPI_Comm comm, MPI_Status* status) {
   stats().calls++;
   Choice sc = choose(scount, stype, dest, comm, kSend), rc_ = choose(rcount, rtype, source, comm, kRecv);
-  if (plain(sc) && plain(rc_))
+  if (plain(sc) && plain(rc_) && !pipe_watch(rcount, rtype))
     return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
   int64_t t0 = sc.timed || rc_.timed ? now_ns() : 0;
   Pending sp, rp;
   bool s_on = stage(sc, sbuf, false, &sp);
   bool r_on = stage(rc_, rbuf, true, &rp);
+  watch_receive(&rp, rbuf, rcount, rtype, comm);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Sendrecv(s_on ? sp.buf : sbuf, s_on ? nbytes(sp) : scount, s_on ? MPI_BYTE : stype, dest, stag,
                          r_on ? rp.buf : rbuf, r_on ? nbytes(rp) : rcount, r_on ? MPI_BYTE : rtype, source, rtag,
                          comm, s);
-  if (r_on) finish(rp, s);
+  if (r_on || rp.watch) {
+    int prc = finish(rp, s);
+    if (rc == MPI_SUCCESS) rc = prc;
+  }
   release(sp);
   if (t0) {
     int64_t ns = now_ns() - t0;

@@ -45,23 +45,34 @@ bool ours(MPI_Request r) {
   return g_staged_requests.count(r) != 0;
 }
 
-// Unpacks what arrived (the byte count in the status) into the application's buffer, once.
-void unpack_arrived(Pending& p, MPI_Status* status) {
-  if (!p.recv || p.unpacked || !p.buf) return;  // no staging: a timed library-path receive
+// Unpacks what arrived (the byte count in the status) into the application's buffer, once; a
+// pipelined message's header pulls the chunks (into the application's buffer: nothing to unpack).
+int unpack_arrived(Pending& p, MPI_Status* status) {
+  if (!p.recv || p.unpacked || (!p.buf && !p.watch)) return MPI_SUCCESS;  // no staging: a timed library-path receive
   p.unpacked = true;
+  if (p.watch) {
+    p.land.staged = p.buf;
+    bool pulled = false;
+    int rc = pipe_arrived(p.land, status, MPI_SUCCESS, &pulled);
+    if (rc != MPI_SUCCESS) status->MPI_ERROR = rc;
+    if (pulled || rc != MPI_SUCCESS) return rc;
+  }
+  if (!p.buf) return MPI_SUCCESS;
   int cancelled = 0, got = 0;
   PMPI_Test_cancelled(status, &cancelled);
-  if (cancelled || PMPI_Get_count(status, MPI_BYTE, &got) != MPI_SUCCESS || got == MPI_UNDEFINED || got <= 0) return;
+  if (cancelled || PMPI_Get_count(status, MPI_BYTE, &got) != MPI_SUCCESS || got == MPI_UNDEFINED || got <= 0)
+    return MPI_SUCCESS;
   int64_t n = std::min<int64_t>(got, p.plan->total);
   Timer tm;
   if (p.where == Where::host) {
     dt::unpack(*p.plan, p.origin, p.buf, 0, n);
   } else {
-    if (!gpu_run(false, *p.plan, p.origin, p, n)) return;
+    if (!gpu_run(false, *p.plan, p.origin, p, n)) return MPI_SUCCESS;
     stats().gpu_unpacked++;
   }
   stats().bytes_unpacked += n;
   stats().unpacked_msgs++;
+  return MPI_SUCCESS;
 }
 
 // The statuses array a call writes: the application's, or per-thread scratch when it passed
@@ -142,7 +153,15 @@ void remember(MPI_Request r, Pending p) {
   release(earlier);
 }
 
+void orphan(MPI_Request r, Pending p) {
+  remember(r, std::move(p));
+  std::lock_guard<std::mutex> lk(g_requests_mu);
+  g_freed_requests.push_back(r);
+  g_freed_request_count = static_cast<int64_t>(g_freed_requests.size());
+}
+
 void release(Pending& p) {
+  if (p.dup != MPI_DATATYPE_NULL) PMPI_Type_free(&p.dup);
   if (p.sel) {  // a trial message: it took until now
     if (pthread_equal(pthread_self(), p.thread)) record(*p.sel, p.path, now_ns() - p.t0_ns);
     else unrecord(*p.sel, p.path);
@@ -155,9 +174,10 @@ void release(Pending& p) {
   g_staging_buffers_held.fetch_sub(1, std::memory_order_relaxed);
 }
 
-void finish(Pending& p, MPI_Status* status) {
-  unpack_arrived(p, status);
+int finish(Pending& p, MPI_Status* status) {
+  int rc = unpack_arrived(p, status);
   release(p);
+  return rc;
 }
 
 void complete_freed_requests(bool block) {
@@ -214,8 +234,8 @@ int wait_staged(MPI_Request* req, MPI_Status* status) {
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Wait(req, s);
-  finish(n.mapped(), s);
-  return rc;
+  int prc = finish(n.mapped(), s);
+  return rc == MPI_SUCCESS ? prc : rc;
 }
 
 int test_staged(MPI_Request* req, int* flag, MPI_Status* status) {
@@ -224,9 +244,10 @@ int test_staged(MPI_Request* req, int* flag, MPI_Status* status) {
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Test(req, flag, s);
-  if (*flag) finish(n.mapped(), s);
+  int prc = MPI_SUCCESS;
+  if (*flag) prc = finish(n.mapped(), s);
   else put_back(std::move(n));
-  return rc;
+  return rc == MPI_SUCCESS ? prc : rc;
 }
 
 int waitall_staged(int n, MPI_Request* reqs, MPI_Status* statuses, std::vector<Mine>& mine) {

@@ -170,6 +170,14 @@ void configure() {
   else g.model = v.text == "builtin" ? std::string() : v.text;
   if (!g.model.empty()) load_model(g.model, v.is_set);
   g.trials = read_setting(hs::Id::interpose_trials, &v, "the model decides alone") ? int(v.number) : 0;
+  g.pipeline_min = read_setting(hs::Id::interpose_pipeline, &v, "no message is pipelined") ? v.number : 0;
+  if (g.pipeline_min > 0 && g.pipeline_min < 4096) {
+    std::fprintf(stderr, "hauler-interpose[%d] error: HAULER_INTERPOSE_PIPELINE=%lld: want 0 (off) or at least 4096 "
+                 "bytes; no message is pipelined\n", g_world_rank, (long long)g.pipeline_min);
+    g.pipeline_min = 0;
+  }
+  if (read_setting(hs::Id::interpose_pipeline_chunk, &v, "no message is pipelined")) g.pipeline_chunk = v.number;
+  else g.pipeline_min = 0;
   g.on = read_flag(hs::Id::interpose, "every call goes to the library");
 }
 

@@ -92,6 +92,11 @@ struct Config {
   // HAULER_INTERPOSE_TRIALS: point-to-point messages tried on each path (library, packed) per
   // selection before the faster is kept (select.cpp); 0: the model above decides alone.
   int trials = 4;
+  // HAULER_INTERPOSE_PIPELINE / _PIPELINE_CHUNK (pipeline.cpp): packed sends of at least
+  // pipeline_min bytes go in chunks of pipeline_chunk, packing overlapped with the transfer;
+  // 0 = off. In force only once every rank agreed at MPI_Init (g_pipe).
+  int64_t pipeline_min = 0;
+  int64_t pipeline_chunk = 262144;
 };
 extern Config g_config;
 // MPI_Pcontrol(0) until MPI_Pcontrol(1): new messages go to the library as they are (requests
@@ -127,7 +132,8 @@ struct Counter {
   X(calls) X(packed_msgs) X(unpacked_msgs) X(passthrough) X(contiguous) X(bytes_packed) X(bytes_unpacked)   \
   X(pack_ns) X(types_decoded) X(types_refused) X(mpi_pack_calls) X(coll_passthrough) X(coll_packed)         \
   X(fortran) X(gpu_packed) X(gpu_unpacked) X(gpu_device) X(gpu_oneshot) X(paused)                          \
-  X(trial_lib) X(trial_pack) X(kept_lib) X(kept_pack)
+  X(trial_lib) X(trial_pack) X(kept_lib) X(kept_pack) X(pipe_sent) X(pipe_chunks) X(pipe_received)          \
+  X(pipe_watched)
 struct Stats {
 #define HAULER_FIELD(n) Counter n;
   HAULER_STATS(HAULER_FIELD)
@@ -388,6 +394,56 @@ size_t size_class(size_t n);
 void* buf_get(size_t n);
 void buf_put(void* p, size_t n);
 
+// ---------------------------------------------------------------- pipelined messages (pipeline.cpp)
+// A packed send of at least g_pipe.min bytes to another rank goes as a short header on the
+// application's (communicator, tag) and chunks on the shim's own communicator, each sent as soon
+// as it is packed; the receive that takes the header pulls the chunks and unpacks each as it
+// lands. Every receive that could take a header (at least g_pipe.min bytes) is watched.
+struct Pipe {
+  bool on = false;  // every rank agreed at MPI_Init
+  int64_t min = 0;
+  int64_t chunk = 0;
+};
+extern Pipe g_pipe;
+extern bool g_fortran_init;  // MPI_Init came through Open MPI's Fortran layer (fortran.cpp)
+constexpr int kPipeHeaderMin = 48, kPipeHeaderMax = 256;  // a header message's bytes
+using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
+
+void init_pipeline();      // in MPI_Init after configure(), every rank: collective
+void finalize_pipeline();  // in MPI_Finalize
+// Bytes a receive of count x t can take (0 when the library does not know the type).
+int64_t pipe_capacity(int64_t count, MPI_Datatype t);
+inline bool pipe_watch(int64_t count, MPI_Datatype t) {
+  return __builtin_expect(g_pipe.on, 0) && pipe_capacity(count, t) >= g_pipe.min;
+}
+// Sends a message decide() packs as a pipelined one when it qualifies (true: *rc is the result;
+// req: the header's request for a non-blocking send, nullptr for fn's blocking one).
+// t0: the call's start, for a trial (the header's request is timed like any non-blocking send).
+bool pipe_send(SendFn fn, const Choice& c, const void* buf, MPI_Datatype t, int dest, int tag, MPI_Comm comm,
+               MPI_Request* req, int* rc, int64_t t0);
+// Where a watched receive landed: staging (`staged`, the packed bytes) or the application's
+// buffer under its type (`plan` when the shim decoded the type, else the library's pack/unpack).
+struct Landing {
+  void* origin = nullptr;
+  int64_t count = 0;
+  MPI_Datatype t = MPI_DATATYPE_NULL;
+  MPI_Comm comm = MPI_COMM_NULL;
+  std::shared_ptr<const dt::Plan> plan;  // nullptr when contiguous or not decoded
+  bool contiguous = false;               // count x t is one dense run from origin: chunks land in place
+  bool device = false;                   // device memory (or its staging): a header is refused
+  int64_t cap = 0;                       // bytes the receive can take
+  const void* staged = nullptr;
+};
+// After a receive into L completed with status s and result rc: when it took a pipelined
+// message's header, pulls the chunks into L (*pulled; s then says the whole message's bytes).
+int pipe_arrived(const Landing& L, MPI_Status* s, int rc, bool* pulled);
+// MPI_Probe and its kin, with the pipeline on: a message of 48 to 256 bytes could be a header
+// whose message's size the probe cannot tell, so the call is refused (one line, the
+// communicator's error handler).
+int pipe_probed(int rc, int flag, const MPI_Status* s, MPI_Comm comm, const char* call);
+// A persistent receive that could meet a pipelined message: refused the same way.
+int pipe_refuse_persistent(int64_t count, MPI_Datatype t, MPI_Comm comm, MPI_Request* req);
+
 // ---------------------------------------------------------------- requests (requests.cpp)
 struct Pending {
   bool recv = false;
@@ -405,6 +461,11 @@ struct Pending {
   Path path = kLib;
   int64_t t0_ns = 0;   // now_ns(): the posting thread's CPU clock
   pthread_t thread{};  // that thread
+  // A receive the pipeline watches (pipe_watch): where it lands, to look for a header at
+  // completion; `dup` is the shim's duplicate of a type it did not decode (freed at release).
+  bool watch = false;
+  Landing land;
+  MPI_Datatype dup = MPI_DATATYPE_NULL;
 };
 
 // Requests the shim staged, by the real request the library handed back; a completion call
@@ -423,8 +484,20 @@ struct Mine {
 };
 
 void remember(MPI_Request r, Pending p);  // a staged request the library accepted
+// A request only the shim holds (a pipelined message's chunk): completed in later calls and at
+// MPI_Finalize like a request the application freed.
+void orphan(MPI_Request r, Pending p);
+// A non-blocking call's result: the request owns the record p (or p is released).
+int keep_request(int rc, MPI_Request* req, Pending p);
 void release(Pending& p);                 // staging back to its pool
-void finish(Pending& p, MPI_Status* status);  // unpack what arrived (receives), then release
+// Unpacks what arrived (receives), then releases; not MPI_SUCCESS when a pipelined message could not
+// be taken whole (MPI_ERR_TRUNCATE as the library says it, ...).
+int finish(Pending& p, MPI_Status* status);
+// A receive of count x t that could take a pipelined message's header is watched: p says where it
+// lands (p's staging, if any, is set up first). Nothing when the pipeline is off or it is smaller.
+void watch_receive(Pending* p, void* buf, int64_t count, MPI_Datatype t, MPI_Comm comm);
+// A trial of a non-blocking call is timed until its completion (p records it).
+void time_it(const Choice& c, bool packed, int64_t t0, MPI_Datatype t, Pending* p);
 // Runs the GPU kernels between the application's device buffer and p's staging and waits for
 // them; false (logged) when the backend fails.
 bool gpu_run(bool pack, const dt::Plan& plan, const void* origin, const Pending& p, int64_t n);
@@ -526,7 +599,6 @@ inline Choice choose(int count, MPI_Datatype t, int peer, MPI_Comm comm, Dir dir
 }
 inline bool plain(const Choice& c) { return !c.pack && !c.timed; }
 
-using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
 int send_staged(SendFn fn, const void* buf, int count, MPI_Datatype t, int dest, int tag, MPI_Comm comm, Choice c);
 int recv_staged(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status,
                 Choice c);
@@ -547,7 +619,7 @@ inline int send_common(SendFn fn, const void* buf, int count, MPI_Datatype t, in
 inline int recv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Status* status) {
   stats().calls++;
   Choice c = choose(count, t, source, comm, kRecv);
-  if (plain(c)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
+  if (plain(c) && !pipe_watch(count, t)) return PMPI_Recv(buf, count, t, source, tag, comm, status);
   return recv_staged(buf, count, t, source, tag, comm, status, c);
 }
 
@@ -561,7 +633,7 @@ inline int isend(const void* buf, int count, MPI_Datatype t, int dest, int tag, 
 inline int irecv(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm, MPI_Request* req) {
   stats().calls++;
   Choice c = choose(count, t, source, comm, kRecv);
-  if (plain(c)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
+  if (plain(c) && !pipe_watch(count, t)) return PMPI_Irecv(buf, count, t, source, tag, comm, req);
   return irecv_staged(buf, count, t, source, tag, comm, req, c);
 }
 

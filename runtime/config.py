@@ -134,6 +134,14 @@ SETTINGS: Tuple[Setting, ...] = (
             "Interposer: point-to-point messages timed on each path (library, packed) per type, count, "
             "direction and peer locality before the faster is kept (re-checked at 64..4096); 0 = the model decides alone.",
             hi=64),
+    Setting("HAULER_INTERPOSE_PIPELINE", 0, "bytes", RUN,
+            "Interposer: packed point-to-point messages of at least this many bytes go in chunks, packing, "
+            "transfer and unpacking overlapped (every rank must agree; probes and persistent receives of such "
+            "messages are refused); 0 = off.",
+            hi=2**30),
+    Setting("HAULER_INTERPOSE_PIPELINE_CHUNK", 262144, "bytes", RUN,
+            "Interposer: bytes per chunk of a pipelined message.",
+            lo=4096, hi=2**30),
     Setting("HAULER_IO_BACKEND", "auto", "choice", RUN,
             "File I/O backend: auto (io_uring, else the thread pool, with a banner), io_uring or threads.",
             choices=("auto", "io_uring", "threads")),

@@ -20,6 +20,8 @@ HAULER_SETTING(interpose_log, "HAULER_INTERPOSE_LOG", choice, 0, INT64_MAX, "war
 HAULER_SETTING(interpose_report, "HAULER_INTERPOSE_REPORT", text, 0, INT64_MAX, nullptr, "", "text without control characters")
 HAULER_SETTING(interpose_model, "HAULER_INTERPOSE_MODEL", path, 0, INT64_MAX, nullptr, "", "a path without control characters")
 HAULER_SETTING(interpose_trials, "HAULER_INTERPOSE_TRIALS", integer, 0, 64, "4", "", "an integer from 0 to 64")
+HAULER_SETTING(interpose_pipeline, "HAULER_INTERPOSE_PIPELINE", bytes, 0, 1073741824, "0", "", "a number of bytes from 0 to 1073741824")
+HAULER_SETTING(interpose_pipeline_chunk, "HAULER_INTERPOSE_PIPELINE_CHUNK", bytes, 4096, 1073741824, "262144", "", "a number of bytes from 4096 to 1073741824")
 HAULER_SETTING(io_backend, "HAULER_IO_BACKEND", choice, 0, INT64_MAX, "auto", "auto|io_uring|threads", "one of auto, io_uring, threads")
 HAULER_SETTING(io_direct, "HAULER_IO_DIRECT", boolean, 0, INT64_MAX, "1", "", "1 or 0 (also true/false, yes/no, on/off)")
 HAULER_SETTING(io_queue_depth, "HAULER_IO_QUEUE_DEPTH", integer, 1, 4096, "32", "", "an integer from 1 to 4096")
