@@ -314,6 +314,9 @@ def run(flavours: Optional[Sequence[str]] = None, budget: float = 0.05, quick: b
         ("choice", "HAULER_INTERPOSE_TRIALS=" + (os.environ.get("HAULER_INTERPOSE_TRIALS") or "4 (default)") +
                    ": the shim times both paths per type, count, direction and peer and keeps the faster (the "
                    "model seeds it); each case warms up 12 iterations first"),
+        ("pipeline", "HAULER_INTERPOSE_PIPELINE=" + (os.environ.get("HAULER_INTERPOSE_PIPELINE") or "0 (off, default)") +
+                     ", chunk " + (os.environ.get("HAULER_INTERPOSE_PIPELINE_CHUNK") or "262144 (default)") +
+                     ": packed messages at least that large go in chunks, packing overlapped with the transfer"),
         ("GB/s", "data bytes of the message (halo: all 26 faces) / one-way time / 1e9"),
         ("x", "speedup = library time / +hauler time (rounds: the lowest and highest of the rounds' own "
               "ratios, the spread a noisy machine gives between launches); one run = in the launches with the "
