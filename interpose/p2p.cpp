@@ -64,6 +64,8 @@ bool stage(const Choice& c, const void* buf, bool recv, Pending* p) {
   return true;
 }
 
+}  // namespace
+
 // A handle the library gives to every request that completed at once: MPICH hands each send that
 // finished inside the call the one predefined request 0x6c000001 (handle kind "builtin"), so such
 // a handle names no request the shim could complete later.
@@ -75,8 +77,6 @@ bool predefined_complete(MPI_Request r) {
   return false;
 #endif
 }
-
-}  // namespace
 
 // A receive that could take a pipelined message's header is watched: its record says where it
 // lands (the staging p already has, or the application's buffer under its type).
@@ -203,6 +203,19 @@ int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int sta
   if (plain(sc) && plain(rc_) && !pipe_watch(rcount, rtype))
     return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
   int64_t t0 = sc.timed || rc_.timed ? now_ns() : 0;
+  if (sc.pack && g_pipe.on) {
+    // A pipelined send half: as MPI_Isend + MPI_Irecv + two waits, so that the chunks go while
+    // the receive half waits (each half keeps its own choice and trial)
+    MPI_Request sr = MPI_REQUEST_NULL, rr = MPI_REQUEST_NULL;
+    int src = MPI_SUCCESS;
+    if (pipe_send(nullptr, sc, sbuf, stype, dest, stag, comm, &sr, &src, t0)) {
+      int rrc = plain(rc_) && !pipe_watch(rcount, rtype) ? PMPI_Irecv(rbuf, rcount, rtype, source, rtag, comm, &rr)
+                                                         : irecv_staged(rbuf, rcount, rtype, source, rtag, comm, &rr, rc_);
+      if (rrc == MPI_SUCCESS) rrc = wait(&rr, status);
+      if (src == MPI_SUCCESS) src = wait(&sr, MPI_STATUS_IGNORE);
+      return rrc != MPI_SUCCESS ? rrc : src;
+    }
+  }
   Pending sp, rp;
   bool s_on = stage(sc, sbuf, false, &sp);
   bool r_on = stage(rc_, rbuf, true, &rp);

@@ -254,7 +254,9 @@ bool pipe_send(SendFn fn, const Choice& c, const void* buf, MPI_Datatype t, int 
   // them in later calls and at MPI_Finalize). A blocking send must not wait for them: the receive
   // that matched the header pulls the chunks only when the application completes it, which may be
   // after this rank's own send returns (Irecv, Send, Wait on both ranks).
-  for (size_t i = 0; i < sent.size(); ++i) orphan(sent[i], std::move(held[i]));
+  for (size_t i = 0; i < sent.size(); ++i)
+    if (predefined_complete(sent[i])) release(held[i]);  // already sent
+    else orphan(sent[i], std::move(held[i]));
   return true;
 }
 

@@ -487,6 +487,8 @@ void remember(MPI_Request r, Pending p);  // a staged request the library accept
 // A request only the shim holds (a pipelined message's chunk): completed in later calls and at
 // MPI_Finalize like a request the application freed.
 void orphan(MPI_Request r, Pending p);
+// A handle the library gives to a request that completed inside the call (MPICH's builtin one).
+bool predefined_complete(MPI_Request r);
 // A non-blocking call's result: the request owns the record p (or p is released).
 int keep_request(int rc, MPI_Request* req, Pending p);
 void release(Pending& p);                 // staging back to its pool

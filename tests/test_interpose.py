@@ -786,8 +786,8 @@ def test_shim_and_from_mpi_decode_alike(tmp_path):
 PIPE = {"HAULER_INTERPOSE_PIPELINE": "65536", "HAULER_INTERPOSE_PIPELINE_CHUNK": "32768"}
 
 
-@pytest.mark.parametrize("flav,np_,trials", [("openmpi", 2, "0"), ("openmpi", 2, "4"), ("mpich", 2, "0"),
-                                             ("mpich", 2, "4")])
+@pytest.mark.parametrize("flav,np_,trials", [("openmpi", 2, "0"), ("openmpi", 3, "4"), ("mpich", 2, "0"),
+                                             ("mpich", 3, "4")])
 def test_pipelined_messages_identical(flav, np_, trials, built, tmp_path):
     """HAULER_INTERPOSE_PIPELINE: 192 KiB vector sends go as a header + 32 KiB chunks, met by blocking,
     non-blocking, ANY_SOURCE/ANY_TAG, pre-posted same-tag, contiguous, shorter, Sendrecv(_replace),

@@ -7,7 +7,8 @@
  *   0 Send(vector) -> Recv(vector)              1 Send(vector) -> Recv(contiguous doubles)
  *   2 Isend/Irecv + Waitall, two tags, the receives posted in the opposite order
  *   3 two messages on one tag, both receives pre-posted (a chunk must not meet the second one)
- *   4 ANY_SOURCE + ANY_TAG receives (rank 0 from everyone)    5 Ssend, Bsend -> Irecv + Testsome
+ *   4 ANY_SOURCE + ANY_TAG receives (rank 0 from everyone, then a barrier)
+ *   5 Ssend, Bsend -> Irecv + Testsome
  *   6 Sendrecv, Sendrecv_replace               7 a message shorter than its receive
  *   8 small messages between large ones on the same tag (order kept)
  *   9 Isend + Irecv + Waitany, the sender's request completed late
@@ -146,6 +147,8 @@ int main(int argc, char **argv) {
           } else {
             MPI_Send(src, 1, vec, 0, 40 + rank, MPI_COMM_WORLD);
           }
+          /* rank 0's ANY_TAG receives must not meet case 5's messages from its left neighbour */
+          MPI_Barrier(MPI_COMM_WORLD);
           break;
         case 5:
           MPI_Irecv(dst, 1, vec, left, 50, MPI_COMM_WORLD, &rq[0]);
