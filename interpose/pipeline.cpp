@@ -177,7 +177,10 @@ int64_t pipe_capacity(int64_t count, MPI_Datatype t) {
 
 bool pipe_send(SendFn fn, const Choice& c, const void* buf, MPI_Datatype t, int dest, int tag, MPI_Comm comm,
                MPI_Request* req, int* rc, int64_t t0) {
-  if (!g_pipe.on || !c.pack || dest < 0) return false;
+  // A trial message goes whole: its time must be the path's whole cost, as the library path's is,
+  // and a pipelined send returns before its chunks are taken (timing it would favour it unfairly).
+  // The pipeline then carries the messages of selections whose trials kept packing.
+  if (!g_pipe.on || !c.pack || c.timed || dest < 0) return false;
   progress_orphans(false);  // earlier messages' chunks: their staging back before taking more
   if (locality(Peer{comm, dest}) == Loc::self) return false;  // one core does all three steps anyway
   TypeInfoRef info;
