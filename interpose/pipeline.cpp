@@ -216,6 +216,8 @@ bool pipe_send(SendFn fn, const Choice& c, const void* buf, MPI_Datatype t, int 
 
   std::vector<MPI_Request> sent;
   std::vector<Pending> held;
+  std::vector<int> tested;  // Testsome's indices
+  size_t first = 0;         // sent[0, first) are done
   sent.reserve(size_t(nchunks));
   held.reserve(size_t(nchunks));
   for (int64_t k = 0; k < nchunks; ++k) {
@@ -232,6 +234,7 @@ bool pipe_send(SendFn fn, const Choice& c, const void* buf, MPI_Datatype t, int 
       for (Pending& q : held) release(q);
       sent.clear();
       held.clear();
+      first = 0;
       p.buf = staging(p.bytes = size_t(h.chunk));
       if (!p.buf) std::abort();  // not even one chunk: nothing sane is left to do
     }
@@ -248,6 +251,18 @@ bool pipe_send(SendFn fn, const Choice& c, const void* buf, MPI_Datatype t, int 
     }
     sent.push_back(r);
     held.push_back(std::move(p));
+    // The library moves earlier chunks only inside MPI calls (a shared-memory transport without a
+    // single-copy path needs the sender's progress): one test between two chunks' packing lets
+    // them go while this side packs the next.
+    // (Testsome over those not yet seen done, oldest first: they finish roughly in order.)
+    int ndone = 0;
+    tested.resize(sent.size());
+    int* idx = tested.data();
+    if (PMPI_Testsome(int(sent.size() - first), sent.data() + first, &ndone, idx, MPI_STATUSES_IGNORE) ==
+            MPI_SUCCESS &&
+        ndone != MPI_UNDEFINED)
+      for (int i = 0; i < ndone; ++i) release(held[first + size_t(idx[i])]);
+    while (first < sent.size() && sent[first] == MPI_REQUEST_NULL) ++first;
   }
   stats().packed_msgs++;
   stats().bytes_packed += plan->total;
@@ -258,7 +273,7 @@ bool pipe_send(SendFn fn, const Choice& c, const void* buf, MPI_Datatype t, int 
   // that matched the header pulls the chunks only when the application completes it, which may be
   // after this rank's own send returns (Irecv, Send, Wait on both ranks).
   for (size_t i = 0; i < sent.size(); ++i)
-    if (predefined_complete(sent[i])) release(held[i]);  // already sent
+    if (sent[i] == MPI_REQUEST_NULL || predefined_complete(sent[i])) release(held[i]);  // already sent
     else orphan(sent[i], std::move(held[i]));
   return true;
 }
