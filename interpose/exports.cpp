@@ -217,8 +217,9 @@ HAULER_EXPORT int MPI_Request_get_status(MPI_Request req, int* flag, MPI_Status*
 }
 
 // With the pipeline on (g_pipe), the receive calls the shim cannot finish: a probe that finds a
-// message of a header's size (48 to 256 bytes: possibly a pipelined message's header) and a persistent receive large enough
-// to meet one are refused; MPI_Sendrecv_replace pulls a pipelined message like MPI_Recv.
+// message of a header's size (48 to 256 bytes: possibly a pipelined message's header) and a
+// persistent receive large enough to meet one are refused; MPI_Sendrecv_replace pulls a pipelined
+// message like MPI_Recv.
 HAULER_EXPORT int MPI_Probe(int source, int tag, MPI_Comm comm, MPI_Status* status) {
   if (!g_pipe.on) return PMPI_Probe(source, tag, comm, status);
   MPI_Status local;

@@ -209,8 +209,9 @@ int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int sta
     MPI_Request sr = MPI_REQUEST_NULL, rr = MPI_REQUEST_NULL;
     int src = MPI_SUCCESS;
     if (pipe_send(nullptr, sc, sbuf, stype, dest, stag, comm, &sr, &src, t0)) {
-      int rrc = plain(rc_) && !pipe_watch(rcount, rtype) ? PMPI_Irecv(rbuf, rcount, rtype, source, rtag, comm, &rr)
-                                                         : irecv_staged(rbuf, rcount, rtype, source, rtag, comm, &rr, rc_);
+      int rrc = plain(rc_) && !pipe_watch(rcount, rtype)
+                    ? PMPI_Irecv(rbuf, rcount, rtype, source, rtag, comm, &rr)
+                    : irecv_staged(rbuf, rcount, rtype, source, rtag, comm, &rr, rc_);
       if (rrc == MPI_SUCCESS) rrc = wait(&rr, status);
       if (src == MPI_SUCCESS) src = wait(&sr, MPI_STATUS_IGNORE);
       return rrc != MPI_SUCCESS ? rrc : src;

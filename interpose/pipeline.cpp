@@ -3,9 +3,10 @@
 // the sender's packing, the library's copy and the receiver's unpacking overlap instead of
 // following one another.
 //
-// On the wire: a short header (48 to 256 bytes, a valid prefix of the type signature) on the application's own (communicator, tag), then the chunks as
-// MPI_BYTE on the shim's duplicate of MPI_COMM_WORLD, from the sender's world rank, all with one
-// tag that is the sender's sequence number for that receiver. The header is what the
+// On the wire: a short header (48 to 256 bytes, a valid prefix of the type signature) on the
+// application's own (communicator, tag), then the chunks as MPI_BYTE on the shim's duplicate of
+// MPI_COMM_WORLD, from the sender's world rank, all with one tag that is the sender's sequence
+// number for that receiver. The header is what the
 // application's receive matches, so matching (ANY_SOURCE, ANY_TAG, message order) is the
 // library's own; the chunks live on a communicator the application cannot name, in order (one
 // tag, one sender), so no receive of the application can take one.
@@ -13,9 +14,9 @@
 // Both ends must be the shim's, and every receive that could meet a header must be one the shim
 // finishes: MPI_Init agrees on the setting across all ranks (or turns it off everywhere), every
 // receive of at least HAULER_INTERPOSE_PIPELINE bytes (the only ones a pipelined message fits)
-// is watched, and the receive calls the shim cannot finish that way (MPI_Probe and its kin finding a
-// message of a header's size, persistent receives that large) are refused with an error instead of a
-// silently short message. docs/interpose-pipeline.md says the same for users.
+// is watched, and the receive calls the shim cannot finish that way (MPI_Probe and its kin
+// finding a message of a header's size, persistent receives that large) are refused with an error
+// instead of a silently short message. docs/interpose-pipeline.md says the same for users.
 #include <climits>
 #include <cstring>
 
@@ -82,7 +83,8 @@ bool decode(const uint8_t* in, int got, Header* h) {
   std::memcpy(&h->tag, in + 32, 4);
   std::memcpy(&h->sender, in + 36, 4);
   std::memcpy(&h->size, in + 40, 4);
-  return int64_t(h->size) == got && h->total > 0 && h->chunk > 0 && h->total <= uint64_t(INT_MAX) && h->chunk <= h->total + h->chunk;
+  return int64_t(h->size) == got && h->total > 0 && h->chunk > 0 && h->total <= uint64_t(INT_MAX) &&
+         h->chunk <= h->total;
 }
 
 MPI_Comm g_shadow = MPI_COMM_NULL;  // the chunks' communicator: a duplicate of MPI_COMM_WORLD
@@ -301,7 +303,8 @@ int pipe_arrived(const Landing& L, MPI_Status* s, int rc, bool* pulled) {
     PMPI_Type_size(L.t, &size);
     int64_t elems = std::min<int64_t>(L.count, (kPipeHeaderMin + size - 1) / std::max(size, 1));
     std::vector<uint8_t> tmp(size_t(elems) * size_t(size) + 1);
-    if (size <= 0 || PMPI_Pack(L.origin, int(elems), L.t, tmp.data(), int(tmp.size()), &pos, MPI_COMM_SELF) != MPI_SUCCESS ||
+    if (size <= 0 ||
+        PMPI_Pack(L.origin, int(elems), L.t, tmp.data(), int(tmp.size()), &pos, MPI_COMM_SELF) != MPI_SUCCESS ||
         pos < kPipeHeaderMin)
       return rc;
     std::memcpy(hb, tmp.data(), sizeof hb);

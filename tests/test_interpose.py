@@ -795,7 +795,10 @@ def test_pipelined_messages_identical(flav, np_, trials, built, tmp_path):
     With trials each side also switches paths between messages (pipelined, packed, library)."""
     rep = _run_pair(flav, np_, [built(flav, "pipe"), "3"], tmp_path, extra=dict(PIPE, HAULER_INTERPOSE_TRIALS=trials))
     t = _report(rep, np_)
-    assert t["pipe_sent"] > 0 and t["pipe_received"] > 0, t
+    # trial messages go whole, and with trials a selection may keep the library: only without
+    # trials (the model packs everything) must every vector send be pipelined
+    if trials == "0":
+        assert t["pipe_sent"] > 0, t
     assert t["pipe_chunks"] >= 3 * t["pipe_sent"], t  # 192 KiB in 32 KiB chunks (96 KiB for case 7)
     assert t["pipe_sent"] == t["pipe_received"], t  # every pipelined message pulled whole by its receive
 
