@@ -216,19 +216,19 @@ HAULER_EXPORT int MPI_Request_get_status(MPI_Request req, int* flag, MPI_Status*
   return shim::request_get_status(req, flag, status);
 }
 
-// With the pipeline on (g_pipe), the receive calls the shim cannot finish: a probe that finds a
+// With the pipeline on (g_pipe_on), the receive calls the shim cannot finish: a probe that finds a
 // message of a header's size (48 to 256 bytes: possibly a pipelined message's header) and a
 // persistent receive large enough to meet one are refused; MPI_Sendrecv_replace pulls a pipelined
 // message like MPI_Recv.
 HAULER_EXPORT int MPI_Probe(int source, int tag, MPI_Comm comm, MPI_Status* status) {
-  if (!g_pipe.on) return PMPI_Probe(source, tag, comm, status);
+  if (!g_pipe_on) return PMPI_Probe(source, tag, comm, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   return pipe_probed(PMPI_Probe(source, tag, comm, s), 1, s, comm, "MPI_Probe");
 }
 
 HAULER_EXPORT int MPI_Iprobe(int source, int tag, MPI_Comm comm, int* flag, MPI_Status* status) {
-  if (!g_pipe.on) return PMPI_Iprobe(source, tag, comm, flag, status);
+  if (!g_pipe_on) return PMPI_Iprobe(source, tag, comm, flag, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Iprobe(source, tag, comm, flag, s);
@@ -236,14 +236,14 @@ HAULER_EXPORT int MPI_Iprobe(int source, int tag, MPI_Comm comm, int* flag, MPI_
 }
 
 HAULER_EXPORT int MPI_Mprobe(int source, int tag, MPI_Comm comm, MPI_Message* msg, MPI_Status* status) {
-  if (!g_pipe.on) return PMPI_Mprobe(source, tag, comm, msg, status);
+  if (!g_pipe_on) return PMPI_Mprobe(source, tag, comm, msg, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   return pipe_probed(PMPI_Mprobe(source, tag, comm, msg, s), 1, s, comm, "MPI_Mprobe");
 }
 
 HAULER_EXPORT int MPI_Improbe(int source, int tag, MPI_Comm comm, int* flag, MPI_Message* msg, MPI_Status* status) {
-  if (!g_pipe.on) return PMPI_Improbe(source, tag, comm, flag, msg, status);
+  if (!g_pipe_on) return PMPI_Improbe(source, tag, comm, flag, msg, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;
   int rc = PMPI_Improbe(source, tag, comm, flag, msg, s);
@@ -252,14 +252,14 @@ HAULER_EXPORT int MPI_Improbe(int source, int tag, MPI_Comm comm, int* flag, MPI
 
 HAULER_EXPORT int MPI_Recv_init(void* buf, int count, MPI_Datatype t, int source, int tag, MPI_Comm comm,
                                 MPI_Request* req) {
-  if (!g_pipe.on || source == MPI_PROC_NULL || !pipe_watch(count, t))
+  if (source == MPI_PROC_NULL || !pipe_watch(count, t))
     return PMPI_Recv_init(buf, count, t, source, tag, comm, req);
   return pipe_refuse_persistent(count, t, comm, req);
 }
 
 HAULER_EXPORT int MPI_Sendrecv_replace(void* buf, int count, MPI_Datatype t, int dest, int stag, int source,
                                        int rtag, MPI_Comm comm, MPI_Status* status) {
-  if (!g_pipe.on || source == MPI_PROC_NULL || !pipe_watch(count, t))
+  if (source == MPI_PROC_NULL || !pipe_watch(count, t))
     return PMPI_Sendrecv_replace(buf, count, t, dest, stag, source, rtag, comm, status);
   MPI_Status local;
   MPI_Status* s = status == MPI_STATUS_IGNORE ? &local : status;

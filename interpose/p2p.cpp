@@ -81,13 +81,15 @@ bool predefined_complete(MPI_Request r) {
 // A receive that could take a pipelined message's header is watched: its record says where it
 // lands (the staging p already has, or the application's buffer under its type).
 void watch_receive(Pending* p, void* buf, int64_t count, MPI_Datatype t, MPI_Comm comm) {
-  if (!pipe_watch(count, t)) return;
+  if (!g_pipe_on) return;
+  int64_t cap = pipe_capacity(count, t);
+  if (cap < g_config.pipeline_min) return;
   p->recv = true;
   p->watch = true;
   p->land.origin = buf;
   p->land.count = count;
   p->land.comm = comm;
-  p->land.cap = pipe_capacity(count, t);
+  p->land.cap = cap;
   stats().pipe_watched++;
   if (p->buf ? p->where == Where::device : device_buffer(buf, size_t(p->land.cap))) {
     p->land.device = true;  // a header here cannot be read back: refused if one comes (pipe_arrived)
@@ -203,7 +205,7 @@ int sendrecv(const void* sbuf, int scount, MPI_Datatype stype, int dest, int sta
   if (plain(sc) && plain(rc_) && !pipe_watch(rcount, rtype))
     return PMPI_Sendrecv(sbuf, scount, stype, dest, stag, rbuf, rcount, rtype, source, rtag, comm, status);
   int64_t t0 = sc.timed || rc_.timed ? now_ns() : 0;
-  if (sc.pack && g_pipe.on) {
+  if (sc.pack && g_pipe_on) {
     // A pipelined send half: as MPI_Isend + MPI_Irecv + two waits, so that the chunks go while
     // the receive half waits (each half keeps its own choice and trial)
     MPI_Request sr = MPI_REQUEST_NULL, rr = MPI_REQUEST_NULL;

@@ -25,7 +25,7 @@
 
 namespace shim {
 
-Pipe g_pipe;
+bool g_pipe_on = false;
 bool g_fortran_init = false;
 
 namespace {
@@ -157,16 +157,14 @@ void init_pipeline() {
   int flag = 0;
   if (PMPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag) == MPI_SUCCESS && flag && ub)
     g_shadow_tags = std::max(32768, std::min(*static_cast<int*>(ub), 1 << 30));
-  g_pipe.min = g_config.pipeline_min;
-  g_pipe.chunk = g_config.pipeline_chunk;
-  g_pipe.on = true;
-  logf(kInfo, "pipelining packed messages of at least %lld bytes in chunks of %lld", (long long)g_pipe.min,
-       (long long)g_pipe.chunk);
+  g_pipe_on = true;
+  logf(kInfo, "pipelining packed messages of at least %lld bytes in chunks of %lld",
+       (long long)g_config.pipeline_min, (long long)g_config.pipeline_chunk);
 }
 
 void finalize_pipeline() {
   if (g_shadow != MPI_COMM_NULL) PMPI_Comm_free(&g_shadow);
-  g_pipe.on = false;
+  g_pipe_on = false;
 }
 
 int64_t pipe_capacity(int64_t count, MPI_Datatype t) {
@@ -182,12 +180,12 @@ bool pipe_send(SendFn fn, const Choice& c, const void* buf, MPI_Datatype t, int 
   // A trial message goes whole: its time must be the path's whole cost, as the library path's is,
   // and a pipelined send returns before its chunks are taken (timing it would favour it unfairly).
   // The pipeline then carries the messages of selections whose trials kept packing.
-  if (!g_pipe.on || !c.pack || c.timed || dest < 0) return false;
+  if (!g_pipe_on || !c.pack || c.timed || dest < 0) return false;
   progress_orphans(false);  // earlier messages' chunks: their staging back before taking more
   if (locality(Peer{comm, dest}) == Loc::self) return false;  // one core does all three steps anyway
   TypeInfoRef info;
   auto plan = placed(c.pack, buf, &info, nullptr);  // host buffers only
-  if (!plan || plan->total < g_pipe.min || plan->total > INT_MAX) return false;
+  if (!plan || plan->total < g_config.pipeline_min || plan->total > INT_MAX) return false;
   int64_t hsize = header_size(*info, plan->total);
   if (hsize == 0) return false;  // no short valid prefix: blocks this long are the library's anyway
   int world_dest = world_rank_of(comm, dest);
@@ -195,7 +193,7 @@ bool pipe_send(SendFn fn, const Choice& c, const void* buf, MPI_Datatype t, int 
   Header h;
   h.size = uint32_t(hsize);
   h.total = uint64_t(plan->total);
-  h.chunk = uint64_t(std::min<int64_t>(g_pipe.chunk, plan->total));
+  h.chunk = uint64_t(std::min<int64_t>(g_config.pipeline_chunk, plan->total));
   h.tag = next_tag(world_dest);
   h.sender = g_world_rank;
   const int64_t nchunks = (plan->total + int64_t(h.chunk) - 1) / int64_t(h.chunk);
@@ -311,7 +309,7 @@ int pipe_arrived(const Landing& L, MPI_Status* s, int rc, bool* pulled) {
   }
   Header h;
   if (!decode(hb, got, &h)) return rc;  // an application's own message
-  if (!g_pipe.on) return refuse(L.comm, "a pipelined message's header arrived but this rank does not pipeline");
+  if (!g_pipe_on) return refuse(L.comm, "a pipelined message's header arrived but this rank does not pipeline");
   int src = world_rank_of(L.comm, s->MPI_SOURCE);
   if (src != h.sender)
     logf(kWarning, "pipelined header from world rank %d names sender %d; taking the chunks from %d", src, h.sender,
@@ -404,7 +402,7 @@ int pipe_refuse_persistent(int64_t count, MPI_Datatype t, MPI_Comm comm, MPI_Req
                 "MPI_Recv_init of %lld bytes while HAULER_INTERPOSE_PIPELINE=%lld: a persistent receive that large "
                 "could meet a pipelined message the shim cannot finish; set HAULER_INTERPOSE_PIPELINE=0 (or above "
                 "this size)",
-                (long long)pipe_capacity(count, t), (long long)g_pipe.min);
+                (long long)pipe_capacity(count, t), (long long)g_config.pipeline_min);
   if (req) *req = MPI_REQUEST_NULL;
   return refuse(comm, what);
 }

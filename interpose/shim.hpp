@@ -94,7 +94,7 @@ struct Config {
   int trials = 4;
   // HAULER_INTERPOSE_PIPELINE / _PIPELINE_CHUNK (pipeline.cpp): packed sends of at least
   // pipeline_min bytes go in chunks of pipeline_chunk, packing overlapped with the transfer;
-  // 0 = off. In force only once every rank agreed at MPI_Init (g_pipe).
+  // 0 = off. In force only once every rank agreed at MPI_Init (g_pipe_on).
   int64_t pipeline_min = 0;
   int64_t pipeline_chunk = 262144;
 };
@@ -395,16 +395,11 @@ void* buf_get(size_t n);
 void buf_put(void* p, size_t n);
 
 // ---------------------------------------------------------------- pipelined messages (pipeline.cpp)
-// A packed send of at least g_pipe.min bytes to another rank goes as a short header on the
+// A packed send of at least pipeline_min bytes to another rank goes as a short header on the
 // application's (communicator, tag) and chunks on the shim's own communicator, each sent as soon
 // as it is packed; the receive that takes the header pulls the chunks and unpacks each as it
-// lands. Every receive that could take a header (at least g_pipe.min bytes) is watched.
-struct Pipe {
-  bool on = false;  // every rank agreed at MPI_Init
-  int64_t min = 0;
-  int64_t chunk = 0;
-};
-extern Pipe g_pipe;
+// lands. Every receive that could take a header (at least pipeline_min bytes) is watched.
+extern bool g_pipe_on;  // every rank agreed at MPI_Init on g_config.pipeline_min/_chunk
 extern bool g_fortran_init;  // MPI_Init came through Open MPI's Fortran layer (fortran.cpp)
 constexpr int kPipeHeaderMin = 48, kPipeHeaderMax = 256;  // a header message's bytes
 using SendFn = int (*)(const void*, int, MPI_Datatype, int, int, MPI_Comm);
@@ -414,7 +409,7 @@ void finalize_pipeline();  // in MPI_Finalize
 // Bytes a receive of count x t can take (0 when the library does not know the type).
 int64_t pipe_capacity(int64_t count, MPI_Datatype t);
 inline bool pipe_watch(int64_t count, MPI_Datatype t) {
-  return __builtin_expect(g_pipe.on, 0) && pipe_capacity(count, t) >= g_pipe.min;
+  return __builtin_expect(g_pipe_on, 0) && pipe_capacity(count, t) >= g_config.pipeline_min;
 }
 // Sends a message decide() packs as a pipelined one when it qualifies (true: *rc is the result;
 // req: the header's request for a non-blocking send, nullptr for fn's blocking one).
