@@ -134,9 +134,7 @@ def _run_pair(flav, np_, prog_argv, tmp_path, extra=None, pack_all=True):
     _launch(flav, np_, [prog_argv[0], lib] + prog_argv[1:], shim=False)
     env = {"HAULER_INTERPOSE_REPORT": rep}
     if pack_all:
-        model = tmp_path / "model.txt"
-        model.write_text("# pack everything non-contiguous\nmax_block 1000000000\nmin_bytes 0\n")
-        env["HAULER_INTERPOSE_MODEL"] = str(model)
+        env["HAULER_INTERPOSE_MODEL"] = str(_pack_all_model(tmp_path))
     env.update(extra or {})
     _launch(flav, np_, [prog_argv[0], shim] + prog_argv[1:], shim=True, env_extra=env)
     _compare(lib, shim, np_)
@@ -828,7 +826,6 @@ def test_pipeline_off_unless_every_rank_agrees(flav, built, tmp_path):
 def test_pipeline_refuses_a_probe_of_a_header(flav, built, tmp_path):
     """A probe cannot tell a pipelined message's size: with the pipeline on, MPI_Probe finding a
     header-sized message is refused in one line and the job ends non-zero (no silent short count)."""
-    _, mpiexec = _tools(flav)
     prog = built(flav, "pipe")
     with pytest.raises(AssertionError) as e:
         _launch(flav, 2, [prog, str(tmp_path / "x"), "1", "probe"], shim=True,
@@ -837,6 +834,8 @@ def test_pipeline_refuses_a_probe_of_a_header(flav, built, tmp_path):
 
 
 def _pack_all_model(tmp_path):
+    """A model file that packs every non-contiguous message (the built-in one passes small ones
+    through)."""
     model = tmp_path / "model.txt"
-    model.write_text("max_block 1000000000\nmin_bytes 0\n")
+    model.write_text("# pack everything non-contiguous\nmax_block 1000000000\nmin_bytes 0\n")
     return model

@@ -7,7 +7,7 @@ steps alternating, the same I/O alone, and with FIO, fio's I/O beside a plain st
 JSON object on its last line.
 """
 import json, os, statistics, sys, time, torch
-from peak_rss import hwm, reset_hwm  # a sibling file: this directory is on sys.path
+from peak_rss import print_peak_of_second  # a sibling file: this directory is on sys.path
 mode, directory = sys.argv[1], sys.argv[2]
 width, depth, batch, pairs, threads = map(int, sys.argv[3:8])
 if threads:
@@ -36,14 +36,7 @@ def step(o):
     c1 = os.times()
     return time.perf_counter() - t0, c1.user - c0.user + c1.system - c0.system
 if mode.startswith("rss"):
-    step(off)  # warm-up
-    try:
-        reset_hwm()  # the peak of the timed step only
-    except OSError:
-        pass
-    step(off)
-    print(json.dumps({"peak_rss_kib": hwm()}))
-    sys.exit(0)
+    print_peak_of_second(lambda: step(off))
 step(None), step(off), step(off)  # warm-up: allocator, store files, I/O rings
 # Correctness, untimed: from the same weights, the gradients of a step whose saved tensors went
 # through the store (some written and read back) equal those of a plain step, bit for bit.

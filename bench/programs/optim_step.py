@@ -9,7 +9,7 @@ Prints one JSON object on its last line.
 """
 import json, os, sys, time, torch
 from hauler.offload import OptimizerOffload
-from peak_rss import hwm, reset_hwm  # a sibling file: this directory is on sys.path
+from peak_rss import print_peak_of_second  # a sibling file: this directory is on sys.path
 mode, directory = sys.argv[1], sys.argv[2]
 numel, pairs, threads, chunk = map(int, sys.argv[3:7])
 if threads:
@@ -28,14 +28,7 @@ def step(opt):
 if mode.startswith("rss"):
     ps = make()
     opt = torch.optim.Adam(ps, lr=1e-3) if mode == "rss-plain" else OptimizerOffload(ps, directory, chunk_bytes=chunk)
-    step(opt)  # warm-up: the state exists from here on (in memory or on disk)
-    try:
-        reset_hwm()  # the peak of the timed step only
-    except OSError:
-        pass
-    step(opt)
-    print(json.dumps({"peak_rss_kib": hwm()}))
-    sys.exit(0)
+    print_peak_of_second(lambda: step(opt))  # the state exists after the first (in memory or on disk)
 ps_plain, ps_off = make(), make()
 plain = torch.optim.Adam(ps_plain, lr=1e-3)
 off = OptimizerOffload(ps_off, directory, lr=1e-3, chunk_bytes=chunk)

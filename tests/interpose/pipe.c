@@ -60,6 +60,10 @@ int main(int argc, char **argv) {
   char name[4096];
   snprintf(name, sizeof name, "%s.%d", argv[1], rank);
   out = fopen(name, "wb");
+  if (!out) {
+    perror(name);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
   int iters = atoi(argv[2]);
   MPI_Type_vector(BLOCKS, BL, STRIDE, MPI_DOUBLE, &vec);
   MPI_Type_commit(&vec);
